@@ -1,0 +1,64 @@
+//! What a backup run is asked to do.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How guest filesystems are frozen around the snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FreezePolicy {
+    /// Freeze running guests; if the agent does not answer, warn and take crash-consistent snapshots.
+    #[default]
+    Auto,
+    /// Freeze running guests; if that fails, the domain fails.
+    Required,
+    /// Never freeze.
+    Off,
+}
+
+impl std::str::FromStr for FreezePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "required" => Ok(Self::Required),
+            "off" => Ok(Self::Off),
+            other => Err(format!("unknown freeze policy {other:?}: expected auto, required or off")),
+        }
+    }
+}
+
+/// Options of a backup run. Deserialized from the Python layer's keyword arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupOptions {
+    /// libvirt URI.
+    pub connect: String,
+    /// Domains by name or UUID; empty means all.
+    pub domains: Vec<String>,
+    /// Domains backed up at once.
+    pub workers: usize,
+    /// Reads in flight per image.
+    pub queue_depth: usize,
+    /// Freeze policy.
+    pub freeze: FreezePolicy,
+    /// Only these guest mountpoints are frozen (empty: all).
+    pub freeze_mountpoints: Vec<String>,
+    /// Backup repository directory.
+    pub repo: PathBuf,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            connect: "qemu:///system".into(),
+            domains: Vec::new(),
+            workers: 4,
+            queue_depth: 8,
+            freeze: FreezePolicy::Auto,
+            freeze_mountpoints: Vec::new(),
+            repo: PathBuf::from("/var/lib/virt-rbd-backup"),
+        }
+    }
+}

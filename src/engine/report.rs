@@ -1,0 +1,112 @@
+//! The outcome of a run, per domain and disk; serialized as the `--json` report.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a domain's backup succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainStatus {
+    /// Every RBD disk was backed up and the backup is complete in the repository.
+    Succeeded,
+    /// Something failed; nothing of this run for this domain counts as a backup.
+    Failed,
+    /// The domain has no RBD disk.
+    Skipped,
+}
+
+/// What consistency the snapshots of a domain have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Guest filesystems were frozen while the snapshots were taken.
+    Frozen,
+    /// No freeze; each disk's snapshot is crash-consistent on its own.
+    CrashConsistentPerDisk,
+}
+
+/// The freeze of one domain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FreezeReport {
+    /// Whether a freeze was attempted.
+    pub attempted: bool,
+    /// Filesystems the agent froze.
+    pub frozen_filesystems: u32,
+    /// From the freeze call returning to the thaw call returning, in milliseconds.
+    pub window_ms: Option<f64>,
+    /// Wall-clock time (Unix seconds) when the freeze call returned.
+    pub frozen_at: Option<f64>,
+    /// Wall-clock time (Unix seconds) when the thaw call returned.
+    pub thawed_at: Option<f64>,
+}
+
+/// One disk's backup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// Guest device (vda).
+    pub target: String,
+    /// `pool/image` or `pool/namespace/image`.
+    pub image: String,
+    /// Image size in bytes.
+    pub size: u64,
+    /// Bytes read from the cluster.
+    pub bytes_read: u64,
+    /// Bytes of non-zero data written to the repository.
+    pub bytes_written: u64,
+    /// The snapshot that was exported.
+    pub snapshot: String,
+    /// Wall-clock time (Unix seconds) Ceph recorded for the snapshot.
+    pub snapshot_timestamp: Option<f64>,
+    /// The file in the repository.
+    pub file: Option<String>,
+    /// Checksum of the content (see the manifest format).
+    pub checksum: Option<String>,
+    /// Seconds spent exporting.
+    pub seconds: f64,
+}
+
+/// One domain's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainReport {
+    /// Domain name.
+    pub name: String,
+    /// Domain UUID.
+    pub uuid: String,
+    /// Outcome.
+    pub status: DomainStatus,
+    /// The first error, for a failed domain.
+    pub error: Option<String>,
+    /// Warnings (for example a freeze that fell back to crash-consistent).
+    pub warnings: Vec<String>,
+    /// Backup id, for a succeeded domain.
+    pub backup_id: Option<String>,
+    /// The backup's folder, for a succeeded domain.
+    pub path: Option<String>,
+    /// Consistency of the snapshots, if taken.
+    pub consistency: Option<Consistency>,
+    /// The freeze.
+    pub freeze: FreezeReport,
+    /// Disks backed up.
+    pub disks: Vec<DiskReport>,
+    /// Seconds for the domain.
+    pub seconds: f64,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupReport {
+    /// Report format version.
+    pub version: u32,
+    /// Start, Unix seconds.
+    pub started_at: f64,
+    /// End, Unix seconds.
+    pub finished_at: f64,
+    /// Per domain, in discovery order.
+    pub domains: Vec<DomainReport>,
+}
+
+impl BackupReport {
+    /// Whether any domain failed (exit status 1).
+    pub fn any_failed(&self) -> bool {
+        self.domains.iter().any(|d| d.status == DomainStatus::Failed)
+    }
+}

@@ -1,0 +1,26 @@
+//! The crate-wide error, built from the layer errors.
+
+use thiserror::Error;
+
+/// Any error of virt-rbd-backup.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// From libvirt.
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
+    /// From Ceph.
+    #[error(transparent)]
+    Ceph(#[from] crate::ceph::CephError),
+    /// From the backup repository.
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
+    /// Options that make no sense (exit status 2).
+    #[error("invalid option: {0}")]
+    Usage(String),
+    /// The run was cancelled (Ctrl-C).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Result with the crate error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

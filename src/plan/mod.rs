@@ -1,0 +1,1 @@
+//! Pure decisions: which blocks to read, retention.

@@ -1,0 +1,3 @@
+//! The backup repository on disk.
+pub mod error;
+pub use error::RepoError;
