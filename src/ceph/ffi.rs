@@ -1,0 +1,104 @@
+//! The raw librados/librbd C API: only the functions this project calls.
+//!
+//! Every `unsafe extern "C"` declaration of the project lives here; the safe owners in
+//! `cluster.rs` and `image.rs` are the only callers. Signatures follow `rados/librados.h` and
+//! `rbd/librbd.h` of Ceph 16 (Pacific); Debian ships no pkg-config files for them, so
+//! `build.rs` links `rados` and `rbd` by name.
+
+#![allow(non_camel_case_types)]
+
+use libc::{c_char, c_int, c_void, size_t, ssize_t, timespec};
+
+/// `rados_t`: a cluster handle.
+pub type rados_t = *mut c_void;
+/// `rados_ioctx_t`: a pool I/O context.
+pub type rados_ioctx_t = *mut c_void;
+/// `rbd_image_t`: an open image.
+pub type rbd_image_t = *mut c_void;
+/// `rbd_completion_t`: an asynchronous operation.
+pub type rbd_completion_t = *mut c_void;
+/// `rbd_callback_t`.
+pub type rbd_callback_t = Option<unsafe extern "C" fn(cb: rbd_completion_t, arg: *mut c_void)>;
+/// Callback of `rbd_diff_iterate2`: (offset, length, exists, arg) -> 0 to go on.
+pub type rbd_diff_cb = unsafe extern "C" fn(u64, size_t, c_int, *mut c_void) -> c_int;
+
+/// `RBD_MAX_BLOCK_NAME_SIZE`.
+pub const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
+/// `RBD_MAX_IMAGE_NAME_SIZE`.
+pub const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
+/// `RBD_FEATURE_OBJECT_MAP`.
+pub const RBD_FEATURE_OBJECT_MAP: u64 = 1 << 3;
+/// `RBD_FEATURE_FAST_DIFF`.
+pub const RBD_FEATURE_FAST_DIFF: u64 = 1 << 4;
+/// `RBD_FLAG_OBJECT_MAP_INVALID`.
+pub const RBD_FLAG_OBJECT_MAP_INVALID: u64 = 1 << 0;
+/// `RBD_FLAG_FAST_DIFF_INVALID`.
+pub const RBD_FLAG_FAST_DIFF_INVALID: u64 = 1 << 1;
+/// `LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL`.
+pub const LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL: c_int = 0x8;
+/// `LIBRADOS_OP_FLAG_FADVISE_NOCACHE`.
+pub const LIBRADOS_OP_FLAG_FADVISE_NOCACHE: c_int = 0x40;
+
+/// `rbd_image_info_t`.
+#[repr(C)]
+pub struct rbd_image_info_t {
+    pub size: u64,
+    pub obj_size: u64,
+    pub num_objs: u64,
+    pub order: c_int,
+    pub block_name_prefix: [c_char; RBD_MAX_BLOCK_NAME_SIZE],
+    pub parent_pool: i64,
+    pub parent_name: [c_char; RBD_MAX_IMAGE_NAME_SIZE],
+}
+
+/// `rbd_snap_info_t`.
+#[repr(C)]
+pub struct rbd_snap_info_t {
+    pub id: u64,
+    pub size: u64,
+    pub name: *const c_char,
+}
+
+#[link(name = "rados")]
+extern "C" {
+    pub fn rados_create2(cluster: *mut rados_t, clustername: *const c_char, name: *const c_char, flags: u64) -> c_int;
+    pub fn rados_conf_read_file(cluster: rados_t, path: *const c_char) -> c_int;
+    pub fn rados_conf_set(cluster: rados_t, option: *const c_char, value: *const c_char) -> c_int;
+    pub fn rados_connect(cluster: rados_t) -> c_int;
+    pub fn rados_shutdown(cluster: rados_t);
+    pub fn rados_ioctx_create(cluster: rados_t, pool_name: *const c_char, ioctx: *mut rados_ioctx_t) -> c_int;
+    pub fn rados_ioctx_destroy(io: rados_ioctx_t);
+    pub fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
+}
+
+#[link(name = "rbd")]
+extern "C" {
+    pub fn rbd_open(io: rados_ioctx_t, name: *const c_char, image: *mut rbd_image_t, snap_name: *const c_char) -> c_int;
+    pub fn rbd_open_read_only(io: rados_ioctx_t, name: *const c_char, image: *mut rbd_image_t, snap_name: *const c_char) -> c_int;
+    pub fn rbd_close(image: rbd_image_t) -> c_int;
+    pub fn rbd_stat(image: rbd_image_t, info: *mut rbd_image_info_t, infosize: size_t) -> c_int;
+    pub fn rbd_get_features(image: rbd_image_t, features: *mut u64) -> c_int;
+    pub fn rbd_get_flags(image: rbd_image_t, flags: *mut u64) -> c_int;
+    pub fn rbd_get_id(image: rbd_image_t, id: *mut c_char, id_len: size_t) -> c_int;
+    pub fn rbd_snap_list(image: rbd_image_t, snaps: *mut rbd_snap_info_t, max_snaps: *mut c_int) -> c_int;
+    pub fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
+    pub fn rbd_snap_create(image: rbd_image_t, snapname: *const c_char) -> c_int;
+    pub fn rbd_snap_remove(image: rbd_image_t, snapname: *const c_char) -> c_int;
+    pub fn rbd_snap_get_timestamp(image: rbd_image_t, snap_id: u64, timestamp: *mut timespec) -> c_int;
+    pub fn rbd_snap_get_id(image: rbd_image_t, snapname: *const c_char, snap_id: *mut u64) -> c_int;
+    pub fn rbd_diff_iterate2(
+        image: rbd_image_t,
+        fromsnapname: *const c_char,
+        ofs: u64,
+        len: u64,
+        include_parent: u8,
+        whole_object: u8,
+        cb: rbd_diff_cb,
+        arg: *mut c_void,
+    ) -> c_int;
+    pub fn rbd_aio_create_completion(cb_arg: *mut c_void, complete_cb: rbd_callback_t, c: *mut rbd_completion_t) -> c_int;
+    pub fn rbd_aio_read2(image: rbd_image_t, off: u64, len: size_t, buf: *mut c_char, c: rbd_completion_t, op_flags: c_int) -> c_int;
+    pub fn rbd_aio_wait_for_complete(c: rbd_completion_t) -> c_int;
+    pub fn rbd_aio_get_return_value(c: rbd_completion_t) -> ssize_t;
+    pub fn rbd_aio_release(c: rbd_completion_t);
+}

@@ -1,0 +1,356 @@
+//! An open RBD image: its facts, its snapshots, its allocated extents and pipelined reads.
+
+use std::ffi::{CStr, CString};
+use std::marker::PhantomData;
+use std::os::raw::{c_char, c_int, c_void};
+use std::ptr;
+
+use super::cluster::PoolContext;
+use super::error::{errno_hint, errno_message, CephError};
+use super::ffi;
+
+/// A byte range of an image, as `rbd_diff_iterate2` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Offset in bytes.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// `true`: data there; `false`: discarded/zeroed since the base snapshot.
+    pub exists: bool,
+}
+
+/// Facts about an image that a backup records.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    /// Size in bytes (of the open snapshot, if one is open).
+    pub size: u64,
+    /// Object size in bytes.
+    pub object_size: u64,
+    /// Feature bits.
+    pub features: u64,
+    /// Flags (object map invalid, ...).
+    pub flags: u64,
+    /// The image id: changes when an image is deleted and recreated under the same name.
+    pub id: String,
+}
+
+impl ImageInfo {
+    /// Whether `rbd_diff_iterate2` may use the object map (whole-object mode is then cheap).
+    pub fn fast_diff_usable(&self) -> bool {
+        self.features & ffi::RBD_FEATURE_FAST_DIFF != 0
+            && self.features & ffi::RBD_FEATURE_OBJECT_MAP != 0
+            && self.flags & (ffi::RBD_FLAG_OBJECT_MAP_INVALID | ffi::RBD_FLAG_FAST_DIFF_INVALID) == 0
+    }
+}
+
+/// A snapshot as `rbd_snap_list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Snapshot id.
+    pub id: u64,
+    /// Image size at the snapshot.
+    pub size: u64,
+    /// Name.
+    pub name: String,
+}
+
+/// An open image; closed on drop. Borrowing the pool keeps the pool open as long as this is.
+pub struct RbdImage<'p> {
+    handle: ffi::rbd_image_t,
+    spec: String,
+    _pool: PhantomData<&'p PoolContext<'p>>,
+}
+
+// SAFETY: librbd image handles are thread-safe for I/O and metadata calls (librbd serialises
+// internally); QEMU and `rbd` itself issue I/O on one handle from several threads.
+unsafe impl Send for RbdImage<'_> {}
+// SAFETY: see above.
+unsafe impl Sync for RbdImage<'_> {}
+
+fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
+    CString::new(value).map_err(|_| CephError::NulByte { what, value: value.to_string() })
+}
+
+impl<'p> RbdImage<'p> {
+    /// Opens `name` for writing metadata (snapshot create/remove) at its head.
+    pub fn open(pool: &'p PoolContext<'_>, name: &str) -> Result<Self, CephError> {
+        Self::open_inner(pool, name, None, false)
+    }
+
+    /// Opens `name` read-only at `snapshot`.
+    pub fn open_at_snapshot(pool: &'p PoolContext<'_>, name: &str, snapshot: &str) -> Result<Self, CephError> {
+        Self::open_inner(pool, name, Some(snapshot), true)
+    }
+
+    fn open_inner(pool: &'p PoolContext<'_>, name: &str, snapshot: Option<&str>, read_only: bool) -> Result<Self, CephError> {
+        let spec = pool.image_spec(name);
+        let name_c = cstring("image name", name)?;
+        let snap_c = snapshot.map(|s| cstring("snapshot name", s)).transpose()?;
+        let snap_ptr = snap_c.as_ref().map_or(ptr::null(), |s| s.as_ptr());
+        let mut handle: ffi::rbd_image_t = ptr::null_mut();
+        // SAFETY: valid ioctx (borrowed for 'p), C strings and out-pointer to a local.
+        let rc = unsafe {
+            if read_only {
+                ffi::rbd_open_read_only(pool.io, name_c.as_ptr(), &mut handle, snap_ptr)
+            } else {
+                ffi::rbd_open(pool.io, name_c.as_ptr(), &mut handle, snap_ptr)
+            }
+        };
+        if rc < 0 {
+            let image = match snapshot {
+                Some(s) => format!("{spec}@{s}"),
+                None => spec,
+            };
+            return Err(CephError::OpenImage { image, errno: rc, message: errno_message(rc), hint: errno_hint(rc) });
+        }
+        Ok(RbdImage { handle, spec, _pool: PhantomData })
+    }
+
+    fn call_failed(&self, call: &'static str, rc: i32) -> CephError {
+        CephError::Call { call, target: self.spec.clone(), errno: rc, message: errno_message(rc), hint: errno_hint(rc) }
+    }
+
+    /// `pool/image` for messages.
+    pub fn spec(&self) -> &str {
+        &self.spec
+    }
+
+    /// Size, object size, features, flags and id.
+    pub fn info(&self) -> Result<ImageInfo, CephError> {
+        // SAFETY: zeroed is a valid bit pattern for this plain C struct.
+        let mut stat: ffi::rbd_image_info_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid handle; the size argument matches the struct we pass.
+        let rc = unsafe { ffi::rbd_stat(self.handle, &mut stat, std::mem::size_of::<ffi::rbd_image_info_t>()) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_stat", rc));
+        }
+        let mut features = 0u64;
+        // SAFETY: valid handle, out-pointer to a local.
+        let rc = unsafe { ffi::rbd_get_features(self.handle, &mut features) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_get_features", rc));
+        }
+        let mut flags = 0u64;
+        // SAFETY: valid handle, out-pointer to a local.
+        let rc = unsafe { ffi::rbd_get_flags(self.handle, &mut flags) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_get_flags", rc));
+        }
+        let mut id_buf = [0 as c_char; 64];
+        // SAFETY: valid handle; librbd writes at most `len` bytes including the NUL.
+        let rc = unsafe { ffi::rbd_get_id(self.handle, id_buf.as_mut_ptr(), id_buf.len()) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_get_id", rc));
+        }
+        // SAFETY: librbd NUL-terminated the id inside the buffer.
+        let id = unsafe { CStr::from_ptr(id_buf.as_ptr()) }.to_string_lossy().into_owned();
+        Ok(ImageInfo { size: stat.size, object_size: stat.obj_size, features, flags, id })
+    }
+
+    /// All snapshots of the image.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, CephError> {
+        let mut capacity: c_int = 16;
+        loop {
+            let mut buf: Vec<ffi::rbd_snap_info_t> = Vec::with_capacity(capacity as usize);
+            let mut max = capacity;
+            // SAFETY: `buf` has room for `max` entries; librbd fills at most that many and
+            // returns -ERANGE with the needed count in `max` when they do not fit.
+            let rc = unsafe { ffi::rbd_snap_list(self.handle, buf.as_mut_ptr(), &mut max) };
+            if rc == -libc::ERANGE {
+                capacity = max.max(capacity * 2);
+                continue;
+            }
+            if rc < 0 {
+                return Err(self.call_failed("rbd_snap_list", rc));
+            }
+            // SAFETY: librbd initialised `rc` entries.
+            unsafe { buf.set_len(rc as usize) };
+            let snaps = buf
+                .iter()
+                .map(|s| SnapshotInfo {
+                    id: s.id,
+                    size: s.size,
+                    // SAFETY: librbd gives a NUL-terminated name valid until rbd_snap_list_end.
+                    name: unsafe { CStr::from_ptr(s.name) }.to_string_lossy().into_owned(),
+                })
+                .collect();
+            // SAFETY: frees the names librbd allocated for these entries.
+            unsafe { ffi::rbd_snap_list_end(buf.as_mut_ptr()) };
+            return Ok(snaps);
+        }
+    }
+
+    /// Creates snapshot `name` of the image head.
+    pub fn create_snapshot(&self, name: &str) -> Result<(), CephError> {
+        let name_c = cstring("snapshot name", name)?;
+        // SAFETY: valid handle and C string.
+        let rc = unsafe { ffi::rbd_snap_create(self.handle, name_c.as_ptr()) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_snap_create", rc));
+        }
+        Ok(())
+    }
+
+    /// Removes snapshot `name`.
+    pub fn remove_snapshot(&self, name: &str) -> Result<(), CephError> {
+        let name_c = cstring("snapshot name", name)?;
+        // SAFETY: valid handle and C string.
+        let rc = unsafe { ffi::rbd_snap_remove(self.handle, name_c.as_ptr()) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_snap_remove", rc));
+        }
+        Ok(())
+    }
+
+    /// The id of snapshot `name`.
+    pub fn snapshot_id(&self, name: &str) -> Result<u64, CephError> {
+        let name_c = cstring("snapshot name", name)?;
+        let mut id = 0u64;
+        // SAFETY: valid handle, C string, out-pointer to a local.
+        let rc = unsafe { ffi::rbd_snap_get_id(self.handle, name_c.as_ptr(), &mut id) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_snap_get_id", rc));
+        }
+        Ok(id)
+    }
+
+    /// When Ceph created snapshot `snap_id`, as Unix seconds.
+    pub fn snapshot_timestamp(&self, snap_id: u64) -> Result<f64, CephError> {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid handle, out-pointer to a local.
+        let rc = unsafe { ffi::rbd_snap_get_timestamp(self.handle, snap_id, &mut ts) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_snap_get_timestamp", rc));
+        }
+        Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9)
+    }
+
+    /// The extents that differ from `from_snapshot` (or are allocated, when `None`) in
+    /// `[0, length)`. `whole_object` reports whole objects from the object map (fast, but only
+    /// exact when fast-diff is valid; see `ImageInfo::fast_diff_usable`).
+    pub fn diff_extents(&self, from_snapshot: Option<&str>, length: u64, whole_object: bool) -> Result<Vec<Extent>, CephError> {
+        unsafe extern "C" fn collect(offset: u64, len: libc::size_t, exists: c_int, arg: *mut c_void) -> c_int {
+            // SAFETY: `arg` is the `&mut Vec<Extent>` passed below, alive for the whole call.
+            let extents = unsafe { &mut *(arg as *mut Vec<Extent>) };
+            extents.push(Extent { offset, length: len as u64, exists: exists != 0 });
+            0
+        }
+        let from_c = from_snapshot.map(|s| cstring("snapshot name", s)).transpose()?;
+        let from_ptr = from_c.as_ref().map_or(ptr::null(), |s| s.as_ptr());
+        let mut extents: Vec<Extent> = Vec::new();
+        // SAFETY: valid handle; the callback only touches `extents`, which outlives the call;
+        // librbd calls the callback synchronously before returning.
+        let rc = unsafe {
+            ffi::rbd_diff_iterate2(
+                self.handle,
+                from_ptr,
+                0,
+                length,
+                1,
+                u8::from(whole_object),
+                collect,
+                &mut extents as *mut Vec<Extent> as *mut c_void,
+            )
+        };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_diff_iterate2", rc));
+        }
+        Ok(extents)
+    }
+
+    /// Starts reading `buf.len()` bytes at `offset`; the buffer is handed back by `wait`.
+    pub fn start_read(&self, offset: u64, mut buf: Vec<u8>) -> Result<PendingRead<'_>, CephError> {
+        let mut completion: ffi::rbd_completion_t = ptr::null_mut();
+        // SAFETY: out-pointer to a local; no callback.
+        let rc = unsafe { ffi::rbd_aio_create_completion(ptr::null_mut(), None, &mut completion) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_aio_create_completion", rc));
+        }
+        let len = buf.len();
+        // SAFETY: valid handle; the buffer's heap memory stays put and alive until the
+        // completion finished: `PendingRead` owns both and waits before releasing either.
+        let rc = unsafe {
+            ffi::rbd_aio_read2(
+                self.handle,
+                offset,
+                len,
+                buf.as_mut_ptr() as *mut c_char,
+                completion,
+                ffi::LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL | ffi::LIBRADOS_OP_FLAG_FADVISE_NOCACHE,
+            )
+        };
+        if rc < 0 {
+            // SAFETY: the read was not queued, so nobody else references the completion.
+            unsafe { ffi::rbd_aio_release(completion) };
+            return Err(self.call_failed("rbd_aio_read2", rc));
+        }
+        Ok(PendingRead { completion, buf: Some(buf), offset, image: self })
+    }
+}
+
+impl Drop for RbdImage<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from rbd_open*; every PendingRead borrows `self`, so none is
+        // in flight any more.
+        let rc = unsafe { ffi::rbd_close(self.handle) };
+        if rc < 0 {
+            log::warn!("closing image {} failed: {}", self.spec, errno_message(rc));
+        }
+    }
+}
+
+/// A read in flight. Dropping it without `wait` still waits, because librbd writes into the
+/// buffer until the completion fires.
+pub struct PendingRead<'i> {
+    completion: ffi::rbd_completion_t,
+    buf: Option<Vec<u8>>,
+    offset: u64,
+    image: &'i RbdImage<'i>,
+}
+
+// SAFETY: the completion is only waited on and released by the owner; librbd completions may be
+// waited on from any thread.
+unsafe impl Send for PendingRead<'_> {}
+
+impl PendingRead<'_> {
+    /// The offset this read started at.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Waits for the read and returns the filled buffer.
+    pub fn wait(mut self) -> Result<Vec<u8>, CephError> {
+        let rc = self.finish();
+        let buf = self.buf.take().unwrap_or_default();
+        if rc < 0 {
+            return Err(self.image.call_failed("rbd_aio_read2", rc as i32));
+        }
+        if (rc as usize) != buf.len() {
+            return Err(CephError::ShortRead { image: self.image.spec.clone(), offset: self.offset, wanted: buf.len(), got: rc as usize });
+        }
+        Ok(buf)
+    }
+
+    fn finish(&mut self) -> isize {
+        if self.completion.is_null() {
+            return 0;
+        }
+        // SAFETY: the completion is live and owned by us; after the wait librbd no longer
+        // touches the buffer, so releasing both is sound.
+        let rc = unsafe {
+            ffi::rbd_aio_wait_for_complete(self.completion);
+            let rc = ffi::rbd_aio_get_return_value(self.completion);
+            ffi::rbd_aio_release(self.completion);
+            rc
+        };
+        self.completion = ptr::null_mut();
+        rc
+    }
+}
+
+impl Drop for PendingRead<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
