@@ -22,10 +22,12 @@ pub enum Consistency {
     Frozen,
     /// No freeze; each disk's snapshot is crash-consistent on its own.
     CrashConsistentPerDisk,
+    /// The domain was shut off: its disks were not in use.
+    ShutOff,
 }
 
 /// The freeze of one domain.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FreezeReport {
     /// Whether a freeze was attempted.
     pub attempted: bool,

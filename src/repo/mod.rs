@@ -1,3 +1,295 @@
-//! The backup repository on disk.
+//! The backup repository on disk: layout, marker, per-domain locks, staged backups that become
+//! visible only when complete, and listing.
+//!
+//! A backup is written into `<domain>/.partial-<id>/`, its files and the manifest are fsynced,
+//! then the folder is renamed to `<domain>/<id>/` and the domain folder fsynced. Anything under
+//! a `.partial-` name is never a backup: a crash leaves at most such a folder, which the next
+//! run of the same domain removes. Files are created 0600, folders 0700.
+
 pub mod error;
+pub mod image_file;
+pub mod layout;
+pub mod manifest;
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
 pub use error::RepoError;
+pub use image_file::SparseImageWriter;
+pub use manifest::{read_manifest, write_manifest, BackupKind, BackupManifest, DiskRecord, DomainRecord, SnapshotRecord};
+
+use layout::{domain_folder, LOCK_FILE, MANIFEST_FILE, MARKER_FILE, PARTIAL_PREFIX};
+
+const MARKER_BODY: &str = "{\"format\": \"virt-rbd-backup-repo\", \"version\": 1}\n";
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
+    let path = path.to_path_buf();
+    move |source| RepoError::Io { action, path, source }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), RepoError> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(RepoError::Io { action: "create folder", path: path.to_path_buf(), source: e }),
+    }
+}
+
+/// A backup repository folder.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    root: PathBuf,
+}
+
+impl Repository {
+    /// Opens the repository at `root`, creating it if the folder is missing or empty.
+    /// A non-empty folder without the marker is refused, so a typo never fills a random folder.
+    pub fn open_or_create(root: &Path) -> Result<Self, RepoError> {
+        let marker = root.join(MARKER_FILE);
+        if marker.is_file() {
+            return Ok(Repository { root: root.to_path_buf() });
+        }
+        if root.exists() {
+            let mut entries = fs::read_dir(root).map_err(io_err("read folder", root))?;
+            if entries.next().is_some() {
+                return Err(RepoError::NotARepository { path: root.to_path_buf(), marker: MARKER_FILE });
+            }
+        } else {
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(io_err("create folder", parent))?;
+            }
+            create_private_dir(root)?;
+        }
+        let tmp = root.join(".marker.tmp");
+        fs::write(&tmp, MARKER_BODY).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &marker).map_err(io_err("rename into place", &marker))?;
+        manifest::sync_dir(root)?;
+        Ok(Repository { root: root.to_path_buf() })
+    }
+
+    /// Opens an existing repository (for reading).
+    pub fn open(root: &Path) -> Result<Self, RepoError> {
+        if root.join(MARKER_FILE).is_file() {
+            Ok(Repository { root: root.to_path_buf() })
+        } else {
+            Err(RepoError::NotARepository { path: root.to_path_buf(), marker: MARKER_FILE })
+        }
+    }
+
+    /// The repository's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The folder of a domain.
+    pub fn domain_dir(&self, uuid: &str) -> PathBuf {
+        self.root.join(domain_folder(uuid))
+    }
+
+    /// Takes the domain's lock (non-blocking). Held until the guard drops; dies with the process.
+    pub fn lock_domain(&self, uuid: &str, name: &str) -> Result<DomainLock, RepoError> {
+        let dir = self.domain_dir(uuid);
+        create_private_dir(&dir)?;
+        let path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io_err("open lock", &path))?;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(RepoError::Locked { domain: name.to_string(), path });
+            }
+            return Err(RepoError::Io { action: "lock", path, source: err });
+        }
+        Ok(DomainLock { _file: file, domain_dir: dir })
+    }
+
+    /// The complete backups of a domain, oldest first. Unreadable manifests are returned as errors
+    /// in place, so `list` can show them without hiding the others.
+    pub fn backups_of(&self, uuid: &str) -> Result<Vec<(PathBuf, Result<BackupManifest, RepoError>)>, RepoError> {
+        let dir = self.domain_dir(uuid);
+        let mut found = Vec::new();
+        if !dir.is_dir() {
+            return Ok(found);
+        }
+        for entry in fs::read_dir(&dir).map_err(io_err("read folder", &dir))? {
+            let entry = entry.map_err(io_err("read folder", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.path().is_dir() {
+                continue;
+            }
+            let path = entry.path();
+            found.push((path.clone(), read_manifest(&path.join(MANIFEST_FILE))));
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
+    }
+
+    /// UUID folders of all domains in the repository.
+    pub fn domain_uuids(&self) -> Result<Vec<String>, RepoError> {
+        let mut uuids = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io_err("read folder", &self.root))? {
+            let entry = entry.map_err(io_err("read folder", &self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().is_dir() && !name.starts_with('.') {
+                uuids.push(name);
+            }
+        }
+        uuids.sort();
+        Ok(uuids)
+    }
+}
+
+/// The lock on one domain's folder.
+pub struct DomainLock {
+    _file: File,
+    domain_dir: PathBuf,
+}
+
+impl DomainLock {
+    /// Removes leftovers of interrupted runs of this domain (`.partial-*` folders); returns
+    /// what it removed. Only safe while the lock is held.
+    pub fn remove_partial_backups(&self) -> Result<Vec<PathBuf>, RepoError> {
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&self.domain_dir).map_err(io_err("read folder", &self.domain_dir))? {
+            let entry = entry.map_err(io_err("read folder", &self.domain_dir))?;
+            if entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(io_err("remove partial backup", &path))?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Starts writing backup `backup_id`; holding `&self` proves the lock is held.
+    pub fn stage_backup(&self, backup_id: &str) -> Result<StagedBackup<'_>, RepoError> {
+        let final_dir = self.domain_dir.join(layout::safe_component(backup_id));
+        if final_dir.exists() {
+            return Err(RepoError::Io {
+                action: "create backup folder",
+                path: final_dir,
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        let staging_dir = self.domain_dir.join(format!("{PARTIAL_PREFIX}{}", layout::safe_component(backup_id)));
+        fs::DirBuilder::new().mode(0o700).create(&staging_dir).map_err(io_err("create folder", &staging_dir))?;
+        Ok(StagedBackup { staging_dir, final_dir, committed: false, _lock: self })
+    }
+}
+
+/// A backup being written. Dropped without `commit`, its folder is removed: a failed backup
+/// leaves nothing that looks like a backup.
+pub struct StagedBackup<'l> {
+    staging_dir: PathBuf,
+    final_dir: PathBuf,
+    committed: bool,
+    _lock: &'l DomainLock,
+}
+
+impl StagedBackup<'_> {
+    /// Where a disk's file is written.
+    pub fn file_path(&self, file_name: &str) -> PathBuf {
+        self.staging_dir.join(file_name)
+    }
+
+    /// The folder the backup will have once committed.
+    pub fn final_dir(&self) -> &Path {
+        &self.final_dir
+    }
+
+    /// Writes the manifest and renames the folder into place. The disk files must have been
+    /// fsynced (`SparseImageWriter::finish`).
+    pub fn commit(mut self, manifest: &BackupManifest) -> Result<PathBuf, RepoError> {
+        write_manifest(&self.staging_dir.join(MANIFEST_FILE), manifest)?;
+        fs::rename(&self.staging_dir, &self.final_dir).map_err(io_err("rename into place", &self.final_dir))?;
+        self.committed = true;
+        if let Some(parent) = self.final_dir.parent() {
+            manifest::sync_dir(parent)?;
+        }
+        Ok(self.final_dir.clone())
+    }
+}
+
+impl Drop for StagedBackup<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = fs::remove_dir_all(&self.staging_dir) {
+                log::error!("could not remove the partial backup {}: {e}; remove it by hand", self.staging_dir.display());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "3b1f9b7e-8c43-4b71-9a5d-0c2d7f1e6a10";
+
+    #[test]
+    fn a_non_empty_foreign_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("important.txt"), "x").unwrap();
+        let err = Repository::open_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, RepoError::NotARepository { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_new_repository_is_private_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        Repository::open_or_create(&root).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700);
+        Repository::open_or_create(&root).unwrap();
+        Repository::open(&root).unwrap();
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_domain_is_refused_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_create(dir.path()).unwrap();
+        let lock = repo.lock_domain(UUID, "web").unwrap();
+        let err = repo.lock_domain(UUID, "web").err().expect("second lock must fail");
+        assert!(err.to_string().contains("another virt-rbd-backup run"), "{err}");
+        drop(lock);
+        repo.lock_domain(UUID, "web").unwrap();
+    }
+
+    #[test]
+    fn an_uncommitted_backup_leaves_nothing_and_a_committed_one_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_create(dir.path()).unwrap();
+        let lock = repo.lock_domain(UUID, "web").unwrap();
+        {
+            let staged = lock.stage_backup("20261126T000000.000Z").unwrap();
+            fs::write(staged.file_path("vda.raw"), b"partial").unwrap();
+        }
+        assert!(repo.backups_of(UUID).unwrap().is_empty());
+        assert_eq!(fs::read_dir(repo.domain_dir(UUID)).unwrap().count(), 1, "only the lock file may remain");
+
+        let staged = lock.stage_backup("20261126T000001.000Z").unwrap();
+        let mut m = manifest::tests::sample();
+        m.backup_id = "20261126T000001.000Z".into();
+        fs::write(staged.file_path("vda.raw"), b"data").unwrap();
+        let path = staged.commit(&m).unwrap();
+        let listed = repo.backups_of(UUID).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, path);
+        assert_eq!(listed[0].1.as_ref().unwrap().backup_id, m.backup_id);
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_run_are_removed_under_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_create(dir.path()).unwrap();
+        let lock = repo.lock_domain(UUID, "web").unwrap();
+        let leftover = repo.domain_dir(UUID).join(".partial-20261126T000000.000Z");
+        fs::create_dir(&leftover).unwrap();
+        assert_eq!(lock.remove_partial_backups().unwrap(), vec![leftover.clone()]);
+        assert!(!leftover.exists());
+    }
+}

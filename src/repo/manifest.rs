@@ -1,0 +1,266 @@
+//! The manifest: the one record that makes a backup a backup.
+//!
+//! Format (JSON, `manifest.json` in the backup's folder), version 1:
+//! - `format`: always `"virt-rbd-backup-manifest"`; `version`: 1.
+//! - `backup_id`, `kind` (`"full"`), `parent` (backup id or null), `tool_version`.
+//! - `domain`: `name`, `uuid`, `xml` (as libvirt returned it; holds no secret values).
+//! - `started_at`, `completed_at`: Unix seconds (float).
+//! - `consistency`: `"frozen"`, `"crash_consistent_per_disk"` or `"shut_off"`; `freeze`: the
+//!   freeze report (attempted, frozen_filesystems, window_ms, frozen_at, thawed_at).
+//! - `disks[]`: `target`, `pool`, `namespace`, `image`, `image_id`, `size`, `object_size`,
+//!   `snapshot` {`name`, `id`, `timestamp`}, `file` (name inside the backup folder), `format`
+//!   (`"raw"`: a sparse raw image of exactly `size` bytes), `bytes_read`, `bytes_written`,
+//!   `checksum` (`blake3-4m:<hex>`, see `plan::blocks`).
+//! Fields added in later versions get serde defaults so older manifests keep reading.
+//! A manifest is only ever written by `write_manifest` (temporary file, fsync, rename).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::RepoError;
+use crate::engine::report::{Consistency, FreezeReport};
+
+/// The `format` field's value.
+pub const MANIFEST_FORMAT: &str = "virt-rbd-backup-manifest";
+/// The manifest version this code writes.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Full or incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKind {
+    /// Every allocated block of every disk.
+    Full,
+}
+
+/// The domain a backup belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    /// Name at backup time.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Domain XML at backup time.
+    pub xml: String,
+}
+
+/// The snapshot a disk was exported from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Snapshot name.
+    pub name: String,
+    /// Snapshot id.
+    pub id: u64,
+    /// Creation time Ceph recorded, Unix seconds.
+    pub timestamp: Option<f64>,
+}
+
+/// One disk of a backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// Guest device.
+    pub target: String,
+    /// Pool.
+    pub pool: String,
+    /// RADOS namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Image name.
+    pub image: String,
+    /// Image id.
+    pub image_id: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Object size in bytes.
+    pub object_size: u64,
+    /// The exported snapshot.
+    pub snapshot: SnapshotRecord,
+    /// File name inside the backup folder.
+    pub file: String,
+    /// `"raw"`.
+    pub format: String,
+    /// Bytes read from the cluster.
+    pub bytes_read: u64,
+    /// Bytes of data written (the rest are holes).
+    pub bytes_written: u64,
+    /// Content checksum.
+    pub checksum: String,
+}
+
+/// A complete backup of one domain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    /// Always `MANIFEST_FORMAT`.
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// Backup id.
+    pub backup_id: String,
+    /// Kind.
+    pub kind: BackupKind,
+    /// Parent backup, for incrementals.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Version of the tool that wrote it.
+    pub tool_version: String,
+    /// The domain.
+    pub domain: DomainRecord,
+    /// Start, Unix seconds.
+    pub started_at: f64,
+    /// End, Unix seconds.
+    pub completed_at: f64,
+    /// Consistency of the snapshots.
+    pub consistency: Consistency,
+    /// The freeze.
+    pub freeze: FreezeReport,
+    /// The disks.
+    pub disks: Vec<DiskRecord>,
+}
+
+impl BackupManifest {
+    /// Checks what serde cannot: the format marker and version.
+    pub fn validate(&self, path: &Path) -> Result<(), RepoError> {
+        if self.format != MANIFEST_FORMAT {
+            return Err(RepoError::BadManifest { path: path.to_path_buf(), message: format!("format is {:?}, not {MANIFEST_FORMAT:?}", self.format) });
+        }
+        if self.version == 0 || self.version > MANIFEST_VERSION {
+            return Err(RepoError::BadManifest {
+                path: path.to_path_buf(),
+                message: format!("version {} is not supported by this tool (it reads up to {MANIFEST_VERSION}); upgrade virt-rbd-backup", self.version),
+            });
+        }
+        for disk in &self.disks {
+            if disk.file.contains('/') || disk.file.starts_with('.') || disk.file.is_empty() {
+                return Err(RepoError::BadManifest { path: path.to_path_buf(), message: format!("disk file name {:?} is not a plain file name", disk.file) });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and validates a manifest.
+pub fn read_manifest(path: &Path) -> Result<BackupManifest, RepoError> {
+    let text = fs::read_to_string(path).map_err(|source| RepoError::Io { action: "read manifest", path: path.to_path_buf(), source })?;
+    let manifest: BackupManifest =
+        serde_json::from_str(&text).map_err(|e| RepoError::BadManifest { path: path.to_path_buf(), message: e.to_string() })?;
+    manifest.validate(path)?;
+    Ok(manifest)
+}
+
+/// Writes `manifest` to `path` durably: a temporary file in the same folder, fsync, rename,
+/// fsync of the folder. Mode 0600.
+pub fn write_manifest(path: &Path, manifest: &BackupManifest) -> Result<(), RepoError> {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let tmp = folder.join(".manifest.json.tmp");
+    let io = |action: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| RepoError::Io { action, path: p, source }
+    };
+    let body = serde_json::to_vec_pretty(manifest).map_err(|e| RepoError::BadManifest { path: path.to_path_buf(), message: e.to_string() })?;
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io("create", &tmp))?;
+    file.write_all(&body).map_err(io("write", &tmp))?;
+    file.write_all(b"\n").map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(io("rename into place", path))?;
+    sync_dir(folder)
+}
+
+/// fsyncs a folder so that entries created or renamed in it survive a crash.
+pub fn sync_dir(folder: &Path) -> Result<(), RepoError> {
+    File::open(folder)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| RepoError::Io { action: "fsync folder", path: folder.to_path_buf(), source })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> BackupManifest {
+        BackupManifest {
+            format: MANIFEST_FORMAT.into(),
+            version: MANIFEST_VERSION,
+            backup_id: "20261126T095243.007Z".into(),
+            kind: BackupKind::Full,
+            parent: None,
+            tool_version: "0.1.0".into(),
+            domain: DomainRecord { name: "web".into(), uuid: "3b1f9b7e-8c43-4b71-9a5d-0c2d7f1e6a10".into(), xml: "<domain/>".into() },
+            started_at: 1.5,
+            completed_at: 2.5,
+            consistency: Consistency::Frozen,
+            freeze: FreezeReport { attempted: true, frozen_filesystems: 2, window_ms: Some(80.0), frozen_at: Some(1.6), thawed_at: Some(1.7) },
+            disks: vec![DiskRecord {
+                target: "vda".into(),
+                pool: "rbd".into(),
+                namespace: None,
+                image: "web-a".into(),
+                image_id: "10f2a3b4c5d6".into(),
+                size: 1 << 30,
+                object_size: 1 << 22,
+                snapshot: SnapshotRecord { name: "virt-rbd-backup-20261126T095243.007Z".into(), id: 4, timestamp: Some(1.65) },
+                file: "vda.raw".into(),
+                format: "raw".into(),
+                bytes_read: 8 << 20,
+                bytes_written: 5 << 20,
+                checksum: "blake3-4m:00".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_through_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE_NAME);
+        write_manifest(&path, &sample()).unwrap();
+        assert_eq!(read_manifest(&path).unwrap(), sample());
+        assert!(!dir.path().join(".manifest.json.tmp").exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    const MANIFEST_FILE_NAME: &str = "manifest.json";
+
+    #[test]
+    fn foreign_or_future_manifests_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE_NAME);
+        let mut m = sample();
+        m.version = MANIFEST_VERSION + 1;
+        fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+        assert!(read_manifest(&path).unwrap_err().to_string().contains("upgrade"));
+        let mut m = sample();
+        m.format = "something".into();
+        fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+        assert!(read_manifest(&path).is_err());
+    }
+
+    #[test]
+    fn tampered_disk_file_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE_NAME);
+        for bad in ["../../etc/shadow", "/etc/shadow", ".partial", ""] {
+            let mut m = sample();
+            m.disks[0].file = bad.into();
+            fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+            assert!(read_manifest(&path).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn truncated_or_garbage_manifests_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE_NAME);
+        let full = serde_json::to_string(&sample()).unwrap();
+        for cut in [0, 1, full.len() / 2, full.len() - 1] {
+            fs::write(&path, &full[..cut]).unwrap();
+            assert!(read_manifest(&path).is_err());
+        }
+        fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
+        assert!(read_manifest(&path).is_err());
+    }
+}
