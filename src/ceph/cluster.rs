@@ -119,7 +119,7 @@ impl RadosCluster {
             settings.push(("mon_host", address.monitors.join(",")));
         }
         for (option, value) in &settings {
-            cluster.set(option, value).map_err(|rc| fail(rc))?;
+            cluster.set(option, value).map_err(&fail)?;
         }
         if let Some(key) = key {
             // The key goes straight from memory into librados; it is never written anywhere.

@@ -1,19 +1,52 @@
 //! Orchestration of a backup run.
 //!
-//! (Module doc with the order of operations is written with the engine.)
+//! # Order of operations (per domain)
+//! 1. Take the domain's repository lock (`flock`; dies with the process) and remove
+//!    `.partial-*` folders left by interrupted runs.
+//! 2. Before any freeze: read the Ceph keys from libvirt, connect (connections are cached by
+//!    monitors, user and key), open every pool and image, check them. Nothing that can be done
+//!    outside the freeze is done inside it.
+//! 3. If the domain runs and the freeze policy allows: freeze the guest filesystems
+//!    (`FreezeGuard`, which thaws on drop). Policy `auto` falls back to crash-consistent
+//!    snapshots when the agent does not answer; `required` fails the domain.
+//! 4. Create every disk's snapshot concurrently (one thread per disk: concurrent creates share
+//!    one monitor proposal), then thaw at once. Each snapshot is a `SnapshotGuard` that removes
+//!    it on drop, so every later error path cleans up.
+//! 5. After the thaw: remove leftover tool snapshots of killed runs, then export each snapshot
+//!    (allocated blocks only, `queue_depth` reads in flight) into `.partial-<id>/`.
+//! 6. Write the manifest, fsync, rename the folder into place: only now is it a backup.
+//! 7. Remove the snapshots (a failure here is a warning: the backup is complete).
+//!
+//! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
+//! a failure in one domain is recorded in its report and the others go on.
 
+mod ceph_session;
+mod domain_backup;
 pub mod events;
+mod export;
+pub mod listing;
 pub mod options;
 pub mod report;
+mod snapshot_guard;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use events::{BackupEvent, EventSink, NoEvents};
+pub use listing::{list_backups, list_domains, BackupListing, DomainListing};
 pub use options::{BackupOptions, FreezePolicy};
 pub use report::{BackupReport, Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 
+use crate::ceph::CephTimeouts;
 use crate::error::Error;
+use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
+use crate::repo::Repository;
+
+use ceph_session::ConnectionCache;
+use domain_backup::{backup_domain, new_report, unix_now, DomainJob, RunContext};
+
+/// Version of the JSON report.
+pub const REPORT_VERSION: u32 = 1;
 
 /// Asks a running operation to stop; clean-up (thaw, snapshot removal) still happens.
 #[derive(Debug, Clone, Default)]
@@ -34,32 +67,87 @@ impl CancelToken {
     }
 }
 
+fn validate(options: &BackupOptions) -> Result<(), Error> {
+    if options.workers == 0 || options.workers > 64 {
+        return Err(Error::Usage(format!("workers must be between 1 and 64, not {}", options.workers)));
+    }
+    if options.queue_depth == 0 || options.queue_depth > 256 {
+        return Err(Error::Usage(format!("queue depth must be between 1 and 256, not {}", options.queue_depth)));
+    }
+    if options.repo.as_os_str().is_empty() {
+        return Err(Error::Usage("the repository path is empty; give one with --repo".into()));
+    }
+    Ok(())
+}
+
 /// Runs a backup. Per-domain failures are in the report; `Err` means the run could not start
-/// (bad options, libvirt unreachable, repository unusable).
+/// (bad options, libvirt unreachable, repository unusable, a named domain that does not exist).
 pub fn run_backup(options: &BackupOptions, events: &dyn EventSink, cancel: &CancelToken) -> Result<BackupReport, Error> {
-    let _ = (options, events, cancel);
-    todo!("engine")
-}
+    validate(options)?;
+    let started_at = unix_now();
+    let repo = Repository::open_or_create(&options.repo)?;
+    let libvirt = HypervisorConnection::open(&options.connect)?;
+    let domains = libvirt.list_domains(&options.domains)?;
 
-/// A domain as discovery sees it, for `list_domains`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DomainListing {
-    /// Domain name.
-    pub name: String,
-    /// Domain UUID.
-    pub uuid: String,
-    /// Running or not.
-    pub active: bool,
-    /// RBD disks that would be backed up.
-    pub rbd_disks: Vec<crate::libvirt::RbdDiskSpec>,
-    /// Disks that would be skipped: (target, reason).
-    pub skipped_disks: Vec<(Option<String>, crate::libvirt::SkipReason)>,
-    /// Why the domain cannot be backed up, if it cannot (for example malformed XML).
-    pub error: Option<String>,
-}
+    let mut reports: Vec<Option<DomainReport>> = Vec::with_capacity(domains.len());
+    let mut jobs: Vec<(usize, DomainJob)> = Vec::new();
+    for (index, info) in domains.into_iter().enumerate() {
+        let parsed = info.xml.map_err(Error::from).and_then(|xml| parse_domain_xml(&info.name, &xml).map(|d| (xml, d)).map_err(Error::from));
+        let (xml, description) = match parsed {
+            Ok(ok) => ok,
+            Err(e) => {
+                let mut report = new_report(&info.name, &info.uuid, DomainStatus::Failed);
+                report.error = Some(e.to_string());
+                events.emit(&BackupEvent::DomainFinished { report: report.clone() });
+                reports.push(Some(report));
+                continue;
+            }
+        };
+        let mut disks = Vec::new();
+        for entry in description.disks {
+            match entry {
+                DiskEntry::Rbd(spec) => disks.push(spec),
+                DiskEntry::Skipped { target, reason } => {
+                    events.emit(&BackupEvent::DiskSkipped { domain: info.name.clone(), uuid: info.uuid.clone(), target, reason })
+                }
+            }
+        }
+        if disks.is_empty() {
+            reports.push(Some(new_report(&info.name, &info.uuid, DomainStatus::Skipped)));
+        } else {
+            reports.push(None);
+            jobs.push((index, DomainJob { name: info.name, uuid: info.uuid, xml, disks }));
+        }
+    }
 
-/// Lists the domains and what a backup would do with their disks.
-pub fn list_domains(connect: &str, selection: &[String]) -> Result<Vec<DomainListing>, Error> {
-    let _ = (connect, selection);
-    todo!("engine")
+    let ceph = ConnectionCache::new(CephTimeouts::default());
+    let ctx = RunContext { options, libvirt: &libvirt, repo: &repo, ceph: &ceph, events, cancel };
+    let workers = options.workers.min(jobs.len()).max(1);
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    for job in jobs {
+        // The receiver lives until the end of this function, so sending cannot fail.
+        let _ = sender.send(job);
+    }
+    drop(sender);
+    let finished: Mutex<Vec<(usize, DomainReport)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                while let Ok((index, job)) = receiver.recv() {
+                    let report = if cancel.is_cancelled() {
+                        let mut r = new_report(&job.name, &job.uuid, DomainStatus::Failed);
+                        r.error = Some(Error::Cancelled.to_string());
+                        r
+                    } else {
+                        backup_domain(&ctx, &job)
+                    };
+                    finished.lock().unwrap_or_else(|p| p.into_inner()).push((index, report));
+                }
+            });
+        }
+    });
+    for (index, report) in finished.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        reports[index] = Some(report);
+    }
+    Ok(BackupReport { version: REPORT_VERSION, started_at, finished_at: unix_now(), domains: reports.into_iter().flatten().collect() })
 }

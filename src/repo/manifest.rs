@@ -11,6 +11,7 @@
 //!   `snapshot` {`name`, `id`, `timestamp`}, `file` (name inside the backup folder), `format`
 //!   (`"raw"`: a sparse raw image of exactly `size` bytes), `bytes_read`, `bytes_written`,
 //!   `checksum` (`blake3-4m:<hex>`, see `plan::blocks`).
+//!
 //! Fields added in later versions get serde defaults so older manifests keep reading.
 //! A manifest is only ever written by `write_manifest` (temporary file, fsync, rename).
 

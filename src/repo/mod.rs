@@ -22,6 +22,9 @@ pub use manifest::{read_manifest, write_manifest, BackupKind, BackupManifest, Di
 
 use layout::{domain_folder, LOCK_FILE, MANIFEST_FILE, MARKER_FILE, PARTIAL_PREFIX};
 
+/// A backup folder with its manifest, or why the manifest cannot be read.
+pub type ListedBackup = (PathBuf, Result<BackupManifest, RepoError>);
+
 const MARKER_BODY: &str = "{\"format\": \"virt-rbd-backup-repo\", \"version\": 1}\n";
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
@@ -108,7 +111,7 @@ impl Repository {
 
     /// The complete backups of a domain, oldest first. Unreadable manifests are returned as errors
     /// in place, so `list` can show them without hiding the others.
-    pub fn backups_of(&self, uuid: &str) -> Result<Vec<(PathBuf, Result<BackupManifest, RepoError>)>, RepoError> {
+    pub fn backups_of(&self, uuid: &str) -> Result<Vec<ListedBackup>, RepoError> {
         let dir = self.domain_dir(uuid);
         let mut found = Vec::new();
         if !dir.is_dir() {

@@ -1,0 +1,286 @@
+//! Backing up one domain: prepare, freeze, snapshot all disks at once, thaw, export, commit,
+//! remove the snapshots. See the order of operations in the `engine` module doc.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::ceph::{CephError, PoolContext, RbdImage};
+use crate::error::Error;
+use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
+use crate::plan::{backup_id_from_unix, is_tool_snapshot, snapshot_name};
+use crate::repo::layout::disk_file_name;
+use crate::repo::{BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord, SparseImageWriter};
+
+use super::ceph_session::{cluster_address, ConnectionCache};
+use super::events::{BackupEvent, EventSink};
+use super::export::{export_snapshot, ExportProgress};
+use super::options::{BackupOptions, FreezePolicy};
+use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
+use super::snapshot_guard::SnapshotGuard;
+use super::CancelToken;
+
+/// What every domain of a run shares.
+pub(super) struct RunContext<'a> {
+    pub options: &'a BackupOptions,
+    pub libvirt: &'a HypervisorConnection,
+    pub repo: &'a Repository,
+    pub ceph: &'a ConnectionCache,
+    pub events: &'a dyn EventSink,
+    pub cancel: &'a CancelToken,
+}
+
+/// A domain with RBD disks to back up.
+pub(super) struct DomainJob {
+    pub name: String,
+    pub uuid: String,
+    pub xml: String,
+    pub disks: Vec<RbdDiskSpec>,
+}
+
+/// Current time as Unix seconds.
+pub(super) fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The wall-clock time of an `Instant` in the recent past, as Unix seconds.
+fn instant_to_unix(at: Instant) -> f64 {
+    unix_now() - at.elapsed().as_secs_f64()
+}
+
+/// An empty report for a domain.
+pub(super) fn new_report(name: &str, uuid: &str, status: DomainStatus) -> DomainReport {
+    DomainReport {
+        name: name.to_string(),
+        uuid: uuid.to_string(),
+        status,
+        error: None,
+        warnings: Vec::new(),
+        backup_id: None,
+        path: None,
+        consistency: None,
+        freeze: FreezeReport::default(),
+        disks: Vec::new(),
+        seconds: 0.0,
+    }
+}
+
+/// Backs up one domain and reports the outcome; never panics the run.
+pub(super) fn backup_domain(ctx: &RunContext<'_>, job: &DomainJob) -> DomainReport {
+    let started = Instant::now();
+    ctx.events.emit(&BackupEvent::DomainStarted { domain: job.name.clone(), uuid: job.uuid.clone(), images: job.disks.len() });
+    let mut report = new_report(&job.name, &job.uuid, DomainStatus::Failed);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| back_up(ctx, job, &mut report)));
+    match outcome {
+        Ok(Ok(())) => report.status = DomainStatus::Succeeded,
+        Ok(Err(e)) => {
+            report.status = DomainStatus::Failed;
+            report.error = Some(e.to_string());
+        }
+        Err(_) => {
+            report.status = DomainStatus::Failed;
+            report.error = Some("internal error (panic) while backing up this domain; see the log above and report a bug".into());
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    ctx.events.emit(&BackupEvent::DomainFinished { report: report.clone() });
+    report
+}
+
+fn warn(ctx: &RunContext<'_>, report: &mut DomainReport, message: String) {
+    log::warn!("domain {}: {message}", report.name);
+    ctx.events.emit(&BackupEvent::DomainWarning { domain: report.name.clone(), uuid: report.uuid.clone(), message: message.clone() });
+    report.warnings.push(message);
+}
+
+struct DiskProgress<'a> {
+    ctx: &'a RunContext<'a>,
+    job: &'a DomainJob,
+    target: &'a str,
+}
+
+impl ExportProgress for DiskProgress<'_> {
+    fn progress(&self, done: u64, total: u64) {
+        self.ctx.events.emit(&BackupEvent::DiskProgress {
+            domain: self.job.name.clone(),
+            uuid: self.job.uuid.clone(),
+            target: self.target.to_string(),
+            done,
+            total,
+        });
+    }
+}
+
+fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> Result<(), Error> {
+    let started_at = unix_now();
+    let lock = ctx.repo.lock_domain(&job.uuid, &job.name)?;
+    for leftover in lock.remove_partial_backups()? {
+        warn(ctx, report, format!("removed {} left by an interrupted run", leftover.display()));
+    }
+
+    // Everything that can fail or talk to the monitors happens before the freeze.
+    let mut clusters = Vec::with_capacity(job.disks.len());
+    for disk in &job.disks {
+        let key = match &disk.auth {
+            Some(auth) => Some(ctx.libvirt.ceph_key(&job.name, &auth.username, auth.secret_uuid.as_deref(), auth.secret_usage.as_deref())?),
+            None => None,
+        };
+        clusters.push(ctx.ceph.get(&cluster_address(disk), key.as_ref())?);
+    }
+    let pools: Vec<PoolContext<'_>> =
+        clusters.iter().zip(&job.disks).map(|(c, d)| c.open_pool(&d.pool, d.namespace.as_deref())).collect::<Result<_, _>>()?;
+    let images: Vec<RbdImage<'_>> = pools.iter().zip(&job.disks).map(|(p, d)| RbdImage::open(p, &d.image)).collect::<Result<_, _>>()?;
+    for image in &images {
+        image.info()?;
+    }
+    if ctx.cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
+    let snap_name = snapshot_name(&backup_id);
+    let staged = lock.stage_backup(&backup_id)?;
+
+    let active = ctx.libvirt.is_active(&job.uuid)?;
+    let guards = snapshot_domain(ctx, job, &images, &snap_name, active, report)?;
+
+    // Old tool snapshots (from runs that were killed) go only now, after the thaw: removing a
+    // snapshot makes the monitor commit, which would lengthen the next freeze.
+    for image in &images {
+        for snap in image.snapshots()? {
+            if is_tool_snapshot(&snap.name) && snap.name != snap_name {
+                match image.remove_snapshot(&snap.name) {
+                    Ok(()) => warn(ctx, report, format!("removed leftover snapshot {}@{}", image.spec(), snap.name)),
+                    Err(e) => warn(ctx, report, format!("could not remove leftover snapshot {}@{}: {e}", image.spec(), snap.name)),
+                }
+            }
+        }
+    }
+
+    let mut disk_records = Vec::with_capacity(job.disks.len());
+    for ((disk, pool), image) in job.disks.iter().zip(&pools).zip(&images) {
+        let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?;
+        let info = snap_image.info()?;
+        let snap_id = image.snapshot_id(&snap_name)?;
+        let timestamp = image.snapshot_timestamp(snap_id).ok();
+        let file = disk_file_name(&disk.target);
+        let mut writer = SparseImageWriter::create(&staged.file_path(&file), info.size)?;
+        let progress = DiskProgress { ctx, job, target: &disk.target };
+        let stats = export_snapshot(&snap_image, info.size, info.fast_diff_usable(), ctx.options.queue_depth, &mut writer, ctx.cancel, &progress)?;
+        writer.finish()?;
+        report.disks.push(DiskReport {
+            target: disk.target.clone(),
+            image: image.spec().to_string(),
+            size: info.size,
+            bytes_read: stats.bytes_read,
+            bytes_written: stats.bytes_written,
+            snapshot: snap_name.clone(),
+            snapshot_timestamp: timestamp,
+            file: Some(file.clone()),
+            checksum: Some(stats.checksum.clone()),
+            seconds: stats.elapsed.as_secs_f64(),
+        });
+        disk_records.push(DiskRecord {
+            target: disk.target.clone(),
+            pool: disk.pool.clone(),
+            namespace: disk.namespace.clone(),
+            image: disk.image.clone(),
+            image_id: info.id.clone(),
+            size: info.size,
+            object_size: info.object_size,
+            snapshot: SnapshotRecord { name: snap_name.clone(), id: snap_id, timestamp },
+            file,
+            format: "raw".into(),
+            bytes_read: stats.bytes_read,
+            bytes_written: stats.bytes_written,
+            checksum: stats.checksum,
+        });
+    }
+
+    let manifest = BackupManifest {
+        format: crate::repo::manifest::MANIFEST_FORMAT.into(),
+        version: crate::repo::manifest::MANIFEST_VERSION,
+        backup_id: backup_id.clone(),
+        kind: BackupKind::Full,
+        parent: None,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        domain: DomainRecord { name: job.name.clone(), uuid: job.uuid.clone(), xml: job.xml.clone() },
+        started_at,
+        completed_at: unix_now(),
+        consistency: report.consistency.unwrap_or(Consistency::CrashConsistentPerDisk),
+        freeze: report.freeze.clone(),
+        disks: disk_records,
+    };
+    let path = staged.commit(&manifest)?;
+    report.backup_id = Some(backup_id);
+    report.path = Some(path.display().to_string());
+
+    for guard in guards {
+        let name = guard.name().to_string();
+        if let Err(e) = guard.remove() {
+            warn(ctx, report, format!("backup is complete, but snapshot {name} could not be removed: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// Freezes (per policy), creates every disk's snapshot concurrently, thaws. Returns the
+/// snapshot guards; on error every snapshot already made is removed (after the thaw).
+fn snapshot_domain<'i>(
+    ctx: &RunContext<'_>,
+    job: &DomainJob,
+    images: &'i [RbdImage<'i>],
+    snap_name: &str,
+    active: bool,
+    report: &mut DomainReport,
+) -> Result<Vec<SnapshotGuard<'i>>, Error> {
+    let policy = ctx.options.freeze;
+    let mut freeze_guard = None;
+    if active && policy != FreezePolicy::Off {
+        report.freeze.attempted = true;
+        match FreezeGuard::freeze(ctx.libvirt, &job.uuid, &job.name, &ctx.options.freeze_mountpoints) {
+            Ok(guard) => freeze_guard = Some(guard),
+            Err(e) if policy == FreezePolicy::Required => return Err(e.into()),
+            Err(e) => warn(ctx, report, format!("{e}; taking crash-consistent snapshots instead")),
+        }
+    }
+
+    // Inside the freeze: only the snapshot creates, all at once, so they share a monitor round.
+    let results: Vec<Result<SnapshotGuard<'i>, CephError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = images.iter().map(|image| scope.spawn(move || SnapshotGuard::create(image, snap_name))).collect();
+        handles
+            .into_iter()
+            .zip(images)
+            .map(|(h, image)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(CephError::Call { call: "rbd_snap_create", target: image.spec().to_string(), errno: -libc::EIO, message: "panicked".into(), hint: "" })
+                })
+            })
+            .collect()
+    });
+
+    let consistency = match freeze_guard {
+        Some(guard) => {
+            let outcome = guard.outcome();
+            let thawed_at = guard.thaw()?;
+            report.freeze.frozen_filesystems = outcome.frozen_filesystems;
+            report.freeze.window_ms = Some(thawed_at.duration_since(outcome.frozen_at).as_secs_f64() * 1000.0);
+            report.freeze.frozen_at = Some(instant_to_unix(outcome.frozen_at));
+            report.freeze.thawed_at = Some(instant_to_unix(thawed_at));
+            if outcome.frozen_filesystems == 0 {
+                warn(ctx, report, "the guest agent froze no filesystem (none mounted, or all excluded); snapshots are crash-consistent".into());
+                Consistency::CrashConsistentPerDisk
+            } else {
+                Consistency::Frozen
+            }
+        }
+        None if !active => Consistency::ShutOff,
+        None => Consistency::CrashConsistentPerDisk,
+    };
+    report.consistency = Some(consistency);
+
+    let mut guards = Vec::with_capacity(results.len());
+    for result in results {
+        guards.push(result?);
+    }
+    Ok(guards)
+}

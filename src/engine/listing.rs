@@ -1,0 +1,151 @@
+//! Read-only views: the domains a backup would touch, and the backups in a repository.
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection, RbdDiskSpec, SkipReason};
+use crate::repo::Repository;
+
+use super::report::Consistency;
+
+/// A domain as discovery sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainListing {
+    /// Domain name.
+    pub name: String,
+    /// Domain UUID.
+    pub uuid: String,
+    /// Running or not.
+    pub active: bool,
+    /// RBD disks that would be backed up.
+    pub rbd_disks: Vec<RbdDiskSpec>,
+    /// Disks that would be skipped.
+    pub skipped_disks: Vec<SkippedDisk>,
+    /// Why the domain cannot be backed up, if it cannot (for example malformed XML).
+    pub error: Option<String>,
+}
+
+/// A disk that a backup skips.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedDisk {
+    /// Guest device, if it has one.
+    pub target: Option<String>,
+    /// Why.
+    pub reason: SkipReason,
+}
+
+/// Lists the domains and what a backup would do with their disks.
+pub fn list_domains(connect: &str, selection: &[String]) -> Result<Vec<DomainListing>, Error> {
+    let libvirt = HypervisorConnection::open(connect)?;
+    let mut listings = Vec::new();
+    for info in libvirt.list_domains(selection)? {
+        let mut listing =
+            DomainListing { name: info.name.clone(), uuid: info.uuid.clone(), active: info.active, rbd_disks: Vec::new(), skipped_disks: Vec::new(), error: None };
+        match info.xml.map_err(Error::from).and_then(|xml| parse_domain_xml(&info.name, &xml).map_err(Error::from)) {
+            Ok(description) => {
+                for entry in description.disks {
+                    match entry {
+                        DiskEntry::Rbd(spec) => listing.rbd_disks.push(spec),
+                        DiskEntry::Skipped { target, reason } => listing.skipped_disks.push(SkippedDisk { target, reason }),
+                    }
+                }
+            }
+            Err(e) => listing.error = Some(e.to_string()),
+        }
+        listings.push(listing);
+    }
+    Ok(listings)
+}
+
+/// One disk of a listed backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupDiskListing {
+    /// Guest device.
+    pub target: String,
+    /// `pool/image`.
+    pub image: String,
+    /// Image size.
+    pub size: u64,
+    /// Data bytes stored.
+    pub bytes_written: u64,
+    /// The raw image file.
+    pub file: String,
+    /// Content checksum.
+    pub checksum: String,
+}
+
+/// A backup in the repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupListing {
+    /// Domain name at backup time.
+    pub domain: String,
+    /// Domain UUID.
+    pub uuid: String,
+    /// Backup id.
+    pub backup_id: String,
+    /// `full`.
+    pub kind: String,
+    /// The backup's folder.
+    pub path: String,
+    /// When it completed, Unix seconds.
+    pub completed_at: f64,
+    /// Consistency of its snapshots.
+    pub consistency: Option<Consistency>,
+    /// Disks.
+    pub disks: Vec<BackupDiskListing>,
+    /// Why the backup cannot be read, if it cannot.
+    pub error: Option<String>,
+}
+
+/// Lists the complete backups in a repository, per domain, oldest first.
+pub fn list_backups(repo: &std::path::Path, domain: Option<&str>) -> Result<Vec<BackupListing>, Error> {
+    let repo = Repository::open(repo)?;
+    let mut listings = Vec::new();
+    for uuid in repo.domain_uuids()? {
+        for (path, manifest) in repo.backups_of(&uuid)? {
+            let path_text = path.display().to_string();
+            let listing = match manifest {
+                Ok(m) => BackupListing {
+                    domain: m.domain.name.clone(),
+                    uuid: m.domain.uuid.clone(),
+                    backup_id: m.backup_id.clone(),
+                    kind: serde_json::to_value(m.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                    path: path_text,
+                    completed_at: m.completed_at,
+                    consistency: Some(m.consistency),
+                    disks: m
+                        .disks
+                        .iter()
+                        .map(|d| BackupDiskListing {
+                            target: d.target.clone(),
+                            image: match &d.namespace {
+                                Some(ns) => format!("{}/{}/{}", d.pool, ns, d.image),
+                                None => format!("{}/{}", d.pool, d.image),
+                            },
+                            size: d.size,
+                            bytes_written: d.bytes_written,
+                            file: d.file.clone(),
+                            checksum: d.checksum.clone(),
+                        })
+                        .collect(),
+                    error: None,
+                },
+                Err(e) => BackupListing {
+                    domain: String::new(),
+                    uuid: uuid.clone(),
+                    backup_id: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    kind: String::new(),
+                    path: path_text,
+                    completed_at: 0.0,
+                    consistency: None,
+                    disks: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            };
+            if domain.is_none_or(|d| d == listing.domain || d == listing.uuid) {
+                listings.push(listing);
+            }
+        }
+    }
+    Ok(listings)
+}
