@@ -143,19 +143,6 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
     let active = ctx.libvirt.is_active(&job.uuid)?;
     let guards = snapshot_domain(ctx, job, &images, &snap_name, active, report)?;
 
-    // Old tool snapshots (from runs that were killed) go only now, after the thaw: removing a
-    // snapshot makes the monitor commit, which would lengthen the next freeze.
-    for image in &images {
-        for snap in image.snapshots()? {
-            if is_tool_snapshot(&snap.name) && snap.name != snap_name {
-                match image.remove_snapshot(&snap.name) {
-                    Ok(()) => warn(ctx, report, format!("removed leftover snapshot {}@{}", image.spec(), snap.name)),
-                    Err(e) => warn(ctx, report, format!("could not remove leftover snapshot {}@{}: {e}", image.spec(), snap.name)),
-                }
-            }
-        }
-    }
-
     let mut disk_records = Vec::with_capacity(job.disks.len());
     for ((disk, pool), image) in job.disks.iter().zip(&pools).zip(&images) {
         let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?;
@@ -214,10 +201,19 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
     report.backup_id = Some(backup_id);
     report.path = Some(path.display().to_string());
 
+    // The new snapshots stay as the base of the next incremental; every other tool snapshot
+    // (the previous base, or one left by a killed run) goes now that this backup is complete.
+    // This runs after the thaw: a removal makes the monitor commit and would lengthen a freeze.
     for guard in guards {
-        let name = guard.name().to_string();
-        if let Err(e) = guard.remove() {
-            warn(ctx, report, format!("backup is complete, but snapshot {name} could not be removed: {e}"));
+        guard.keep();
+    }
+    for image in &images {
+        for snap in image.snapshots()? {
+            if is_tool_snapshot(&snap.name) && snap.name != snap_name {
+                if let Err(e) = image.remove_snapshot(&snap.name) {
+                    warn(ctx, report, format!("backup is complete, but the old snapshot {}@{} could not be removed: {e}", image.spec(), snap.name));
+                }
+            }
         }
     }
     Ok(())

@@ -12,10 +12,13 @@
 //! 4. Create every disk's snapshot concurrently (one thread per disk: concurrent creates share
 //!    one monitor proposal), then thaw at once. Each snapshot is a `SnapshotGuard` that removes
 //!    it on drop, so every later error path cleans up.
-//! 5. After the thaw: remove leftover tool snapshots of killed runs, then export each snapshot
-//!    (allocated blocks only, `queue_depth` reads in flight) into `.partial-<id>/`.
+//! 5. After the thaw: export each snapshot (allocated blocks only, `queue_depth` reads in
+//!    flight) into `.partial-<id>/`.
 //! 6. Write the manifest, fsync, rename the folder into place: only now is it a backup.
-//! 7. Remove the snapshots (a failure here is a warning: the backup is complete).
+//! 7. Keep the new snapshots as the base of the next incremental and remove every other tool
+//!    snapshot of the disks (the previous base, leftovers of killed runs). A failure here is a
+//!    warning: the backup is complete. So at any time the only tool snapshots are the recorded
+//!    bases of complete backups, plus those of a run in progress.
 //!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.

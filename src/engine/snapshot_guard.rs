@@ -3,7 +3,7 @@
 use crate::ceph::{CephError, RbdImage};
 
 /// Owns a freshly created snapshot. Dropping it removes the snapshot (logging failures), so
-/// every error path cleans up; `remove` does the same and reports the outcome.
+/// every error path cleans up; `keep` disarms it once the backup is complete.
 pub struct SnapshotGuard<'i> {
     image: &'i RbdImage<'i>,
     name: String,
@@ -17,15 +17,10 @@ impl<'i> SnapshotGuard<'i> {
         Ok(SnapshotGuard { image, name: name.to_string(), armed: true })
     }
 
-    /// The snapshot's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Removes the snapshot now.
-    pub fn remove(mut self) -> Result<(), CephError> {
+    /// Keeps the snapshot (it becomes the base of the next incremental backup).
+    pub fn keep(mut self) -> String {
         self.armed = false;
-        self.image.remove_snapshot(&self.name)
+        std::mem::take(&mut self.name)
     }
 }
 
