@@ -1,0 +1,79 @@
+# The one way to build, lint and test virt-rbd-backup. `make help` lists the targets.
+#
+# Variables: PYTHON (default python3), CARGO_TARGET_DIR (honoured by cargo and maturin),
+# PYTEST_ARGS (extra pytest arguments).
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+PYTEST_ARGS ?=
+DIST := dist
+PY_PACKAGE := python/virt_rbd_backup
+PY_SOURCES := $(PY_PACKAGE) tests/python
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: install-dev
+install-dev: ## Install the Python dev tools (maturin, ruff, mypy, pytest)
+	$(PIP) install 'maturin>=1.9,<2' ruff mypy pytest
+
+.PHONY: build
+build: ## Build the release wheel into dist/ and install it (pip --force-reinstall)
+	rm -f $(DIST)/virt_rbd_backup-*.whl
+	maturin build --release --out $(DIST)
+	$(PIP) install --no-deps --force-reinstall $(DIST)/virt_rbd_backup-*.whl
+
+.PHONY: develop
+develop: ## Build a debug extension and install the package editable (in a venv: maturin develop)
+	@if [ -n "$${VIRTUAL_ENV:-}$${CONDA_PREFIX:-}" ]; then \
+		maturin develop; \
+	else \
+		$(PIP) install --no-build-isolation --no-deps --editable .; \
+	fi
+
+.PHONY: lint
+lint: lint-rust lint-python stubtest ## All linters: rustfmt, clippy, ruff, mypy --strict, stubtest
+
+.PHONY: lint-rust
+lint-rust: ## cargo fmt --check and clippy -D warnings, with and without the python feature
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+
+.PHONY: lint-python
+lint-python: ## ruff check, ruff format --check and mypy --strict on the package and tests
+	ruff check $(PY_SOURCES)
+	ruff format --check $(PY_SOURCES)
+	mypy --strict $(PY_PACKAGE)
+
+.PHONY: stubtest
+stubtest: build ## Check _native.pyi against the built module (mypy stubtest)
+	$(PYTHON) -m mypy.stubtest virt_rbd_backup._native
+
+.PHONY: format
+format: ## Reformat Rust and Python sources
+	cargo fmt --all
+	ruff format $(PY_SOURCES)
+	ruff check --fix $(PY_SOURCES)
+
+.PHONY: test-unit
+test-unit: build ## Unit tests, no lab needed: cargo test --lib and pytest -m "not lab"
+	cargo test --lib
+	$(PYTHON) -m pytest tests/python -m "not lab" $(PYTEST_ARGS)
+
+.PHONY: test-lab
+test-lab: build ## Tests against the Ceph + libvirt lab (pytest -m lab)
+	$(PYTHON) -m pytest tests/python -m lab $(PYTEST_ARGS)
+
+.PHONY: test
+test: lint test-unit ## Lint and unit tests (what CI runs without the lab)
+
+.PHONY: clean
+clean: ## Remove build outputs
+	rm -rf $(DIST) .mypy_cache .ruff_cache .pytest_cache
+	cargo clean

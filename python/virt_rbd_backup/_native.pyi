@@ -1,0 +1,69 @@
+"""Rust core of virt-rbd-backup (private: use the ``virt_rbd_backup`` package).
+
+Options go in and reports come out as JSON-shaped values (dicts, lists, str, int, float, bool,
+None), the same shape as the CLI's ``--json`` output. Every exception raised derives from
+:class:`BackupError`.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "BackupError",
+    "CancelledError",
+    "CephError",
+    "LibvirtError",
+    "RepositoryError",
+    "UsageError",
+    "__version__",
+    "backup",
+    "list_domains",
+]
+
+__version__: str
+"""Version of the Rust crate the module was built from."""
+
+class BackupError(Exception):
+    """Base class of every error raised by virt_rbd_backup."""
+
+class UsageError(BackupError):
+    """Options that make no sense (an unknown option, a bad value); exit status 2."""
+
+class LibvirtError(BackupError):
+    """libvirt could not be used: connection, domain lookup, secret or freeze."""
+
+class CephError(BackupError):
+    """A librados/librbd call failed."""
+
+class RepositoryError(BackupError):
+    """The backup repository could not be read or written."""
+
+class CancelledError(BackupError):
+    """The run was cancelled before it finished."""
+
+def backup(
+    options: str | Mapping[str, Any],
+    on_event: Callable[[dict[str, Any]], object] | None = None,
+) -> dict[str, Any]:
+    """Back up domains; see ``virt_rbd_backup.backup`` for the friendly face.
+
+    ``options`` is a JSON object (str) or a mapping with the fields of ``BackupOptions``
+    (``connect``, ``domains``, ``workers``, ``queue_depth``, ``freeze``,
+    ``freeze_mountpoints``, ``repo``); missing fields take their defaults and an unknown one is a
+    :class:`UsageError`. ``on_event`` is called with each event as a dict, from worker threads;
+    an exception it raises is logged on the ``virt_rbd_backup`` logger and the run goes on.
+
+    The GIL is released for the whole run. On Ctrl-C (or any exception from a signal handler)
+    the run is cancelled, the call waits until guests are thawed and snapshots removed, and then
+    re-raises that exception.
+
+    Returns the report as a dict. Per-domain failures are in the report; an exception means the
+    run could not start.
+    """
+
+def list_domains(connect: str, domains: Sequence[str]) -> list[dict[str, Any]]:
+    """List domains and what a backup would do with their disks, as a list of dicts.
+
+    ``domains`` are names or UUIDs; empty means every defined domain. The GIL is released while
+    libvirt is asked; Ctrl-C interrupts at once (nothing needs cleaning up).
+    """

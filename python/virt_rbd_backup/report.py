@@ -1,0 +1,330 @@
+"""Typed, immutable views of what the Rust core returns: backup reports and domain listings.
+
+The core hands back plain JSON-shaped dicts (the ``--json`` report format). These frozen
+dataclasses are built from them with ``from_dict`` and turn back into the same shape with
+``to_dict``. Reading is tolerant: fields a newer core adds are ignored and optional fields may be
+missing, so an older package still reads a newer core's report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = [
+    "BackupReport",
+    "Consistency",
+    "DiskReport",
+    "DomainListing",
+    "DomainReport",
+    "DomainStatus",
+    "FreezeReport",
+    "MonitorHost",
+    "RbdAuth",
+    "RbdDisk",
+    "SkipReason",
+]
+
+DomainStatus: TypeAlias = Literal["succeeded", "failed", "skipped"]
+"""Outcome of one domain: ``succeeded``, ``failed`` or ``skipped`` (no RBD disk)."""
+
+Consistency: TypeAlias = Literal["frozen", "crash_consistent_per_disk"]
+"""Consistency of a domain's snapshots: guest filesystems ``frozen``, or crash-consistent."""
+
+SkipReason: TypeAlias = Literal["not_network", "not_rbd"]
+"""Why a disk is not backed up: not a network disk, or a network disk that is not RBD."""
+
+
+def _plain(value: Any) -> Any:
+    """Turn tuples (and nested dataclass dicts) into the lists and dicts JSON has."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+class _JsonShaped:
+    """``to_dict`` for the dataclasses below."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-shaped dict this value was read from (lists, not tuples)."""
+        result: dict[str, Any] = _plain(dataclasses.asdict(cast("DataclassInstance", self)))
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezeReport(_JsonShaped):
+    """How a domain's guest filesystems were frozen around its snapshots."""
+
+    attempted: bool = False
+    """Whether a freeze was attempted (running guest, freeze policy not ``off``)."""
+    frozen_filesystems: int = 0
+    """Filesystems the guest agent froze."""
+    window_ms: float | None = None
+    """From the freeze call returning to the thaw call returning, in milliseconds."""
+    frozen_at: float | None = None
+    """Wall-clock time (Unix seconds) when the freeze call returned."""
+    thawed_at: float | None = None
+    """Wall-clock time (Unix seconds) when the thaw call returned."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FreezeReport:
+        """Read the ``freeze`` object of a domain report."""
+        return cls(
+            attempted=bool(data.get("attempted", False)),
+            frozen_filesystems=int(data.get("frozen_filesystems", 0)),
+            window_ms=_opt_float(data.get("window_ms")),
+            frozen_at=_opt_float(data.get("frozen_at")),
+            thawed_at=_opt_float(data.get("thawed_at")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskReport(_JsonShaped):
+    """The backup of one disk."""
+
+    target: str
+    """Guest device, for example ``vda``."""
+    image: str
+    """``pool/image`` or ``pool/namespace/image``."""
+    size: int
+    """Image size in bytes."""
+    bytes_read: int
+    """Bytes read from the cluster."""
+    bytes_written: int
+    """Bytes of non-zero data written to the repository."""
+    snapshot: str
+    """The RBD snapshot that was exported."""
+    snapshot_timestamp: float | None = None
+    """Wall-clock time (Unix seconds) Ceph recorded for the snapshot."""
+    file: str | None = None
+    """The file in the repository."""
+    checksum: str | None = None
+    """Checksum of the content (see the manifest format)."""
+    seconds: float = 0.0
+    """Seconds spent exporting."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DiskReport:
+        """Read one element of a domain report's ``disks``."""
+        return cls(
+            target=str(data["target"]),
+            image=str(data["image"]),
+            size=int(data["size"]),
+            bytes_read=int(data.get("bytes_read", 0)),
+            bytes_written=int(data.get("bytes_written", 0)),
+            snapshot=str(data.get("snapshot", "")),
+            snapshot_timestamp=_opt_float(data.get("snapshot_timestamp")),
+            file=data.get("file"),
+            checksum=data.get("checksum"),
+            seconds=float(data.get("seconds", 0.0)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainReport(_JsonShaped):
+    """The outcome of one domain."""
+
+    name: str
+    """Domain name."""
+    uuid: str
+    """Domain UUID."""
+    status: DomainStatus
+    """``succeeded``, ``failed`` or ``skipped`` (the domain has no RBD disk)."""
+    error: str | None = None
+    """The first error, for a failed domain."""
+    warnings: tuple[str, ...] = ()
+    """Warnings, for example a freeze that fell back to crash-consistent snapshots."""
+    backup_id: str | None = None
+    """Backup id, for a succeeded domain."""
+    path: str | None = None
+    """The backup's folder in the repository, for a succeeded domain."""
+    consistency: Consistency | None = None
+    """Consistency of the snapshots, if they were taken."""
+    freeze: FreezeReport = FreezeReport()
+    """The freeze."""
+    disks: tuple[DiskReport, ...] = ()
+    """Disks backed up."""
+    seconds: float = 0.0
+    """Seconds for the domain."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DomainReport:
+        """Read one domain report (also the ``report`` of a ``domain_finished`` event)."""
+        return cls(
+            name=str(data["name"]),
+            uuid=str(data["uuid"]),
+            status=data["status"],
+            error=data.get("error"),
+            warnings=tuple(str(w) for w in data.get("warnings", ())),
+            backup_id=data.get("backup_id"),
+            path=data.get("path"),
+            consistency=data.get("consistency"),
+            freeze=FreezeReport.from_dict(data.get("freeze") or {}),
+            disks=tuple(DiskReport.from_dict(d) for d in data.get("disks", ())),
+            seconds=float(data.get("seconds", 0.0)),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupReport(_JsonShaped):
+    """A whole backup run: what ``backup()`` returns and ``--json`` prints."""
+
+    version: int
+    """Report format version."""
+    started_at: float
+    """Start, Unix seconds."""
+    finished_at: float
+    """End, Unix seconds."""
+    domains: tuple[DomainReport, ...] = ()
+    """Per domain, in discovery order."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackupReport:
+        """Read a report in the ``--json`` format.
+
+        >>> report = BackupReport.from_dict(
+        ...     {"version": 1, "started_at": 0.0, "finished_at": 1.0, "domains": []}
+        ... )
+        >>> report.any_failed
+        False
+        """
+        return cls(
+            version=int(data["version"]),
+            started_at=float(data["started_at"]),
+            finished_at=float(data["finished_at"]),
+            domains=tuple(DomainReport.from_dict(d) for d in data.get("domains", ())),
+        )
+
+    @property
+    def any_failed(self) -> bool:
+        """Whether any domain failed (the CLI then exits with status 1)."""
+        return any(d.status == "failed" for d in self.domains)
+
+    def count(self, status: DomainStatus) -> int:
+        """Count the domains with ``status``."""
+        return sum(1 for d in self.domains if d.status == status)
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorHost(_JsonShaped):
+    """A Ceph monitor named in a disk's ``<host>`` element."""
+
+    name: str
+    """Host name or IP address as written in the XML (IPv6 without brackets)."""
+    port: int | None = None
+    """Port, if given."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MonitorHost:
+        """Read one element of a disk's ``hosts``."""
+        port = data.get("port")
+        return cls(name=str(data["name"]), port=None if port is None else int(port))
+
+
+@dataclasses.dataclass(frozen=True)
+class RbdAuth(_JsonShaped):
+    """The ``<auth>`` of an RBD disk: Ceph user and the libvirt secret holding its key."""
+
+    username: str
+    """Ceph user without the ``client.`` prefix."""
+    secret_uuid: str | None = None
+    """UUID of the libvirt secret holding the key."""
+    secret_usage: str | None = None
+    """Usage name of the secret, if it is named by usage instead of UUID."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RbdAuth:
+        """Read a disk's ``auth``."""
+        return cls(
+            username=str(data["username"]),
+            secret_uuid=data.get("secret_uuid"),
+            secret_usage=data.get("secret_usage"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RbdDisk(_JsonShaped):
+    """An RBD disk of a domain, as a backup would see it."""
+
+    target: str
+    """Guest device (``<target dev='vda'>``)."""
+    pool: str
+    """Pool name."""
+    image: str
+    """Image name."""
+    namespace: str | None = None
+    """RADOS namespace, if any."""
+    hosts: tuple[MonitorHost, ...] = ()
+    """Monitors from ``<host>`` elements (empty: those of ceph.conf)."""
+    config_file: str | None = None
+    """``<config file='...'/>`` inside ``<source>``, if any."""
+    auth: RbdAuth | None = None
+    """Authentication, if any."""
+    device: str = "disk"
+    """``disk``, ``cdrom``, ..."""
+    readonly: bool = False
+    """Whether the disk is ``<readonly/>``."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RbdDisk:
+        """Read one element of a listing's ``rbd_disks``."""
+        auth = data.get("auth")
+        return cls(
+            target=str(data["target"]),
+            pool=str(data["pool"]),
+            image=str(data["image"]),
+            namespace=data.get("namespace"),
+            hosts=tuple(MonitorHost.from_dict(h) for h in data.get("hosts", ())),
+            config_file=data.get("config_file"),
+            auth=None if auth is None else RbdAuth.from_dict(auth),
+            device=str(data.get("device", "disk")),
+            readonly=bool(data.get("readonly", False)),
+        )
+
+    @property
+    def spec(self) -> str:
+        """``pool/image`` or ``pool/namespace/image``, as ``rbd`` names it."""
+        if self.namespace:
+            return f"{self.pool}/{self.namespace}/{self.image}"
+        return f"{self.pool}/{self.image}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainListing(_JsonShaped):
+    """A domain and what a backup would do with its disks (``list_domains``)."""
+
+    name: str
+    """Domain name."""
+    uuid: str
+    """Domain UUID."""
+    active: bool
+    """Whether the domain is running."""
+    rbd_disks: tuple[RbdDisk, ...] = ()
+    """RBD disks that would be backed up."""
+    skipped_disks: tuple[tuple[str | None, SkipReason], ...] = ()
+    """Disks that would be skipped, as ``(target, reason)``."""
+    error: str | None = None
+    """Why the domain cannot be backed up, if it cannot (for example malformed XML)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DomainListing:
+        """Read one element of what ``_native.list_domains`` returns."""
+        skipped: Sequence[Sequence[Any]] = data.get("skipped_disks", ())
+        return cls(
+            name=str(data["name"]),
+            uuid=str(data["uuid"]),
+            active=bool(data["active"]),
+            rbd_disks=tuple(RbdDisk.from_dict(d) for d in data.get("rbd_disks", ())),
+            skipped_disks=tuple((target, reason) for target, reason in skipped),
+            error=data.get("error"),
+        )

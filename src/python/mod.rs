@@ -1,0 +1,351 @@
+//! The private extension module `virt_rbd_backup._native`: the only place that knows Python.
+//!
+//! It does three things and nothing else:
+//! - **conversion**: options come in as a JSON string or a mapping (dumped with Python's `json`
+//!   and read by serde, so `BackupOptions`' `deny_unknown_fields` reports a misspelt option);
+//!   reports, listings and events go out as plain dicts/lists built from `serde_json::Value`, so
+//!   the Python side sees exactly the documented JSON shape;
+//! - **GIL release and Ctrl-C**: a run happens on its own thread while the calling thread waits
+//!   detached from the interpreter, attaching every [`POLL`] to let Python run its signal
+//!   handlers. An exception from a handler (KeyboardInterrupt) cancels the run through its
+//!   [`CancelToken`]; the call then keeps waiting until the engine has thawed the guests and
+//!   removed its snapshots, and only then raises that exception;
+//! - **exception mapping**: [`Error`] becomes one exception of the hierarchy rooted at
+//!   `BackupError`, once, here.
+//!
+//! Events reach the Python callback from the engine's worker threads, which attach to the
+//! interpreter for the call. A callback that raises is logged and the run goes on: a broken
+//! progress display must not cost a backup.
+
+use std::sync::OnceLock;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+use log::LevelFilter;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::IntoPyObjectExt;
+use serde_json::Value;
+
+use crate::engine::{self, BackupEvent, BackupOptions, CancelToken, EventSink};
+use crate::error::Error;
+
+/// How often a waiting call attaches to the interpreter to run signal handlers.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The Python logger the crate's records go to (Rust targets `virt_rbd_backup::x` become
+/// `virt_rbd_backup.x`, children of this one).
+const LOGGER: &str = "virt_rbd_backup";
+
+create_exception!(
+    virt_rbd_backup,
+    BackupError,
+    PyException,
+    "Base class of every error raised by virt_rbd_backup."
+);
+create_exception!(
+    virt_rbd_backup,
+    UsageError,
+    BackupError,
+    "Options that make no sense (an unknown option, a bad value); exit status 2."
+);
+create_exception!(
+    virt_rbd_backup,
+    LibvirtError,
+    BackupError,
+    "libvirt could not be used: connection, domain lookup, secret or freeze."
+);
+create_exception!(
+    virt_rbd_backup,
+    CephError,
+    BackupError,
+    "A librados/librbd call failed."
+);
+create_exception!(
+    virt_rbd_backup,
+    RepositoryError,
+    BackupError,
+    "The backup repository could not be read or written."
+);
+create_exception!(
+    virt_rbd_backup,
+    CancelledError,
+    BackupError,
+    "The run was cancelled before it finished."
+);
+
+/// Resets pyo3-log's cache of Python loggers and levels, so that logging configured after the
+/// import (as the CLI does) is honoured.
+static LOG_RESET: OnceLock<pyo3_log::ResetHandle> = OnceLock::new();
+
+/// The message of an error with the causes its `Display` does not already show.
+fn error_message(err: &Error) -> String {
+    let mut message = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// The one conversion of a crate error into a Python exception.
+fn to_py_err(err: Error) -> PyErr {
+    let message = error_message(&err);
+    // A variant added to `Error` later lands on the base class until it gets its own.
+    #[allow(unreachable_patterns)]
+    match err {
+        Error::Usage(_) => UsageError::new_err(message),
+        Error::Libvirt(_) => LibvirtError::new_err(message),
+        Error::Ceph(_) => CephError::new_err(message),
+        Error::Repo(_) => RepositoryError::new_err(message),
+        Error::Cancelled => CancelledError::new_err(message),
+        _ => BackupError::new_err(message),
+    }
+}
+
+/// Builds the Python value of a JSON value: dict, list, str, int, float, bool or None.
+fn json_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
+    match value {
+        Value::Null => Ok(py.None().into_bound(py)),
+        Value::Bool(b) => b.into_bound_py_any(py),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                u.into_bound_py_any(py)
+            } else if let Some(i) = n.as_i64() {
+                i.into_bound_py_any(py)
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_bound_py_any(py)
+            }
+        }
+        Value::String(s) => s.into_bound_py_any(py),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(json_to_py(py, item)?)?;
+            }
+            Ok(list.into_any())
+        }
+        Value::Object(fields) => {
+            let dict = PyDict::new(py);
+            for (key, item) in fields {
+                dict.set_item(key, json_to_py(py, item)?)?;
+            }
+            Ok(dict.into_any())
+        }
+    }
+}
+
+/// Serializes `value` and builds its Python value.
+fn to_py<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
+    let json = serde_json::to_value(value).map_err(|e| {
+        BackupError::new_err(format!("internal error: cannot serialize a result: {e}"))
+    })?;
+    json_to_py(py, &json)
+}
+
+/// Reads backup options from a JSON string or a mapping; a bad option is a `UsageError`.
+fn parse_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult<BackupOptions> {
+    let text: String = if let Ok(s) = options.cast::<PyString>() {
+        s.to_str()?.to_owned()
+    } else {
+        py.import("json")?
+            .call_method1("dumps", (options,))?
+            .extract()?
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| UsageError::new_err(format!("invalid backup options: {e}")))
+}
+
+/// Hands events to a Python callable, attaching from whichever thread emits them.
+struct PyEventSink {
+    callback: Option<Py<PyAny>>,
+}
+
+impl EventSink for PyEventSink {
+    fn emit(&self, event: &BackupEvent) {
+        let Some(callback) = &self.callback else {
+            return;
+        };
+        // `try_attach`: during interpreter shutdown events are dropped instead of panicking.
+        Python::try_attach(|py| {
+            let outcome = to_py(py, event).and_then(|ev| callback.call1(py, (ev,)));
+            if let Err(err) = outcome {
+                report_callback_error(py, err);
+            }
+        });
+    }
+}
+
+/// Logs an exception raised by the event callback on the package logger, with its traceback.
+fn report_callback_error(py: Python<'_>, err: PyErr) {
+    let logged = (|| -> PyResult<()> {
+        let logger = py.import("logging")?.call_method1("getLogger", (LOGGER,))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", err.value(py))?;
+        logger.call_method(
+            "error",
+            ("the on_event callback raised an exception; the backup goes on",),
+            Some(&kwargs),
+        )?;
+        Ok(())
+    })();
+    if logged.is_err() {
+        err.write_unraisable(py, None);
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+/// Runs `work` on its own thread and waits for it detached from the interpreter, running
+/// Python's signal handlers every [`POLL`].
+///
+/// With a `cancel` token, an exception from a signal handler cancels the work, the wait goes on
+/// until the work has returned (its clean-up done), and then that exception is raised. Without
+/// one (work that holds nothing to clean up) the exception is raised at once and the thread is
+/// left to finish on its own.
+fn run_interruptible<T, F>(py: Python<'_>, cancel: Option<&CancelToken>, work: F) -> PyResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (sender, receiver) = crossbeam_channel::bounded(1);
+    let worker = thread::Builder::new()
+        .name("virt-rbd-backup".into())
+        .spawn(move || {
+            // The receiver is gone only if the caller stopped waiting; nothing to tell then.
+            let _ = sender.send(work());
+        })
+        .map_err(|e| BackupError::new_err(format!("cannot start a thread: {e}")))?;
+
+    let mut interruption: Option<PyErr> = None;
+    loop {
+        match py.detach(|| receiver.recv_timeout(POLL)) {
+            Ok(result) => {
+                // The thread has sent its last value; joining only reaps it.
+                let _ = py.detach(|| worker.join());
+                return match interruption {
+                    Some(err) => Err(err),
+                    None => Ok(result),
+                };
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let message = match py.detach(|| worker.join()) {
+                    Err(payload) => panic_message(payload.as_ref()),
+                    Ok(()) => "the worker thread ended without a result".to_owned(),
+                };
+                return Err(interruption.unwrap_or_else(|| {
+                    BackupError::new_err(format!("internal error: {message}"))
+                }));
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(err) = py.check_signals() {
+                    let Some(cancel) = cancel else {
+                        return Err(err);
+                    };
+                    if interruption.is_none() {
+                        cancel.cancel();
+                        log::warn!(
+                            target: LOGGER,
+                            "interrupted: cancelling; waiting for clean-up (thaw, snapshot removal) to finish"
+                        );
+                        interruption = Some(err);
+                    } else {
+                        log::warn!(
+                            target: LOGGER,
+                            "still cleaning up (thaw, snapshot removal); stopping now would leave guests frozen or snapshots behind"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Picks up changes to Python's logging configuration made since the last call.
+fn refresh_logging() {
+    if let Some(handle) = LOG_RESET.get() {
+        handle.reset();
+    }
+}
+
+/// Backs up domains; see `virt_rbd_backup.backup` for the friendly face.
+///
+/// `options` is a JSON object (str) or a mapping with the fields of `BackupOptions`;
+/// `on_event` is called with each event as a dict, from worker threads. Returns the report as
+/// a dict. Per-domain failures are in the report; an exception means the run could not start.
+#[pyfunction]
+#[pyo3(signature = (options, on_event=None))]
+fn backup<'py>(
+    py: Python<'py>,
+    options: &Bound<'py, PyAny>,
+    on_event: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let options = parse_options(py, options)?;
+    refresh_logging();
+    let sink = PyEventSink { callback: on_event };
+    let cancel = CancelToken::new();
+    let token = cancel.clone();
+    let (result, sink) = run_interruptible(py, Some(&cancel), move || {
+        let result = engine::run_backup(&options, &sink, &token);
+        // The sink goes back to the caller so its callback is released while attached.
+        (result, sink)
+    })?;
+    drop(sink);
+    let report = result.map_err(to_py_err)?;
+    to_py(py, &report)
+}
+
+/// Lists domains and what a backup would do with their disks, as a list of dicts.
+#[pyfunction]
+#[pyo3(signature = (connect, domains))]
+fn list_domains<'py>(
+    py: Python<'py>,
+    connect: String,
+    domains: Vec<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    refresh_logging();
+    let result = run_interruptible(py, None, move || engine::list_domains(&connect, &domains))?;
+    let listings = result.map_err(to_py_err)?;
+    to_py(py, &listings)
+}
+
+/// Rust core of virt-rbd-backup (private: use the `virt_rbd_backup` package).
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    // Another extension may have installed a `log` logger already; records then go there.
+    if let Ok(handle) = pyo3_log::Logger::new(py, pyo3_log::Caching::LoggersAndLevels)?
+        .filter(LevelFilter::Warn)
+        .filter_target(LOGGER.to_owned(), LevelFilter::Debug)
+        .install()
+    {
+        let _ = LOG_RESET.set(handle);
+    }
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(backup, m)?)?;
+    m.add_function(wrap_pyfunction!(list_domains, m)?)?;
+    m.add("BackupError", py.get_type::<BackupError>())?;
+    m.add("UsageError", py.get_type::<UsageError>())?;
+    m.add("LibvirtError", py.get_type::<LibvirtError>())?;
+    m.add("CephError", py.get_type::<CephError>())?;
+    m.add("RepositoryError", py.get_type::<RepositoryError>())?;
+    m.add("CancelledError", py.get_type::<CancelledError>())?;
+    Ok(())
+}
