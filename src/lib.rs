@@ -16,5 +16,7 @@ pub mod secret;
 #[cfg(feature = "python")]
 mod python;
 
-pub use engine::{list_backups, list_domains, run_backup, BackupOptions, BackupReport, CancelToken};
+pub use engine::{
+    list_backups, list_domains, run_backup, BackupOptions, BackupReport, CancelToken,
+};
 pub use error::{Error, Result};

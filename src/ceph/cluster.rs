@@ -44,12 +44,18 @@ pub struct CephTimeouts {
 
 impl Default for CephTimeouts {
     fn default() -> Self {
-        CephTimeouts { monitor: Duration::from_secs(30), osd: Duration::from_secs(120) }
+        CephTimeouts {
+            monitor: Duration::from_secs(30),
+            osd: Duration::from_secs(120),
+        }
     }
 }
 
 fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
-    CString::new(value).map_err(|_| CephError::NulByte { what, value: value.to_string() })
+    CString::new(value).map_err(|_| CephError::NulByte {
+        what,
+        value: value.to_string(),
+    })
 }
 
 /// A connected `rados_t`; shut down on drop. Thread-safe, shared by the workers.
@@ -67,7 +73,11 @@ unsafe impl Sync for RadosCluster {}
 impl RadosCluster {
     /// Connects as `address.user` with `key` (base64, from a libvirt secret) if given,
     /// otherwise with whatever keyring the config names.
-    pub fn connect(address: &ClusterAddress, key: Option<&SecretString>, timeouts: CephTimeouts) -> Result<Self, CephError> {
+    pub fn connect(
+        address: &ClusterAddress,
+        key: Option<&SecretString>,
+        timeouts: CephTimeouts,
+    ) -> Result<Self, CephError> {
         let fail = |rc: i32| CephError::Connect {
             monitors: address.describe(),
             user: address.user.clone(),
@@ -79,12 +89,16 @@ impl RadosCluster {
         let cluster_name = cstring("cluster name", "ceph")?;
         let mut handle: ffi::rados_t = ptr::null_mut();
         // SAFETY: out-pointer to a local; strings are valid NUL-terminated C strings.
-        let rc = unsafe { ffi::rados_create2(&mut handle, cluster_name.as_ptr(), name.as_ptr(), 0) };
+        let rc =
+            unsafe { ffi::rados_create2(&mut handle, cluster_name.as_ptr(), name.as_ptr(), 0) };
         if rc < 0 {
             return Err(fail(rc));
         }
         // From here on `cluster` owns the handle and shuts it down on every error path.
-        let cluster = RadosCluster { handle, address: address.clone() };
+        let cluster = RadosCluster {
+            handle,
+            address: address.clone(),
+        };
         match &address.conf_file {
             Some(path) => {
                 let path_c = cstring("config file", path)?;
@@ -123,11 +137,14 @@ impl RadosCluster {
         }
         if let Some(key) = key {
             // The key goes straight from memory into librados; it is never written anywhere.
-            let value = CString::new(key.expose())
-                .map_err(|_| CephError::NulByte { what: "Ceph key", value: "<redacted>".into() })?;
+            let value = CString::new(key.expose()).map_err(|_| CephError::NulByte {
+                what: "Ceph key",
+                value: "<redacted>".into(),
+            })?;
             let option = cstring("option", "key")?;
             // SAFETY: valid handle and C strings.
-            let rc = unsafe { ffi::rados_conf_set(cluster.handle, option.as_ptr(), value.as_ptr()) };
+            let rc =
+                unsafe { ffi::rados_conf_set(cluster.handle, option.as_ptr(), value.as_ptr()) };
             if rc < 0 {
                 return Err(fail(rc));
             }
@@ -158,15 +175,29 @@ impl RadosCluster {
     }
 
     /// Opens an I/O context on `pool`, in `namespace` if given.
-    pub fn open_pool(&self, pool: &str, namespace: Option<&str>) -> Result<PoolContext<'_>, CephError> {
+    pub fn open_pool(
+        &self,
+        pool: &str,
+        namespace: Option<&str>,
+    ) -> Result<PoolContext<'_>, CephError> {
         let pool_c = cstring("pool name", pool)?;
         let mut io: ffi::rados_ioctx_t = ptr::null_mut();
         // SAFETY: connected handle, valid C string, out-pointer to a local.
         let rc = unsafe { ffi::rados_ioctx_create(self.handle, pool_c.as_ptr(), &mut io) };
         if rc < 0 {
-            return Err(CephError::OpenPool { pool: pool.to_string(), errno: rc, message: errno_message(rc), hint: errno_hint(rc) });
+            return Err(CephError::OpenPool {
+                pool: pool.to_string(),
+                errno: rc,
+                message: errno_message(rc),
+                hint: errno_hint(rc),
+            });
         }
-        let ctx = PoolContext { io, pool: pool.to_string(), namespace: namespace.map(str::to_string), _cluster: self };
+        let ctx = PoolContext {
+            io,
+            pool: pool.to_string(),
+            namespace: namespace.map(str::to_string),
+            _cluster: self,
+        };
         if let Some(ns) = namespace {
             let ns_c = cstring("namespace", ns)?;
             // SAFETY: valid ioctx and C string; librados copies the namespace.

@@ -7,19 +7,46 @@ use thiserror::Error;
 pub enum CephError {
     /// Connecting to the cluster failed.
     #[error("cannot connect to Ceph monitors {monitors} as client.{user}: {message} (errno {errno}){hint}")]
-    Connect { monitors: String, user: String, errno: i32, message: String, hint: &'static str },
+    Connect {
+        monitors: String,
+        user: String,
+        errno: i32,
+        message: String,
+        hint: &'static str,
+    },
     /// Opening a pool failed.
     #[error("cannot open pool {pool:?}: {message} (errno {errno}){hint}")]
-    OpenPool { pool: String, errno: i32, message: String, hint: &'static str },
+    OpenPool {
+        pool: String,
+        errno: i32,
+        message: String,
+        hint: &'static str,
+    },
     /// Opening an image failed.
     #[error("cannot open image {image}: {message} (errno {errno}){hint}")]
-    OpenImage { image: String, errno: i32, message: String, hint: &'static str },
+    OpenImage {
+        image: String,
+        errno: i32,
+        message: String,
+        hint: &'static str,
+    },
     /// Another librados/librbd call failed.
     #[error("{call} failed for {target}: {message} (errno {errno}){hint}")]
-    Call { call: &'static str, target: String, errno: i32, message: String, hint: &'static str },
+    Call {
+        call: &'static str,
+        target: String,
+        errno: i32,
+        message: String,
+        hint: &'static str,
+    },
     /// A read returned fewer bytes than asked for.
     #[error("short read from {image} at offset {offset}: asked {wanted} bytes, got {got}")]
-    ShortRead { image: String, offset: u64, wanted: usize, got: usize },
+    ShortRead {
+        image: String,
+        offset: u64,
+        wanted: usize,
+        got: usize,
+    },
     /// A name or setting contains a NUL byte and cannot be passed to the C library.
     #[error("{what} {value:?} contains a NUL byte")]
     NulByte { what: &'static str, value: String },
@@ -46,9 +73,13 @@ pub(crate) fn errno_message(rc: i32) -> String {
 /// A hint for the operator for common errnos.
 pub(crate) fn errno_hint(rc: i32) -> &'static str {
     match -rc {
-        libc::EACCES | libc::EPERM => "; check the Ceph user's key and capabilities (`ceph auth get client.USER`)",
+        libc::EACCES | libc::EPERM => {
+            "; check the Ceph user's key and capabilities (`ceph auth get client.USER`)"
+        }
         libc::ENOENT => "; it does not exist (deleted or renamed?)",
-        libc::ETIMEDOUT => "; the cluster did not answer in time: are the monitors and OSDs up and reachable?",
+        libc::ETIMEDOUT => {
+            "; the cluster did not answer in time: are the monitors and OSDs up and reachable?"
+        }
         libc::ENOSPC => "; the cluster is full",
         libc::EBUSY => "; it is in use",
         _ => "",

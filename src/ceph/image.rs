@@ -40,7 +40,8 @@ impl ImageInfo {
     pub fn fast_diff_usable(&self) -> bool {
         self.features & ffi::RBD_FEATURE_FAST_DIFF != 0
             && self.features & ffi::RBD_FEATURE_OBJECT_MAP != 0
-            && self.flags & (ffi::RBD_FLAG_OBJECT_MAP_INVALID | ffi::RBD_FLAG_FAST_DIFF_INVALID) == 0
+            && self.flags & (ffi::RBD_FLAG_OBJECT_MAP_INVALID | ffi::RBD_FLAG_FAST_DIFF_INVALID)
+                == 0
     }
 }
 
@@ -69,7 +70,10 @@ unsafe impl Send for RbdImage<'_> {}
 unsafe impl Sync for RbdImage<'_> {}
 
 fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
-    CString::new(value).map_err(|_| CephError::NulByte { what, value: value.to_string() })
+    CString::new(value).map_err(|_| CephError::NulByte {
+        what,
+        value: value.to_string(),
+    })
 }
 
 impl<'p> RbdImage<'p> {
@@ -79,11 +83,20 @@ impl<'p> RbdImage<'p> {
     }
 
     /// Opens `name` read-only at `snapshot`.
-    pub fn open_at_snapshot(pool: &'p PoolContext<'_>, name: &str, snapshot: &str) -> Result<Self, CephError> {
+    pub fn open_at_snapshot(
+        pool: &'p PoolContext<'_>,
+        name: &str,
+        snapshot: &str,
+    ) -> Result<Self, CephError> {
         Self::open_inner(pool, name, Some(snapshot), true)
     }
 
-    fn open_inner(pool: &'p PoolContext<'_>, name: &str, snapshot: Option<&str>, read_only: bool) -> Result<Self, CephError> {
+    fn open_inner(
+        pool: &'p PoolContext<'_>,
+        name: &str,
+        snapshot: Option<&str>,
+        read_only: bool,
+    ) -> Result<Self, CephError> {
         let spec = pool.image_spec(name);
         let name_c = cstring("image name", name)?;
         let snap_c = snapshot.map(|s| cstring("snapshot name", s)).transpose()?;
@@ -102,13 +115,28 @@ impl<'p> RbdImage<'p> {
                 Some(s) => format!("{spec}@{s}"),
                 None => spec,
             };
-            return Err(CephError::OpenImage { image, errno: rc, message: errno_message(rc), hint: errno_hint(rc) });
+            return Err(CephError::OpenImage {
+                image,
+                errno: rc,
+                message: errno_message(rc),
+                hint: errno_hint(rc),
+            });
         }
-        Ok(RbdImage { handle, spec, _pool: PhantomData })
+        Ok(RbdImage {
+            handle,
+            spec,
+            _pool: PhantomData,
+        })
     }
 
     fn call_failed(&self, call: &'static str, rc: i32) -> CephError {
-        CephError::Call { call, target: self.spec.clone(), errno: rc, message: errno_message(rc), hint: errno_hint(rc) }
+        CephError::Call {
+            call,
+            target: self.spec.clone(),
+            errno: rc,
+            message: errno_message(rc),
+            hint: errno_hint(rc),
+        }
     }
 
     /// `pool/image` for messages.
@@ -121,7 +149,13 @@ impl<'p> RbdImage<'p> {
         // SAFETY: zeroed is a valid bit pattern for this plain C struct.
         let mut stat: ffi::rbd_image_info_t = unsafe { std::mem::zeroed() };
         // SAFETY: valid handle; the size argument matches the struct we pass.
-        let rc = unsafe { ffi::rbd_stat(self.handle, &mut stat, std::mem::size_of::<ffi::rbd_image_info_t>()) };
+        let rc = unsafe {
+            ffi::rbd_stat(
+                self.handle,
+                &mut stat,
+                std::mem::size_of::<ffi::rbd_image_info_t>(),
+            )
+        };
         if rc < 0 {
             return Err(self.call_failed("rbd_stat", rc));
         }
@@ -144,8 +178,16 @@ impl<'p> RbdImage<'p> {
             return Err(self.call_failed("rbd_get_id", rc));
         }
         // SAFETY: librbd NUL-terminated the id inside the buffer.
-        let id = unsafe { CStr::from_ptr(id_buf.as_ptr()) }.to_string_lossy().into_owned();
-        Ok(ImageInfo { size: stat.size, object_size: stat.obj_size, features, flags, id })
+        let id = unsafe { CStr::from_ptr(id_buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        Ok(ImageInfo {
+            size: stat.size,
+            object_size: stat.obj_size,
+            features,
+            flags,
+            id,
+        })
     }
 
     /// All snapshots of the image.
@@ -172,7 +214,9 @@ impl<'p> RbdImage<'p> {
                     id: s.id,
                     size: s.size,
                     // SAFETY: librbd gives a NUL-terminated name valid until rbd_snap_list_end.
-                    name: unsafe { CStr::from_ptr(s.name) }.to_string_lossy().into_owned(),
+                    name: unsafe { CStr::from_ptr(s.name) }
+                        .to_string_lossy()
+                        .into_owned(),
                 })
                 .collect();
             // SAFETY: frees the names librbd allocated for these entries.
@@ -217,7 +261,10 @@ impl<'p> RbdImage<'p> {
 
     /// When Ceph created snapshot `snap_id`, as Unix seconds.
     pub fn snapshot_timestamp(&self, snap_id: u64) -> Result<f64, CephError> {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: valid handle, out-pointer to a local.
         let rc = unsafe { ffi::rbd_snap_get_timestamp(self.handle, snap_id, &mut ts) };
         if rc < 0 {
@@ -229,14 +276,30 @@ impl<'p> RbdImage<'p> {
     /// The extents that differ from `from_snapshot` (or are allocated, when `None`) in
     /// `[0, length)`. `whole_object` reports whole objects from the object map (fast, but only
     /// exact when fast-diff is valid; see `ImageInfo::fast_diff_usable`).
-    pub fn diff_extents(&self, from_snapshot: Option<&str>, length: u64, whole_object: bool) -> Result<Vec<Extent>, CephError> {
-        unsafe extern "C" fn collect(offset: u64, len: libc::size_t, exists: c_int, arg: *mut c_void) -> c_int {
+    pub fn diff_extents(
+        &self,
+        from_snapshot: Option<&str>,
+        length: u64,
+        whole_object: bool,
+    ) -> Result<Vec<Extent>, CephError> {
+        unsafe extern "C" fn collect(
+            offset: u64,
+            len: libc::size_t,
+            exists: c_int,
+            arg: *mut c_void,
+        ) -> c_int {
             // SAFETY: `arg` is the `&mut Vec<Extent>` passed below, alive for the whole call.
             let extents = unsafe { &mut *(arg as *mut Vec<Extent>) };
-            extents.push(Extent { offset, length: len as u64, exists: exists != 0 });
+            extents.push(Extent {
+                offset,
+                length: len as u64,
+                exists: exists != 0,
+            });
             0
         }
-        let from_c = from_snapshot.map(|s| cstring("snapshot name", s)).transpose()?;
+        let from_c = from_snapshot
+            .map(|s| cstring("snapshot name", s))
+            .transpose()?;
         let from_ptr = from_c.as_ref().map_or(ptr::null(), |s| s.as_ptr());
         let mut extents: Vec<Extent> = Vec::new();
         // SAFETY: valid handle; the callback only touches `extents`, which outlives the call;
@@ -285,7 +348,12 @@ impl<'p> RbdImage<'p> {
             unsafe { ffi::rbd_aio_release(completion) };
             return Err(self.call_failed("rbd_aio_read2", rc));
         }
-        Ok(PendingRead { completion, buf: Some(buf), offset, image: self })
+        Ok(PendingRead {
+            completion,
+            buf: Some(buf),
+            offset,
+            image: self,
+        })
     }
 }
 
@@ -327,7 +395,12 @@ impl PendingRead<'_> {
             return Err(self.image.call_failed("rbd_aio_read2", rc as i32));
         }
         if (rc as usize) != buf.len() {
-            return Err(CephError::ShortRead { image: self.image.spec.clone(), offset: self.offset, wanted: buf.len(), got: rc as usize });
+            return Err(CephError::ShortRead {
+                image: self.image.spec.clone(),
+                offset: self.offset,
+                wanted: buf.len(),
+                got: rc as usize,
+            });
         }
         Ok(buf)
     }

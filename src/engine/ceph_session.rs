@@ -13,7 +13,11 @@ pub fn cluster_address(spec: &RbdDiskSpec) -> ClusterAddress {
         .hosts
         .iter()
         .map(|h| {
-            let host = if h.name.contains(':') && !h.name.starts_with('[') { format!("[{}]", h.name) } else { h.name.clone() };
+            let host = if h.name.contains(':') && !h.name.starts_with('[') {
+                format!("[{}]", h.name)
+            } else {
+                h.name.clone()
+            };
             match h.port {
                 Some(port) => format!("{host}:{port}"),
                 None => host,
@@ -23,7 +27,10 @@ pub fn cluster_address(spec: &RbdDiskSpec) -> ClusterAddress {
     ClusterAddress {
         monitors,
         conf_file: spec.config_file.clone(),
-        user: spec.auth.as_ref().map_or_else(|| "admin".to_string(), |a| a.username.clone()),
+        user: spec
+            .auth
+            .as_ref()
+            .map_or_else(|| "admin".to_string(), |a| a.username.clone()),
     }
 }
 
@@ -41,11 +48,18 @@ pub struct ConnectionCache {
 impl ConnectionCache {
     /// An empty cache whose connections use `timeouts`.
     pub fn new(timeouts: CephTimeouts) -> Self {
-        ConnectionCache { connections: Mutex::default(), timeouts }
+        ConnectionCache {
+            connections: Mutex::default(),
+            timeouts,
+        }
     }
 
     /// A connection for `address` with `key`, made on first use.
-    pub fn get(&self, address: &ClusterAddress, key: Option<&SecretString>) -> Result<Arc<RadosCluster>, CephError> {
+    pub fn get(
+        &self,
+        address: &ClusterAddress,
+        key: Option<&SecretString>,
+    ) -> Result<Arc<RadosCluster>, CephError> {
         let key_hash = *blake3::hash(key.map_or(&b""[..], |k| k.expose().as_bytes())).as_bytes();
         let cache_key = (address.clone(), key_hash);
         if let Some(found) = self.lock().get(&cache_key) {
@@ -75,7 +89,11 @@ mod tests {
             image: "a".into(),
             hosts,
             config_file: None,
-            auth: Some(RbdAuth { username: "libvirt".into(), secret_uuid: Some("u".into()), secret_usage: None }),
+            auth: Some(RbdAuth {
+                username: "libvirt".into(),
+                secret_uuid: Some("u".into()),
+                secret_usage: None,
+            }),
             device: "disk".into(),
             readonly: false,
         }
@@ -84,9 +102,18 @@ mod tests {
     #[test]
     fn monitor_addresses_come_from_the_disk_hosts() {
         let a = cluster_address(&spec(vec![
-            MonitorHost { name: "10.0.0.1".into(), port: Some(6789) },
-            MonitorHost { name: "mon2".into(), port: None },
-            MonitorHost { name: "fd00::1".into(), port: Some(3300) },
+            MonitorHost {
+                name: "10.0.0.1".into(),
+                port: Some(6789),
+            },
+            MonitorHost {
+                name: "mon2".into(),
+                port: None,
+            },
+            MonitorHost {
+                name: "fd00::1".into(),
+                port: Some(3300),
+            },
         ]));
         assert_eq!(a.monitors, vec!["10.0.0.1:6789", "mon2", "[fd00::1]:3300"]);
         assert_eq!(a.user, "libvirt");

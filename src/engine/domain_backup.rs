@@ -8,7 +8,10 @@ use crate::error::Error;
 use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
 use crate::plan::{backup_id_from_unix, is_tool_snapshot, snapshot_name};
 use crate::repo::layout::disk_file_name;
-use crate::repo::{BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord, SparseImageWriter};
+use crate::repo::{
+    BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord,
+    SparseImageWriter,
+};
 
 use super::ceph_session::{cluster_address, ConnectionCache};
 use super::events::{BackupEvent, EventSink};
@@ -38,7 +41,9 @@ pub(super) struct DomainJob {
 
 /// Current time as Unix seconds.
 pub(super) fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The wall-clock time of an `Instant` in the recent past, as Unix seconds.
@@ -66,9 +71,15 @@ pub(super) fn new_report(name: &str, uuid: &str, status: DomainStatus) -> Domain
 /// Backs up one domain and reports the outcome; never panics the run.
 pub(super) fn backup_domain(ctx: &RunContext<'_>, job: &DomainJob) -> DomainReport {
     let started = Instant::now();
-    ctx.events.emit(&BackupEvent::DomainStarted { domain: job.name.clone(), uuid: job.uuid.clone(), images: job.disks.len() });
+    ctx.events.emit(&BackupEvent::DomainStarted {
+        domain: job.name.clone(),
+        uuid: job.uuid.clone(),
+        images: job.disks.len(),
+    });
     let mut report = new_report(&job.name, &job.uuid, DomainStatus::Failed);
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| back_up(ctx, job, &mut report)));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        back_up(ctx, job, &mut report)
+    }));
     match outcome {
         Ok(Ok(())) => report.status = DomainStatus::Succeeded,
         Ok(Err(e)) => {
@@ -81,13 +92,19 @@ pub(super) fn backup_domain(ctx: &RunContext<'_>, job: &DomainJob) -> DomainRepo
         }
     }
     report.seconds = started.elapsed().as_secs_f64();
-    ctx.events.emit(&BackupEvent::DomainFinished { report: report.clone() });
+    ctx.events.emit(&BackupEvent::DomainFinished {
+        report: report.clone(),
+    });
     report
 }
 
 fn warn(ctx: &RunContext<'_>, report: &mut DomainReport, message: String) {
     log::warn!("domain {}: {message}", report.name);
-    ctx.events.emit(&BackupEvent::DomainWarning { domain: report.name.clone(), uuid: report.uuid.clone(), message: message.clone() });
+    ctx.events.emit(&BackupEvent::DomainWarning {
+        domain: report.name.clone(),
+        uuid: report.uuid.clone(),
+        message: message.clone(),
+    });
     report.warnings.push(message);
 }
 
@@ -113,21 +130,37 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
     let started_at = unix_now();
     let lock = ctx.repo.lock_domain(&job.uuid, &job.name)?;
     for leftover in lock.remove_partial_backups()? {
-        warn(ctx, report, format!("removed {} left by an interrupted run", leftover.display()));
+        warn(
+            ctx,
+            report,
+            format!("removed {} left by an interrupted run", leftover.display()),
+        );
     }
 
     // Everything that can fail or talk to the monitors happens before the freeze.
     let mut clusters = Vec::with_capacity(job.disks.len());
     for disk in &job.disks {
         let key = match &disk.auth {
-            Some(auth) => Some(ctx.libvirt.ceph_key(&job.name, &auth.username, auth.secret_uuid.as_deref(), auth.secret_usage.as_deref())?),
+            Some(auth) => Some(ctx.libvirt.ceph_key(
+                &job.name,
+                &auth.username,
+                auth.secret_uuid.as_deref(),
+                auth.secret_usage.as_deref(),
+            )?),
             None => None,
         };
         clusters.push(ctx.ceph.get(&cluster_address(disk), key.as_ref())?);
     }
-    let pools: Vec<PoolContext<'_>> =
-        clusters.iter().zip(&job.disks).map(|(c, d)| c.open_pool(&d.pool, d.namespace.as_deref())).collect::<Result<_, _>>()?;
-    let images: Vec<RbdImage<'_>> = pools.iter().zip(&job.disks).map(|(p, d)| RbdImage::open(p, &d.image)).collect::<Result<_, _>>()?;
+    let pools: Vec<PoolContext<'_>> = clusters
+        .iter()
+        .zip(&job.disks)
+        .map(|(c, d)| c.open_pool(&d.pool, d.namespace.as_deref()))
+        .collect::<Result<_, _>>()?;
+    let images: Vec<RbdImage<'_>> = pools
+        .iter()
+        .zip(&job.disks)
+        .map(|(p, d)| RbdImage::open(p, &d.image))
+        .collect::<Result<_, _>>()?;
     for image in &images {
         image.info()?;
     }
@@ -135,7 +168,9 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         return Err(Error::Cancelled);
     }
 
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
     let snap_name = snapshot_name(&backup_id);
     let staged = lock.stage_backup(&backup_id)?;
@@ -151,8 +186,20 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         let timestamp = image.snapshot_timestamp(snap_id).ok();
         let file = disk_file_name(&disk.target);
         let mut writer = SparseImageWriter::create(&staged.file_path(&file), info.size)?;
-        let progress = DiskProgress { ctx, job, target: &disk.target };
-        let stats = export_snapshot(&snap_image, info.size, info.fast_diff_usable(), ctx.options.queue_depth, &mut writer, ctx.cancel, &progress)?;
+        let progress = DiskProgress {
+            ctx,
+            job,
+            target: &disk.target,
+        };
+        let stats = export_snapshot(
+            &snap_image,
+            info.size,
+            info.fast_diff_usable(),
+            ctx.options.queue_depth,
+            &mut writer,
+            ctx.cancel,
+            &progress,
+        )?;
         writer.finish()?;
         report.disks.push(DiskReport {
             target: disk.target.clone(),
@@ -174,7 +221,11 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
             image_id: info.id.clone(),
             size: info.size,
             object_size: info.object_size,
-            snapshot: SnapshotRecord { name: snap_name.clone(), id: snap_id, timestamp },
+            snapshot: SnapshotRecord {
+                name: snap_name.clone(),
+                id: snap_id,
+                timestamp,
+            },
             file,
             format: "raw".into(),
             bytes_read: stats.bytes_read,
@@ -190,10 +241,16 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         kind: BackupKind::Full,
         parent: None,
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        domain: DomainRecord { name: job.name.clone(), uuid: job.uuid.clone(), xml: job.xml.clone() },
+        domain: DomainRecord {
+            name: job.name.clone(),
+            uuid: job.uuid.clone(),
+            xml: job.xml.clone(),
+        },
         started_at,
         completed_at: unix_now(),
-        consistency: report.consistency.unwrap_or(Consistency::CrashConsistentPerDisk),
+        consistency: report
+            .consistency
+            .unwrap_or(Consistency::CrashConsistentPerDisk),
         freeze: report.freeze.clone(),
         disks: disk_records,
     };
@@ -233,22 +290,40 @@ fn snapshot_domain<'i>(
     let mut freeze_guard = None;
     if active && policy != FreezePolicy::Off {
         report.freeze.attempted = true;
-        match FreezeGuard::freeze(ctx.libvirt, &job.uuid, &job.name, &ctx.options.freeze_mountpoints) {
+        match FreezeGuard::freeze(
+            ctx.libvirt,
+            &job.uuid,
+            &job.name,
+            &ctx.options.freeze_mountpoints,
+        ) {
             Ok(guard) => freeze_guard = Some(guard),
             Err(e) if policy == FreezePolicy::Required => return Err(e.into()),
-            Err(e) => warn(ctx, report, format!("{e}; taking crash-consistent snapshots instead")),
+            Err(e) => warn(
+                ctx,
+                report,
+                format!("{e}; taking crash-consistent snapshots instead"),
+            ),
         }
     }
 
     // Inside the freeze: only the snapshot creates, all at once, so they share a monitor round.
     let results: Vec<Result<SnapshotGuard<'i>, CephError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = images.iter().map(|image| scope.spawn(move || SnapshotGuard::create(image, snap_name))).collect();
+        let handles: Vec<_> = images
+            .iter()
+            .map(|image| scope.spawn(move || SnapshotGuard::create(image, snap_name)))
+            .collect();
         handles
             .into_iter()
             .zip(images)
             .map(|(h, image)| {
                 h.join().unwrap_or_else(|_| {
-                    Err(CephError::Call { call: "rbd_snap_create", target: image.spec().to_string(), errno: -libc::EIO, message: "panicked".into(), hint: "" })
+                    Err(CephError::Call {
+                        call: "rbd_snap_create",
+                        target: image.spec().to_string(),
+                        errno: -libc::EIO,
+                        message: "panicked".into(),
+                        hint: "",
+                    })
                 })
             })
             .collect()
@@ -259,7 +334,8 @@ fn snapshot_domain<'i>(
             let outcome = guard.outcome();
             let thawed_at = guard.thaw()?;
             report.freeze.frozen_filesystems = outcome.frozen_filesystems;
-            report.freeze.window_ms = Some(thawed_at.duration_since(outcome.frozen_at).as_secs_f64() * 1000.0);
+            report.freeze.window_ms =
+                Some(thawed_at.duration_since(outcome.frozen_at).as_secs_f64() * 1000.0);
             report.freeze.frozen_at = Some(instant_to_unix(outcome.frozen_at));
             report.freeze.thawed_at = Some(instant_to_unix(thawed_at));
             if outcome.frozen_filesystems == 0 {

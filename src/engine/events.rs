@@ -7,13 +7,32 @@ use serde::Serialize;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum BackupEvent {
     /// A disk is skipped (`Ignoring non-network disk for domain: NAME`).
-    DiskSkipped { domain: String, uuid: String, target: Option<String>, reason: crate::libvirt::SkipReason },
+    DiskSkipped {
+        domain: String,
+        uuid: String,
+        target: Option<String>,
+        reason: crate::libvirt::SkipReason,
+    },
     /// A domain's backup starts (`Processing N images for domain UUID`).
-    DomainStarted { domain: String, uuid: String, images: usize },
+    DomainStarted {
+        domain: String,
+        uuid: String,
+        images: usize,
+    },
     /// A warning about a domain.
-    DomainWarning { domain: String, uuid: String, message: String },
+    DomainWarning {
+        domain: String,
+        uuid: String,
+        message: String,
+    },
     /// Bytes exported so far for one disk.
-    DiskProgress { domain: String, uuid: String, target: String, done: u64, total: u64 },
+    DiskProgress {
+        domain: String,
+        uuid: String,
+        target: String,
+        done: u64,
+        total: u64,
+    },
     /// A domain finished (`Backup successful: ...` / `Backup failed: ...`).
     DomainFinished { report: super::report::DomainReport },
 }

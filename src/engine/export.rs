@@ -45,7 +45,14 @@ pub fn export_snapshot(
 ) -> Result<ExportStats, Error> {
     let started = Instant::now();
     let extents = image.diff_extents(None, size, use_object_map)?;
-    let ranges: Vec<ByteRange> = extents.iter().filter(|e| e.exists).map(|e| ByteRange { offset: e.offset, length: e.length }).collect();
+    let ranges: Vec<ByteRange> = extents
+        .iter()
+        .filter(|e| e.exists)
+        .map(|e| ByteRange {
+            offset: e.offset,
+            length: e.length,
+        })
+        .collect();
     let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
     let mut hasher = ContentHasher::new(size);
     let total: u64 = blocks.iter().map(|&b| hasher.block_len(b)).sum();
@@ -70,7 +77,9 @@ pub fn export_snapshot(
             in_flight.push_back((block, image.start_read(block * HASH_BLOCK_SIZE, buf)?));
         }
         // Complete the oldest read; the rest keep the cluster busy meanwhile.
-        let Some((block, read)) = in_flight.pop_front() else { break };
+        let Some((block, read)) = in_flight.pop_front() else {
+            break;
+        };
         let offset = read.offset();
         let data = read.wait()?;
         hasher.add_block(block, &data);
@@ -83,5 +92,10 @@ pub fn export_snapshot(
         }
     }
     progress.progress(done, total);
-    Ok(ExportStats { bytes_read: done, bytes_written: writer.bytes_written(), checksum: hasher.finish(), elapsed: started.elapsed() })
+    Ok(ExportStats {
+        bytes_read: done,
+        bytes_written: writer.bytes_written(),
+        checksum: hasher.finish(),
+        elapsed: started.elapsed(),
+    })
 }

@@ -39,14 +39,26 @@ pub fn list_domains(connect: &str, selection: &[String]) -> Result<Vec<DomainLis
     let libvirt = HypervisorConnection::open(connect)?;
     let mut listings = Vec::new();
     for info in libvirt.list_domains(selection)? {
-        let mut listing =
-            DomainListing { name: info.name.clone(), uuid: info.uuid.clone(), active: info.active, rbd_disks: Vec::new(), skipped_disks: Vec::new(), error: None };
-        match info.xml.map_err(Error::from).and_then(|xml| parse_domain_xml(&info.name, &xml).map_err(Error::from)) {
+        let mut listing = DomainListing {
+            name: info.name.clone(),
+            uuid: info.uuid.clone(),
+            active: info.active,
+            rbd_disks: Vec::new(),
+            skipped_disks: Vec::new(),
+            error: None,
+        };
+        match info
+            .xml
+            .map_err(Error::from)
+            .and_then(|xml| parse_domain_xml(&info.name, &xml).map_err(Error::from))
+        {
             Ok(description) => {
                 for entry in description.disks {
                     match entry {
                         DiskEntry::Rbd(spec) => listing.rbd_disks.push(spec),
-                        DiskEntry::Skipped { target, reason } => listing.skipped_disks.push(SkippedDisk { target, reason }),
+                        DiskEntry::Skipped { target, reason } => {
+                            listing.skipped_disks.push(SkippedDisk { target, reason })
+                        }
                     }
                 }
             }
@@ -98,7 +110,10 @@ pub struct BackupListing {
 }
 
 /// Lists the complete backups in a repository, per domain, oldest first.
-pub fn list_backups(repo: &std::path::Path, domain: Option<&str>) -> Result<Vec<BackupListing>, Error> {
+pub fn list_backups(
+    repo: &std::path::Path,
+    domain: Option<&str>,
+) -> Result<Vec<BackupListing>, Error> {
     let repo = Repository::open(repo)?;
     let mut listings = Vec::new();
     for uuid in repo.domain_uuids()? {
@@ -109,7 +124,10 @@ pub fn list_backups(repo: &std::path::Path, domain: Option<&str>) -> Result<Vec<
                     domain: m.domain.name.clone(),
                     uuid: m.domain.uuid.clone(),
                     backup_id: m.backup_id.clone(),
-                    kind: serde_json::to_value(m.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                    kind: serde_json::to_value(m.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
                     path: path_text,
                     completed_at: m.completed_at,
                     consistency: Some(m.consistency),
@@ -133,7 +151,10 @@ pub fn list_backups(repo: &std::path::Path, domain: Option<&str>) -> Result<Vec<
                 Err(e) => BackupListing {
                     domain: String::new(),
                     uuid: uuid.clone(),
-                    backup_id: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    backup_id: path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
                     kind: String::new(),
                     path: path_text,
                     completed_at: 0.0,

@@ -72,20 +72,32 @@ impl CancelToken {
 
 fn validate(options: &BackupOptions) -> Result<(), Error> {
     if options.workers == 0 || options.workers > 64 {
-        return Err(Error::Usage(format!("workers must be between 1 and 64, not {}", options.workers)));
+        return Err(Error::Usage(format!(
+            "workers must be between 1 and 64, not {}",
+            options.workers
+        )));
     }
     if options.queue_depth == 0 || options.queue_depth > 256 {
-        return Err(Error::Usage(format!("queue depth must be between 1 and 256, not {}", options.queue_depth)));
+        return Err(Error::Usage(format!(
+            "queue depth must be between 1 and 256, not {}",
+            options.queue_depth
+        )));
     }
     if options.repo.as_os_str().is_empty() {
-        return Err(Error::Usage("the repository path is empty; give one with --repo".into()));
+        return Err(Error::Usage(
+            "the repository path is empty; give one with --repo".into(),
+        ));
     }
     Ok(())
 }
 
 /// Runs a backup. Per-domain failures are in the report; `Err` means the run could not start
 /// (bad options, libvirt unreachable, repository unusable, a named domain that does not exist).
-pub fn run_backup(options: &BackupOptions, events: &dyn EventSink, cancel: &CancelToken) -> Result<BackupReport, Error> {
+pub fn run_backup(
+    options: &BackupOptions,
+    events: &dyn EventSink,
+    cancel: &CancelToken,
+) -> Result<BackupReport, Error> {
     validate(options)?;
     let started_at = unix_now();
     let repo = Repository::open_or_create(&options.repo)?;
@@ -95,13 +107,19 @@ pub fn run_backup(options: &BackupOptions, events: &dyn EventSink, cancel: &Canc
     let mut reports: Vec<Option<DomainReport>> = Vec::with_capacity(domains.len());
     let mut jobs: Vec<(usize, DomainJob)> = Vec::new();
     for (index, info) in domains.into_iter().enumerate() {
-        let parsed = info.xml.map_err(Error::from).and_then(|xml| parse_domain_xml(&info.name, &xml).map(|d| (xml, d)).map_err(Error::from));
+        let parsed = info.xml.map_err(Error::from).and_then(|xml| {
+            parse_domain_xml(&info.name, &xml)
+                .map(|d| (xml, d))
+                .map_err(Error::from)
+        });
         let (xml, description) = match parsed {
             Ok(ok) => ok,
             Err(e) => {
                 let mut report = new_report(&info.name, &info.uuid, DomainStatus::Failed);
                 report.error = Some(e.to_string());
-                events.emit(&BackupEvent::DomainFinished { report: report.clone() });
+                events.emit(&BackupEvent::DomainFinished {
+                    report: report.clone(),
+                });
                 reports.push(Some(report));
                 continue;
             }
@@ -110,21 +128,43 @@ pub fn run_backup(options: &BackupOptions, events: &dyn EventSink, cancel: &Canc
         for entry in description.disks {
             match entry {
                 DiskEntry::Rbd(spec) => disks.push(spec),
-                DiskEntry::Skipped { target, reason } => {
-                    events.emit(&BackupEvent::DiskSkipped { domain: info.name.clone(), uuid: info.uuid.clone(), target, reason })
-                }
+                DiskEntry::Skipped { target, reason } => events.emit(&BackupEvent::DiskSkipped {
+                    domain: info.name.clone(),
+                    uuid: info.uuid.clone(),
+                    target,
+                    reason,
+                }),
             }
         }
         if disks.is_empty() {
-            reports.push(Some(new_report(&info.name, &info.uuid, DomainStatus::Skipped)));
+            reports.push(Some(new_report(
+                &info.name,
+                &info.uuid,
+                DomainStatus::Skipped,
+            )));
         } else {
             reports.push(None);
-            jobs.push((index, DomainJob { name: info.name, uuid: info.uuid, xml, disks }));
+            jobs.push((
+                index,
+                DomainJob {
+                    name: info.name,
+                    uuid: info.uuid,
+                    xml,
+                    disks,
+                },
+            ));
         }
     }
 
     let ceph = ConnectionCache::new(CephTimeouts::default());
-    let ctx = RunContext { options, libvirt: &libvirt, repo: &repo, ceph: &ceph, events, cancel };
+    let ctx = RunContext {
+        options,
+        libvirt: &libvirt,
+        repo: &repo,
+        ceph: &ceph,
+        events,
+        cancel,
+    };
     let workers = options.workers.min(jobs.len()).max(1);
     let (sender, receiver) = crossbeam_channel::unbounded();
     for job in jobs {
@@ -144,7 +184,10 @@ pub fn run_backup(options: &BackupOptions, events: &dyn EventSink, cancel: &Canc
                     } else {
                         backup_domain(&ctx, &job)
                     };
-                    finished.lock().unwrap_or_else(|p| p.into_inner()).push((index, report));
+                    finished
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((index, report));
                 }
             });
         }
@@ -152,5 +195,10 @@ pub fn run_backup(options: &BackupOptions, events: &dyn EventSink, cancel: &Canc
     for (index, report) in finished.into_inner().unwrap_or_else(|p| p.into_inner()) {
         reports[index] = Some(report);
     }
-    Ok(BackupReport { version: REPORT_VERSION, started_at, finished_at: unix_now(), domains: reports.into_iter().flatten().collect() })
+    Ok(BackupReport {
+        version: REPORT_VERSION,
+        started_at,
+        finished_at: unix_now(),
+        domains: reports.into_iter().flatten().collect(),
+    })
 }

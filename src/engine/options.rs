@@ -24,7 +24,9 @@ impl std::str::FromStr for FreezePolicy {
             "auto" => Ok(Self::Auto),
             "required" => Ok(Self::Required),
             "off" => Ok(Self::Off),
-            other => Err(format!("unknown freeze policy {other:?}: expected auto, required or off")),
+            other => Err(format!(
+                "unknown freeze policy {other:?}: expected auto, required or off"
+            )),
         }
     }
 }

@@ -109,6 +109,8 @@ pub struct BackupReport {
 impl BackupReport {
     /// Whether any domain failed (exit status 1).
     pub fn any_failed(&self) -> bool {
-        self.domains.iter().any(|d| d.status == DomainStatus::Failed)
+        self.domains
+            .iter()
+            .any(|d| d.status == DomainStatus::Failed)
     }
 }

@@ -14,7 +14,11 @@ impl<'i> SnapshotGuard<'i> {
     /// Creates snapshot `name` of `image`.
     pub fn create(image: &'i RbdImage<'i>, name: &str) -> Result<Self, CephError> {
         image.create_snapshot(name)?;
-        Ok(SnapshotGuard { image, name: name.to_string(), armed: true })
+        Ok(SnapshotGuard {
+            image,
+            name: name.to_string(),
+            armed: true,
+        })
     }
 
     /// Keeps the snapshot (it becomes the base of the next incremental backup).
@@ -28,7 +32,11 @@ impl Drop for SnapshotGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
             if let Err(e) = self.image.remove_snapshot(&self.name) {
-                log::error!("could not remove snapshot {}@{}: {e}; remove it with `rbd snap rm`", self.image.spec(), self.name);
+                log::error!(
+                    "could not remove snapshot {}@{}: {e}; remove it with `rbd snap rm`",
+                    self.image.spec(),
+                    self.name
+                );
             }
         }
     }

@@ -66,7 +66,12 @@ impl ContentHasher {
     /// A hasher for an image of `image_size` bytes.
     pub fn new(image_size: u64) -> Self {
         let block = HASH_BLOCK_SIZE;
-        ContentHasher { image_size, block, hashes: vec![None; image_size.div_ceil(block) as usize], zero_full: None }
+        ContentHasher {
+            image_size,
+            block,
+            hashes: vec![None; image_size.div_ceil(block) as usize],
+            zero_full: None,
+        }
     }
 
     /// Length of block `index`.
@@ -103,7 +108,9 @@ impl ContentHasher {
     fn zero_hash(&mut self, index: u64) -> [u8; 32] {
         let len = self.block_len(index);
         if len == self.block {
-            *self.zero_full.get_or_insert_with(|| *blake3::hash(&vec![0u8; len as usize]).as_bytes())
+            *self
+                .zero_full
+                .get_or_insert_with(|| *blake3::hash(&vec![0u8; len as usize]).as_bytes())
         } else {
             *blake3::hash(&vec![0u8; len as usize]).as_bytes()
         }
@@ -182,6 +189,9 @@ mod tests {
 
     #[test]
     fn empty_image_checksum_is_hash_of_nothing() {
-        assert_eq!(ContentHasher::new(0).finish(), format!("blake3-4m:{}", blake3::hash(b"").to_hex()));
+        assert_eq!(
+            ContentHasher::new(0).finish(),
+            format!("blake3-4m:{}", blake3::hash(b"").to_hex())
+        );
     }
 }

@@ -22,7 +22,12 @@ pub fn backup_id_from_unix(secs: i64, millis: u32) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
@@ -47,10 +52,16 @@ mod tests {
     #[test]
     fn backup_id_is_utc_time_with_millis() {
         // 2026-11-26 09:52:43 UTC, checked with `date -u -d @1795686763`.
-        assert_eq!(backup_id_from_unix(1_795_686_763, 7), "20261126T095243.007Z");
+        assert_eq!(
+            backup_id_from_unix(1_795_686_763, 7),
+            "20261126T095243.007Z"
+        );
         assert_eq!(backup_id_from_unix(0, 0), "19700101T000000.000Z");
         // Leap day.
-        assert_eq!(backup_id_from_unix(951_782_400, 999), "20000229T000000.999Z");
+        assert_eq!(
+            backup_id_from_unix(951_782_400, 999),
+            "20000229T000000.999Z"
+        );
     }
 
     #[test]

@@ -9,7 +9,11 @@ use thiserror::Error;
 pub enum RepoError {
     /// An I/O error on a path.
     #[error("cannot {action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The folder is not a repository and not empty.
     #[error("{path} is not empty and holds no virt-rbd-backup repository (no {marker}); choose an empty or new folder with --repo")]
     NotARepository { path: PathBuf, marker: &'static str },

@@ -24,9 +24,21 @@ impl SparseImageWriter {
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|source| RepoError::Io { action: "create image file", path: path.to_path_buf(), source })?;
-        file.set_len(size).map_err(|source| RepoError::Io { action: "set size of", path: path.to_path_buf(), source })?;
-        Ok(SparseImageWriter { file, path: path.to_path_buf(), bytes_written: 0 })
+            .map_err(|source| RepoError::Io {
+                action: "create image file",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        file.set_len(size).map_err(|source| RepoError::Io {
+            action: "set size of",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(SparseImageWriter {
+            file,
+            path: path.to_path_buf(),
+            bytes_written: 0,
+        })
     }
 
     /// Writes the non-zero 4 KiB runs of `data` at `offset`; zero runs stay holes.
@@ -34,7 +46,11 @@ impl SparseImageWriter {
         for (start, end) in nonzero_runs(data, ZERO_CHECK) {
             self.file
                 .write_all_at(&data[start..end], offset + start as u64)
-                .map_err(|source| RepoError::Io { action: "write", path: self.path.clone(), source })?;
+                .map_err(|source| RepoError::Io {
+                    action: "write",
+                    path: self.path.clone(),
+                    source,
+                })?;
             self.bytes_written += (end - start) as u64;
         }
         Ok(())
@@ -47,7 +63,11 @@ impl SparseImageWriter {
 
     /// Flushes the file to stable storage.
     pub fn finish(self) -> Result<u64, RepoError> {
-        self.file.sync_all().map_err(|source| RepoError::Io { action: "fsync", path: self.path.clone(), source })?;
+        self.file.sync_all().map_err(|source| RepoError::Io {
+            action: "fsync",
+            path: self.path.clone(),
+            source,
+        })?;
         Ok(self.bytes_written)
     }
 }
@@ -73,7 +93,9 @@ pub fn nonzero_runs(data: &[u8], granule: usize) -> Vec<(usize, usize)> {
 /// Whether every byte is zero, 16 bytes at a time (the compiler vectorises the loop).
 pub fn is_zero(data: &[u8]) -> bool {
     let mut chunks = data.chunks_exact(16);
-    let words_zero = chunks.by_ref().all(|c| u128::from_ne_bytes(c.try_into().expect("chunks_exact yields 16 bytes")) == 0);
+    let words_zero = chunks
+        .by_ref()
+        .all(|c| u128::from_ne_bytes(c.try_into().expect("chunks_exact yields 16 bytes")) == 0);
     words_zero && chunks.remainder().iter().all(|&b| b == 0)
 }
 
@@ -88,7 +110,10 @@ mod tests {
         d[10] = 1;
         d[4096 + 5] = 1;
         d[4 * 4096 + 4095] = 7;
-        assert_eq!(nonzero_runs(&d, 4096), vec![(0, 2 * 4096), (4 * 4096, 5 * 4096)]);
+        assert_eq!(
+            nonzero_runs(&d, 4096),
+            vec![(0, 2 * 4096), (4 * 4096, 5 * 4096)]
+        );
         assert!(nonzero_runs(&vec![0u8; 8192], 4096).is_empty());
         assert_eq!(nonzero_runs(&[0, 0, 3], 4096), vec![(0, 3)]);
     }
@@ -115,9 +140,15 @@ mod tests {
         assert_eq!(w.finish().unwrap(), 4096);
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), size);
-        assert!(meta.blocks() * 512 <= 64 * 1024, "file is not sparse: {} blocks", meta.blocks());
+        assert!(
+            meta.blocks() * 512 <= 64 * 1024,
+            "file is not sparse: {} blocks",
+            meta.blocks()
+        );
         let content = std::fs::read(&path).unwrap();
-        assert!(content[(32 << 20)..(32 << 20) + 4096].iter().all(|&b| b == 0xab));
+        assert!(content[(32 << 20)..(32 << 20) + 4096]
+            .iter()
+            .all(|&b| b == 0xab));
         assert_eq!(content.iter().filter(|&&b| b != 0).count(), 4096);
     }
 

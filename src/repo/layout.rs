@@ -28,7 +28,8 @@ pub const LOCK_FILE: &str = ".lock";
 pub fn safe_component(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for (i, b) in name.bytes().enumerate() {
-        let keep = b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'+') || (b == b'.' && i > 0);
+        let keep =
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'+') || (b == b'.' && i > 0);
         if keep {
             out.push(b as char);
         } else {
@@ -96,7 +97,10 @@ mod tests {
     fn escaped_names_never_leave_the_folder() {
         for name in ["..", "/", "a/../../b", ".hidden", "\0", "x/."] {
             let c = safe_component(name);
-            assert!(!c.contains('/') && c != "." && c != ".." && !c.starts_with('.'), "{name:?} -> {c:?}");
+            assert!(
+                !c.contains('/') && c != "." && c != ".." && !c.starts_with('.'),
+                "{name:?} -> {c:?}"
+            );
         }
     }
 

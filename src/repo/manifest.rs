@@ -126,7 +126,10 @@ impl BackupManifest {
     /// Checks what serde cannot: the format marker and version.
     pub fn validate(&self, path: &Path) -> Result<(), RepoError> {
         if self.format != MANIFEST_FORMAT {
-            return Err(RepoError::BadManifest { path: path.to_path_buf(), message: format!("format is {:?}, not {MANIFEST_FORMAT:?}", self.format) });
+            return Err(RepoError::BadManifest {
+                path: path.to_path_buf(),
+                message: format!("format is {:?}, not {MANIFEST_FORMAT:?}", self.format),
+            });
         }
         if self.version == 0 || self.version > MANIFEST_VERSION {
             return Err(RepoError::BadManifest {
@@ -136,7 +139,10 @@ impl BackupManifest {
         }
         for disk in &self.disks {
             if disk.file.contains('/') || disk.file.starts_with('.') || disk.file.is_empty() {
-                return Err(RepoError::BadManifest { path: path.to_path_buf(), message: format!("disk file name {:?} is not a plain file name", disk.file) });
+                return Err(RepoError::BadManifest {
+                    path: path.to_path_buf(),
+                    message: format!("disk file name {:?} is not a plain file name", disk.file),
+                });
             }
         }
         Ok(())
@@ -145,9 +151,16 @@ impl BackupManifest {
 
 /// Reads and validates a manifest.
 pub fn read_manifest(path: &Path) -> Result<BackupManifest, RepoError> {
-    let text = fs::read_to_string(path).map_err(|source| RepoError::Io { action: "read manifest", path: path.to_path_buf(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| RepoError::Io {
+        action: "read manifest",
+        path: path.to_path_buf(),
+        source,
+    })?;
     let manifest: BackupManifest =
-        serde_json::from_str(&text).map_err(|e| RepoError::BadManifest { path: path.to_path_buf(), message: e.to_string() })?;
+        serde_json::from_str(&text).map_err(|e| RepoError::BadManifest {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     manifest.validate(path)?;
     Ok(manifest)
 }
@@ -159,10 +172,23 @@ pub fn write_manifest(path: &Path, manifest: &BackupManifest) -> Result<(), Repo
     let tmp = folder.join(".manifest.json.tmp");
     let io = |action: &'static str, p: &Path| {
         let p = p.to_path_buf();
-        move |source| RepoError::Io { action, path: p, source }
+        move |source| RepoError::Io {
+            action,
+            path: p,
+            source,
+        }
     };
-    let body = serde_json::to_vec_pretty(manifest).map_err(|e| RepoError::BadManifest { path: path.to_path_buf(), message: e.to_string() })?;
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io("create", &tmp))?;
+    let body = serde_json::to_vec_pretty(manifest).map_err(|e| RepoError::BadManifest {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io("create", &tmp))?;
     file.write_all(&body).map_err(io("write", &tmp))?;
     file.write_all(b"\n").map_err(io("write", &tmp))?;
     file.sync_all().map_err(io("fsync", &tmp))?;
@@ -175,7 +201,11 @@ pub fn write_manifest(path: &Path, manifest: &BackupManifest) -> Result<(), Repo
 pub fn sync_dir(folder: &Path) -> Result<(), RepoError> {
     File::open(folder)
         .and_then(|d| d.sync_all())
-        .map_err(|source| RepoError::Io { action: "fsync folder", path: folder.to_path_buf(), source })
+        .map_err(|source| RepoError::Io {
+            action: "fsync folder",
+            path: folder.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -190,11 +220,21 @@ pub(crate) mod tests {
             kind: BackupKind::Full,
             parent: None,
             tool_version: "0.1.0".into(),
-            domain: DomainRecord { name: "web".into(), uuid: "3b1f9b7e-8c43-4b71-9a5d-0c2d7f1e6a10".into(), xml: "<domain/>".into() },
+            domain: DomainRecord {
+                name: "web".into(),
+                uuid: "3b1f9b7e-8c43-4b71-9a5d-0c2d7f1e6a10".into(),
+                xml: "<domain/>".into(),
+            },
             started_at: 1.5,
             completed_at: 2.5,
             consistency: Consistency::Frozen,
-            freeze: FreezeReport { attempted: true, frozen_filesystems: 2, window_ms: Some(80.0), frozen_at: Some(1.6), thawed_at: Some(1.7) },
+            freeze: FreezeReport {
+                attempted: true,
+                frozen_filesystems: 2,
+                window_ms: Some(80.0),
+                frozen_at: Some(1.6),
+                thawed_at: Some(1.7),
+            },
             disks: vec![DiskRecord {
                 target: "vda".into(),
                 pool: "rbd".into(),
@@ -203,7 +243,11 @@ pub(crate) mod tests {
                 image_id: "10f2a3b4c5d6".into(),
                 size: 1 << 30,
                 object_size: 1 << 22,
-                snapshot: SnapshotRecord { name: "virt-rbd-backup-20261126T095243.007Z".into(), id: 4, timestamp: Some(1.65) },
+                snapshot: SnapshotRecord {
+                    name: "virt-rbd-backup-20261126T095243.007Z".into(),
+                    id: 4,
+                    timestamp: Some(1.65),
+                },
                 file: "vda.raw".into(),
                 format: "raw".into(),
                 bytes_read: 8 << 20,
@@ -221,7 +265,10 @@ pub(crate) mod tests {
         assert_eq!(read_manifest(&path).unwrap(), sample());
         assert!(!dir.path().join(".manifest.json.tmp").exists());
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     const MANIFEST_FILE_NAME: &str = "manifest.json";
@@ -233,7 +280,10 @@ pub(crate) mod tests {
         let mut m = sample();
         m.version = MANIFEST_VERSION + 1;
         fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
-        assert!(read_manifest(&path).unwrap_err().to_string().contains("upgrade"));
+        assert!(read_manifest(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("upgrade"));
         let mut m = sample();
         m.format = "something".into();
         fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();

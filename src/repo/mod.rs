@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 
 pub use error::RepoError;
 pub use image_file::SparseImageWriter;
-pub use manifest::{read_manifest, write_manifest, BackupKind, BackupManifest, DiskRecord, DomainRecord, SnapshotRecord};
+pub use manifest::{
+    read_manifest, write_manifest, BackupKind, BackupManifest, DiskRecord, DomainRecord,
+    SnapshotRecord,
+};
 
 use layout::{domain_folder, LOCK_FILE, MANIFEST_FILE, MARKER_FILE, PARTIAL_PREFIX};
 
@@ -29,14 +32,22 @@ const MARKER_BODY: &str = "{\"format\": \"virt-rbd-backup-repo\", \"version\": 1
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
     let path = path.to_path_buf();
-    move |source| RepoError::Io { action, path, source }
+    move |source| RepoError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 fn create_private_dir(path: &Path) -> Result<(), RepoError> {
     match fs::DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-        Err(e) => Err(RepoError::Io { action: "create folder", path: path.to_path_buf(), source: e }),
+        Err(e) => Err(RepoError::Io {
+            action: "create folder",
+            path: path.to_path_buf(),
+            source: e,
+        }),
     }
 }
 
@@ -52,12 +63,17 @@ impl Repository {
     pub fn open_or_create(root: &Path) -> Result<Self, RepoError> {
         let marker = root.join(MARKER_FILE);
         if marker.is_file() {
-            return Ok(Repository { root: root.to_path_buf() });
+            return Ok(Repository {
+                root: root.to_path_buf(),
+            });
         }
         if root.exists() {
             let mut entries = fs::read_dir(root).map_err(io_err("read folder", root))?;
             if entries.next().is_some() {
-                return Err(RepoError::NotARepository { path: root.to_path_buf(), marker: MARKER_FILE });
+                return Err(RepoError::NotARepository {
+                    path: root.to_path_buf(),
+                    marker: MARKER_FILE,
+                });
             }
         } else {
             if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -69,15 +85,22 @@ impl Repository {
         fs::write(&tmp, MARKER_BODY).map_err(io_err("write", &tmp))?;
         fs::rename(&tmp, &marker).map_err(io_err("rename into place", &marker))?;
         manifest::sync_dir(root)?;
-        Ok(Repository { root: root.to_path_buf() })
+        Ok(Repository {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Opens an existing repository (for reading).
     pub fn open(root: &Path) -> Result<Self, RepoError> {
         if root.join(MARKER_FILE).is_file() {
-            Ok(Repository { root: root.to_path_buf() })
+            Ok(Repository {
+                root: root.to_path_buf(),
+            })
         } else {
-            Err(RepoError::NotARepository { path: root.to_path_buf(), marker: MARKER_FILE })
+            Err(RepoError::NotARepository {
+                path: root.to_path_buf(),
+                marker: MARKER_FILE,
+            })
         }
     }
 
@@ -96,17 +119,33 @@ impl Repository {
         let dir = self.domain_dir(uuid);
         create_private_dir(&dir)?;
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io_err("open lock", &path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err("open lock", &path))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(RepoError::Locked { domain: name.to_string(), path });
+                return Err(RepoError::Locked {
+                    domain: name.to_string(),
+                    path,
+                });
             }
-            return Err(RepoError::Io { action: "lock", path, source: err });
+            return Err(RepoError::Io {
+                action: "lock",
+                path,
+                source: err,
+            });
         }
-        Ok(DomainLock { _file: file, domain_dir: dir })
+        Ok(DomainLock {
+            _file: file,
+            domain_dir: dir,
+        })
     }
 
     /// The complete backups of a domain, oldest first. Unreadable manifests are returned as errors
@@ -156,9 +195,15 @@ impl DomainLock {
     /// what it removed. Only safe while the lock is held.
     pub fn remove_partial_backups(&self) -> Result<Vec<PathBuf>, RepoError> {
         let mut removed = Vec::new();
-        for entry in fs::read_dir(&self.domain_dir).map_err(io_err("read folder", &self.domain_dir))? {
+        for entry in
+            fs::read_dir(&self.domain_dir).map_err(io_err("read folder", &self.domain_dir))?
+        {
             let entry = entry.map_err(io_err("read folder", &self.domain_dir))?;
-            if entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(PARTIAL_PREFIX)
+            {
                 let path = entry.path();
                 fs::remove_dir_all(&path).map_err(io_err("remove partial backup", &path))?;
                 removed.push(path);
@@ -177,9 +222,20 @@ impl DomainLock {
                 source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
             });
         }
-        let staging_dir = self.domain_dir.join(format!("{PARTIAL_PREFIX}{}", layout::safe_component(backup_id)));
-        fs::DirBuilder::new().mode(0o700).create(&staging_dir).map_err(io_err("create folder", &staging_dir))?;
-        Ok(StagedBackup { staging_dir, final_dir, committed: false, _lock: self })
+        let staging_dir = self.domain_dir.join(format!(
+            "{PARTIAL_PREFIX}{}",
+            layout::safe_component(backup_id)
+        ));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging_dir)
+            .map_err(io_err("create folder", &staging_dir))?;
+        Ok(StagedBackup {
+            staging_dir,
+            final_dir,
+            committed: false,
+            _lock: self,
+        })
     }
 }
 
@@ -207,7 +263,8 @@ impl StagedBackup<'_> {
     /// fsynced (`SparseImageWriter::finish`).
     pub fn commit(mut self, manifest: &BackupManifest) -> Result<PathBuf, RepoError> {
         write_manifest(&self.staging_dir.join(MANIFEST_FILE), manifest)?;
-        fs::rename(&self.staging_dir, &self.final_dir).map_err(io_err("rename into place", &self.final_dir))?;
+        fs::rename(&self.staging_dir, &self.final_dir)
+            .map_err(io_err("rename into place", &self.final_dir))?;
         self.committed = true;
         if let Some(parent) = self.final_dir.parent() {
             manifest::sync_dir(parent)?;
@@ -220,7 +277,10 @@ impl Drop for StagedBackup<'_> {
     fn drop(&mut self) {
         if !self.committed {
             if let Err(e) = fs::remove_dir_all(&self.staging_dir) {
-                log::error!("could not remove the partial backup {}: {e}; remove it by hand", self.staging_dir.display());
+                log::error!(
+                    "could not remove the partial backup {}: {e}; remove it by hand",
+                    self.staging_dir.display()
+                );
             }
         }
     }
@@ -246,7 +306,10 @@ mod tests {
         let root = dir.path().join("repo");
         Repository::open_or_create(&root).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         Repository::open_or_create(&root).unwrap();
         Repository::open(&root).unwrap();
     }
@@ -256,8 +319,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::open_or_create(dir.path()).unwrap();
         let lock = repo.lock_domain(UUID, "web").unwrap();
-        let err = repo.lock_domain(UUID, "web").err().expect("second lock must fail");
-        assert!(err.to_string().contains("another virt-rbd-backup run"), "{err}");
+        let err = repo
+            .lock_domain(UUID, "web")
+            .err()
+            .expect("second lock must fail");
+        assert!(
+            err.to_string().contains("another virt-rbd-backup run"),
+            "{err}"
+        );
         drop(lock);
         repo.lock_domain(UUID, "web").unwrap();
     }
@@ -272,7 +341,11 @@ mod tests {
             fs::write(staged.file_path("vda.raw"), b"partial").unwrap();
         }
         assert!(repo.backups_of(UUID).unwrap().is_empty());
-        assert_eq!(fs::read_dir(repo.domain_dir(UUID)).unwrap().count(), 1, "only the lock file may remain");
+        assert_eq!(
+            fs::read_dir(repo.domain_dir(UUID)).unwrap().count(),
+            1,
+            "only the lock file may remain"
+        );
 
         let staged = lock.stage_backup("20261126T000001.000Z").unwrap();
         let mut m = manifest::tests::sample();
@@ -292,7 +365,10 @@ mod tests {
         let lock = repo.lock_domain(UUID, "web").unwrap();
         let leftover = repo.domain_dir(UUID).join(".partial-20261126T000000.000Z");
         fs::create_dir(&leftover).unwrap();
-        assert_eq!(lock.remove_partial_backups().unwrap(), vec![leftover.clone()]);
+        assert_eq!(
+            lock.remove_partial_backups().unwrap(),
+            vec![leftover.clone()]
+        );
         assert!(!leftover.exists());
     }
 }
