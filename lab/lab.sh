@@ -1,0 +1,832 @@
+#!/usr/bin/env bash
+# The throwaway test lab: a single-node Ceph cluster (one mon, one memstore
+# OSD, cephx on), libvirtd, and small guests whose disks live in RBD. Tests,
+# the demo and the benchmarks run against it.
+#
+#   lab.sh up      build the lab, or complete/repair it (idempotent)
+#   lab.sh down    remove everything the lab made and stop its processes
+#   lab.sh status  show what runs; exit 0 only when the lab is fully up
+#   lab.sh env     print `export` lines for tests: eval "$(lab/lab.sh env)"
+#
+# Everything lives in $LAB_DIR (default /var/lib/virt-rbd-backup-lab), except
+# the downloaded kernel package, cached in $LAB_CACHE so CI re-runs need no
+# download. Set LAB_GUEST4=1 for a fourth guest with four RBD disks.
+#
+# Guests: lab-guest (running; rbd/lab-guest-a on vda -> /mnt/a, rbd/lab-guest-b
+# on vdb -> /mnt/b, local qcow2 on vdc, unformatted), lab-off (shut off; rbd
+# disk with an ext2 filesystem), lab-local (shut off; only a local qcow2 disk),
+# lab-guest4 (optional, running, rbd disks vda..vdd -> /mnt/a../mnt/d). Each RBD
+# filesystem holds hello.txt ("hello from IMAGE"), random.bin (1 MiB) and
+# random.bin.sha256. Guests boot Debian's cloud kernel with an initramfs of
+# our own (busybox + qemu-ga); see TESTENV.md for why each piece is there.
+set -Eeuo pipefail
+shopt -s inherit_errexit
+
+LAB_DIR=${LAB_DIR:-/var/lib/virt-rbd-backup-lab}
+LAB_CACHE=${LAB_CACHE:-/var/cache/virt-rbd-backup-lab}
+LAB_GUEST4=${LAB_GUEST4:-0}
+LAB_AGENT_TIMEOUT=${LAB_AGENT_TIMEOUT:-60}
+
+LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+URI=qemu:///system
+MON_HOST=127.0.0.1:6789
+POOL=rbd
+CEPH_USER=libvirt
+# Fixed so tests and docs can name it; usage name is unique to the lab.
+SECRET_UUID=5e3c0b1a-7a2d-4f6e-9c41-0b5ac0ffee01
+SECRET_USAGE="virt-rbd-backup-lab client.$CEPH_USER"
+OSD_BYTES=$((6 * 1024 * 1024 * 1024))
+GUEST_MEM_MIB=256
+DOMAINS=(lab-guest lab-off lab-local lab-guest4)
+
+MARKER=$LAB_DIR/.virt-rbd-backup-lab
+CONF=$LAB_DIR/ceph.conf
+ADMIN_KEYRING=$LAB_DIR/ceph.client.admin.keyring
+CEPH_DIR=$LAB_DIR/ceph
+RUN=$LAB_DIR/run
+LOGS=$LAB_DIR/log
+GUEST_DIR=$LAB_DIR/guest
+DISKS=$LAB_DIR/disks
+
+# ---------------------------------------------------------------- helpers
+
+log() { printf 'lab: %s\n' "$*" >&2; }
+die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
+trap 'rc=$?; printf "lab: failed (exit %s) at line %s: %s\n" "$rc" "$LINENO" "$BASH_COMMAND" >&2' ERR
+
+# quiet CMD...: run CMD, show its output only when it fails.
+quiet() {
+    local out
+    out=$("$@" 2>&1) || { printf '%s\n' "$out" >&2; die "failed: $*"; }
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+secs_since() { local d=$(($(now_ms) - $1)); printf '%d.%01d' $((d / 1000)) $((d % 1000 / 100)); }
+
+# wait_until TIMEOUT_S WHAT CMD...: poll CMD every 0.2 s; die after TIMEOUT_S.
+wait_until() {
+    local timeout=$1 what=$2; shift 2
+    local deadline=$(($(now_ms) + timeout * 1000))
+    until "$@" >/dev/null 2>&1; do
+        if (($(now_ms) > deadline)); then
+            die "timed out after ${timeout}s waiting for $what"
+        fi
+        sleep 0.2
+    done
+}
+
+ceph_() { timeout 30 ceph --conf "$CONF" --connect-timeout 10 "$@"; }
+rbd_() { timeout 300 rbd --conf "$CONF" "$@"; }
+virsh_() { timeout 60 virsh -q -c "$URI" "$@"; }
+
+# pid_matches PID NAME [CMDLINE-SUBSTRING]: PID is a live NAME process whose
+# command line contains the substring (guards against reused pids).
+pid_matches() {
+    local pid=$1 name=$2 sub=${3:-} comm="" cmdline=""
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    read -r comm 2>/dev/null <"/proc/$pid/comm" || return 1
+    [[ $comm == "$name" ]] || return 1
+    [[ -z $sub ]] && return 0
+    read -r -d '' cmdline 2>/dev/null < <(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || true
+    [[ $cmdline == *"$sub"* ]]
+}
+
+# stop_pid PID NAME SIGNAL GRACE_S: signal, wait up to GRACE_S, then SIGKILL.
+stop_pid() {
+    local pid=$1 name=$2 sig=$3 grace=$4 i
+    pid_matches "$pid" "$name" || return 0
+    log "stopping $name (pid $pid)"
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do
+        pid_matches "$pid" "$name" || return 0
+        sleep 0.1
+    done
+    log "$name (pid $pid) did not stop after ${grace}s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        pid_matches "$pid" "$name" || return 0
+        sleep 0.1
+    done
+    die "$name (pid $pid) survived SIGKILL"
+}
+
+# Processes of NAME whose command line contains SUB (lab daemons without a
+# pid file, e.g. after a crash), as pids.
+pids_of() {
+    local name=$1 sub=$2 p
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        if pid_matches "$p" "$name" "$sub"; then echo "$p"; fi
+    done
+    return 0
+}
+
+need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root"; }
+
+need_tools() {
+    local t missing=()
+    for t in ceph ceph-mon ceph-osd ceph-authtool monmaptool rbd virsh libvirtd virtlogd \
+        qemu-system-x86_64 qemu-img qemu-ga mke2fs cpio gzip dpkg-deb apt-get apt-cache python3; do
+        command -v "$t" >/dev/null || missing+=("$t")
+    done
+    [[ -x /bin/busybox ]] && /bin/busybox --list 2>/dev/null | grep -qx insmod || missing+=(busybox-static)
+    ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]} (run lab/install-deps.sh as root)"
+}
+
+check_lab_dir_path() {
+    [[ $LAB_DIR == /* && $LAB_DIR != / ]] || die "LAB_DIR must be an absolute path other than /: '$LAB_DIR'"
+    [[ $LAB_DIR != *[[:space:]]* ]] || die "LAB_DIR must not contain spaces: '$LAB_DIR'"
+}
+
+# QEMU runs as libvirt-qemu and must reach files in $LAB_DIR: every parent
+# must be world-traversable (TESTENV.md, "Permissions").
+check_traversable() {
+    local d=$LAB_DIR
+    while [[ $d != / ]]; do
+        d=$(dirname "$d")
+        [[ $(stat -c %A "$d") == ?????????[xt] ]] ||
+            die "$d is not world-traversable (mode $(stat -c %a "$d")); QEMU (user libvirt-qemu) could not reach $LAB_DIR; choose another LAB_DIR"
+    done
+}
+
+init_lab_dir() {
+    check_lab_dir_path
+    if [[ -d $LAB_DIR && ! -e $MARKER ]] && [[ -n $(ls -A "$LAB_DIR") ]]; then
+        die "$LAB_DIR exists, is not empty and is not a lab directory (no $MARKER); refusing to use it"
+    fi
+    mkdir -p "$LAB_DIR"
+    chmod 0755 "$LAB_DIR"
+    check_traversable
+    touch "$MARKER"
+    mkdir -p "$RUN" "$LOGS" "$CEPH_DIR" "$GUEST_DIR" "$DISKS"
+    chmod 0700 "$RUN" "$CEPH_DIR"
+}
+
+# ------------------------------------------------------------------- ceph
+
+mon_pid() { cat "$RUN/mon.a.pid" 2>/dev/null || true; }
+osd_pid() { cat "$RUN/osd.0.pid" 2>/dev/null || true; }
+
+ceph_mon_answers() { ceph_ mon stat; }
+ceph_osd_up() { ceph_ osd stat -f json | grep -q '"num_up_osds": *1[,}]'; }
+ceph_healthy() {
+    [[ -e $CONF ]] || return 1
+    pid_matches "$(mon_pid)" ceph-mon "$CONF" || return 1
+    pid_matches "$(osd_pid)" ceph-osd "$CONF" || return 1
+    ceph_osd_up 2>/dev/null || return 1
+    ceph_ osd pool ls 2>/dev/null | grep -qx "$POOL"
+}
+
+write_ceph_conf() {
+    local fsid=$1
+    cat >"$CONF" <<EOF
+# virt-rbd-backup lab: single-node cluster, written by lab/lab.sh.
+[global]
+fsid = $fsid
+mon host = $MON_HOST
+auth cluster required = cephx
+auth service required = cephx
+auth client required = cephx
+ms bind ipv6 = false
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg autoscale mode = off
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+mon warn on insecure global id reclaim allowed = false
+# The lab's mon listens on v1 only (127.0.0.1:6789), and its disk may be fuller
+# than the default 30 % warning threshold: neither is worth a HEALTH_WARN.
+mon warn on msgr2 not enabled = false
+mon data avail warn = 5
+osd crush chooseleaf type = 0
+osd max object name len = 256
+osd max object namespace len = 64
+run dir = $RUN
+# paxos_propose_interval stays at its default: it sets snapshot latency,
+# which freeze-window measurements must see as in production.
+
+[mon]
+mon data = $CEPH_DIR/mon-\$id
+keyring = $CEPH_DIR/mon-\$id/keyring
+log file = $LOGS/\$name.log
+mon cluster log file = $LOGS/ceph.log
+pid file = $RUN/\$name.pid
+admin socket = $RUN/\$name.asok
+
+[osd]
+osd data = $CEPH_DIR/osd-\$id
+keyring = $CEPH_DIR/osd-\$id/keyring
+osd objectstore = memstore
+memstore device bytes = $OSD_BYTES
+log file = $LOGS/\$name.log
+pid file = $RUN/\$name.pid
+admin socket = $RUN/\$name.asok
+
+[client]
+keyring = $LAB_DIR/ceph.\$name.keyring
+EOF
+}
+
+ceph_up() {
+    local t0 fsid osd_uuid osd_id
+    t0=$(now_ms)
+    fsid=$(cat /proc/sys/kernel/random/uuid)
+    write_ceph_conf "$fsid"
+
+    ( umask 077
+      ceph-authtool --create-keyring "$CEPH_DIR/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+      ceph-authtool --create-keyring "$ADMIN_KEYRING" --gen-key -n client.admin \
+          --cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null
+      ceph-authtool "$CEPH_DIR/mon.keyring" --import-keyring "$ADMIN_KEYRING" >/dev/null
+    )
+    monmaptool --create --add a "$MON_HOST" --fsid "$fsid" "$CEPH_DIR/monmap" >/dev/null
+    ceph-mon --conf "$CONF" --mkfs -i a --monmap "$CEPH_DIR/monmap" --keyring "$CEPH_DIR/mon.keyring" \
+        >"$LOGS/mon-mkfs.log" 2>&1 || die "ceph-mon --mkfs failed, see $LOGS/mon-mkfs.log"
+    ceph-mon --conf "$CONF" -i a >>"$LOGS/mon-start.log" 2>&1 || die "ceph-mon failed to start, see $LOGS/mon.a.log"
+    wait_until 30 "the monitor on $MON_HOST (see $LOGS/mon.a.log)" ceph_mon_answers
+
+    osd_uuid=$(cat /proc/sys/kernel/random/uuid)
+    osd_id=$(ceph_ osd new "$osd_uuid")
+    [[ $osd_id == 0 ]] || die "expected osd id 0, got '$osd_id'"
+    mkdir -p "$CEPH_DIR/osd-0"
+    ( umask 077; ceph-authtool --create-keyring "$CEPH_DIR/osd-0/keyring" --gen-key -n osd.0 >/dev/null )
+    quiet ceph_ auth add osd.0 osd 'allow *' mon 'allow profile osd' -i "$CEPH_DIR/osd-0/keyring"
+    ceph-osd --conf "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$LOGS/osd-mkfs.log" 2>&1 ||
+        die "ceph-osd --mkfs failed, see $LOGS/osd-mkfs.log and $LOGS/osd.0.log"
+    ceph-osd --conf "$CONF" -i 0 >>"$LOGS/osd-start.log" 2>&1 || die "ceph-osd failed to start, see $LOGS/osd.0.log"
+    wait_until 60 "osd.0 to be up (see $LOGS/osd.0.log)" ceph_osd_up
+
+    quiet ceph_ osd pool create "$POOL" 32 32
+    timeout 60 rbd --conf "$CONF" pool init "$POOL" || die "rbd pool init $POOL timed out or failed (PGs not active?), see $LOGS/"
+    ( umask 077
+      quiet ceph_ auth get-or-create "client.$CEPH_USER" mon 'profile rbd' osd "profile rbd pool=$POOL" \
+          -o "$LAB_DIR/ceph.client.$CEPH_USER.keyring"
+    )
+    log "ceph cluster up in $(secs_since "$t0") s (mon $MON_HOST, osd.0 memstore $((OSD_BYTES >> 30)) GiB, pool $POOL)"
+}
+
+ceph_stop() {
+    local pid
+    # SIGKILL for the OSD on purpose: on SIGTERM memstore writes all its data
+    # to disk, and the lab throws that data away anyway.
+    for pid in $(osd_pid) $(pids_of ceph-osd "$CONF"); do stop_pid "$pid" ceph-osd KILL 5; done
+    for pid in $(mon_pid) $(pids_of ceph-mon "$CONF"); do stop_pid "$pid" ceph-mon TERM 10; done
+}
+
+# ---------------------------------------------------------------- libvirt
+
+virsh_answers() { virsh_ version; }
+
+# start_daemon NAME: start NAME -d unless it runs; remember that the lab
+# started it, so that `down` stops only what the lab started.
+start_daemon() {
+    local name=$1 pid
+    pid=$(cat "/run/$name.pid" 2>/dev/null || true)
+    if pid_matches "$pid" "$name" || pgrep -x "$name" >/dev/null; then
+        return 0
+    fi
+    log "starting $name -d (log $LOGS/$name.log)"
+    (cd / && LIBVIRT_LOG_OUTPUTS="3:file:$LOGS/$name.log" "$name" -d) ||
+        die "$name -d failed, see $LOGS/$name.log"
+    wait_until 10 "$name to write /run/$name.pid" test -s "/run/$name.pid"
+    pid=$(cat "/run/$name.pid")
+    echo "$pid" >"$RUN/$name.lab-started"
+}
+
+libvirt_up() {
+    start_daemon virtlogd
+    start_daemon libvirtd
+    wait_until 30 "libvirtd to answer on $URI" virsh_answers
+}
+
+libvirt_stop() {
+    local name pid
+    for name in libvirtd virtlogd; do
+        pid=$(cat "$RUN/$name.lab-started" 2>/dev/null || true)
+        [[ -n $pid ]] && stop_pid "$pid" "$name" TERM 15
+        rm -f "$RUN/$name.lab-started"
+    done
+}
+
+secret_up() {
+    if ! virsh_ secret-dumpxml "$SECRET_UUID" >/dev/null 2>&1; then
+        cat >"$RUN/secret.xml" <<EOF
+<secret ephemeral='no' private='no'>
+  <uuid>$SECRET_UUID</uuid>
+  <usage type='ceph'><name>$SECRET_USAGE</name></usage>
+</secret>
+EOF
+        virsh_ secret-define "$RUN/secret.xml" >/dev/null || die "virsh secret-define failed"
+    fi
+    # Through a 0600 file: the key never appears on a command line.
+    local key
+    key=$(ceph_ auth print-key "client.$CEPH_USER")
+    ( umask 077; printf '%s' "$key" >"$RUN/secret.b64" )
+    virsh_ secret-set-value "$SECRET_UUID" --file "$RUN/secret.b64" >/dev/null ||
+        { rm -f "$RUN/secret.b64"; die "virsh secret-set-value failed"; }
+    rm -f "$RUN/secret.b64"
+}
+
+domain_exists() { virsh_ dominfo "$1" >/dev/null 2>&1; }
+domain_state() { virsh_ domstate "$1" 2>/dev/null | head -n1 || true; }
+
+domain_remove() {
+    local d=$1
+    domain_exists "$d" || return 0
+    if [[ $(domain_state "$d") != "shut off" ]]; then
+        virsh_ destroy "$d" >/dev/null 2>&1 || true
+    fi
+    virsh_ undefine "$d" >/dev/null || die "virsh undefine $d failed"
+    log "removed domain $d"
+}
+
+# --------------------------------------------------------------- guest boot
+
+# The versioned package that linux-image-cloud-amd64 depends on, e.g.
+# linux-image-6.1.0-56-cloud-amd64; empty when apt knows none.
+kernel_package() {
+    apt-cache depends linux-image-cloud-amd64 2>/dev/null |
+        awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }'
+}
+
+# Prints the path of the cached kernel .deb, downloading it if needed.
+kernel_deb() {
+    local pkg deb tmp
+    mkdir -p "$LAB_CACHE"
+    pkg=$(kernel_package)
+    if [[ -n $pkg ]]; then
+        deb=$(ls -1 "$LAB_CACHE/${pkg}"_*.deb 2>/dev/null | tail -n1 || true)
+        if [[ -z $deb ]]; then
+            log "downloading $pkg into $LAB_CACHE"
+            tmp=$(mktemp -d "$LAB_CACHE/.download.XXXXXX")
+            chmod 0755 "$tmp"
+            id _apt >/dev/null 2>&1 && chown _apt "$tmp"
+            (cd "$tmp" && timeout 300 apt-get download -q "$pkg") >&2 || { rm -rf "$tmp"; die "apt-get download $pkg failed"; }
+            deb=$(ls -1 "$tmp"/*.deb | head -n1)
+            mv "$deb" "$LAB_CACHE/"
+            rm -rf "$tmp"
+            deb=$LAB_CACHE/$(basename "$deb")
+            # Keep only the current kernel in the cache.
+            find "$LAB_CACHE" -maxdepth 1 -name 'linux-image-*.deb' ! -name "$(basename "$deb")" -delete
+        fi
+    else
+        deb=$(ls -1 "$LAB_CACHE"/linux-image-*-cloud-amd64_*.deb 2>/dev/null | tail -n1 || true)
+        [[ -n $deb ]] || die "apt does not know linux-image-cloud-amd64 and $LAB_CACHE has no kernel package (run apt-get update)"
+        log "apt does not know linux-image-cloud-amd64; using cached $(basename "$deb")"
+    fi
+    echo "$deb"
+}
+
+# The guest's /init: mounts the filesystems named by lab_mounts= on the
+# kernel command line (vdX -> /mnt/X) and keeps qemu-ga running. qemu-ga logs
+# to the console with -v, so freezes and thaws show up with timestamps.
+write_init() {
+    cat <<'EOF'
+#!/bin/sh
+export PATH=/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /run /tmp
+echo "lab-init: loading virtio modules"
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio_console; do
+    insmod /lib/modules/$m.ko || echo "lab-init: insmod $m failed"
+done
+mounts=
+for arg in $(cat /proc/cmdline); do
+    case $arg in lab_mounts=*) mounts=${arg#lab_mounts=} ;; esac
+done
+for dev in $(echo "$mounts" | tr , ' '); do
+    dir=/mnt/${dev#vd}
+    mkdir -p "$dir"
+    i=0
+    while [ ! -b "/dev/$dev" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+    if mount -t ext2 "/dev/$dev" "$dir"; then
+        echo "lab-init: mounted /dev/$dev on $dir"
+    else
+        echo "lab-init: FAILED to mount /dev/$dev on $dir"
+    fi
+done
+port=
+i=0
+while [ -z "$port" ] && [ $i -lt 200 ]; do
+    for p in /sys/class/virtio-ports/vport*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
+    done
+    [ -n "$port" ] && [ -c "$port" ] || { port=; sleep 0.05; i=$((i + 1)); }
+done
+[ -n "$port" ] || echo "lab-init: no virtio port named org.qemu.guest_agent.0"
+while true; do
+    echo "lab-init: starting qemu-ga on $port"
+    qemu-ga -m virtio-serial -p "$port" -l /dev/console -v -t /run -f /run/qemu-ga.pid
+    echo "lab-init: qemu-ga exited with $?, restarting"
+    sleep 1
+done
+EOF
+}
+
+# Identifies the guest boot files' inputs; part of every domain's XML, so a
+# changed /init or kernel makes `up` recreate the domains.
+# Computed once per run (apt-cache takes most of a second).
+BOOT_ID=""
+boot_id() {
+    [[ -n $BOOT_ID ]] || BOOT_ID=$({ write_init; kernel_package; } | sha256sum | cut -c1-16)
+    echo "$BOOT_ID"
+}
+
+# Builds $GUEST_DIR/vmlinuz and $GUEST_DIR/initrd.img (skipped when current).
+guest_boot_build() {
+    local id deb x root m ko lib
+    id=$(boot_id)
+    if [[ -s $GUEST_DIR/vmlinuz && -s $GUEST_DIR/initrd.img && $(cat "$GUEST_DIR/boot-id" 2>/dev/null) == "$id" ]]; then
+        return 0
+    fi
+    deb=$(kernel_deb)
+    x=$GUEST_DIR/kernel.x
+    rm -rf "$x" "$GUEST_DIR/initramfs"
+    dpkg-deb -x "$deb" "$x"
+    cp "$(ls -1 "$x"/boot/vmlinuz-* | head -n1)" "$GUEST_DIR/vmlinuz.new"
+
+    root=$GUEST_DIR/initramfs
+    mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,tmp,mnt,etc,lib/modules}
+    mkdir -p "$root/var"
+    ln -s ../run "$root/var/run"
+    cp /bin/busybox "$root/bin/busybox"
+    for m in $(/bin/busybox --list); do
+        [[ -e $root/bin/$m || $m == busybox ]] || ln -s busybox "$root/bin/$m"
+    done
+    for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio_console; do
+        ko=$(find "$x" -path '*/kernel/drivers/*' \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" \) | head -n1)
+        [[ -n $ko ]] || die "module $m not found in $(basename "$deb")"
+        case $ko in
+            *.xz) xz -dc "$ko" >"$root/lib/modules/$m.ko" ;;
+            *.zst) zstd -qdc "$ko" >"$root/lib/modules/$m.ko" ;;
+            *) cp "$ko" "$root/lib/modules/$m.ko" ;;
+        esac
+    done
+    cp "$(command -v qemu-ga)" "$root/sbin/qemu-ga"
+    for lib in $(ldd "$(command -v qemu-ga)" | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }'); do
+        cp -L --parents "$lib" "$root/"
+    done
+    write_init >"$root/init"
+    chmod 0755 "$root/init"
+    (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$GUEST_DIR/initrd.img.new"
+    chmod 0644 "$GUEST_DIR/vmlinuz.new" "$GUEST_DIR/initrd.img.new"
+    mv -f "$GUEST_DIR/vmlinuz.new" "$GUEST_DIR/vmlinuz"
+    mv -f "$GUEST_DIR/initrd.img.new" "$GUEST_DIR/initrd.img"
+    echo "$id" >"$GUEST_DIR/boot-id"
+    rm -rf "$x" "$root"
+    log "guest kernel and initramfs built from $(basename "$deb")"
+}
+
+# ------------------------------------------------------------ guest disks
+
+# make_fs_image NAME SIZE_MIB OUT: ext2 image with hello.txt, random.bin and
+# its checksum.
+make_fs_image() {
+    local name=$1 size=$2 out=$3 d
+    d=$(mktemp -d "$LAB_DIR/tmp.XXXXXX")
+    echo "hello from $name" >"$d/hello.txt"
+    head -c 1048576 /dev/urandom >"$d/random.bin"
+    (cd "$d" && sha256sum random.bin >random.bin.sha256)
+    rm -f "$out"
+    # 4 KiB blocks: few block groups, so the metadata touches few RBD objects.
+    quiet mke2fs -q -F -t ext2 -b 4096 -L "${name:0:16}" -d "$d" "$out" "${size}M"
+    rm -rf "$d"
+}
+
+# rbd_fs_image NAME SIZE_MIB: (re)create rbd/NAME holding an ext2 filesystem.
+rbd_fs_image() {
+    local name=$1 size=$2 img=$LAB_DIR/$1.img
+    rbd_remove "$name"
+    make_fs_image "$name" "$size" "$img"
+    # rbd import skips zeroed blocks: the image stays sparse.
+    rbd_ import --no-progress "$img" "$POOL/$name" || die "rbd import $POOL/$name failed"
+    rm -f "$img"
+}
+
+rbd_remove() {
+    local name=$1
+    rbd_ info "$POOL/$name" >/dev/null 2>&1 || return 0
+    rbd_ snap purge --no-progress "$POOL/$name" >/dev/null 2>&1 || true
+    rbd_ rm --no-progress "$POOL/$name" >/dev/null || die "rbd rm $POOL/$name failed (still open by a guest?)"
+}
+
+# ---------------------------------------------------------------- domains
+
+rbd_disk_xml() {
+    cat <<EOF
+    <disk type='network' device='disk'>
+      <driver name='qemu' type='raw' cache='writeback' discard='unmap'/>
+      <auth username='$CEPH_USER'><secret type='ceph' uuid='$SECRET_UUID'/></auth>
+      <source protocol='rbd' name='$POOL/$1'><host name='127.0.0.1' port='6789'/></source>
+      <target dev='$2' bus='virtio'/>
+    </disk>
+EOF
+}
+
+file_disk_xml() {
+    cat <<EOF
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' discard='unmap'/>
+      <source file='$1'/>
+      <target dev='$2' bus='virtio'/>
+    </disk>
+EOF
+}
+
+# domain_xml NAME MOUNTS DISK-XML: MOUNTS is the guest's lab_mounts= value.
+domain_xml() {
+    local name=$1 mounts=$2 disks=$3
+    cat <<EOF
+<domain type='qemu'>
+  <name>$name</name>
+  <description>virt-rbd-backup lab guest (lab/lab.sh), boot id $(boot_id)</description>
+  <memory unit='MiB'>$GUEST_MEM_MIB</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>$GUEST_DIR/vmlinuz</kernel>
+    <initrd>$GUEST_DIR/initrd.img</initrd>
+    <cmdline>console=ttyS0 lab_mounts=$mounts</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+$disks
+    <controller type='usb' model='none'/>
+    <serial type='file'>
+      <source path='$LAB_DIR/$name.console.log'/>
+      <target port='0'/>
+    </serial>
+    <channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+EOF
+}
+
+# ensure_domain NAME STATE MOUNTS SPEC...: make domain NAME exist with the
+# disks in SPEC (rbd:IMAGE:SIZE_MIB:DEV, blank:FILE:SIZE_MIB:DEV or
+# fs:FILE:SIZE_MIB:DEV) and be in STATE (running|off). A domain whose XML or
+# disks differ from what this script makes is recreated with fresh disks.
+# When it starts the domain, records the start time (ms) in $RUN/NAME.started.
+ensure_domain() {
+    local name=$1 want=$2 mounts=$3; shift 3
+    local spec kind obj size dev disks="" ok=1 xml images
+    images=$(rbd_ ls "$POOL" 2>/dev/null || true)
+    for spec in "$@"; do
+        IFS=: read -r kind obj size dev <<<"$spec"
+        case $kind in
+            rbd) disks+=$(rbd_disk_xml "$obj" "$dev")$'\n'; grep -qx "$obj" <<<"$images" || ok=0 ;;
+            blank|fs) disks+=$(file_disk_xml "$DISKS/$obj" "$dev")$'\n'; [[ -e $DISKS/$obj ]] || ok=0 ;;
+        esac
+    done
+    xml=$(domain_xml "$name" "$mounts" "${disks%$'\n'}")
+    domain_exists "$name" || ok=0
+    [[ $ok == 1 && $(cat "$RUN/$name.xml" 2>/dev/null) == "$xml" ]] || ok=0
+
+    if [[ $ok == 0 ]]; then
+        domain_remove "$name"
+        for spec in "$@"; do
+            IFS=: read -r kind obj size dev <<<"$spec"
+            case $kind in
+                rbd) rbd_fs_image "$obj" "$size" ;;
+                blank) rm -f "$DISKS/$obj"; qemu-img create -q -f qcow2 "$DISKS/$obj" "${size}M" ;;
+                fs) make_fs_image "${obj%.*}" "$size" "$DISKS/$obj.raw"
+                    rm -f "$DISKS/$obj"
+                    qemu-img convert -q -f raw -O qcow2 "$DISKS/$obj.raw" "$DISKS/$obj"
+                    rm -f "$DISKS/$obj.raw" ;;
+            esac
+        done
+        printf '%s\n' "$xml" >"$RUN/$name.xml"
+        virsh_ define "$RUN/$name.xml" >/dev/null || die "virsh define $name failed (XML in $RUN/$name.xml)"
+        log "defined domain $name"
+    fi
+
+    local state
+    state=$(domain_state "$name")
+    case $want in
+        running)
+            if [[ $state != running ]]; then
+                [[ $state == "shut off" ]] || virsh_ destroy "$name" >/dev/null 2>&1 || true
+                now_ms >"$RUN/$name.started"
+                virsh_ start "$name" >/dev/null || die "virsh start $name failed (see /var/log/libvirt/qemu/$name.log)"
+                log "started domain $name"
+            fi ;;
+        off)
+            [[ $state == "shut off" ]] || { virsh_ destroy "$name" >/dev/null; log "stopped domain $name"; } ;;
+    esac
+}
+
+agent_ping() { virsh_ qemu-agent-command --timeout 2 "$1" '{"execute":"guest-ping"}'; }
+
+# wait_guest NAME MOUNTPOINT...: wait for the agent and the mounts.
+wait_guest() {
+    local name=$1 t0 deadline mp checks=""; shift
+    t0=$(cat "$RUN/$name.started" 2>/dev/null || true)
+    rm -f "$RUN/$name.started"
+    deadline=$(($(now_ms) + LAB_AGENT_TIMEOUT * 1000))
+    until agent_ping "$name" >/dev/null 2>&1; do
+        if [[ $(domain_state "$name") != running ]]; then
+            tail -n 20 "$LAB_DIR/$name.console.log" >&2 2>/dev/null || true
+            die "$name stopped while waiting for its agent (console: $LAB_DIR/$name.console.log)"
+        fi
+        if (($(now_ms) > deadline)); then
+            tail -n 20 "$LAB_DIR/$name.console.log" >&2 2>/dev/null || true
+            die "timed out after ${LAB_AGENT_TIMEOUT}s waiting for $name's guest agent (console: $LAB_DIR/$name.console.log)"
+        fi
+        sleep 0.1
+    done
+    if [[ -n $t0 ]]; then log "$name: guest agent answered $(secs_since "$t0") s after domain start"; fi
+    for mp in "$@"; do checks+="grep -q ' $mp ' /proc/mounts && "; done
+    checks+="true"
+    wait_until 20 "$name to mount $*" "$LAB_SRC/guest-exec.sh" --timeout 5 "$name" "$checks"
+}
+
+# ------------------------------------------------------------------ commands
+
+cmd_up() {
+    local t0 build_pid
+    need_root
+    need_tools
+    check_lab_dir_path
+    t0=$(now_ms)
+    BOOT_ID=$(boot_id)
+
+    if [[ -e $MARKER ]] && ceph_healthy; then
+        log "ceph cluster already up, reusing it"
+        init_lab_dir
+        guest_boot_build >>"$LOGS/guest-build.log" 2>&1 &
+        build_pid=$!
+        libvirt_up
+    else
+        if [[ -e $MARKER ]] || lab_defined_in_libvirt; then
+            log "incomplete lab found: removing it first"
+            cmd_down
+        fi
+        init_lab_dir
+        # Kernel download/unpack and initramfs run while the cluster starts.
+        guest_boot_build >>"$LOGS/guest-build.log" 2>&1 &
+        build_pid=$!
+        libvirt_up
+        ceph_up
+    fi
+    # Not `guest_boot_build || die`: errexit is off inside a function run as
+    # the left side of ||, a background job keeps it on.
+    wait "$build_pid" || { tail -n 5 "$LOGS/guest-build.log" >&2; die "guest boot build failed, see $LOGS/guest-build.log"; }
+    secret_up
+
+    ensure_domain lab-guest running vda,vdb \
+        rbd:lab-guest-a:256:vda rbd:lab-guest-b:512:vdb blank:lab-guest-c.qcow2:128:vdc
+    if [[ $LAB_GUEST4 == 1 ]]; then
+        ensure_domain lab-guest4 running vda,vdb,vdc,vdd \
+            rbd:lab-guest4-a:256:vda rbd:lab-guest4-b:256:vdb rbd:lab-guest4-c:256:vdc rbd:lab-guest4-d:256:vdd
+    fi
+    ensure_domain lab-off off vda rbd:lab-off-a:256:vda
+    ensure_domain lab-local off vda fs:lab-local-a.qcow2:128:vda
+
+    wait_guest lab-guest /mnt/a /mnt/b
+    if [[ $LAB_GUEST4 == 1 ]]; then
+        wait_guest lab-guest4 /mnt/a /mnt/b /mnt/c /mnt/d
+    fi
+    log "lab up in $(secs_since "$t0") s; eval \"\$($LAB_SRC/lab.sh env)\" for its settings"
+}
+
+# True when libvirt holds lab domains or the lab secret (also with the work
+# dir gone): seen through libvirt's config files, so libvirtd need not run.
+lab_defined_in_libvirt() {
+    local d
+    for d in "${DOMAINS[@]}"; do [[ -e /etc/libvirt/qemu/$d.xml ]] && return 0; done
+    [[ -e /etc/libvirt/secrets/$SECRET_UUID.xml ]]
+}
+
+cmd_down() {
+    local d pid
+    need_root
+    check_lab_dir_path
+    if [[ -d $LAB_DIR && ! -e $MARKER && -n $(ls -A "$LAB_DIR" 2>/dev/null) ]]; then
+        die "$LAB_DIR is not a lab directory (no $MARKER); refusing to touch it"
+    fi
+    if lab_defined_in_libvirt; then
+        if ! virsh_answers >/dev/null 2>&1; then
+            mkdir -p "$RUN" "$LOGS"
+            touch "$MARKER"
+            libvirt_up
+        fi
+        for d in "${DOMAINS[@]}"; do domain_remove "$d"; done
+        if virsh_ secret-dumpxml "$SECRET_UUID" >/dev/null 2>&1; then
+            virsh_ secret-undefine "$SECRET_UUID" >/dev/null
+            log "removed secret $SECRET_UUID"
+        fi
+    fi
+    # QEMU processes of lab domains that libvirt no longer knows (none expected).
+    for d in "${DOMAINS[@]}"; do
+        for pid in $(pids_of qemu-system-x86 "guest=$d,"); do stop_pid "$pid" qemu-system-x86 TERM 5; done
+    done
+    ceph_stop
+    libvirt_stop
+    if [[ -e $MARKER ]]; then
+        rm -rf "$LAB_DIR"
+        log "removed $LAB_DIR"
+    fi
+    local left
+    left=$(ps -eo pid=,args= | grep -F -e "$CONF" -e "guest=lab-" | grep -v -e grep -e "lab.sh" || true)
+    [[ -z $left ]] || { printf '%s\n' "$left" >&2; die "lab processes are still running"; }
+    log "lab is down"
+}
+
+cmd_status() {
+    local ok=0 line d state want pid
+    report() { # report OK|FAIL TEXT
+        printf '%-4s %s\n' "$1" "$2"
+        [[ $1 == ok ]] || ok=1
+    }
+    [[ -e $MARKER ]] && report ok "work dir $LAB_DIR" || report FAIL "work dir $LAB_DIR (missing)"
+    pid=$(mon_pid)
+    pid_matches "$pid" ceph-mon "$CONF" && report ok "ceph-mon a (pid $pid) on $MON_HOST" || report FAIL "ceph-mon not running"
+    pid=$(osd_pid)
+    pid_matches "$pid" ceph-osd "$CONF" && report ok "ceph-osd 0 (pid $pid)" || report FAIL "ceph-osd not running"
+    if [[ -e $CONF ]] && line=$(ceph_ osd stat 2>/dev/null) && ceph_osd_up 2>/dev/null; then
+        report ok "osdmap: $line"
+        if ceph_ osd pool ls 2>/dev/null | grep -qx "$POOL"; then
+            report ok "pool $POOL: images $(rbd_ ls "$POOL" 2>/dev/null | tr '\n' ' ')"
+        else
+            report FAIL "pool $POOL missing"
+        fi
+    else
+        report FAIL "cluster does not answer or osd.0 is down"
+    fi
+    for d in virtlogd libvirtd; do
+        pid=$(cat "/run/$d.pid" 2>/dev/null || true)
+        if pid_matches "$pid" "$d"; then
+            report ok "$d (pid $pid$([[ -e $RUN/$d.lab-started ]] && echo ", started by the lab"))"
+        else
+            report FAIL "$d not running"
+        fi
+    done
+    if virsh_answers >/dev/null 2>&1; then
+        virsh_ secret-dumpxml "$SECRET_UUID" >/dev/null 2>&1 &&
+            report ok "libvirt secret $SECRET_UUID (ceph, client.$CEPH_USER)" || report FAIL "libvirt secret $SECRET_UUID missing"
+        for d in "${DOMAINS[@]}"; do
+            case $d in lab-guest) want=running ;; lab-guest4) want=running ;; *) want="shut off" ;; esac
+            if ! domain_exists "$d"; then
+                [[ $d == lab-guest4 && $LAB_GUEST4 != 1 ]] && continue
+                report FAIL "domain $d not defined"
+                continue
+            fi
+            state=$(domain_state "$d")
+            if [[ $state != "$want" ]]; then
+                report FAIL "domain $d: $state (want $want)"
+            elif [[ $want == running ]]; then
+                agent_ping "$d" >/dev/null 2>&1 && report ok "domain $d: running, agent answers" ||
+                    report FAIL "domain $d: running, agent does not answer"
+            else
+                report ok "domain $d: $state"
+            fi
+        done
+    else
+        report FAIL "libvirt does not answer on $URI"
+    fi
+    return $ok
+}
+
+cmd_env() {
+    local v
+    for v in \
+        "LAB_DIR=$LAB_DIR" \
+        "CEPH_CONF=$CONF" \
+        "LAB_CEPH_KEYRING=$ADMIN_KEYRING" \
+        "LAB_CEPH_POOL=$POOL" \
+        "LAB_CEPH_USER=$CEPH_USER" \
+        "LAB_MON_HOST=$MON_HOST" \
+        "LAB_LIBVIRT_URI=$URI" \
+        "LAB_SECRET_UUID=$SECRET_UUID" \
+        "LAB_GUEST_EXEC=$LAB_SRC/guest-exec.sh" \
+        "LAB_GUEST_CONSOLE_LOG=$LAB_DIR/lab-guest.console.log" \
+        "LAB_GUEST4_CONSOLE_LOG=$LAB_DIR/lab-guest4.console.log" \
+        "LAB_OFF_CONSOLE_LOG=$LAB_DIR/lab-off.console.log" \
+        "LAB_LOCAL_CONSOLE_LOG=$LAB_DIR/lab-local.console.log"; do
+        printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"
+    done
+}
+
+usage() {
+    sed -n '2,/^set -Eeuo/p' "${BASH_SOURCE[0]}" | sed -e '/^set /d' -e 's/^# \{0,1\}//'
+    exit 2
+}
+
+case ${1:-} in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status || exit 1 ;;
+    env) cmd_env ;;
+    -h|--help|help) usage ;;
+    *) usage ;;
+esac
