@@ -1,0 +1,111 @@
+"""Helpers for tests against the real lab (lab/lab.sh): Ceph's own tools, libvirt's virsh,
+the guest agent, and the CLI run as a separate process, the way an operator runs it.
+
+Nothing here imitates Ceph or libvirt: every helper runs the real tool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = ROOT / "lab"
+BLOCK = 4 * 1024 * 1024
+
+
+def require_lab() -> None:
+    """Skips unless the lab is up (scripts/test.sh sets VRB_LAB=1 after `lab.sh up`)."""
+    if os.environ.get("VRB_LAB") != "1":
+        pytest.skip("needs the lab: run scripts/test.sh, or `lab/lab.sh up` and VRB_LAB=1")
+    if "CEPH_CONF" not in os.environ:
+        pytest.fail("VRB_LAB=1 but CEPH_CONF is not set: eval \"$(lab/lab.sh env)\" first")
+
+
+def run(args: Sequence[str], check: bool = True, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def rbd(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(["rbd", "--conf", os.environ["CEPH_CONF"], *args], check=check)
+
+
+def rbd_json(*args: str) -> Any:
+    return json.loads(rbd(*args, "--format", "json").stdout)
+
+
+def tool_snapshots(image: str) -> list[str]:
+    """Names of virt-rbd-backup's snapshots of pool/image, as `rbd snap ls` sees them."""
+    return sorted(s["name"] for s in rbd_json("snap", "ls", image) if s["name"].startswith("virt-rbd-backup-"))
+
+
+def rbd_export_sha256(spec: str) -> str:
+    """SHA-256 of `rbd export SPEC -`: Ceph's own C++ exporter as the independent truth."""
+    proc = subprocess.Popen(["rbd", "--conf", os.environ["CEPH_CONF"], "export", "--no-progress", spec, "-"], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    digest = hashlib.sha256()
+    while chunk := proc.stdout.read(1 << 20):
+        digest.update(chunk)
+    assert proc.wait() == 0, f"rbd export {spec} failed"
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(["virsh", "-c", os.environ.get("LAB_LIBVIRT_URI", "qemu:///system"), *args], check=check)
+
+
+def agent(domain: str, command: str) -> Any:
+    out = virsh("qemu-agent-command", domain, json.dumps({"execute": command})).stdout
+    return json.loads(out)["return"]
+
+
+def guest_exec(domain: str, shell: str) -> str:
+    """Runs a shell command inside the guest through the agent; returns its stdout."""
+    return run(["bash", str(LAB / "guest-exec.sh"), domain, shell]).stdout
+
+
+def domain_uuid(domain: str) -> str:
+    return virsh("domuuid", domain).stdout.strip()
+
+
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def cli(*args: str, timeout: float = 600) -> CliRun:
+    """Runs `python -m virt_rbd_backup ARGS` as its own process, like an operator would."""
+    proc = run([sys.executable, "-m", "virt_rbd_backup", *args], check=False, timeout=timeout)
+    return CliRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def domain_report(report: dict[str, Any], name: str) -> dict[str, Any]:
+    for d in report["domains"]:
+        if d["name"] == name:
+            return d  # type: ignore[no-any-return]
+    raise AssertionError(f"domain {name} not in report: {[d['name'] for d in report['domains']]}")
