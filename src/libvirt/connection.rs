@@ -4,8 +4,8 @@
 //! Domains are looked up afresh by UUID for every call instead of caching `virDomainPtr`s:
 //! a backup runs for hours and domains may be undefined, renamed or restarted meanwhile, and a
 //! lookup is a cheap local call in the daemon. libvirt's default error handler prints every
-//! error to stderr; [`HypervisorConnection::open`] silences it because every error is returned
-//! (with context) to the caller instead.
+//! error to stderr; [`HypervisorConnection::open`] silences it (process-wide, and nothing else
+//! in this program talks to libvirt) because every error is returned with context instead.
 
 use base64::Engine as _;
 use virt::connect::Connect;

@@ -12,7 +12,7 @@
 //! - `<source protocol='rbd' name='pool/image'>` or `name='pool/namespace/image'`; the name is
 //!   split on `/` and taken verbatim otherwise: hostile characters (`..`, spaces, newlines) are
 //!   kept, making them safe for paths is the repository's job.
-//! - `<auth>` may sit in `<disk>` (classic) or in `<source>` (libvirt ≥ 3.9 writes it there when
+//! - `<auth>` may sit in `<disk>` (classic) or in `<source>` (newer libvirt keeps it there when
 //!   it was defined there); the one in `<source>` wins.
 //! - A disk whose source is an RBD snapshot (`<source><snapshot name=.../>`) is skipped: the
 //!   guest sees the snapshot's frozen content, not the image head a backup would export.
@@ -35,7 +35,8 @@ pub struct MonitorHost {
 pub struct RbdAuth {
     /// Ceph user without the `client.` prefix.
     pub username: String,
-    /// UUID of the libvirt secret holding the key (`usage` lookups are resolved to a UUID by the parser only when given as uuid).
+    /// UUID of the libvirt secret holding the key, lower case, when the XML names it by UUID
+    /// (the parser does not resolve usage names; `ceph_key` does).
     pub secret_uuid: Option<String>,
     /// `<secret usage='...'>` if the secret is named by usage instead of UUID.
     pub secret_usage: Option<String>,

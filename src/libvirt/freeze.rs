@@ -61,6 +61,8 @@ pub struct FreezeGuard<'c> {
     domain_name: String,
     outcome: FreezeOutcome,
     thawed: bool,
+    // Whether the agent timeout was set, so it is put back only then.
+    timeout_set: bool,
 }
 
 impl<'c> FreezeGuard<'c> {
@@ -104,17 +106,25 @@ impl<'c> FreezeGuard<'c> {
             .map_err(|_| freeze_error("a mountpoint contains a NUL byte".into()))?;
 
         let seconds = i32::try_from(agent_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
-        match set_agent_timeout(&domain, seconds) {
-            Ok(()) => {}
+        let timeout_set = match set_agent_timeout(&domain, seconds) {
+            Ok(()) => true,
             // Not running: the freeze below says so.
-            Err(e) if e.code().to_raw() == sys::VIR_ERR_OPERATION_INVALID => {}
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_OPERATION_INVALID => false,
             // Older libvirt (< 5.10) lacks the call; freezing still works, only unbounded.
-            Err(e) => log::warn!(
-                "cannot bound the guest agent timeout of domain {domain_name} ({}); the freeze \
-                 will wait for the agent as long as it takes",
-                e.message()
-            ),
-        }
+            Err(e) => {
+                log::warn!(
+                    "cannot bound the guest agent timeout of domain {domain_name} ({}); the \
+                     freeze will wait for the agent as long as it takes",
+                    e.message()
+                );
+                false
+            }
+        };
+        let restore = |domain: &Domain| {
+            if timeout_set {
+                restore_agent_timeout(domain, domain_name);
+            }
+        };
 
         match fs_freeze(&domain, &mountpoints) {
             Ok(frozen) => Ok(FreezeGuard {
@@ -127,6 +137,7 @@ impl<'c> FreezeGuard<'c> {
                     frozen_at: Instant::now(),
                 },
                 thawed: false,
+                timeout_set,
             }),
             Err(e) if freeze_may_be_pending(&e) => {
                 let after = match thaw_with_retries(&domain) {
@@ -141,7 +152,7 @@ impl<'c> FreezeGuard<'c> {
                         t.message()
                     ),
                 };
-                restore_agent_timeout(&domain, domain_name);
+                restore(&domain);
                 Err(freeze_error(format!(
                     "the guest agent did not answer within {seconds} s ({}); {after}; check \
                      that qemu-guest-agent runs in the guest",
@@ -149,14 +160,24 @@ impl<'c> FreezeGuard<'c> {
                 )))
             }
             Err(e) => {
-                restore_agent_timeout(&domain, domain_name);
-                Err(freeze_error(format!(
-                    "{}; check the agent with `virsh qemu-agent-command {domain_name} \
-                     '{{\"execute\":\"guest-fsfreeze-status\"}}'`: if it says frozen and no other \
-                     backup is running, an earlier run left it frozen and `virsh domfsthaw \
-                     {domain_name}` thaws it",
-                    e.message()
-                )))
+                restore(&domain);
+                let code = e.code().to_raw();
+                let hint = if code == sys::VIR_ERR_OPERATION_INVALID {
+                    // "domain is not running" says it all.
+                    String::new()
+                } else if code == sys::VIR_ERR_AGENT_UNRESPONSIVE {
+                    "; check that qemu-guest-agent runs in the guest and that the domain has an \
+                     org.qemu.guest_agent.0 channel"
+                        .to_string()
+                } else {
+                    format!(
+                        "; check the agent with `virsh qemu-agent-command {domain_name} \
+                         '{{\"execute\":\"guest-fsfreeze-status\"}}'`: if it says frozen and \
+                         no other backup is running, an earlier run left it frozen and `virsh \
+                         domfsthaw {domain_name}` thaws it"
+                    )
+                };
+                Err(freeze_error(format!("{}{hint}", e.message())))
             }
         }
     }
@@ -181,7 +202,9 @@ impl<'c> FreezeGuard<'c> {
     fn thaw_now(&self) -> Result<Instant, LibvirtError> {
         let result = thaw_with_retries(&self.domain);
         let thawed_at = Instant::now();
-        restore_agent_timeout(&self.domain, &self.domain_name);
+        if self.timeout_set {
+            restore_agent_timeout(&self.domain, &self.domain_name);
+        }
         match result {
             Ok(_) => Ok(thawed_at),
             Err(e) => Err(LibvirtError::Thaw {
