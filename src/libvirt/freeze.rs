@@ -230,9 +230,13 @@ impl Drop for FreezeGuard<'_> {
 /// the agent (it then reports "agent unresponsive"/"command timeout"), as opposed to the agent
 /// refusing, or the agent not being connected at all (nothing was sent).
 fn freeze_may_be_pending(e: &virt::error::Error) -> bool {
-    let code = e.code().to_raw();
+    agent_may_still_act(e.code().to_raw(), e.message())
+}
+
+/// [`freeze_may_be_pending`] on libvirt's error number and message.
+fn agent_may_still_act(code: sys::virErrorNumber, message: &str) -> bool {
     (code == sys::VIR_ERR_AGENT_UNRESPONSIVE || code == sys::VIR_ERR_AGENT_COMMAND_TIMEOUT)
-        && !e.message().contains("not connected")
+        && !message.contains("not connected")
 }
 
 /// Thaws all frozen filesystems, trying again while the agent does not answer in time.
@@ -329,6 +333,22 @@ mod tests {
         // 2 again: the drop thawed "/".
         let guard = FreezeGuard::freeze(&conn, &info.uuid, &info.name, &[]).expect("freezes");
         assert_eq!(guard.outcome().frozen_filesystems, 2);
+    }
+
+    #[test]
+    fn only_unanswered_freezes_are_followed_by_a_thaw() {
+        // Messages as libvirt's qemu_agent.c words them.
+        let cases = [
+            (sys::VIR_ERR_AGENT_UNRESPONSIVE, "Guest agent is not responding: Guest agent not available for now", true),
+            (sys::VIR_ERR_AGENT_UNRESPONSIVE, "Guest agent is not responding: Guest agent disappeared while executing command", true),
+            (sys::VIR_ERR_AGENT_COMMAND_TIMEOUT, "Guest agent command timed out", true),
+            (sys::VIR_ERR_AGENT_UNRESPONSIVE, "Guest agent is not responding: QEMU guest agent is not connected", false),
+            (sys::VIR_ERR_INTERNAL_ERROR, "internal error: unable to execute QEMU agent command 'guest-fsfreeze-freeze': The command guest-fsfreeze-freeze has been disabled for this instance", false),
+            (sys::VIR_ERR_OPERATION_INVALID, "Requested operation is not valid: domain is not running", false),
+        ];
+        for (code, message, pending) in cases {
+            assert_eq!(agent_may_still_act(code, message), pending, "{message}");
+        }
     }
 
     #[test]
