@@ -29,6 +29,8 @@ from ._native import (
     UsageError,
 )
 from .report import (
+    BackupDiskListing,
+    BackupListing,
     BackupReport,
     DiskReport,
     DomainListing,
@@ -37,12 +39,15 @@ from .report import (
     MonitorHost,
     RbdAuth,
     RbdDisk,
+    SkippedDisk,
 )
 
 __all__ = [
     "DEFAULT_CONNECT",
     "DEFAULT_REPO",
+    "BackupDiskListing",
     "BackupError",
+    "BackupListing",
     "BackupReport",
     "CancelledError",
     "CephError",
@@ -57,9 +62,11 @@ __all__ = [
     "RbdAuth",
     "RbdDisk",
     "RepositoryError",
+    "SkippedDisk",
     "UsageError",
     "__version__",
     "backup",
+    "list_backups",
     "list_domains",
 ]
 
@@ -145,6 +152,32 @@ def backup(
         >>> report.any_failed  # doctest: +SKIP
         False
     """
+    return BackupReport.from_dict(
+        _backup_json(
+            connect=connect,
+            domains=domains,
+            workers=workers,
+            queue_depth=queue_depth,
+            freeze=freeze,
+            freeze_mountpoints=freeze_mountpoints,
+            repo=repo,
+            on_event=on_event,
+        )
+    )
+
+
+def _backup_json(
+    *,
+    connect: str,
+    domains: Iterable[str],
+    workers: int,
+    queue_depth: int,
+    freeze: FreezePolicy,
+    freeze_mountpoints: Iterable[str],
+    repo: str | os.PathLike[str],
+    on_event: EventCallback | None,
+) -> dict[str, Any]:
+    """Run :func:`backup` and return the report exactly as the core wrote it (``--json``)."""
     options = {
         "connect": connect,
         "domains": _names(domains, "domains"),
@@ -154,12 +187,10 @@ def backup(
         "freeze_mountpoints": _names(freeze_mountpoints, "freeze_mountpoints"),
         "repo": os.fspath(repo),
     }
-    return BackupReport.from_dict(_native.backup(options, on_event))
+    return _native.backup(options, on_event)
 
 
-def list_domains(
-    *, connect: str = DEFAULT_CONNECT, domains: Iterable[str] = ()
-) -> list[DomainListing]:
+def list_domains(*, connect: str = DEFAULT_CONNECT, domains: Iterable[str] = ()) -> list[DomainListing]:
     """List domains with the RBD disks a backup would take and the disks it would skip.
 
     Args:
@@ -177,5 +208,38 @@ def list_domains(
         ...     print(d.name, [disk.spec for disk in d.rbd_disks])
         web1 ['rbd/web1-root', 'rbd/web1-data']
     """
-    listings = _native.list_domains(connect, _names(domains, "domains"))
-    return [DomainListing.from_dict(d) for d in listings]
+    return [DomainListing.from_dict(d) for d in _list_domains_json(connect, domains)]
+
+
+def _list_domains_json(connect: str, domains: Iterable[str]) -> list[dict[str, Any]]:
+    """Return the listings exactly as the core wrote them (``list --json``)."""
+    return _native.list_domains(connect, _names(domains, "domains"))
+
+
+def list_backups(*, repo: str | os.PathLike[str] = DEFAULT_REPO, domain: str | None = None) -> list[BackupListing]:
+    """List the complete backups in a repository, per domain, oldest first.
+
+    Needs no libvirt: only the repository is read. A backup whose manifest cannot be read is
+    listed with its ``error`` set.
+
+    Args:
+        repo: The backup repository directory.
+        domain: Keep only the backups of this domain (name or UUID).
+
+    Returns:
+        One listing per backup.
+
+    Raises:
+        RepositoryError: The repository cannot be read.
+
+    Example:
+        >>> for b in virt_rbd_backup.list_backups(repo="/srv/backups"):  # doctest: +SKIP
+        ...     print(b.domain, b.backup_id, [d.target for d in b.disks])
+        web1 20261126T100000Z-1a2b ['vda', 'vdb']
+    """
+    return [BackupListing.from_dict(b) for b in _list_backups_json(repo, domain)]
+
+
+def _list_backups_json(repo: str | os.PathLike[str], domain: str | None) -> list[dict[str, Any]]:
+    """Return the listings exactly as the core wrote them (``list --repo --json``)."""
+    return _native.list_backups(os.fspath(repo), domain)

@@ -5,6 +5,7 @@ None), the same shape as the CLI's ``--json`` output. Every exception raised der
 :class:`BackupError`.
 """
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "backup",
+    "list_backups",
     "list_domains",
 ]
 
@@ -66,4 +68,10 @@ def list_domains(connect: str, domains: Sequence[str]) -> list[dict[str, Any]]:
 
     ``domains`` are names or UUIDs; empty means every defined domain. The GIL is released while
     libvirt is asked; Ctrl-C interrupts at once (nothing needs cleaning up).
+    """
+
+def list_backups(repo: str | os.PathLike[str], domain: str | None = None) -> list[dict[str, Any]]:
+    """List the complete backups in a repository (oldest first per domain), as a list of dicts.
+
+    ``domain`` (name or UUID) keeps only that domain's backups. Only the repository is read.
     """

@@ -9,7 +9,8 @@ and prints the original tool's lines, as events arrive::
     Backup successful: No error occurred for domain UUID
     Backup failed: MESSAGE
 
-followed by a one-line summary. Warnings go to stderr; progress is drawn on stderr only when it
+followed by a one-line summary. ``list`` shows the domains and their disks, ``list --repo DIR``
+the backups a repository holds. Warnings go to stderr; progress is drawn on stderr only when it
 is a terminal. Exit status: 0 all domains succeeded, 1 some failed, 2 the run could not start
 (bad flags, unusable repository, libvirt unreachable), 130 interrupted (after clean-up).
 """
@@ -29,12 +30,14 @@ from . import (
     DEFAULT_CONNECT,
     DEFAULT_REPO,
     BackupError,
+    BackupListing,
     BackupReport,
     CancelledError,
     DomainListing,
     __version__,
-    backup,
-    list_domains,
+    _backup_json,
+    _list_backups_json,
+    _list_domains_json,
 )
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "EventPrinter",
     "build_parser",
     "exit_status",
+    "format_backup_listing",
     "format_event",
     "format_listing",
     "main",
@@ -275,16 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a domain name or UUID; repeat for several (default: every domain)",
     )
-    common.add_argument(
-        "--json", action="store_true", help="print only JSON on stdout (no progress, no lines)"
-    )
+    common.add_argument("--json", action="store_true", help="print only JSON on stdout (no progress, no lines)")
     verbosity = common.add_mutually_exclusive_group()
-    verbosity.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log more (-vv for debug)"
-    )
-    verbosity.add_argument(
-        "-q", "--quiet", action="store_true", help="print only failures and the summary"
-    )
+    verbosity.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser(
@@ -328,12 +326,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_REPO,
         help=f"backup repository (default: {DEFAULT_REPO})",
     )
-    commands.add_parser(
+    listing = commands.add_parser(
         "list",
         parents=[common],
-        help="list domains with their RBD disks and the disks a backup skips",
-        description="List domains with the RBD disks a backup would take and those it skips. "
-        "Exit status 1 if some domain cannot be backed up.",
+        help="list domains and their disks, or with --repo the backups in a repository",
+        description="List domains with the RBD disks a backup would take and those it skips; "
+        "with --repo, list the complete backups in that repository instead (libvirt is not "
+        "asked). Exit status 1 if some domain cannot be backed up or some backup is unreadable.",
+    )
+    listing.add_argument(
+        "--repo",
+        metavar="DIR",
+        default=None,
+        help="list the backups in this repository instead of the domains",
     )
     return parser
 
@@ -365,23 +370,57 @@ def format_listing(listing: DomainListing) -> list[str]:
     for disk in listing.rbd_disks:
         extra = " (read-only)" if disk.readonly else ""
         lines.append(f"  {disk.target}: rbd {disk.spec}{extra}")
-    for target, reason in listing.skipped_disks:
-        lines.append(f"  {target or '-'}: skipped, {_SKIP_REASONS.get(reason, reason)}")
+    for skipped in listing.skipped_disks:
+        reason = _SKIP_REASONS.get(skipped.reason, skipped.reason)
+        lines.append(f"  {skipped.target or '-'}: skipped, {reason}")
     if listing.error:
         lines.append(f"  error: {listing.error}")
     return lines
 
 
+def format_backup_listing(listing: BackupListing) -> list[str]:
+    """Return the lines ``list --repo`` prints for one backup."""
+    if listing.error:
+        return [f"{listing.uuid} {listing.backup_id}: unreadable: {listing.error}"]
+    completed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(listing.completed_at))
+    consistency = listing.consistency or "-"
+    lines = [
+        f"{listing.domain} {listing.uuid} {listing.backup_id} {listing.kind} {consistency} {completed} {listing.path}"
+    ]
+    for disk in listing.disks:
+        lines.append(f"  {disk.target}: {disk.image} {_size(disk.size)} ({_size(disk.bytes_written)} stored)")
+    return lines
+
+
 def _run_list(args: argparse.Namespace, out: IO[str]) -> int:
-    listings = list_domains(connect=args.connect, domains=args.domains)
+    raw: list[dict[str, Any]]
+    listings: Sequence[DomainListing | BackupListing]
+    if args.repo is None:
+        raw = _list_domains_json(args.connect, args.domains)
+        listings = [DomainListing.from_dict(d) for d in raw]
+    else:
+        wanted = set(args.domains)
+        raw = [
+            b
+            for b in _list_backups_json(args.repo, None)
+            if not wanted or b.get("domain") in wanted or b.get("uuid") in wanted
+        ]
+        listings = [BackupListing.from_dict(b) for b in raw]
     if args.json:
-        json.dump([listing.to_dict() for listing in listings], out, indent=2)
-        out.write("\n")
+        _print_json(raw, out)
     else:
         for listing in listings:
-            for line in format_listing(listing):
+            lines = format_listing(listing) if isinstance(listing, DomainListing) else format_backup_listing(listing)
+            for line in lines:
                 print(line, file=out)
     return EXIT_FAILED if any(listing.error for listing in listings) else EXIT_OK
+
+
+def _print_json(value: Any, out: IO[str]) -> None:
+    """Print the core's own JSON (fields this package does not know included)."""
+    json.dump(value, out, indent=2)
+    out.write("\n")
+    out.flush()
 
 
 def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
@@ -393,7 +432,7 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         lines=not args.json,
     )
     try:
-        report = backup(
+        raw = _backup_json(
             connect=args.connect,
             domains=args.domains,
             workers=args.workers,
@@ -405,9 +444,9 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         )
     finally:
         printer.close()
+    report = BackupReport.from_dict(raw)
     if args.json:
-        json.dump(report.to_dict(), out, indent=2)
-        out.write("\n")
+        _print_json(raw, out)
     else:
         printer.line(summary_line(report))
     return exit_status(report)

@@ -1,21 +1,24 @@
 """Typed, immutable views of what the Rust core returns: backup reports and domain listings.
 
-The core hands back plain JSON-shaped dicts (the ``--json`` report format). These frozen
-dataclasses are built from them with ``from_dict`` and turn back into the same shape with
-``to_dict``. Reading is tolerant: fields a newer core adds are ignored and optional fields may be
-missing, so an older package still reads a newer core's report.
+The core hands back plain JSON-shaped dicts (the ``--json`` report format, which is the core's
+own serialization). These frozen dataclasses are built from them with ``from_dict`` and turn
+back into the same shape with ``to_dict``; their fields mirror the Rust structs one to one
+(a unit test compares them with the Rust source). Reading is tolerant: fields a newer core adds
+are ignored and optional fields may be missing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 __all__ = [
+    "BackupDiskListing",
+    "BackupListing",
     "BackupReport",
     "Consistency",
     "DiskReport",
@@ -27,13 +30,15 @@ __all__ = [
     "RbdAuth",
     "RbdDisk",
     "SkipReason",
+    "SkippedDisk",
 ]
 
 DomainStatus: TypeAlias = Literal["succeeded", "failed", "skipped"]
 """Outcome of one domain: ``succeeded``, ``failed`` or ``skipped`` (no RBD disk)."""
 
-Consistency: TypeAlias = Literal["frozen", "crash_consistent_per_disk"]
-"""Consistency of a domain's snapshots: guest filesystems ``frozen``, or crash-consistent."""
+Consistency: TypeAlias = Literal["frozen", "crash_consistent_per_disk", "shut_off"]
+"""Consistency of a domain's snapshots: guest filesystems ``frozen``, crash-consistent per disk
+(running guest, no freeze), or ``shut_off`` (the disks were not in use)."""
 
 SkipReason: TypeAlias = Literal["not_network", "not_rbd"]
 """Why a disk is not backed up: not a network disk, or a network disk that is not RBD."""
@@ -61,7 +66,7 @@ class _JsonShaped:
         return result
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FreezeReport(_JsonShaped):
     """How a domain's guest filesystems were frozen around its snapshots."""
 
@@ -88,7 +93,7 @@ class FreezeReport(_JsonShaped):
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DiskReport(_JsonShaped):
     """The backup of one disk."""
 
@@ -130,7 +135,7 @@ class DiskReport(_JsonShaped):
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DomainReport(_JsonShaped):
     """The outcome of one domain."""
 
@@ -175,7 +180,7 @@ class DomainReport(_JsonShaped):
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BackupReport(_JsonShaped):
     """A whole backup run: what ``backup()`` returns and ``--json`` prints."""
 
@@ -215,7 +220,7 @@ class BackupReport(_JsonShaped):
         return sum(1 for d in self.domains if d.status == status)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class MonitorHost(_JsonShaped):
     """A Ceph monitor named in a disk's ``<host>`` element."""
 
@@ -231,7 +236,7 @@ class MonitorHost(_JsonShaped):
         return cls(name=str(data["name"]), port=None if port is None else int(port))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RbdAuth(_JsonShaped):
     """The ``<auth>`` of an RBD disk: Ceph user and the libvirt secret holding its key."""
 
@@ -252,7 +257,7 @@ class RbdAuth(_JsonShaped):
         )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RbdDisk(_JsonShaped):
     """An RBD disk of a domain, as a backup would see it."""
 
@@ -260,10 +265,10 @@ class RbdDisk(_JsonShaped):
     """Guest device (``<target dev='vda'>``)."""
     pool: str
     """Pool name."""
-    image: str
-    """Image name."""
     namespace: str | None = None
     """RADOS namespace, if any."""
+    image: str
+    """Image name."""
     hosts: tuple[MonitorHost, ...] = ()
     """Monitors from ``<host>`` elements (empty: those of ceph.conf)."""
     config_file: str | None = None
@@ -299,7 +304,22 @@ class RbdDisk(_JsonShaped):
         return f"{self.pool}/{self.image}"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SkippedDisk(_JsonShaped):
+    """A disk that a backup skips, and why."""
+
+    target: str | None
+    """Guest device, if the disk has one."""
+    reason: SkipReason
+    """``not_network`` or ``not_rbd``."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SkippedDisk:
+        """Read one element of a listing's ``skipped_disks``."""
+        return cls(target=data.get("target"), reason=data["reason"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class DomainListing(_JsonShaped):
     """A domain and what a backup would do with its disks (``list_domains``)."""
 
@@ -311,20 +331,88 @@ class DomainListing(_JsonShaped):
     """Whether the domain is running."""
     rbd_disks: tuple[RbdDisk, ...] = ()
     """RBD disks that would be backed up."""
-    skipped_disks: tuple[tuple[str | None, SkipReason], ...] = ()
-    """Disks that would be skipped, as ``(target, reason)``."""
+    skipped_disks: tuple[SkippedDisk, ...] = ()
+    """Disks that would be skipped."""
     error: str | None = None
     """Why the domain cannot be backed up, if it cannot (for example malformed XML)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DomainListing:
         """Read one element of what ``_native.list_domains`` returns."""
-        skipped: Sequence[Sequence[Any]] = data.get("skipped_disks", ())
         return cls(
             name=str(data["name"]),
             uuid=str(data["uuid"]),
             active=bool(data["active"]),
             rbd_disks=tuple(RbdDisk.from_dict(d) for d in data.get("rbd_disks", ())),
-            skipped_disks=tuple((target, reason) for target, reason in skipped),
+            skipped_disks=tuple(SkippedDisk.from_dict(d) for d in data.get("skipped_disks", ())),
+            error=data.get("error"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BackupDiskListing(_JsonShaped):
+    """One disk of a backup in the repository."""
+
+    target: str
+    """Guest device."""
+    image: str
+    """``pool/image`` or ``pool/namespace/image``."""
+    size: int
+    """Image size in bytes."""
+    bytes_written: int
+    """Bytes of data stored."""
+    file: str
+    """The raw image file."""
+    checksum: str
+    """Checksum of the content (see the manifest format)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackupDiskListing:
+        """Read one element of a backup listing's ``disks``."""
+        return cls(
+            target=str(data["target"]),
+            image=str(data["image"]),
+            size=int(data["size"]),
+            bytes_written=int(data.get("bytes_written", 0)),
+            file=str(data.get("file", "")),
+            checksum=str(data.get("checksum", "")),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BackupListing(_JsonShaped):
+    """A complete backup in the repository (``list_backups``)."""
+
+    domain: str
+    """Domain name at backup time (empty if the backup cannot be read)."""
+    uuid: str
+    """Domain UUID."""
+    backup_id: str
+    """Backup id."""
+    kind: str
+    """``full`` (or ``incremental``)."""
+    path: str
+    """The backup's folder."""
+    completed_at: float
+    """When it completed, Unix seconds."""
+    consistency: Consistency | None = None
+    """Consistency of its snapshots."""
+    disks: tuple[BackupDiskListing, ...] = ()
+    """Disks."""
+    error: str | None = None
+    """Why the backup cannot be read, if it cannot."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackupListing:
+        """Read one element of what ``_native.list_backups`` returns."""
+        return cls(
+            domain=str(data.get("domain", "")),
+            uuid=str(data["uuid"]),
+            backup_id=str(data["backup_id"]),
+            kind=str(data.get("kind", "")),
+            path=str(data["path"]),
+            completed_at=float(data.get("completed_at", 0.0)),
+            consistency=data.get("consistency"),
+            disks=tuple(BackupDiskListing.from_dict(d) for d in data.get("disks", ())),
             error=data.get("error"),
         )

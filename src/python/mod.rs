@@ -3,8 +3,8 @@
 //! It does three things and nothing else:
 //! - **conversion**: options come in as a JSON string or a mapping (dumped with Python's `json`
 //!   and read by serde, so `BackupOptions`' `deny_unknown_fields` reports a misspelt option);
-//!   reports, listings and events go out as plain dicts/lists built from `serde_json::Value`, so
-//!   the Python side sees exactly the documented JSON shape;
+//!   reports, listings and events go out as serde's JSON read back by `json.loads`, so the
+//!   Python side sees exactly the documented JSON shape, fields in struct order;
 //! - **GIL release and Ctrl-C**: a run happens on its own thread while the calling thread waits
 //!   detached from the interpreter, attaching every [`POLL`] to let Python run its signal
 //!   handlers. An exception from a handler (KeyboardInterrupt) cancels the run through its
@@ -17,6 +17,7 @@
 //! interpreter for the call. A callback that raises is logged and the run goes on: a broken
 //! progress display must not cost a backup.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
@@ -26,9 +27,7 @@ use log::LevelFilter;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
-use pyo3::IntoPyObjectExt;
-use serde_json::Value;
+use pyo3::types::{PyDict, PyString};
 
 use crate::engine::{self, BackupEvent, BackupOptions, CancelToken, EventSink};
 use crate::error::Error;
@@ -111,44 +110,13 @@ fn to_py_err(err: Error) -> PyErr {
     }
 }
 
-/// Builds the Python value of a JSON value: dict, list, str, int, float, bool or None.
-fn json_to_py<'py>(py: Python<'py>, value: &Value) -> PyResult<Bound<'py, PyAny>> {
-    match value {
-        Value::Null => Ok(py.None().into_bound(py)),
-        Value::Bool(b) => b.into_bound_py_any(py),
-        Value::Number(n) => {
-            if let Some(u) = n.as_u64() {
-                u.into_bound_py_any(py)
-            } else if let Some(i) = n.as_i64() {
-                i.into_bound_py_any(py)
-            } else {
-                n.as_f64().unwrap_or(f64::NAN).into_bound_py_any(py)
-            }
-        }
-        Value::String(s) => s.into_bound_py_any(py),
-        Value::Array(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(json_to_py(py, item)?)?;
-            }
-            Ok(list.into_any())
-        }
-        Value::Object(fields) => {
-            let dict = PyDict::new(py);
-            for (key, item) in fields {
-                dict.set_item(key, json_to_py(py, item)?)?;
-            }
-            Ok(dict.into_any())
-        }
-    }
-}
-
-/// Serializes `value` and builds its Python value.
+/// Builds the Python value of a serializable value: its JSON read by Python's `json.loads`, so
+/// dicts keep the field order of the Rust structs (as in the `--json` report).
 fn to_py<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound<'py, PyAny>> {
-    let json = serde_json::to_value(value).map_err(|e| {
+    let text = serde_json::to_string(value).map_err(|e| {
         BackupError::new_err(format!("internal error: cannot serialize a result: {e}"))
     })?;
-    json_to_py(py, &json)
+    py.import("json")?.call_method1("loads", (text,))
 }
 
 /// Reads backup options from a JSON string or a mapping; a bad option is a `UsageError`.
@@ -326,6 +294,23 @@ fn list_domains<'py>(
     to_py(py, &listings)
 }
 
+/// Lists the complete backups in a repository (oldest first per domain), as a list of dicts;
+/// `domain` (name or UUID) keeps only that domain's.
+#[pyfunction]
+#[pyo3(signature = (repo, domain=None))]
+fn list_backups<'py>(
+    py: Python<'py>,
+    repo: PathBuf,
+    domain: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    refresh_logging();
+    let result = run_interruptible(py, None, move || {
+        engine::list_backups(&repo, domain.as_deref())
+    })?;
+    let listings = result.map_err(to_py_err)?;
+    to_py(py, &listings)
+}
+
 /// Rust core of virt-rbd-backup (private: use the `virt_rbd_backup` package).
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -341,6 +326,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(backup, m)?)?;
     m.add_function(wrap_pyfunction!(list_domains, m)?)?;
+    m.add_function(wrap_pyfunction!(list_backups, m)?)?;
     m.add("BackupError", py.get_type::<BackupError>())?;
     m.add("UsageError", py.get_type::<UsageError>())?;
     m.add("LibvirtError", py.get_type::<LibvirtError>())?;

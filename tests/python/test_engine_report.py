@@ -1,0 +1,230 @@
+"""The report and listing dataclasses (python/virt_rbd_backup/report.py) against the JSON the
+engine writes (src/engine/report.rs, src/engine/listing.rs, src/libvirt/domain_xml.rs).
+
+The field lists are compared with the Rust source itself, so a field added on either side
+without the other fails here rather than silently vanishing from reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from virt_rbd_backup import (
+    BackupDiskListing,
+    BackupListing,
+    BackupReport,
+    DiskReport,
+    DomainListing,
+    DomainReport,
+    FreezeReport,
+    MonitorHost,
+    RbdAuth,
+    RbdDisk,
+    SkippedDisk,
+)
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+# Python dataclass -> (Rust file, Rust struct) it mirrors.
+MIRRORS: dict[type, tuple[str, str]] = {
+    BackupReport: ("engine/report.rs", "BackupReport"),
+    DomainReport: ("engine/report.rs", "DomainReport"),
+    DiskReport: ("engine/report.rs", "DiskReport"),
+    FreezeReport: ("engine/report.rs", "FreezeReport"),
+    DomainListing: ("engine/listing.rs", "DomainListing"),
+    SkippedDisk: ("engine/listing.rs", "SkippedDisk"),
+    BackupListing: ("engine/listing.rs", "BackupListing"),
+    BackupDiskListing: ("engine/listing.rs", "BackupDiskListing"),
+    RbdDisk: ("libvirt/domain_xml.rs", "RbdDiskSpec"),
+    MonitorHost: ("libvirt/domain_xml.rs", "MonitorHost"),
+    RbdAuth: ("libvirt/domain_xml.rs", "RbdAuth"),
+}
+
+
+def rust_fields(file: str, struct: str) -> list[str]:
+    """The serialized field names of a plain Rust struct (public fields, no serde renames)."""
+    text = (SRC / file).read_text()
+    match = re.search(rf"pub struct {struct} \{{(.*?)\n\}}", text, re.S)
+    assert match, f"struct {struct} not found in src/{file}"
+    body = match.group(1)
+    for attribute in ("serde(rename", "serde(skip", "serde(flatten"):
+        assert attribute not in body, f"{struct} uses {attribute}: teach this test serde attributes"
+    return re.findall(r"^\s*pub (\w+):", body, re.M)
+
+
+@pytest.mark.parametrize("cls", list(MIRRORS), ids=lambda c: c.__name__)
+def test_dataclass_fields_are_the_rust_struct_fields_in_order(cls: type) -> None:
+    # In order too, so that to_dict() writes keys in the order serde does.
+    file, struct = MIRRORS[cls]
+    assert [f.name for f in dataclasses.fields(cls)] == rust_fields(file, struct)
+
+
+# A report as serde writes it: every field, struct order, both kinds of domain outcome.
+REPORT_JSON = """
+{
+  "version": 1,
+  "started_at": 1764150000.25,
+  "finished_at": 1764150042.5,
+  "domains": [
+    {
+      "name": "web1",
+      "uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f",
+      "status": "succeeded",
+      "error": null,
+      "warnings": ["guest agent did not answer; snapshots are crash-consistent"],
+      "backup_id": "20251126T100000Z",
+      "path": "/srv/backups/6695eb01/20251126T100000Z",
+      "consistency": "frozen",
+      "freeze": {
+        "attempted": true,
+        "frozen_filesystems": 2,
+        "window_ms": 812.5,
+        "frozen_at": 1764150001.0,
+        "thawed_at": 1764150001.8125
+      },
+      "disks": [
+        {
+          "target": "vda",
+          "image": "rbd/web1-root",
+          "size": 10737418240,
+          "bytes_read": 2147483648,
+          "bytes_written": 2000000000,
+          "snapshot": "virt-rbd-backup-20251126T100000Z",
+          "snapshot_timestamp": 1764150001.5,
+          "file": "vda.raw",
+          "checksum": "blake3-4m:00ff",
+          "seconds": 12.5
+        }
+      ],
+      "seconds": 40.0
+    },
+    {
+      "name": "db1",
+      "uuid": "0b5ac0ff-ee01-4f6e-9c41-5e3c0b1a7a2d",
+      "status": "failed",
+      "error": "rbd_open failed for rbd/db1: No such file or directory (errno 2)",
+      "warnings": [],
+      "backup_id": null,
+      "path": null,
+      "consistency": null,
+      "freeze": {
+        "attempted": false,
+        "frozen_filesystems": 0,
+        "window_ms": null,
+        "frozen_at": null,
+        "thawed_at": null
+      },
+      "disks": [],
+      "seconds": 0.5
+    }
+  ]
+}
+"""
+
+
+def test_report_round_trips_through_the_dataclasses() -> None:
+    data = json.loads(REPORT_JSON)
+    report = BackupReport.from_dict(data)
+    assert report.to_dict() == data
+    # Same text, same key order: to_dict is a faithful --json document.
+    assert json.dumps(report.to_dict()) == json.dumps(data)
+
+
+def test_report_fields_are_typed_values() -> None:
+    report = BackupReport.from_dict(json.loads(REPORT_JSON))
+    web1, db1 = report.domains
+    assert web1.status == "succeeded"
+    assert web1.freeze.window_ms == 812.5
+    assert web1.disks[0].size == 10 * 1024**3
+    assert web1.warnings == ("guest agent did not answer; snapshots are crash-consistent",)
+    assert db1.error is not None
+    assert db1.error.startswith("rbd_open failed")
+    assert report.any_failed
+    assert (report.count("succeeded"), report.count("failed"), report.count("skipped")) == (1, 1, 0)
+
+
+def test_dataclasses_are_frozen() -> None:
+    report = BackupReport.from_dict(json.loads(REPORT_JSON))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.version = 2  # type: ignore[misc]
+
+
+def test_any_failed_is_false_when_nothing_failed() -> None:
+    data: dict[str, Any] = json.loads(REPORT_JSON)
+    data["domains"] = [d for d in data["domains"] if d["status"] != "failed"]
+    assert not BackupReport.from_dict(data).any_failed
+
+
+def test_fields_a_newer_core_adds_are_ignored() -> None:
+    data: dict[str, Any] = json.loads(REPORT_JSON)
+    data["new_top_level_field"] = 1
+    data["domains"][0]["disks"][0]["new_disk_field"] = "x"
+    report = BackupReport.from_dict(data)
+    assert report.domains[0].disks[0].target == "vda"
+
+
+LISTING_JSON = """
+[
+  {
+    "name": "web1",
+    "uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f",
+    "active": true,
+    "rbd_disks": [
+      {
+        "target": "vda",
+        "pool": "rbd",
+        "namespace": "tenant",
+        "image": "web1-root",
+        "hosts": [{"name": "10.0.0.1", "port": 6789}, {"name": "::1", "port": null}],
+        "config_file": null,
+        "auth": {"username": "libvirt", "secret_uuid": "5e3c0b1a-7a2d-4f6e-9c41-0b5ac0ffee01", "secret_usage": null},
+        "device": "disk",
+        "readonly": false
+      }
+    ],
+    "skipped_disks": [{"target": "hdc", "reason": "not_network"}, {"target": null, "reason": "not_rbd"}],
+    "error": null
+  }
+]
+"""
+
+
+def test_domain_listing_round_trips() -> None:
+    data = json.loads(LISTING_JSON)
+    listings = [DomainListing.from_dict(d) for d in data]
+    assert [listing.to_dict() for listing in listings] == data
+    disk = listings[0].rbd_disks[0]
+    assert disk.spec == "rbd/tenant/web1-root"
+    assert disk.hosts[1] == MonitorHost(name="::1", port=None)
+    assert listings[0].skipped_disks[1] == SkippedDisk(target=None, reason="not_rbd")
+
+
+BACKUP_LISTING_JSON = """
+[
+  {
+    "domain": "web1",
+    "uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f",
+    "backup_id": "20251126T100000Z",
+    "kind": "full",
+    "path": "/srv/backups/6695eb01/20251126T100000Z",
+    "completed_at": 1764150042.5,
+    "consistency": "shut_off",
+    "disks": [
+      {"target": "vda", "image": "rbd/web1-root", "size": 1048576, "bytes_written": 4096,
+       "file": "vda.raw", "checksum": "blake3-4m:00ff"}
+    ],
+    "error": null
+  }
+]
+"""
+
+
+def test_backup_listing_round_trips() -> None:
+    data = json.loads(BACKUP_LISTING_JSON)
+    assert [BackupListing.from_dict(b).to_dict() for b in data] == data

@@ -1,0 +1,215 @@
+"""The PyO3 boundary (src/python/mod.rs) on the installed wheel, without the lab.
+
+What the module exposes is checked against the stub it ships, errors against the one exception
+hierarchy, and Ctrl-C handling against a libvirt "server" that never answers (a Unix socket
+that accepts and stays silent), so no real libvirtd is needed.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import virt_rbd_backup
+from virt_rbd_backup import _native
+
+STUB = Path(_native.__file__).with_name("_native.pyi")
+EXCEPTIONS = ("UsageError", "LibvirtError", "CephError", "RepositoryError", "CancelledError")
+
+
+def stub_names() -> tuple[set[str], set[str]]:
+    """Functions and classes the shipped stub declares."""
+    tree = ast.parse(STUB.read_text())
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+    return functions, classes
+
+
+def test_stub_is_shipped_next_to_the_extension() -> None:
+    assert STUB.is_file()
+    assert Path(_native.__file__).with_name("py.typed").is_file()
+
+
+def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
+    functions, classes = stub_names()
+    assert functions == {"backup", "list_domains", "list_backups"}
+    for name in functions:
+        assert callable(getattr(_native, name)), name
+    assert classes == {"BackupError", *EXCEPTIONS}
+    for name in classes:
+        assert isinstance(getattr(_native, name), type), name
+    assert set(_native.__all__) == functions | classes | {"__version__"}
+
+
+def test_exceptions_form_one_hierarchy_re_exported_by_the_package() -> None:
+    assert issubclass(_native.BackupError, Exception)
+    for name in EXCEPTIONS:
+        cls = getattr(_native, name)
+        assert issubclass(cls, _native.BackupError), name
+        assert getattr(virt_rbd_backup, name) is cls
+    assert virt_rbd_backup.BackupError is _native.BackupError
+    # Shown to users as virt_rbd_backup.UsageError, where they import it from.
+    assert _native.UsageError.__module__ == "virt_rbd_backup"
+
+
+def test_version_is_the_crates() -> None:
+    cargo = Path(__file__).resolve().parents[2] / "Cargo.toml"
+    version_line = next(line for line in cargo.read_text().splitlines() if line.startswith("version"))
+    assert virt_rbd_backup.__version__ == _native.__version__ == version_line.split('"')[1]
+
+
+def test_public_all_names_exist() -> None:
+    for name in virt_rbd_backup.__all__:
+        assert hasattr(virt_rbd_backup, name), name
+
+
+def test_unknown_option_is_a_usage_error_naming_it() -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="colour"):
+        _native.backup({"colour": "blue"})
+
+
+def test_options_as_json_text_are_read_too() -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="sometimes"):
+        _native.backup('{"freeze": "sometimes"}')
+
+
+def test_bad_freeze_policy_through_the_public_api_is_a_usage_error() -> None:
+    with pytest.raises(virt_rbd_backup.UsageError):
+        virt_rbd_backup.backup(freeze="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_lone_string_is_not_taken_as_a_list_of_domains() -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="web1"):
+        virt_rbd_backup.backup(domains="web1")
+
+
+def test_engine_usage_error_crosses_the_worker_thread(tmp_path: Path) -> None:
+    # Checked by the engine itself (on its thread) before libvirt or the repository are touched.
+    with pytest.raises(virt_rbd_backup.UsageError, match="workers"):
+        virt_rbd_backup.backup(workers=0, repo=tmp_path / "repo")
+
+
+def test_unusable_repository_is_a_repository_error(tmp_path: Path) -> None:
+    not_a_repo = tmp_path / "full"
+    not_a_repo.mkdir()
+    (not_a_repo / "somebody-elses-file").write_text("x")
+    with pytest.raises(virt_rbd_backup.RepositoryError, match="full"):
+        virt_rbd_backup.backup(repo=not_a_repo, connect="test:///default")
+
+
+def test_list_backups_of_a_folder_that_is_no_repository_is_a_repository_error(tmp_path: Path) -> None:
+    with pytest.raises(virt_rbd_backup.RepositoryError):
+        virt_rbd_backup.list_backups(repo=tmp_path)
+
+
+@contextlib.contextmanager
+def silent_libvirt_socket(tmp_path: Path, hold_seconds: float) -> Iterator[str]:
+    """A Unix socket that accepts connections and answers nothing for `hold_seconds`, then
+    closes them: libvirt's client waits on it, then fails. Yields a libvirt URI for it."""
+    path = tmp_path / "libvirt-sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        held: list[tuple[socket.socket, float]] = []
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                conn, _ = server.accept()
+                held.append((conn, time.monotonic()))
+            for conn, since in list(held):
+                if time.monotonic() - since >= hold_seconds:
+                    conn.close()
+                    held.remove((conn, since))
+        for conn, _ in held:
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"qemu+unix:///system?socket={path}"
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+
+
+def interrupt_after(seconds: float) -> threading.Timer:
+    """Send SIGINT to this process after `seconds`, as a Ctrl-C would."""
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_interrupts_a_listing_at_once(tmp_path: Path) -> None:
+    with silent_libvirt_socket(tmp_path, hold_seconds=30) as uri:
+        timer = interrupt_after(0.3)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            _native.list_domains(uri, [])
+        elapsed = time.monotonic() - started
+        timer.join()
+    assert elapsed < 5, f"KeyboardInterrupt came {elapsed:.1f} s after Ctrl-C"
+
+
+def test_ctrl_c_during_a_backup_waits_for_the_engine_then_raises(tmp_path: Path) -> None:
+    # The engine is stuck in libvirt's connect for 2 s; Ctrl-C at 0.3 s must cancel and then
+    # wait for the engine to return (its clean-up) before KeyboardInterrupt reaches Python.
+    with silent_libvirt_socket(tmp_path, hold_seconds=2.0) as uri:
+        timer = interrupt_after(0.3)
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            _native.backup({"connect": uri, "repo": str(tmp_path / "repo")})
+        elapsed = time.monotonic() - started
+        timer.join()
+    assert elapsed >= 1.9, f"returned after {elapsed:.1f} s, before the engine had finished"
+
+
+def test_the_gil_is_released_while_the_engine_works(tmp_path: Path) -> None:
+    ticks = 0
+    done = threading.Event()
+
+    def count() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            time.sleep(0.01)
+
+    counter = threading.Thread(target=count)
+    with silent_libvirt_socket(tmp_path, hold_seconds=1.0) as uri:
+        counter.start()
+        with pytest.raises(virt_rbd_backup.BackupError):
+            _native.list_domains(uri, [])
+        done.set()
+        counter.join()
+    # About 100 ticks in a second when Python threads can run; a held GIL would allow ~10
+    # (one per poll) at most.
+    assert ticks > 40
+
+
+def test_python_dash_m_help_works_on_the_installed_package(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "virt_rbd_backup", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: virt-rbd-backup")
+    assert "backup" in proc.stdout
+    assert "list" in proc.stdout
