@@ -52,7 +52,7 @@ DISKS=$LAB_DIR/disks
 
 log() { printf 'lab: %s\n' "$*" >&2; }
 die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
-trap 'rc=$?; printf "lab: failed (exit %s) at line %s: %s\n" "$rc" "$LINENO" "$BASH_COMMAND" >&2' ERR
+trap 'printf "lab: failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 # quiet CMD...: run CMD, show its output only when it fails.
 quiet() {
@@ -91,23 +91,34 @@ pid_matches() {
     [[ $cmdline == *"$sub"* ]]
 }
 
-# stop_pid PID NAME SIGNAL GRACE_S: signal, wait up to GRACE_S, then SIGKILL.
-stop_pid() {
-    local pid=$1 name=$2 sig=$3 grace=$4 i
-    pid_matches "$pid" "$name" || return 0
-    log "stopping $name (pid $pid)"
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do
-        pid_matches "$pid" "$name" || return 0
+# stop_pids GRACE_S PID:NAME:SIGNAL...: signal all at once (they stop in
+# parallel), wait up to GRACE_S for them to go, then SIGKILL the rest.
+stop_pids() {
+    local grace=$1 e pid name sig i left; shift
+    for e in "$@"; do
+        IFS=: read -r pid name sig <<<"$e"
+        pid_matches "$pid" "$name" || continue
+        log "stopping $name (pid $pid, SIG$sig)"
+        kill "-$sig" "$pid" 2>/dev/null || true
+    done
+    for ((i = 0; ; i++)); do
+        left=()
+        for e in "$@"; do
+            IFS=: read -r pid name sig <<<"$e"
+            if pid_matches "$pid" "$name"; then left+=("$e"); fi
+        done
+        ((${#left[@]} > 0)) || return 0
+        if ((i == grace * 10)); then
+            for e in "${left[@]}"; do
+                IFS=: read -r pid name sig <<<"$e"
+                log "$name (pid $pid) did not stop after ${grace}s: SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+            done
+        elif ((i > grace * 10 + 50)); then
+            die "still running after SIGKILL: ${left[*]}"
+        fi
         sleep 0.1
     done
-    log "$name (pid $pid) did not stop after ${grace}s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        pid_matches "$pid" "$name" || return 0
-        sleep 0.1
-    done
-    die "$name (pid $pid) survived SIGKILL"
 }
 
 # Processes of NAME whose command line contains SUB (lab daemons without a
@@ -265,12 +276,13 @@ ceph_up() {
     log "ceph cluster up in $(secs_since "$t0") s (mon $MON_HOST, osd.0 memstore $((OSD_BYTES >> 30)) GiB, pool $POOL)"
 }
 
-ceph_stop() {
+# Lab ceph daemons as PID:NAME:SIGNAL for stop_pids. SIGKILL for the OSD on
+# purpose: on SIGTERM memstore writes all its data to disk, and the lab
+# throws that data away anyway.
+ceph_daemons() {
     local pid
-    # SIGKILL for the OSD on purpose: on SIGTERM memstore writes all its data
-    # to disk, and the lab throws that data away anyway.
-    for pid in $(osd_pid) $(pids_of ceph-osd "$CONF"); do stop_pid "$pid" ceph-osd KILL 5; done
-    for pid in $(mon_pid) $(pids_of ceph-mon "$CONF"); do stop_pid "$pid" ceph-mon TERM 10; done
+    for pid in $(osd_pid) $(pids_of ceph-osd "$CONF"); do echo "$pid:ceph-osd:KILL"; done
+    for pid in $(mon_pid) $(pids_of ceph-mon "$CONF"); do echo "$pid:ceph-mon:TERM"; done
 }
 
 # ---------------------------------------------------------------- libvirt
@@ -293,18 +305,28 @@ start_daemon() {
     echo "$pid" >"$RUN/$name.lab-started"
 }
 
-libvirt_up() {
+libvirt_start() {
     start_daemon virtlogd
     start_daemon libvirtd
-    wait_until 30 "libvirtd to answer on $URI" virsh_answers
 }
 
-libvirt_stop() {
+# A freshly started libvirtd needs several seconds before it answers here
+# (driver and capability probing): start it early, wait for it late.
+libvirt_wait() {
+    wait_until 60 "libvirtd to answer on $URI (see $LOGS/libvirtd.log)" virsh_answers
+}
+
+libvirt_up() {
+    libvirt_start
+    libvirt_wait
+}
+
+# libvirtd and virtlogd as PID:NAME:SIGNAL, if the lab started them.
+libvirt_daemons() {
     local name pid
     for name in libvirtd virtlogd; do
         pid=$(cat "$RUN/$name.lab-started" 2>/dev/null || true)
-        [[ -n $pid ]] && stop_pid "$pid" "$name" TERM 15
-        rm -f "$RUN/$name.lab-started"
+        if [[ -n $pid ]]; then echo "$pid:$name:TERM"; fi
     done
 }
 
@@ -351,18 +373,22 @@ kernel_package() {
 
 # Prints the path of the cached kernel .deb, downloading it if needed.
 kernel_deb() {
-    local pkg deb tmp
+    local pkg deb tmp debs
+    shopt -s nullglob
     mkdir -p "$LAB_CACHE"
     pkg=$(kernel_package)
     if [[ -n $pkg ]]; then
-        deb=$(ls -1 "$LAB_CACHE/${pkg}"_*.deb 2>/dev/null | tail -n1 || true)
+        debs=("$LAB_CACHE/${pkg}"_*.deb)
+        deb=""; ((${#debs[@]} == 0)) || deb=${debs[-1]}
         if [[ -z $deb ]]; then
             log "downloading $pkg into $LAB_CACHE"
             tmp=$(mktemp -d "$LAB_CACHE/.download.XXXXXX")
             chmod 0755 "$tmp"
             id _apt >/dev/null 2>&1 && chown _apt "$tmp"
             (cd "$tmp" && timeout 300 apt-get download -q "$pkg") >&2 || { rm -rf "$tmp"; die "apt-get download $pkg failed"; }
-            deb=$(ls -1 "$tmp"/*.deb | head -n1)
+            debs=("$tmp"/*.deb)
+            deb=${debs[0]:-}
+            [[ -n $deb ]] || { rm -rf "$tmp"; die "apt-get download $pkg produced no .deb"; }
             mv "$deb" "$LAB_CACHE/"
             rm -rf "$tmp"
             deb=$LAB_CACHE/$(basename "$deb")
@@ -370,7 +396,8 @@ kernel_deb() {
             find "$LAB_CACHE" -maxdepth 1 -name 'linux-image-*.deb' ! -name "$(basename "$deb")" -delete
         fi
     else
-        deb=$(ls -1 "$LAB_CACHE"/linux-image-*-cloud-amd64_*.deb 2>/dev/null | tail -n1 || true)
+        debs=("$LAB_CACHE"/linux-image-*-cloud-amd64_*.deb)
+        deb=""; ((${#debs[@]} == 0)) || deb=${debs[-1]}
         [[ -n $deb ]] || die "apt does not know linux-image-cloud-amd64 and $LAB_CACHE has no kernel package (run apt-get update)"
         log "apt does not know linux-image-cloud-amd64; using cached $(basename "$deb")"
     fi
@@ -445,7 +472,9 @@ guest_boot_build() {
     x=$GUEST_DIR/kernel.x
     rm -rf "$x" "$GUEST_DIR/initramfs"
     dpkg-deb -x "$deb" "$x"
-    cp "$(ls -1 "$x"/boot/vmlinuz-* | head -n1)" "$GUEST_DIR/vmlinuz.new"
+    local kernels=("$x"/boot/vmlinuz-*)
+    [[ ${#kernels[@]} -gt 0 ]] || die "no boot/vmlinuz-* in $(basename "$deb")"
+    cp "${kernels[0]}" "$GUEST_DIR/vmlinuz.new"
 
     root=$GUEST_DIR/initramfs
     mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,tmp,mnt,etc,lib/modules}
@@ -675,8 +704,9 @@ cmd_up() {
         # Kernel download/unpack and initramfs run while the cluster starts.
         guest_boot_build >>"$LOGS/guest-build.log" 2>&1 &
         build_pid=$!
-        libvirt_up
+        libvirt_start
         ceph_up
+        libvirt_wait
     fi
     # Not `guest_boot_build || die`: errexit is off inside a function run as
     # the left side of ||, a background job keeps it on.
@@ -728,31 +758,32 @@ cmd_down() {
     fi
     # QEMU processes of lab domains that libvirt no longer knows (none expected).
     for d in "${DOMAINS[@]}"; do
-        for pid in $(pids_of qemu-system-x86 "guest=$d,"); do stop_pid "$pid" qemu-system-x86 TERM 5; done
+        for pid in $(pids_of qemu-system-x86 "guest=$d,"); do stop_pids 5 "$pid:qemu-system-x86:TERM"; done
     done
-    ceph_stop
-    libvirt_stop
+    # shellcheck disable=SC2046 # one word per daemon
+    stop_pids 15 $(ceph_daemons) $(libvirt_daemons)
+    rm -f "$RUN"/*.lab-started
     if [[ -e $MARKER ]]; then
         rm -rf "$LAB_DIR"
         log "removed $LAB_DIR"
     fi
     local left
-    left=$(ps -eo pid=,args= | grep -F -e "$CONF" -e "guest=lab-" | grep -v -e grep -e "lab.sh" || true)
+    left=$(pgrep -af -- "$CONF|guest=lab-" || true)
     [[ -z $left ]] || { printf '%s\n' "$left" >&2; die "lab processes are still running"; }
     log "lab is down"
 }
 
 cmd_status() {
     local ok=0 line d state want pid
-    report() { # report OK|FAIL TEXT
+    report() { # report ok|FAIL TEXT
         printf '%-4s %s\n' "$1" "$2"
         [[ $1 == ok ]] || ok=1
     }
-    [[ -e $MARKER ]] && report ok "work dir $LAB_DIR" || report FAIL "work dir $LAB_DIR (missing)"
+    if [[ -e $MARKER ]]; then report ok "work dir $LAB_DIR"; else report FAIL "work dir $LAB_DIR (missing)"; fi
     pid=$(mon_pid)
-    pid_matches "$pid" ceph-mon "$CONF" && report ok "ceph-mon a (pid $pid) on $MON_HOST" || report FAIL "ceph-mon not running"
+    if pid_matches "$pid" ceph-mon "$CONF"; then report ok "ceph-mon a (pid $pid) on $MON_HOST"; else report FAIL "ceph-mon not running"; fi
     pid=$(osd_pid)
-    pid_matches "$pid" ceph-osd "$CONF" && report ok "ceph-osd 0 (pid $pid)" || report FAIL "ceph-osd not running"
+    if pid_matches "$pid" ceph-osd "$CONF"; then report ok "ceph-osd 0 (pid $pid)"; else report FAIL "ceph-osd not running"; fi
     if [[ -e $CONF ]] && line=$(ceph_ osd stat 2>/dev/null) && ceph_osd_up 2>/dev/null; then
         report ok "osdmap: $line"
         if ceph_ osd pool ls 2>/dev/null | grep -qx "$POOL"; then
@@ -771,29 +802,33 @@ cmd_status() {
             report FAIL "$d not running"
         fi
     done
-    if virsh_answers >/dev/null 2>&1; then
-        virsh_ secret-dumpxml "$SECRET_UUID" >/dev/null 2>&1 &&
-            report ok "libvirt secret $SECRET_UUID (ceph, client.$CEPH_USER)" || report FAIL "libvirt secret $SECRET_UUID missing"
-        for d in "${DOMAINS[@]}"; do
-            case $d in lab-guest) want=running ;; lab-guest4) want=running ;; *) want="shut off" ;; esac
-            if ! domain_exists "$d"; then
-                [[ $d == lab-guest4 && $LAB_GUEST4 != 1 ]] && continue
-                report FAIL "domain $d not defined"
-                continue
-            fi
-            state=$(domain_state "$d")
-            if [[ $state != "$want" ]]; then
-                report FAIL "domain $d: $state (want $want)"
-            elif [[ $want == running ]]; then
-                agent_ping "$d" >/dev/null 2>&1 && report ok "domain $d: running, agent answers" ||
-                    report FAIL "domain $d: running, agent does not answer"
-            else
-                report ok "domain $d: $state"
-            fi
-        done
-    else
+    if ! virsh_answers >/dev/null 2>&1; then
         report FAIL "libvirt does not answer on $URI"
+        return 1
     fi
+    if virsh_ secret-dumpxml "$SECRET_UUID" >/dev/null 2>&1; then
+        report ok "libvirt secret $SECRET_UUID (ceph, client.$CEPH_USER)"
+    else
+        report FAIL "libvirt secret $SECRET_UUID missing"
+    fi
+    for d in "${DOMAINS[@]}"; do
+        case $d in lab-guest | lab-guest4) want=running ;; *) want="shut off" ;; esac
+        if ! domain_exists "$d"; then
+            [[ $d == lab-guest4 && $LAB_GUEST4 != 1 ]] && continue
+            report FAIL "domain $d not defined"
+            continue
+        fi
+        state=$(domain_state "$d")
+        if [[ $state != "$want" ]]; then
+            report FAIL "domain $d: $state (want $want)"
+        elif [[ $want != running ]]; then
+            report ok "domain $d: $state"
+        elif agent_ping "$d" >/dev/null 2>&1; then
+            report ok "domain $d: running, agent answers"
+        else
+            report FAIL "domain $d: running, agent does not answer"
+        fi
+    done
     return $ok
 }
 
