@@ -253,7 +253,8 @@ ceph_up() {
     monmaptool --create --add a "$MON_HOST" --fsid "$fsid" "$CEPH_DIR/monmap" >/dev/null
     ceph-mon --conf "$CONF" --mkfs -i a --monmap "$CEPH_DIR/monmap" --keyring "$CEPH_DIR/mon.keyring" \
         >"$LOGS/mon-mkfs.log" 2>&1 || die "ceph-mon --mkfs failed, see $LOGS/mon-mkfs.log"
-    ceph-mon --conf "$CONF" -i a >>"$LOGS/mon-start.log" 2>&1 || die "ceph-mon failed to start, see $LOGS/mon.a.log"
+    # 9>&-: daemons must not inherit the lab lock (see lab_lock).
+    ceph-mon --conf "$CONF" -i a >>"$LOGS/mon-start.log" 2>&1 9>&- || die "ceph-mon failed to start, see $LOGS/mon.a.log"
     wait_until 30 "the monitor on $MON_HOST (see $LOGS/mon.a.log)" ceph_mon_answers
 
     osd_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -264,7 +265,7 @@ ceph_up() {
     quiet ceph_ auth add osd.0 osd 'allow *' mon 'allow profile osd' -i "$CEPH_DIR/osd-0/keyring"
     ceph-osd --conf "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$LOGS/osd-mkfs.log" 2>&1 ||
         die "ceph-osd --mkfs failed, see $LOGS/osd-mkfs.log and $LOGS/osd.0.log"
-    ceph-osd --conf "$CONF" -i 0 >>"$LOGS/osd-start.log" 2>&1 || die "ceph-osd failed to start, see $LOGS/osd.0.log"
+    ceph-osd --conf "$CONF" -i 0 >>"$LOGS/osd-start.log" 2>&1 9>&- || die "ceph-osd failed to start, see $LOGS/osd.0.log"
     wait_until 60 "osd.0 to be up (see $LOGS/osd.0.log)" ceph_osd_up
 
     quiet ceph_ osd pool create "$POOL" 32 32
@@ -281,8 +282,10 @@ ceph_up() {
 # throws that data away anyway.
 ceph_daemons() {
     local pid
-    for pid in $(osd_pid) $(pids_of ceph-osd "$CONF"); do echo "$pid:ceph-osd:KILL"; done
-    for pid in $(mon_pid) $(pids_of ceph-mon "$CONF"); do echo "$pid:ceph-mon:TERM"; done
+    {
+        for pid in $(osd_pid) $(pids_of ceph-osd "$CONF"); do echo "$pid:ceph-osd:KILL"; done
+        for pid in $(mon_pid) $(pids_of ceph-mon "$CONF"); do echo "$pid:ceph-mon:TERM"; done
+    } | sort -u
 }
 
 # ---------------------------------------------------------------- libvirt
@@ -298,7 +301,7 @@ start_daemon() {
         return 0
     fi
     log "starting $name -d (log $LOGS/$name.log)"
-    (cd / && LIBVIRT_LOG_OUTPUTS="3:file:$LOGS/$name.log" "$name" -d) ||
+    (cd / && LIBVIRT_LOG_OUTPUTS="3:file:$LOGS/$name.log" "$name" -d 9>&-) ||
         die "$name -d failed, see $LOGS/$name.log"
     wait_until 10 "$name to write /run/$name.pid" test -s "/run/$name.pid"
     pid=$(cat "/run/$name.pid")
@@ -307,7 +310,8 @@ start_daemon() {
 
 libvirt_start() {
     start_daemon virtlogd
-    start_daemon libvirtd
+    # A libvirtd run by an init system (or by hand) answers already.
+    virsh_answers >/dev/null 2>&1 || start_daemon libvirtd
 }
 
 # A freshly started libvirtd needs several seconds before it answers here
@@ -674,6 +678,12 @@ wait_guest() {
         sleep 0.1
     done
     if [[ -n $t0 ]]; then log "$name: guest agent answered $(secs_since "$t0") s after domain start"; fi
+    # A test that died between freeze and thaw leaves the guest frozen, and a
+    # frozen agent refuses guest-exec.
+    if virsh_ qemu-agent-command "$name" '{"execute":"guest-fsfreeze-status"}' 2>/dev/null | grep -q frozen; then
+        log "$name: filesystems were frozen, thawing"
+        virsh_ domfsthaw "$name" >/dev/null
+    fi
     for mp in "$@"; do checks+="grep -q ' $mp ' /proc/mounts && "; done
     checks+="true"
     wait_until 20 "$name to mount $*" "$LAB_SRC/guest-exec.sh" --timeout 5 "$name" "$checks"
@@ -699,6 +709,9 @@ cmd_up() {
         if [[ -e $MARKER ]] || lab_defined_in_libvirt; then
             log "incomplete lab found: removing it first"
             cmd_down
+        fi
+        if (exec 3<>/dev/tcp/127.0.0.1/6789) 2>/dev/null; then
+            die "something already listens on $MON_HOST (another Ceph monitor?); the lab needs that port"
         fi
         init_lab_dir
         # Kernel download/unpack and initramfs run while the cluster starts.
@@ -750,6 +763,16 @@ cmd_down() {
             touch "$MARKER"
             libvirt_up
         fi
+        # Destroy in parallel: each QEMU takes a second or two to close its
+        # RBD images.
+        local destroying=()
+        for d in "${DOMAINS[@]}"; do
+            if domain_exists "$d" && [[ $(domain_state "$d") != "shut off" ]]; then
+                virsh_ destroy "$d" >/dev/null 2>&1 &
+                destroying+=($!)
+            fi
+        done
+        for pid in "${destroying[@]}"; do wait "$pid" || true; done
         for d in "${DOMAINS[@]}"; do domain_remove "$d"; done
         if virsh_ secret-dumpxml "$SECRET_UUID" >/dev/null 2>&1; then
             virsh_ secret-undefine "$SECRET_UUID" >/dev/null
@@ -768,8 +791,13 @@ cmd_down() {
         log "removed $LAB_DIR"
     fi
     local left
+    # The lab's own daemons are gone (stop_pids made sure); clients that still
+    # name the lab's config are someone else's, so only warn about them.
     left=$(pgrep -af -- "$CONF|guest=lab-" || true)
-    [[ -z $left ]] || { printf '%s\n' "$left" >&2; die "lab processes are still running"; }
+    if [[ -n $left ]]; then
+        printf '%s\n' "$left" >&2
+        log "warning: processes above still name the lab (clients of the removed cluster?)"
+    fi
     log "lab is down"
 }
 
@@ -857,9 +885,17 @@ usage() {
     exit 2
 }
 
+# One lab per machine (fixed mon port and domain names): up and down take a
+# lock, kept in the cache folder because down removes the work dir.
+lab_lock() {
+    mkdir -p "$LAB_CACHE"
+    exec 9>"$LAB_CACHE/lab.lock"
+    flock -w 600 9 || die "another lab.sh up/down still runs after 600s (lock $LAB_CACHE/lab.lock)"
+}
+
 case ${1:-} in
-    up) cmd_up ;;
-    down) cmd_down ;;
+    up) need_root; lab_lock; cmd_up ;;
+    down) need_root; lab_lock; cmd_down ;;
     status) cmd_status || exit 1 ;;
     env) cmd_env ;;
     -h|--help|help) usage ;;
