@@ -54,6 +54,66 @@ pub fn blocks_to_read(ranges: &[ByteRange], image_size: u64, block: u64) -> Vec<
     blocks
 }
 
+/// The checksum formed from a table of block hashes.
+pub fn checksum_of_table(table: &[[u8; 32]]) -> String {
+    let mut root = blake3::Hasher::new();
+    for hash in table {
+        root.update(hash);
+    }
+    format!("blake3-4m:{}", root.finalize().to_hex())
+}
+
+/// The same checksum over a byte stream fed in pieces of any size (for stored files).
+#[derive(Default)]
+pub struct StreamHasher {
+    current: blake3::Hasher,
+    in_current: u64,
+    table: Vec<[u8; 32]>,
+    total: u64,
+}
+
+impl StreamHasher {
+    /// An empty stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        while !data.is_empty() {
+            let room = (HASH_BLOCK_SIZE - self.in_current) as usize;
+            let take = room.min(data.len());
+            self.current.update(&data[..take]);
+            self.in_current += take as u64;
+            data = &data[take..];
+            if self.in_current == HASH_BLOCK_SIZE {
+                self.table.push(*self.current.finalize().as_bytes());
+                self.current = blake3::Hasher::new();
+                self.in_current = 0;
+            }
+        }
+    }
+
+    /// Bytes fed so far.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether nothing was fed.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The checksum and the table of 4 MiB chunk hashes.
+    pub fn finish(mut self) -> (String, Vec<[u8; 32]>) {
+        if self.in_current > 0 {
+            self.table.push(*self.current.finalize().as_bytes());
+        }
+        (checksum_of_table(&self.table), self.table)
+    }
+}
+
 /// Accumulates block hashes in any order and forms the content checksum.
 pub struct ContentHasher {
     image_size: u64,
@@ -91,18 +151,44 @@ impl ContentHasher {
         self.hashes[index as usize] = Some(hash);
     }
 
+    /// Starts from the block hashes of an earlier state of the image (`parent_size` bytes):
+    /// blocks that exist in both and keep their length are taken over; the caller must then
+    /// `add_block` every block that changed, and every block whose length changed.
+    pub fn from_parent(image_size: u64, parent_hashes: &[[u8; 32]], parent_size: u64) -> Self {
+        let mut hasher = Self::new(image_size);
+        let carried = hasher.hashes.len().min(parent_hashes.len());
+        for (index, hash) in parent_hashes.iter().enumerate().take(carried) {
+            let index = index as u64;
+            let parent_len = (parent_size.saturating_sub(index * hasher.block)).min(hasher.block);
+            if parent_len == hasher.block_len(index) {
+                hasher.hashes[index as usize] = Some(*hash);
+            }
+        }
+        hasher
+    }
+
+    /// Number of blocks.
+    pub fn block_count(&self) -> u64 {
+        self.hashes.len() as u64
+    }
+
     /// The checksum; blocks never added count as zeros.
-    pub fn finish(mut self) -> String {
-        let mut root = blake3::Hasher::new();
+    pub fn finish(self) -> String {
+        self.finish_with_hashes().0
+    }
+
+    /// The checksum and every block's hash (the `.blocks` table of a backup).
+    pub fn finish_with_hashes(mut self) -> (String, Vec<[u8; 32]>) {
         let count = self.hashes.len() as u64;
+        let mut table = Vec::with_capacity(count as usize);
         for index in 0..count {
             let hash = match self.hashes[index as usize] {
                 Some(h) => h,
                 None => self.zero_hash(index),
             };
-            root.update(&hash);
+            table.push(hash);
         }
-        format!("blake3-4m:{}", root.finalize().to_hex())
+        (checksum_of_table(&table), table)
     }
 
     fn zero_hash(&mut self, index: u64) -> [u8; 32] {
@@ -185,6 +271,40 @@ mod tests {
         h.add_block(1, &data[B as usize..]);
         h.add_block(0, &data[..B as usize]);
         assert_eq!(h.finish(), expected);
+    }
+
+    #[test]
+    fn stream_hasher_equals_block_hasher_whatever_the_piece_sizes() {
+        let size = 2 * B + 77;
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let mut blocks = ContentHasher::new(size);
+        for i in 0..3 {
+            let start = (i * B) as usize;
+            let end = ((i + 1) * B).min(size) as usize;
+            blocks.add_block(i, &data[start..end]);
+        }
+        let mut stream = StreamHasher::new();
+        for piece in data.chunks(1_000_003) {
+            stream.update(piece);
+        }
+        assert_eq!(stream.len(), size);
+        let (sum, table) = stream.finish();
+        assert_eq!(table.len(), 3);
+        assert_eq!(sum, blocks.finish());
+    }
+
+    #[test]
+    fn parent_hashes_are_carried_only_where_the_block_length_is_unchanged() {
+        // Parent: 2.5 blocks; child grew to 3 blocks. Block 2 changed length: not carried.
+        let parent_size = 2 * B + B / 2;
+        let parent = [[1u8; 32], [2u8; 32], [3u8; 32]];
+        let child = ContentHasher::from_parent(3 * B, &parent, parent_size);
+        assert_eq!(child.hashes[0], Some([1u8; 32]));
+        assert_eq!(child.hashes[1], Some([2u8; 32]));
+        assert_eq!(child.hashes[2], None);
+        // Shrunk to 1.5 blocks: block 1 changed length, block 2 is gone.
+        let child = ContentHasher::from_parent(B + B / 2, &parent, parent_size);
+        assert_eq!(child.hashes, vec![Some([1u8; 32]), None]);
     }
 
     #[test]
