@@ -222,19 +222,22 @@ pub fn compute_prune(
         .collect();
 
     // Newest first; equal times fall back to the id, which sorts by time too.
-    let mut order: Vec<usize> = (0..backups.len()).filter(|&i| broken[i].is_none()).collect();
+    let mut order: Vec<usize> = (0..backups.len())
+        .filter(|&i| broken[i].is_none())
+        .collect();
     order.sort_by(|&a, &b| {
         (backups[b].time, &backups[b].id).cmp(&(backups[a].time, &backups[a].id))
     });
 
     let mut reasons: Vec<Vec<KeepReason>> = vec![Vec::new(); backups.len()];
-    let rules: [(Option<u32>, KeepReason, fn(i64) -> i64); 6] = [
-        (keep.last, KeepReason::Last, |_| 0), // unused: every backup is its own period
-        (keep.hourly, KeepReason::Hourly, hour_period),
-        (keep.daily, KeepReason::Daily, day_period),
-        (keep.weekly, KeepReason::Weekly, week_period),
-        (keep.monthly, KeepReason::Monthly, month_period),
-        (keep.yearly, KeepReason::Yearly, year_period),
+    // `None` as period: every backup is a period of its own (`last`).
+    let rules: [(Option<u32>, KeepReason, Option<PeriodOf>); 6] = [
+        (keep.last, KeepReason::Last, None),
+        (keep.hourly, KeepReason::Hourly, Some(hour_period)),
+        (keep.daily, KeepReason::Daily, Some(day_period)),
+        (keep.weekly, KeepReason::Weekly, Some(week_period)),
+        (keep.monthly, KeepReason::Monthly, Some(month_period)),
+        (keep.yearly, KeepReason::Yearly, Some(year_period)),
     ];
     for (count, reason, period_of) in rules {
         let mut left = count.unwrap_or(0);
@@ -243,11 +246,7 @@ pub fn compute_prune(
             if left == 0 {
                 break;
             }
-            let period = if reason == KeepReason::Last {
-                None
-            } else {
-                Some(period_of(backups[i].time))
-            };
+            let period = period_of.map(|f| f(backups[i].time));
             if period.is_none() || period != last_period {
                 reasons[i].push(reason.clone());
                 last_period = period;
@@ -321,6 +320,9 @@ fn chain_break(
     None
 }
 
+/// The period (hour, day, ...) a time falls in, as a number equal for equal periods.
+type PeriodOf = fn(i64) -> i64;
+
 fn hour_period(time: i64) -> i64 {
     time.div_euclid(3600)
 }
@@ -371,7 +373,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 /// treated as backups by `prune`.
 pub fn parse_backup_id(id: &str) -> Option<i64> {
     let b = id.as_bytes();
-    if b.len() != 20 || b[8] != b'T' || b[15] != b'.' || b[19] != b'Z' {
+    if !id.is_ascii() || b.len() != 20 || b[8] != b'T' || b[15] != b'.' || b[19] != b'Z' {
         return None;
     }
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
@@ -479,6 +481,7 @@ mod tests {
             "2026112+T095243.007Z",
             "20261326T095243.007Z",
             ".partial-20261126T095243.007Z",
+            "20261\u{e9}1T095243.007Z",
         ] {
             assert_eq!(parse_backup_id(bad), None, "{bad:?}");
         }
@@ -594,7 +597,7 @@ mod tests {
         };
         assert_eq!(
             kept_ids(&[early.clone(), late.clone(), before.clone()], &keep),
-            [late.id.clone()]
+            [late.id.as_str()]
         );
         let keep = KeepOptions {
             daily: Some(2),
@@ -616,7 +619,10 @@ mod tests {
             (2027, 1, 3),   // Sun, 2026-W53
             (2027, 1, 4),   // Mon, 2027-W01
         ];
-        let backups: Vec<BackupEntry> = days.iter().map(|&(y, m, d)| full(at(y, m, d, 12))).collect();
+        let backups: Vec<BackupEntry> = days
+            .iter()
+            .map(|&(y, m, d)| full(at(y, m, d, 12)))
+            .collect();
         let weekly = KeepOptions {
             weekly: Some(3),
             ..KeepOptions::default()
@@ -836,13 +842,34 @@ mod tests {
         let newest = backups.last().unwrap().id.clone();
         for n in 1..4 {
             for keep in [
-                KeepOptions { last: Some(n), ..KeepOptions::default() },
-                KeepOptions { hourly: Some(n), ..KeepOptions::default() },
-                KeepOptions { daily: Some(n), ..KeepOptions::default() },
-                KeepOptions { weekly: Some(n), ..KeepOptions::default() },
-                KeepOptions { monthly: Some(n), ..KeepOptions::default() },
-                KeepOptions { yearly: Some(n), ..KeepOptions::default() },
-                KeepOptions { within_seconds: Some(u64::from(n)), ..KeepOptions::default() },
+                KeepOptions {
+                    last: Some(n),
+                    ..KeepOptions::default()
+                },
+                KeepOptions {
+                    hourly: Some(n),
+                    ..KeepOptions::default()
+                },
+                KeepOptions {
+                    daily: Some(n),
+                    ..KeepOptions::default()
+                },
+                KeepOptions {
+                    weekly: Some(n),
+                    ..KeepOptions::default()
+                },
+                KeepOptions {
+                    monthly: Some(n),
+                    ..KeepOptions::default()
+                },
+                KeepOptions {
+                    yearly: Some(n),
+                    ..KeepOptions::default()
+                },
+                KeepOptions {
+                    within_seconds: Some(u64::from(n)),
+                    ..KeepOptions::default()
+                },
             ] {
                 let decisions = compute_prune(&backups, &keep).unwrap();
                 assert!(mark_of(&decisions, &newest).is_keep(), "{keep:?}");
