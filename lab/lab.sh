@@ -50,7 +50,13 @@ DISKS=$LAB_DIR/disks
 
 # ---------------------------------------------------------------- helpers
 
-log() { printf 'lab: %s\n' "$*" >&2; }
+START_MS=$(($(date +%s%N) / 1000000))
+# Log lines carry the seconds since the script started: CI logs show where
+# time goes.
+log() {
+    local d=$(($(date +%s%N) / 1000000 - START_MS))
+    printf 'lab: [%3d.%01ds] %s\n' $((d / 1000)) $((d % 1000 / 100)) "$*" >&2
+}
 die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 trap 'printf "lab: failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
@@ -812,10 +818,13 @@ cmd_status() {
     if pid_matches "$pid" ceph-mon "$CONF"; then report ok "ceph-mon a (pid $pid) on $MON_HOST"; else report FAIL "ceph-mon not running"; fi
     pid=$(osd_pid)
     if pid_matches "$pid" ceph-osd "$CONF"; then report ok "ceph-osd 0 (pid $pid)"; else report FAIL "ceph-osd not running"; fi
-    if [[ -e $CONF ]] && line=$(ceph_ osd stat 2>/dev/null) && ceph_osd_up 2>/dev/null; then
+    # Short timeouts: status must answer quickly even when the cluster hangs.
+    if [[ -e $CONF ]] && pid_matches "$pid" ceph-osd "$CONF" &&
+        line=$(timeout 10 ceph --conf "$CONF" --connect-timeout 5 osd stat 2>/dev/null) &&
+        [[ $line == *"1 up"* ]]; then
         report ok "osdmap: $line"
-        if ceph_ osd pool ls 2>/dev/null | grep -qx "$POOL"; then
-            report ok "pool $POOL: images $(rbd_ ls "$POOL" 2>/dev/null | tr '\n' ' ')"
+        if timeout 10 ceph --conf "$CONF" --connect-timeout 5 osd pool ls 2>/dev/null | grep -qx "$POOL"; then
+            report ok "pool $POOL: images $(timeout 10 rbd --conf "$CONF" ls "$POOL" 2>/dev/null | tr '\n' ' ')"
         else
             report FAIL "pool $POOL missing"
         fi
