@@ -29,6 +29,7 @@ pub mod events;
 mod export;
 pub mod listing;
 pub mod options;
+pub mod prune;
 pub mod report;
 mod snapshot_guard;
 
@@ -38,6 +39,7 @@ use std::sync::{Arc, Mutex};
 pub use events::{BackupEvent, EventSink, NoEvents};
 pub use listing::{list_backups, list_domains, BackupListing, DomainListing};
 pub use options::{BackupOptions, FreezePolicy};
+pub use prune::{prune, DomainPruneReport, KeptBackup, PruneReport, PruneStatus, RemovedBackup};
 pub use report::{BackupReport, Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 
 use crate::ceph::CephTimeouts;
