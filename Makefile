@@ -19,19 +19,19 @@ help: ## Show this help
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z0-9_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: install-dev
-install-dev: ## Install the Python dev tools (maturin, ruff, mypy, pytest)
-	$(PIP) install 'maturin>=1.9,<2' ruff mypy pytest
+install-dev: ## Install the Python build and test tools of requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
 
 .PHONY: build
 build: ## Build the release wheel into dist/ and install it (pip --force-reinstall)
 	rm -f $(DIST)/virt_rbd_backup-*.whl
-	maturin build --release --out $(DIST)
+	$(PYTHON) -m maturin build --release --out $(DIST)
 	$(PIP) install --no-deps --force-reinstall $(DIST)/virt_rbd_backup-*.whl
 
 .PHONY: develop
 develop: ## Build a debug extension and install the package editable (in a venv: maturin develop)
 	@if [ -n "$${VIRTUAL_ENV:-}$${CONDA_PREFIX:-}" ]; then \
-		maturin develop; \
+		$(PYTHON) -m maturin develop; \
 	else \
 		$(PIP) install --no-build-isolation --no-deps --editable .; \
 	fi
@@ -47,9 +47,9 @@ lint-rust: ## cargo fmt --check and clippy -D warnings, with and without the pyt
 
 .PHONY: lint-python
 lint-python: ## ruff check, ruff format --check and mypy --strict on the package and tests
-	ruff check $(PY_SOURCES)
-	ruff format --check $(PY_SOURCES)
-	mypy --strict $(PY_PACKAGE)
+	$(PYTHON) -m ruff check $(PY_SOURCES)
+	$(PYTHON) -m ruff format --check $(PY_SOURCES)
+	$(PYTHON) -m mypy --strict $(PY_PACKAGE)
 
 .PHONY: stubtest
 stubtest: build ## Check _native.pyi against the built module (mypy stubtest)
@@ -58,8 +58,8 @@ stubtest: build ## Check _native.pyi against the built module (mypy stubtest)
 .PHONY: format
 format: ## Reformat Rust and Python sources
 	cargo fmt --all
-	ruff format $(PY_SOURCES)
-	ruff check --fix $(PY_SOURCES)
+	$(PYTHON) -m ruff format $(PY_SOURCES)
+	$(PYTHON) -m ruff check --fix $(PY_SOURCES)
 
 .PHONY: test-unit
 test-unit: build ## Unit tests, no lab needed: cargo test --lib and pytest -m "not lab"
@@ -67,8 +67,9 @@ test-unit: build ## Unit tests, no lab needed: cargo test --lib and pytest -m "n
 	$(PYTHON) -m pytest tests/python -m "not lab" $(PYTEST_ARGS)
 
 .PHONY: test-lab
-test-lab: build ## Tests against the Ceph + libvirt lab (pytest -m lab)
-	$(PYTHON) -m pytest tests/python -m lab $(PYTEST_ARGS)
+test-lab: build ## Tests against the Ceph + libvirt lab (pytest -m lab; bring it up with lab/lab.sh up)
+	@bash lab/lab.sh status >/dev/null || { echo "the lab is not up: bash lab/lab.sh up" >&2; exit 1; }
+	eval "$$(bash lab/lab.sh env)" && VRB_LAB=1 $(PYTHON) -m pytest tests/python -m lab $(PYTEST_ARGS)
 
 .PHONY: test
 test: lint test-unit ## Lint and unit tests (what CI runs without the lab)
