@@ -298,6 +298,8 @@ ceph_daemons() {
 
 virsh_answers() { virsh_ version; }
 
+pidfile_live() { pid_matches "$(cat "/run/$1.pid" 2>/dev/null || true)" "$1"; }
+
 # start_daemon NAME: start NAME -d unless it runs; remember that the lab
 # started it, so that `down` stops only what the lab started.
 start_daemon() {
@@ -309,7 +311,8 @@ start_daemon() {
     log "starting $name -d (log $LOGS/$name.log)"
     (cd / && LIBVIRT_LOG_OUTPUTS="3:file:$LOGS/$name.log" "$name" -d 9>&-) ||
         die "$name -d failed, see $LOGS/$name.log"
-    wait_until 10 "$name to write /run/$name.pid" test -s "/run/$name.pid"
+    # A stale pid file from a killed daemon may be there: wait for a live pid.
+    wait_until 10 "$name to write /run/$name.pid" pidfile_live "$name"
     pid=$(cat "/run/$name.pid")
     echo "$pid" >"$RUN/$name.lab-started"
 }
