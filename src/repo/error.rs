@@ -23,4 +23,25 @@ pub enum RepoError {
     /// Another run holds the domain's lock.
     #[error("another virt-rbd-backup run is backing up domain {domain} into this repository (lock {path} is held); wait for it to finish")]
     Locked { domain: String, path: PathBuf },
+    /// An rbd diff stream that is not valid rbd diff v1; `offset` is the stream byte where
+    /// the problem is.
+    #[error("unusable rbd diff stream at byte {offset}: {problem}; the file is damaged or is not an `rbd export-diff` v1 stream")]
+    BadRbdDiff {
+        offset: u64,
+        problem: super::rbd_diff::RbdDiffProblem,
+    },
+    /// A record the rbd diff writer refused, because the stream would be invalid; `offset` is
+    /// the stream byte where it would have gone.
+    #[error("refusing to write an invalid rbd diff record at stream byte {offset}: {problem}; this is a bug in virt-rbd-backup, please report it")]
+    RbdDiffRefused {
+        offset: u64,
+        problem: super::rbd_diff::RbdDiffProblem,
+    },
+    /// An I/O error while reading or writing an rbd diff stream, at stream byte `offset`.
+    #[error("cannot {action} rbd diff stream at byte {offset}: {source}")]
+    RbdDiffIo {
+        action: &'static str,
+        offset: u64,
+        source: std::io::Error,
+    },
 }

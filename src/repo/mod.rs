@@ -10,6 +10,7 @@ pub mod error;
 pub mod image_file;
 pub mod layout;
 pub mod manifest;
+pub mod rbd_diff;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
