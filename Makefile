@@ -24,12 +24,12 @@ install-dev: ## Install the Python build and test tools of requirements-dev.txt
 
 .PHONY: build
 build: ## Build the release wheel into dist/ and install it (pip --force-reinstall)
-	rm -f $(DIST)/virt_rbd_backup-*.whl
+	rm -f $(DIST)/virt_rbd_backup-*.whl $(PY_PACKAGE)/_native*.so
 	$(PYTHON) -m maturin build --release --out $(DIST)
 	$(PIP) install --no-deps --force-reinstall $(DIST)/virt_rbd_backup-*.whl
 
 .PHONY: develop
-develop: ## Build a debug extension and install the package editable (in a venv: maturin develop)
+develop: ## Build the extension in place and install the package editable (in a venv: maturin develop)
 	@if [ -n "$${VIRTUAL_ENV:-}$${CONDA_PREFIX:-}" ]; then \
 		$(PYTHON) -m maturin develop; \
 	else \
@@ -76,5 +76,5 @@ test: lint test-unit ## Lint and unit tests (what CI runs without the lab)
 
 .PHONY: clean
 clean: ## Remove build outputs
-	rm -rf $(DIST) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(DIST) .mypy_cache .ruff_cache .pytest_cache $(PY_PACKAGE)/_native*.so
 	cargo clean
