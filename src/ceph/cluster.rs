@@ -244,6 +244,62 @@ impl PoolContext<'_> {
     }
 }
 
+impl PoolContext<'_> {
+    fn call_failed(&self, call: &'static str, image: &str, rc: i32) -> CephError {
+        CephError::Call {
+            call,
+            target: self.image_spec(image),
+            errno: rc,
+            message: errno_message(rc),
+            hint: errno_hint(rc),
+        }
+    }
+
+    /// Creates image `name` of `size` bytes with the cluster's default features and order.
+    pub fn create_image(&self, name: &str, size: u64) -> Result<(), CephError> {
+        let name_c = cstring("image name", name)?;
+        let mut order: libc::c_int = 0;
+        // SAFETY: valid ioctx, C string, out-pointer to a local.
+        let rc = unsafe { ffi::rbd_create(self.io, name_c.as_ptr(), size, &mut order) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_create", name, rc));
+        }
+        Ok(())
+    }
+
+    /// Removes image `name` (it must have no snapshots).
+    pub fn remove_image(&self, name: &str) -> Result<(), CephError> {
+        let name_c = cstring("image name", name)?;
+        // SAFETY: valid ioctx and C string.
+        let rc = unsafe { ffi::rbd_remove(self.io, name_c.as_ptr()) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_remove", name, rc));
+        }
+        Ok(())
+    }
+
+    /// Renames image `from` to `to` within this pool.
+    pub fn rename_image(&self, from: &str, to: &str) -> Result<(), CephError> {
+        let from_c = cstring("image name", from)?;
+        let to_c = cstring("image name", to)?;
+        // SAFETY: valid ioctx and C strings.
+        let rc = unsafe { ffi::rbd_rename(self.io, from_c.as_ptr(), to_c.as_ptr()) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_rename", from, rc));
+        }
+        Ok(())
+    }
+
+    /// Whether image `name` exists.
+    pub fn image_exists(&self, name: &str) -> Result<bool, CephError> {
+        match super::image::RbdImage::open_read_only(self, name) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(-libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Drop for PoolContext<'_> {
     fn drop(&mut self) {
         // SAFETY: the ioctx came from rados_ioctx_create; images opened on it borrow `self`.

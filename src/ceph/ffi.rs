@@ -82,6 +82,22 @@ extern "C" {
 
 #[link(name = "rbd")]
 extern "C" {
+    pub fn rbd_create(
+        io: rados_ioctx_t,
+        name: *const c_char,
+        size: u64,
+        order: *mut c_int,
+    ) -> c_int;
+    pub fn rbd_remove(io: rados_ioctx_t, name: *const c_char) -> c_int;
+    pub fn rbd_rename(
+        src_io_ctx: rados_ioctx_t,
+        srcname: *const c_char,
+        destname: *const c_char,
+    ) -> c_int;
+    pub fn rbd_resize(image: rbd_image_t, size: u64) -> c_int;
+    pub fn rbd_write(image: rbd_image_t, ofs: u64, len: size_t, buf: *const c_char) -> ssize_t;
+    pub fn rbd_discard(image: rbd_image_t, ofs: u64, len: u64) -> c_int;
+    pub fn rbd_flush(image: rbd_image_t) -> c_int;
     pub fn rbd_open(
         io: rados_ioctx_t,
         name: *const c_char,

@@ -36,6 +36,11 @@ pub struct ImageInfo {
 }
 
 impl ImageInfo {
+    /// Whether the object map or fast-diff state is flagged invalid.
+    pub fn object_map_invalid(&self) -> bool {
+        self.flags & (ffi::RBD_FLAG_OBJECT_MAP_INVALID | ffi::RBD_FLAG_FAST_DIFF_INVALID) != 0
+    }
+
     /// Whether `rbd_diff_iterate2` may use the object map (whole-object mode is then cheap).
     pub fn fast_diff_usable(&self) -> bool {
         self.features & ffi::RBD_FEATURE_FAST_DIFF != 0
@@ -89,6 +94,11 @@ impl<'p> RbdImage<'p> {
         snapshot: &str,
     ) -> Result<Self, CephError> {
         Self::open_inner(pool, name, Some(snapshot), true)
+    }
+
+    /// Opens `name` read-only at its head (to look, never to write).
+    pub fn open_read_only(pool: &'p PoolContext<'_>, name: &str) -> Result<Self, CephError> {
+        Self::open_inner(pool, name, None, true)
     }
 
     fn open_inner(
@@ -320,6 +330,61 @@ impl<'p> RbdImage<'p> {
             return Err(self.call_failed("rbd_diff_iterate2", rc));
         }
         Ok(extents)
+    }
+
+    /// Writes `data` at `offset` (synchronously).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), CephError> {
+        // SAFETY: valid handle; librbd copies or finishes with `data` before returning.
+        let rc = unsafe {
+            ffi::rbd_write(
+                self.handle,
+                offset,
+                data.len(),
+                data.as_ptr() as *const c_char,
+            )
+        };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_write", rc as i32));
+        }
+        if rc as usize != data.len() {
+            return Err(CephError::ShortRead {
+                image: self.spec.clone(),
+                offset,
+                wanted: data.len(),
+                got: rc as usize,
+            });
+        }
+        Ok(())
+    }
+
+    /// Discards (zeroes, deallocates) `length` bytes at `offset`.
+    pub fn discard(&self, offset: u64, length: u64) -> Result<(), CephError> {
+        // SAFETY: valid handle.
+        let rc = unsafe { ffi::rbd_discard(self.handle, offset, length) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_discard", rc));
+        }
+        Ok(())
+    }
+
+    /// Changes the image size.
+    pub fn resize(&self, size: u64) -> Result<(), CephError> {
+        // SAFETY: valid handle.
+        let rc = unsafe { ffi::rbd_resize(self.handle, size) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_resize", rc));
+        }
+        Ok(())
+    }
+
+    /// Flushes cached writes to the cluster.
+    pub fn flush(&self) -> Result<(), CephError> {
+        // SAFETY: valid handle.
+        let rc = unsafe { ffi::rbd_flush(self.handle) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_flush", rc));
+        }
+        Ok(())
     }
 
     /// Starts reading `buf.len()` bytes at `offset`; the buffer is handed back by `wait`.

@@ -1,13 +1,17 @@
 //! Backing up one domain: prepare, freeze, snapshot all disks at once, thaw, export, commit,
 //! remove the snapshots. See the order of operations in the `engine` module doc.
 
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ceph::{CephError, PoolContext, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
 use crate::plan::{backup_id_from_unix, is_tool_snapshot, snapshot_name};
-use crate::repo::layout::disk_file_name;
+use crate::plan::{plan_disk, BaseCandidate, DiskPlan, ImageState, HASH_BLOCK_SIZE};
+use crate::repo::block_table::{read_block_table, write_block_table};
+use crate::repo::hashing_writer::HashingFileWriter;
+use crate::repo::layout::safe_component;
 use crate::repo::{
     BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord,
     SparseImageWriter,
@@ -15,7 +19,7 @@ use crate::repo::{
 
 use super::ceph_session::{cluster_address, ConnectionCache};
 use super::events::{BackupEvent, EventSink};
-use super::export::{export_snapshot, ExportProgress};
+use super::export::{export_full, export_incremental, ExportProgress, IncrementalBase};
 use super::options::{BackupOptions, FreezePolicy};
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 use super::snapshot_guard::SnapshotGuard;
@@ -60,6 +64,7 @@ pub(super) fn new_report(name: &str, uuid: &str, status: DomainStatus) -> Domain
         error: None,
         warnings: Vec::new(),
         backup_id: None,
+        kind: None,
         path: None,
         consistency: None,
         freeze: FreezeReport::default(),
@@ -126,6 +131,109 @@ impl ExportProgress for DiskProgress<'_> {
     }
 }
 
+/// A disk's plan with what the plan needs: the parent's verified block table.
+struct PreparedDisk {
+    plan: DiskPlan,
+    parent: Option<(DiskRecord, Vec<[u8; 32]>)>,
+}
+
+/// The previous complete backup of the domain, if any (unreadable manifests are skipped with a
+/// warning: they are not backups).
+fn previous_backup(
+    ctx: &RunContext<'_>,
+    job: &DomainJob,
+    report: &mut DomainReport,
+) -> Result<Option<(PathBuf, BackupManifest)>, Error> {
+    let mut latest = None;
+    for (path, manifest) in ctx.repo.backups_of(&job.uuid)? {
+        match manifest {
+            Ok(m) => latest = Some((path, m)),
+            Err(e) => warn(ctx, report, format!("ignoring {}: {e}", path.display())),
+        }
+    }
+    Ok(latest)
+}
+
+/// Checks that the previous backup of a disk can serve as a base and loads its block table.
+fn load_parent(folder: &Path, record: &DiskRecord) -> Result<Vec<[u8; 32]>, String> {
+    let data = folder.join(&record.file);
+    let meta = std::fs::metadata(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    if record.file_size > 0 && meta.len() != record.file_size {
+        return Err(format!(
+            "{} holds {} bytes, the manifest says {}",
+            data.display(),
+            meta.len(),
+            record.file_size
+        ));
+    }
+    let Some(blocks_file) = &record.blocks_file else {
+        return Err("it records no block table".into());
+    };
+    read_block_table(
+        &folder.join(blocks_file),
+        &record.checksum,
+        record.size.div_ceil(HASH_BLOCK_SIZE),
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn prepare_disk(
+    ctx: &RunContext<'_>,
+    image: &RbdImage<'_>,
+    disk: &RbdDiskSpec,
+    previous: Option<&(PathBuf, BackupManifest)>,
+) -> Result<PreparedDisk, Error> {
+    let info = image.info()?;
+    let state = ImageState {
+        image_id: info.id.clone(),
+        snapshots: image
+            .snapshots()?
+            .into_iter()
+            .map(|s| (s.name, s.id))
+            .collect(),
+        object_map_invalid: info.object_map_invalid(),
+    };
+    let record = previous.and_then(|(folder, m)| {
+        m.disks
+            .iter()
+            .find(|d| {
+                d.target == disk.target
+                    && d.pool == disk.pool
+                    && d.namespace == disk.namespace
+                    && d.image == disk.image
+            })
+            .map(|d| (folder, m, d))
+    });
+    let mut parent = None;
+    let candidate = record.map(|(folder, m, d)| {
+        let problem = match load_parent(folder, d) {
+            Ok(table) => {
+                parent = Some((d.clone(), table));
+                None
+            }
+            Err(e) => Some(e),
+        };
+        BaseCandidate {
+            backup_id: m.backup_id.clone(),
+            image_id: d.image_id.clone(),
+            snapshot_name: d.snapshot.name.clone(),
+            snapshot_id: d.snapshot.id,
+            chain_position: d.chain_position,
+            repository_problem: problem,
+        }
+    });
+    let plan = plan_disk(
+        ctx.options.mode,
+        ctx.options.full_every,
+        candidate.as_ref(),
+        &state,
+    );
+    if !matches!(plan, DiskPlan::Incremental { .. }) {
+        parent = None;
+    }
+    Ok(PreparedDisk { plan, parent })
+}
+
 fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> Result<(), Error> {
     let started_at = unix_now();
     let lock = ctx.repo.lock_domain(&job.uuid, &job.name)?;
@@ -161,8 +269,24 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         .zip(&job.disks)
         .map(|(p, d)| RbdImage::open(p, &d.image))
         .collect::<Result<_, _>>()?;
-    for image in &images {
-        image.info()?;
+    let previous = previous_backup(ctx, job, report)?;
+    let mut prepared = Vec::with_capacity(images.len());
+    for (image, disk) in images.iter().zip(&job.disks) {
+        let disk_plan = prepare_disk(ctx, image, disk, previous.as_ref())?;
+        if let DiskPlan::Full {
+            reason: Some(reason),
+        } = &disk_plan.plan
+        {
+            warn(
+                ctx,
+                report,
+                format!(
+                    "{}: full backup instead of incremental: {reason}",
+                    disk.target
+                ),
+            );
+        }
+        prepared.push(disk_plan);
     }
     if ctx.cancel.is_cancelled() {
         return Err(Error::Cancelled);
@@ -179,41 +303,19 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
     let guards = snapshot_domain(ctx, job, &images, &snap_name, active, report)?;
 
     let mut disk_records = Vec::with_capacity(job.disks.len());
-    for ((disk, pool), image) in job.disks.iter().zip(&pools).zip(&images) {
+    for (((disk, pool), image), prep) in job.disks.iter().zip(&pools).zip(&images).zip(&prepared) {
         let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?;
         let info = snap_image.info()?;
         let snap_id = image.snapshot_id(&snap_name)?;
         let timestamp = image.snapshot_timestamp(snap_id).ok();
-        let file = disk_file_name(&disk.target);
-        let mut writer = SparseImageWriter::create(&staged.file_path(&file), info.size)?;
         let progress = DiskProgress {
             ctx,
             job,
             target: &disk.target,
         };
-        let stats = export_snapshot(
-            &snap_image,
-            info.size,
-            info.fast_diff_usable(),
-            ctx.options.queue_depth,
-            &mut writer,
-            ctx.cancel,
-            &progress,
-        )?;
-        writer.finish()?;
-        report.disks.push(DiskReport {
-            target: disk.target.clone(),
-            image: image.spec().to_string(),
-            size: info.size,
-            bytes_read: stats.bytes_read,
-            bytes_written: stats.bytes_written,
-            snapshot: snap_name.clone(),
-            snapshot_timestamp: timestamp,
-            file: Some(file.clone()),
-            checksum: Some(stats.checksum.clone()),
-            seconds: stats.elapsed.as_secs_f64(),
-        });
-        disk_records.push(DiskRecord {
+        let stem = safe_component(&disk.target);
+        let blocks_file = format!("{stem}.blocks");
+        let mut record = DiskRecord {
             target: disk.target.clone(),
             pool: disk.pool.clone(),
             namespace: disk.namespace.clone(),
@@ -226,20 +328,122 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
                 id: snap_id,
                 timestamp,
             },
-            file,
-            format: "raw".into(),
+            file: String::new(),
+            format: String::new(),
+            bytes_read: 0,
+            bytes_written: 0,
+            checksum: String::new(),
+            kind: BackupKind::Full,
+            chain_position: 0,
+            parent_backup: None,
+            base_snapshot: None,
+            file_size: 0,
+            file_checksum: None,
+            blocks_file: Some(blocks_file.clone()),
+            file_chunks: None,
+        };
+        let stats = match (&prep.plan, &prep.parent) {
+            (
+                DiskPlan::Incremental {
+                    parent_backup,
+                    base_snapshot,
+                    base_snapshot_id,
+                    chain_position,
+                },
+                Some((parent, table)),
+            ) => {
+                let file = format!("{stem}.rbdiff");
+                let out = HashingFileWriter::create(&staged.file_path(&file))?;
+                let base = IncrementalBase {
+                    snapshot: base_snapshot,
+                    size: parent.size,
+                    block_table: table,
+                };
+                let (stats, out) = export_incremental(
+                    &snap_image,
+                    &snap_name,
+                    info.size,
+                    &base,
+                    info.fast_diff_usable(),
+                    ctx.options.queue_depth,
+                    out,
+                    ctx.cancel,
+                    &progress,
+                )?;
+                let stored = out.finish()?;
+                let chunks_file = format!("{file}.b3");
+                write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
+                record.kind = BackupKind::Incremental;
+                record.chain_position = *chain_position;
+                record.parent_backup = Some(parent_backup.clone());
+                record.base_snapshot = Some(SnapshotRecord {
+                    name: base_snapshot.clone(),
+                    id: *base_snapshot_id,
+                    timestamp: None,
+                });
+                record.format = "rbd-diff-v1".into();
+                record.file = file;
+                record.file_size = stored.size;
+                record.bytes_written = stored.size;
+                record.file_checksum = Some(stored.checksum);
+                record.file_chunks = Some(chunks_file);
+                stats
+            }
+            _ => {
+                let file = format!("{stem}.raw");
+                let mut writer = SparseImageWriter::create(&staged.file_path(&file), info.size)?;
+                let stats = export_full(
+                    &snap_image,
+                    info.size,
+                    info.fast_diff_usable(),
+                    ctx.options.queue_depth,
+                    &mut writer,
+                    ctx.cancel,
+                    &progress,
+                )?;
+                record.bytes_written = writer.finish()?;
+                record.format = "raw".into();
+                record.file = file;
+                record.file_size = info.size;
+                stats
+            }
+        };
+        write_block_table(&staged.file_path(&blocks_file), &stats.block_table)?;
+        record.checksum = stats.checksum.clone();
+        record.bytes_read = stats.bytes_read;
+        report.disks.push(DiskReport {
+            target: disk.target.clone(),
+            image: image.spec().to_string(),
+            size: info.size,
+            kind: record.kind,
             bytes_read: stats.bytes_read,
-            bytes_written: stats.bytes_written,
-            checksum: stats.checksum,
+            bytes_written: record.bytes_written,
+            snapshot: snap_name.clone(),
+            snapshot_timestamp: timestamp,
+            file: Some(record.file.clone()),
+            checksum: Some(stats.checksum),
+            seconds: stats.elapsed.as_secs_f64(),
         });
+        disk_records.push(record);
     }
 
+    let incremental = disk_records
+        .iter()
+        .any(|d| d.kind == BackupKind::Incremental);
     let manifest = BackupManifest {
         format: crate::repo::manifest::MANIFEST_FORMAT.into(),
         version: crate::repo::manifest::MANIFEST_VERSION,
         backup_id: backup_id.clone(),
-        kind: BackupKind::Full,
-        parent: None,
+        kind: if incremental {
+            BackupKind::Incremental
+        } else {
+            BackupKind::Full
+        },
+        parent: if incremental {
+            previous.as_ref().map(|(_, m)| m.backup_id.clone())
+        } else {
+            None
+        },
         tool_version: env!("CARGO_PKG_VERSION").into(),
         domain: DomainRecord {
             name: job.name.clone(),
@@ -256,6 +460,7 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
     };
     let path = staged.commit(&manifest)?;
     report.backup_id = Some(backup_id);
+    report.kind = Some(manifest.kind);
     report.path = Some(path.display().to_string());
 
     // The new snapshots stay as the base of the next incremental; every other tool snapshot
@@ -268,7 +473,15 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         for snap in image.snapshots()? {
             if is_tool_snapshot(&snap.name) && snap.name != snap_name {
                 if let Err(e) = image.remove_snapshot(&snap.name) {
-                    warn(ctx, report, format!("backup is complete, but the old snapshot {}@{} could not be removed: {e}", image.spec(), snap.name));
+                    warn(
+                        ctx,
+                        report,
+                        format!(
+                            "backup is complete, but the old snapshot {}@{} could not be removed: {e}",
+                            image.spec(),
+                            snap.name
+                        ),
+                    );
                 }
             }
         }

@@ -31,7 +31,9 @@ pub mod listing;
 pub mod options;
 pub mod prune;
 pub mod report;
+pub mod restore;
 mod snapshot_guard;
+pub mod verify;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,8 @@ use std::sync::{Arc, Mutex};
 pub use events::{BackupEvent, EventSink, NoEvents};
 pub use listing::{list_backups, list_domains, BackupListing, DomainListing};
 pub use options::{BackupOptions, FreezePolicy};
+pub use restore::{restore, RestoreOptions, RestoreReport, RestoreTarget};
+pub use verify::{verify, VerifyProblem, VerifyReport};
 pub use prune::{prune, DomainPruneReport, KeptBackup, PruneReport, PruneStatus, RemovedBackup};
 pub use report::{BackupReport, Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 

@@ -49,6 +49,10 @@ pub struct BackupOptions {
     pub freeze_mountpoints: Vec<String>,
     /// Backup repository directory.
     pub repo: PathBuf,
+    /// `auto` (incremental when a sound base exists) or `full`.
+    pub mode: crate::plan::BackupMode,
+    /// Start a new chain (a full backup) every N backups of a disk.
+    pub full_every: Option<u32>,
 }
 
 impl Default for BackupOptions {
@@ -61,6 +65,8 @@ impl Default for BackupOptions {
             freeze: FreezePolicy::Auto,
             freeze_mountpoints: Vec::new(),
             repo: PathBuf::from("/var/lib/virt-rbd-backup"),
+            mode: crate::plan::BackupMode::Auto,
+            full_every: None,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct DiskReport {
     pub image: String,
     /// Image size in bytes.
     pub size: u64,
+    /// Full or incremental.
+    pub kind: crate::repo::BackupKind,
     /// Bytes read from the cluster.
     pub bytes_read: u64,
     /// Bytes of non-zero data written to the repository.
@@ -81,6 +83,8 @@ pub struct DomainReport {
     pub warnings: Vec<String>,
     /// Backup id, for a succeeded domain.
     pub backup_id: Option<String>,
+    /// Full (every disk full) or incremental, for a succeeded domain.
+    pub kind: Option<crate::repo::BackupKind>,
     /// The backup's folder, for a succeeded domain.
     pub path: Option<String>,
     /// Consistency of the snapshots, if taken.

@@ -191,6 +191,11 @@ impl ContentHasher {
         (checksum_of_table(&table), table)
     }
 
+    /// The hash of block `index` if it is all zeros.
+    pub fn zero_block_hash(&mut self, index: u64) -> [u8; 32] {
+        self.zero_hash(index)
+    }
+
     fn zero_hash(&mut self, index: u64) -> [u8; 32] {
         let len = self.block_len(index);
         if len == self.block {

@@ -6,7 +6,9 @@ pub mod incremental;
 pub mod naming;
 pub mod retention;
 
-pub use blocks::{blocks_to_read, checksum_of_table, ByteRange, ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
+pub use blocks::{
+    blocks_to_read, checksum_of_table, ByteRange, ContentHasher, StreamHasher, HASH_BLOCK_SIZE,
+};
 pub use incremental::{plan_disk, BackupMode, BaseCandidate, DiskPlan, ImageState};
 pub use naming::{backup_id_from_unix, is_tool_snapshot, snapshot_name, SNAPSHOT_PREFIX};
 pub use retention::{

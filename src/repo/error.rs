@@ -20,6 +20,12 @@ pub enum RepoError {
     /// A manifest or marker that cannot be used.
     #[error("unusable manifest {path}: {message}")]
     BadManifest { path: PathBuf, message: String },
+    /// Something asked for is not in the repository.
+    #[error("{what}")]
+    NotFound { what: String },
+    /// A file's content does not match its checksum.
+    #[error("{path} is corrupt{}: {message}", offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
+    Corrupt { path: PathBuf, offset: Option<u64>, message: String },
     /// Another run holds the domain's lock.
     #[error("another virt-rbd-backup run is backing up domain {domain} into this repository (lock {path} is held); wait for it to finish")]
     Locked { domain: String, path: PathBuf },

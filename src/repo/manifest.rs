@@ -2,15 +2,26 @@
 //!
 //! Format (JSON, `manifest.json` in the backup's folder), version 1:
 //! - `format`: always `"virt-rbd-backup-manifest"`; `version`: 1.
-//! - `backup_id`, `kind` (`"full"`), `parent` (backup id or null), `tool_version`.
+//! - `backup_id`, `kind` (`"full"` when every disk is full, else `"incremental"`), `parent`
+//!   (the backup id an incremental builds on, or null), `tool_version`.
 //! - `domain`: `name`, `uuid`, `xml` (as libvirt returned it; holds no secret values).
 //! - `started_at`, `completed_at`: Unix seconds (float).
 //! - `consistency`: `"frozen"`, `"crash_consistent_per_disk"` or `"shut_off"`; `freeze`: the
 //!   freeze report (attempted, frozen_filesystems, window_ms, frozen_at, thawed_at).
 //! - `disks[]`: `target`, `pool`, `namespace`, `image`, `image_id`, `size`, `object_size`,
-//!   `snapshot` {`name`, `id`, `timestamp`}, `file` (name inside the backup folder), `format`
-//!   (`"raw"`: a sparse raw image of exactly `size` bytes), `bytes_read`, `bytes_written`,
-//!   `checksum` (`blake3-4m:<hex>`, see `plan::blocks`).
+//!   `snapshot` {`name`, `id`, `timestamp`}, `bytes_read`, `bytes_written`, and:
+//!   - `kind`: `"full"` or `"incremental"`; `chain_position`: 0 for a full, parent's + 1;
+//!     `parent_backup` and `base_snapshot` {`name`, `id`, `timestamp`}: what an incremental
+//!     was taken against.
+//!   - `file` (a plain name inside the backup folder) and `format`: `"raw"` (a sparse raw
+//!     image of exactly `size` bytes) or `"rbd-diff-v1"` (Ceph's `rbd export-diff` stream, from
+//!     `base_snapshot` to `snapshot`: `rbd import-diff` replays it). `file_size` in bytes.
+//!   - `checksum`: content checksum of the image at `snapshot` (`blake3-4m:<hex>`, see
+//!     `plan::blocks`), and `blocks_file`: the table of its 4 MiB block hashes (32 bytes each,
+//!     in order; BLAKE3 of the table's bytes is the checksum), carried forward by the next
+//!     incremental and used by verify and restore to name a bad offset.
+//!   - `file_checksum`: `blake3-4m` of the stored file's bytes (for `"raw"` it equals
+//!     `checksum`), and for diff files `file_chunks`: that checksum's 4 MiB chunk table.
 //!
 //! Fields added in later versions get serde defaults so older manifests keep reading.
 //! A manifest is only ever written by `write_manifest` (temporary file, fsync, rename).
@@ -34,8 +45,14 @@ pub const MANIFEST_VERSION: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackupKind {
-    /// Every allocated block of every disk.
+    /// Every allocated block.
     Full,
+    /// What changed since the base snapshot, as an rbd diff.
+    Incremental,
+}
+
+fn full() -> BackupKind {
+    BackupKind::Full
 }
 
 /// The domain a backup belongs to.
@@ -88,8 +105,47 @@ pub struct DiskRecord {
     pub bytes_read: u64,
     /// Bytes of data written (the rest are holes).
     pub bytes_written: u64,
-    /// Content checksum.
+    /// Content checksum of the image at the snapshot.
     pub checksum: String,
+    /// Full or incremental.
+    #[serde(default = "full")]
+    pub kind: BackupKind,
+    /// 0 for a full, parent's + 1 for an incremental.
+    #[serde(default)]
+    pub chain_position: u32,
+    /// The backup an incremental builds on.
+    #[serde(default)]
+    pub parent_backup: Option<String>,
+    /// The snapshot an incremental was taken against.
+    #[serde(default)]
+    pub base_snapshot: Option<SnapshotRecord>,
+    /// Size of the stored file in bytes.
+    #[serde(default)]
+    pub file_size: u64,
+    /// `blake3-4m` of the stored file's bytes (equals `checksum` for raw files).
+    #[serde(default)]
+    pub file_checksum: Option<String>,
+    /// Table of the content's block hashes.
+    #[serde(default)]
+    pub blocks_file: Option<String>,
+    /// Table of the stored file's chunk hashes (diff files only).
+    #[serde(default)]
+    pub file_chunks: Option<String>,
+}
+
+impl DiskRecord {
+    /// The stored file's checksum.
+    pub fn stored_checksum(&self) -> &str {
+        self.file_checksum.as_deref().unwrap_or(&self.checksum)
+    }
+
+    /// `pool/image` or `pool/namespace/image`.
+    pub fn image_spec(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{}/{}", self.pool, ns, self.image),
+            None => format!("{}/{}", self.pool, self.image),
+        }
+    }
 }
 
 /// A complete backup of one domain.
@@ -138,15 +194,37 @@ impl BackupManifest {
             });
         }
         for disk in &self.disks {
-            if disk.file.contains('/') || disk.file.starts_with('.') || disk.file.is_empty() {
+            let names = [
+                Some(&disk.file),
+                disk.blocks_file.as_ref(),
+                disk.file_chunks.as_ref(),
+            ];
+            for name in names.into_iter().flatten() {
+                if !is_plain_file_name(name) {
+                    return Err(RepoError::BadManifest {
+                        path: path.to_path_buf(),
+                        message: format!("disk file name {name:?} is not a plain file name"),
+                    });
+                }
+            }
+            if disk.kind == BackupKind::Incremental
+                && (disk.parent_backup.is_none() || disk.base_snapshot.is_none())
+            {
                 return Err(RepoError::BadManifest {
                     path: path.to_path_buf(),
-                    message: format!("disk file name {:?} is not a plain file name", disk.file),
+                    message: format!(
+                        "incremental disk {} names no parent backup or base snapshot",
+                        disk.target
+                    ),
                 });
             }
         }
         Ok(())
     }
+}
+
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && !name.starts_with('.') && !name.contains('\0')
 }
 
 /// Reads and validates a manifest.
@@ -253,6 +331,14 @@ pub(crate) mod tests {
                 bytes_read: 8 << 20,
                 bytes_written: 5 << 20,
                 checksum: "blake3-4m:00".into(),
+                kind: BackupKind::Full,
+                chain_position: 0,
+                parent_backup: None,
+                base_snapshot: None,
+                file_size: 1 << 30,
+                file_checksum: None,
+                blocks_file: Some("vda.blocks".into()),
+                file_chunks: None,
             }],
         }
     }

@@ -6,7 +6,10 @@
 //! a `.partial-` name is never a backup: a crash leaves at most such a folder, which the next
 //! run of the same domain removes. Files are created 0600, folders 0700.
 
+pub mod block_table;
+pub mod chain;
 pub mod error;
+pub mod hashing_writer;
 pub mod image_file;
 pub mod layout;
 pub mod manifest;

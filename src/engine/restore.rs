@@ -1,0 +1,566 @@
+//! Restoring a disk from a backup chain into a file or an RBD image.
+//!
+//! The full backup at the start of the chain is copied block by block (each block checked
+//! against its hash as it is read; holes stay holes), then each incremental's rbd diff is
+//! checked against its checksum and replayed. The result is read back and compared, block by
+//! block, with the content checksum of the chosen backup: a restore either reproduces that
+//! exact content or fails, never "succeeds" with other data. It is written under a temporary
+//! name and renamed into place only then.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::BufReader;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ceph::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster, RbdImage};
+use crate::error::Error;
+use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
+use crate::plan::{blocks_to_read, ByteRange, ContentHasher, HASH_BLOCK_SIZE};
+use crate::repo::chain::{data_in, verify_stored_file, ChainLink, RawBlockReader};
+use crate::repo::image_file::nonzero_runs;
+use crate::repo::manifest::sync_dir;
+use crate::repo::rbd_diff::{DiffRecord, RbdDiffReader};
+use crate::repo::{BackupKind, RepoError, Repository};
+
+use super::ceph_session::cluster_address;
+use super::CancelToken;
+
+/// Where a restore goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RestoreTarget {
+    /// A sparse raw image file.
+    File { path: PathBuf },
+    /// An RBD image.
+    Rbd {
+        pool: String,
+        namespace: Option<String>,
+        image: String,
+    },
+}
+
+impl std::str::FromStr for RestoreTarget {
+    type Err = String;
+    /// `rbd:POOL/IMAGE`, `rbd:POOL/NAMESPACE/IMAGE`, or a file path.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let Some(spec) = s.strip_prefix("rbd:") else {
+            if s.is_empty() {
+                return Err("the restore target is empty".into());
+            }
+            return Ok(RestoreTarget::File {
+                path: PathBuf::from(s),
+            });
+        };
+        let parts: Vec<&str> = spec.split('/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!(
+                "bad RBD target {s:?}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"
+            ));
+        }
+        match parts.as_slice() {
+            [pool, image] => Ok(RestoreTarget::Rbd {
+                pool: pool.to_string(),
+                namespace: None,
+                image: image.to_string(),
+            }),
+            [pool, ns, image] => Ok(RestoreTarget::Rbd {
+                pool: pool.to_string(),
+                namespace: Some(ns.to_string()),
+                image: image.to_string(),
+            }),
+            _ => Err(format!(
+                "bad RBD target {s:?}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"
+            )),
+        }
+    }
+}
+
+/// What to restore.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreOptions {
+    /// Backup repository.
+    pub repo: PathBuf,
+    /// Domain name or UUID.
+    pub domain: String,
+    /// Disk target (vda); may be left out when the backup has one disk.
+    #[serde(default)]
+    pub disk: Option<String>,
+    /// Backup id, or `None`/`"latest"`.
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// Where to.
+    pub to: RestoreTarget,
+    /// Overwrite an existing target.
+    #[serde(default)]
+    pub force: bool,
+    /// For RBD targets: a ceph.conf (with its keyring) instead of the domain's monitors and key.
+    #[serde(default)]
+    pub ceph_conf: Option<PathBuf>,
+    /// For RBD targets: the Ceph user with `ceph_conf` (default `admin`).
+    #[serde(default)]
+    pub ceph_user: Option<String>,
+    /// libvirt URI, to read the domain's Ceph key when no `ceph_conf` is given.
+    #[serde(default = "default_connect")]
+    pub connect: String,
+}
+
+fn default_connect() -> String {
+    "qemu:///system".into()
+}
+
+/// The outcome of a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// Domain name at backup time.
+    pub domain: String,
+    /// The backup restored.
+    pub backup_id: String,
+    /// The disk.
+    pub disk: String,
+    /// The backups replayed, full first.
+    pub chain: Vec<String>,
+    /// Where it went (`rbd:pool/image` or a path).
+    pub target: String,
+    /// Image size.
+    pub size: u64,
+    /// Bytes of data written.
+    pub bytes_written: u64,
+    /// The content checksum, verified on the result.
+    pub checksum: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// A place blocks are written to: a sparse file or an RBD image.
+trait BlockSink {
+    fn set_size(&mut self, size: u64) -> Result<(), Error>;
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error>;
+    fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error>;
+    /// Hash of every block of the result, for the final check.
+    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error>;
+}
+
+/// Restores one disk.
+pub fn restore(options: &RestoreOptions, cancel: &CancelToken) -> Result<RestoreReport, Error> {
+    let started = Instant::now();
+    let repo = Repository::open(&options.repo)?;
+    let uuid = repo.resolve_domain(&options.domain)?;
+    let (folder, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
+    let target = match &options.disk {
+        Some(t) => t.clone(),
+        None if manifest.disks.len() == 1 => manifest.disks[0].target.clone(),
+        None => {
+            let names: Vec<&str> = manifest.disks.iter().map(|d| d.target.as_str()).collect();
+            return Err(Error::Usage(format!(
+                "backup {} has {} disks ({}); choose one with --disk",
+                manifest.backup_id,
+                names.len(),
+                names.join(", ")
+            )));
+        }
+    };
+    let chain = repo.disk_chain(&uuid, &folder, &manifest, &target)?;
+    let last = chain
+        .last()
+        .expect("a chain holds at least the chosen backup")
+        .clone();
+    let expected = last.block_table()?;
+
+    let (target_text, bytes_written) = match &options.to {
+        RestoreTarget::File { path } => {
+            let mut sink = FileSink::create(path, options.force)?;
+            let written = replay(&chain, &mut sink, &expected, cancel)?;
+            sink.commit()?;
+            (path.display().to_string(), written)
+        }
+        RestoreTarget::Rbd {
+            pool,
+            namespace,
+            image,
+        } => {
+            let (address, key) = rbd_target_cluster(
+                options,
+                &manifest.domain.xml,
+                &manifest.domain.name,
+                &target,
+            )?;
+            let cluster = RadosCluster::connect(&address, key.as_ref(), CephTimeouts::default())?;
+            let ctx = cluster.open_pool(pool, namespace.as_deref())?;
+            let spec = ctx.image_spec(image);
+            if ctx.image_exists(image)? && !options.force {
+                return Err(Error::Usage(format!(
+                    "image {spec} exists; use --force to replace it"
+                )));
+            }
+            let tmp = format!("{image}.virt-rbd-backup-restoring");
+            if ctx.image_exists(&tmp)? {
+                ctx.remove_image(&tmp)?;
+            }
+            ctx.create_image(&tmp, last.disk.size)?;
+            let written = {
+                let handle = RbdImage::open(&ctx, &tmp)?;
+                let mut sink = RbdSink { image: &handle };
+                let result = replay(&chain, &mut sink, &expected, cancel);
+                drop(handle);
+                match result {
+                    Ok(w) => w,
+                    Err(e) => {
+                        if let Err(cleanup) = ctx.remove_image(&tmp) {
+                            log::error!(
+                                "could not remove the partial restore {}: {cleanup}",
+                                ctx.image_spec(&tmp)
+                            );
+                        }
+                        return Err(e);
+                    }
+                }
+            };
+            replace_image(&ctx, &tmp, image)?;
+            (format!("rbd:{spec}"), written)
+        }
+    };
+    Ok(RestoreReport {
+        domain: manifest.domain.name.clone(),
+        backup_id: manifest.backup_id.clone(),
+        disk: target,
+        chain: chain.iter().map(|l| l.backup_id.clone()).collect(),
+        target: target_text,
+        size: last.disk.size,
+        bytes_written,
+        checksum: last.disk.checksum.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn replace_image(ctx: &PoolContext<'_>, tmp: &str, image: &str) -> Result<(), Error> {
+    if ctx.image_exists(image)? {
+        ctx.remove_image(image)?;
+    }
+    ctx.rename_image(tmp, image)?;
+    Ok(())
+}
+
+/// The cluster and key for an RBD restore target.
+fn rbd_target_cluster(
+    options: &RestoreOptions,
+    xml: &str,
+    domain: &str,
+    target: &str,
+) -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error> {
+    if let Some(conf) = &options.ceph_conf {
+        let address = ClusterAddress {
+            monitors: Vec::new(),
+            conf_file: Some(conf.display().to_string()),
+            user: options.ceph_user.clone().unwrap_or_else(|| "admin".into()),
+        };
+        return Ok((address, None));
+    }
+    let description = parse_domain_xml(domain, xml)?;
+    let spec = description
+        .disks
+        .into_iter()
+        .find_map(|d| match d {
+            DiskEntry::Rbd(spec) if spec.target == target => Some(spec),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "the saved XML of {domain} has no RBD disk {target}; give --ceph-conf"
+            ))
+        })?;
+    let key = match &spec.auth {
+        Some(auth) => {
+            let libvirt = HypervisorConnection::open(&options.connect)?;
+            Some(libvirt.ceph_key(
+                domain,
+                &auth.username,
+                auth.secret_uuid.as_deref(),
+                auth.secret_usage.as_deref(),
+            )?)
+        }
+        None => None,
+    };
+    Ok((cluster_address(&spec), key))
+}
+
+/// Replays `chain` into `sink` and checks the result against `expected`. Returns data bytes written.
+fn replay(
+    chain: &[ChainLink],
+    sink: &mut dyn BlockSink,
+    expected: &[[u8; 32]],
+    cancel: &CancelToken,
+) -> Result<u64, Error> {
+    let mut written = 0u64;
+    for link in chain {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        match link.disk.kind {
+            BackupKind::Full => {
+                let mut reader = RawBlockReader::open(link)?;
+                sink.set_size(reader.size())?;
+                let mut buf = Vec::new();
+                while let Some((offset, has_data)) = reader.next_block(&mut buf)? {
+                    if has_data {
+                        for (start, end) in nonzero_runs(&buf, 4096) {
+                            sink.write(offset + start as u64, &buf[start..end])?;
+                            written += (end - start) as u64;
+                        }
+                    }
+                    if cancel.is_cancelled() {
+                        return Err(Error::Cancelled);
+                    }
+                }
+            }
+            BackupKind::Incremental => {
+                verify_stored_file(link)?;
+                let path = link.data_path();
+                let file = File::open(&path).map_err(|source| RepoError::Io {
+                    action: "open",
+                    path: path.clone(),
+                    source,
+                })?;
+                let mut reader = RbdDiffReader::new(BufReader::with_capacity(1 << 20, file))?;
+                sink.set_size(reader.image_size())?;
+                while let Some(record) = reader.next_record()? {
+                    match record {
+                        DiffRecord::Data { offset, data } => {
+                            let mut pos = 0;
+                            for (start, end) in nonzero_runs(&data, 4096) {
+                                if start > pos {
+                                    sink.zero(offset + pos as u64, (start - pos) as u64)?;
+                                }
+                                sink.write(offset + start as u64, &data[start..end])?;
+                                written += (end - start) as u64;
+                                pos = end;
+                            }
+                            if pos < data.len() {
+                                sink.zero(offset + pos as u64, (data.len() - pos) as u64)?;
+                            }
+                        }
+                        DiffRecord::Zero { offset, length } => sink.zero(offset, length)?,
+                    }
+                }
+            }
+        }
+    }
+    let size = chain.last().map_or(0, |l| l.disk.size);
+    let actual = sink.block_hashes(size)?;
+    if let Some(index) =
+        (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i))
+    {
+        return Err(RepoError::Corrupt {
+            path: chain.last().map(|l| l.data_path()).unwrap_or_default(),
+            offset: Some(index as u64 * HASH_BLOCK_SIZE),
+            message: "the restored image differs from the backup's checksum there; the restore is incomplete and was discarded".into(),
+        }
+        .into());
+    }
+    Ok(written)
+}
+
+/// A sparse file written under a temporary name and renamed on `commit`.
+struct FileSink {
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl FileSink {
+    fn create(path: &Path, force: bool) -> Result<Self, Error> {
+        if path.exists() && !force {
+            return Err(Error::Usage(format!(
+                "{} exists; use --force to replace it",
+                path.display()
+            )));
+        }
+        let mut tmp_name = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .ok_or_else(|| Error::Usage(format!("{} names no file", path.display())))?;
+        tmp_name.push(".virt-rbd-backup-restoring");
+        let tmp = path.with_file_name(tmp_name);
+        let _ = fs::remove_file(&tmp);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|source| RepoError::Io {
+                action: "create",
+                path: tmp.clone(),
+                source,
+            })?;
+        Ok(FileSink {
+            file,
+            tmp,
+            path: path.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    fn io(&self, action: &'static str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| {
+            RepoError::Io {
+                action,
+                path: self.tmp.clone(),
+                source,
+            }
+            .into()
+        }
+    }
+
+    fn commit(mut self) -> Result<(), Error> {
+        self.file.sync_all().map_err(self.io("fsync"))?;
+        fs::rename(&self.tmp, &self.path).map_err(|source| RepoError::Io {
+            action: "rename into place",
+            path: self.path.clone(),
+            source,
+        })?;
+        self.committed = true;
+        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileSink {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl BlockSink for FileSink {
+    fn set_size(&mut self, size: u64) -> Result<(), Error> {
+        self.file.set_len(size).map_err(self.io("resize"))
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(self.io("write"))
+    }
+
+    fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error> {
+        // SAFETY: fallocate on a descriptor we own; no memory is involved.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                length as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(self.io("punch a hole in")(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
+        let mut hasher = ContentHasher::new(size);
+        let mut buf = Vec::new();
+        for index in 0..hasher.block_count() {
+            let offset = index * HASH_BLOCK_SIZE;
+            let len = hasher.block_len(index);
+            if data_in(&self.file, offset, len).map_err(self.io("seek in"))? {
+                buf.resize(len as usize, 0);
+                self.file
+                    .read_exact_at(&mut buf, offset)
+                    .map_err(self.io("read back"))?;
+                hasher.add_block(index, &buf);
+            }
+        }
+        Ok(hasher.finish_with_hashes().1)
+    }
+}
+
+/// An RBD image being restored.
+struct RbdSink<'a> {
+    image: &'a RbdImage<'a>,
+}
+
+impl BlockSink for RbdSink<'_> {
+    fn set_size(&mut self, size: u64) -> Result<(), Error> {
+        if self.image.info()?.size != size {
+            self.image.resize(size)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        Ok(self.image.write_at(offset, data)?)
+    }
+
+    fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error> {
+        Ok(self.image.discard(offset, length)?)
+    }
+
+    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
+        self.image.flush()?;
+        let extents = self.image.diff_extents(None, size, false)?;
+        let ranges: Vec<ByteRange> = extents
+            .iter()
+            .filter(|e| e.exists)
+            .map(|e| ByteRange {
+                offset: e.offset,
+                length: e.length,
+            })
+            .collect();
+        let mut hasher = ContentHasher::new(size);
+        for index in blocks_to_read(&ranges, size, HASH_BLOCK_SIZE) {
+            let buf = vec![0u8; hasher.block_len(index) as usize];
+            let data = self
+                .image
+                .start_read(index * HASH_BLOCK_SIZE, buf)?
+                .wait()?;
+            hasher.add_block(index, &data);
+        }
+        Ok(hasher.finish_with_hashes().1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_targets_parse() {
+        assert_eq!(
+            "rbd:rbd/web".parse(),
+            Ok(RestoreTarget::Rbd {
+                pool: "rbd".into(),
+                namespace: None,
+                image: "web".into()
+            })
+        );
+        assert_eq!(
+            "rbd:rbd/ns/web".parse(),
+            Ok(RestoreTarget::Rbd {
+                pool: "rbd".into(),
+                namespace: Some("ns".into()),
+                image: "web".into()
+            })
+        );
+        assert_eq!(
+            "/tmp/x.raw".parse(),
+            Ok(RestoreTarget::File {
+                path: "/tmp/x.raw".into()
+            })
+        );
+        assert!("rbd:rbd".parse::<RestoreTarget>().is_err());
+        assert!("rbd:/x".parse::<RestoreTarget>().is_err());
+        assert!("rbd:a/b/c/d".parse::<RestoreTarget>().is_err());
+        assert!("".parse::<RestoreTarget>().is_err());
+    }
+}

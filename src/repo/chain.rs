@@ -1,0 +1,342 @@
+//! Finding backups and the chain a disk's backup depends on, and reading stored files with
+//! their checksums verified.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::block_table::read_block_table;
+use super::error::RepoError;
+use super::manifest::{BackupKind, BackupManifest, DiskRecord};
+use super::Repository;
+use crate::plan::{ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
+
+/// One backup of one disk in a chain.
+#[derive(Debug, Clone)]
+pub struct ChainLink {
+    /// The backup's folder.
+    pub folder: PathBuf,
+    /// Its id.
+    pub backup_id: String,
+    /// The disk's record.
+    pub disk: DiskRecord,
+}
+
+impl ChainLink {
+    /// The stored data file.
+    pub fn data_path(&self) -> PathBuf {
+        self.folder.join(&self.disk.file)
+    }
+
+    /// The verified block table of the content at this backup.
+    pub fn block_table(&self) -> Result<Vec<[u8; 32]>, RepoError> {
+        let name = self
+            .disk
+            .blocks_file
+            .as_ref()
+            .ok_or_else(|| RepoError::BadManifest {
+                path: self.folder.join(super::layout::MANIFEST_FILE),
+                message: format!("disk {} records no block table", self.disk.target),
+            })?;
+        read_block_table(
+            &self.folder.join(name),
+            &self.disk.checksum,
+            self.disk.size.div_ceil(HASH_BLOCK_SIZE),
+        )
+    }
+}
+
+impl Repository {
+    /// The UUID folder of a domain given by name or UUID.
+    pub fn resolve_domain(&self, name_or_uuid: &str) -> Result<String, RepoError> {
+        let uuids = self.domain_uuids()?;
+        if uuids.iter().any(|u| u == name_or_uuid) {
+            return Ok(name_or_uuid.to_string());
+        }
+        let mut found = Vec::new();
+        for uuid in uuids {
+            let named = self
+                .backups_of(&uuid)?
+                .into_iter()
+                .any(|(_, m)| m.is_ok_and(|m| m.domain.name == name_or_uuid));
+            if named {
+                found.push(uuid);
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(RepoError::NotFound {
+                what: format!(
+                    "no backup of a domain named or with UUID {name_or_uuid:?} in {}",
+                    self.root().display()
+                ),
+            }),
+            _ => Err(RepoError::NotFound {
+                what: format!(
+                    "several domains were named {name_or_uuid:?} ({}); give the UUID",
+                    found.join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// A backup of a domain: `id`, or the latest when `None` or `"latest"`.
+    pub fn find_backup(
+        &self,
+        uuid: &str,
+        id: Option<&str>,
+    ) -> Result<(PathBuf, BackupManifest), RepoError> {
+        let backups = self.backups_of(uuid)?;
+        let wanted = id.filter(|i| *i != "latest");
+        let pick = match wanted {
+            Some(id) => backups
+                .into_iter()
+                .find(|(path, _)| path.file_name().is_some_and(|n| n == id)),
+            None => backups.into_iter().rev().find(|(_, m)| m.is_ok()),
+        };
+        match pick {
+            Some((path, manifest)) => Ok((path, manifest?)),
+            None => Err(RepoError::NotFound {
+                what: match wanted {
+                    Some(id) => format!(
+                        "no backup {id} of domain {uuid}; `virt-rbd-backup list` shows the backups"
+                    ),
+                    None => format!("no complete backup of domain {uuid}"),
+                },
+            }),
+        }
+    }
+
+    /// The chain of a disk's backups, from the full it starts with to `backup`.
+    pub fn disk_chain(
+        &self,
+        uuid: &str,
+        folder: &Path,
+        manifest: &BackupManifest,
+        target: &str,
+    ) -> Result<Vec<ChainLink>, RepoError> {
+        let find_disk = |m: &BackupManifest, folder: &Path| {
+            m.disks
+                .iter()
+                .find(|d| d.target == target)
+                .cloned()
+                .ok_or_else(|| RepoError::NotFound {
+                    what: format!(
+                        "backup {} (in {}) has no disk {target:?}",
+                        m.backup_id,
+                        folder.display()
+                    ),
+                })
+        };
+        let mut link = ChainLink {
+            folder: folder.to_path_buf(),
+            backup_id: manifest.backup_id.clone(),
+            disk: find_disk(manifest, folder)?,
+        };
+        let mut chain = Vec::new();
+        // A chain cannot be longer than the number of backups: guards against a loop in tampered manifests.
+        let limit = self.backups_of(uuid)?.len() + 1;
+        while link.disk.kind == BackupKind::Incremental {
+            if chain.len() > limit {
+                return Err(RepoError::BadManifest {
+                    path: folder.to_path_buf(),
+                    message: "the chain of parents loops".into(),
+                });
+            }
+            let parent_id = link.disk.parent_backup.clone().unwrap_or_default();
+            let (parent_folder, parent) = self.find_backup(uuid, Some(&parent_id)).map_err(|_| RepoError::NotFound {
+                what: format!("backup {} of disk {target} needs backup {parent_id}, which is missing or unreadable: the chain is broken", link.backup_id),
+            })?;
+            let next = ChainLink {
+                folder: parent_folder.clone(),
+                backup_id: parent.backup_id.clone(),
+                disk: find_disk(&parent, &parent_folder)?,
+            };
+            chain.push(link);
+            link = next;
+        }
+        chain.push(link);
+        chain.reverse();
+        Ok(chain)
+    }
+}
+
+/// Reads a raw image file block by block, checking each block against the block table.
+pub struct RawBlockReader {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    table: Vec<[u8; 32]>,
+    zero: ContentHasher,
+    next: u64,
+}
+
+impl RawBlockReader {
+    /// Opens `link`'s raw file (its block table verified against the manifest).
+    pub fn open(link: &ChainLink) -> Result<Self, RepoError> {
+        let path = link.data_path();
+        let file = File::open(&path).map_err(|source| RepoError::Io {
+            action: "open",
+            path: path.clone(),
+            source,
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|source| RepoError::Io {
+                action: "stat",
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        if len != link.disk.size {
+            return Err(RepoError::Corrupt {
+                path,
+                offset: None,
+                message: format!("holds {len} bytes, the image had {}", link.disk.size),
+            });
+        }
+        let table = link.block_table()?;
+        Ok(RawBlockReader {
+            file,
+            path,
+            size: link.disk.size,
+            table,
+            zero: ContentHasher::new(link.disk.size),
+            next: 0,
+        })
+    }
+
+    /// Reads the next block into `buf`; `None` at the end. `Some((offset, false))` means the
+    /// block is a hole (all zeros, `buf` untouched); `Some((offset, true))` means `buf` holds it.
+    pub fn next_block(&mut self, buf: &mut Vec<u8>) -> Result<Option<(u64, bool)>, RepoError> {
+        let index = self.next;
+        if index >= self.table.len() as u64 {
+            return Ok(None);
+        }
+        self.next += 1;
+        let offset = index * HASH_BLOCK_SIZE;
+        let len = self.zero.block_len(index);
+        let has_data = data_in(&self.file, offset, len).map_err(|source| RepoError::Io {
+            action: "seek in",
+            path: self.path.clone(),
+            source,
+        })?;
+        let actual = if has_data {
+            buf.resize(len as usize, 0);
+            self.file
+                .read_exact_at(buf, offset)
+                .map_err(|source| RepoError::Io {
+                    action: "read",
+                    path: self.path.clone(),
+                    source,
+                })?;
+            *blake3::hash(buf).as_bytes()
+        } else {
+            self.zero.zero_block_hash(index)
+        };
+        if actual != self.table[index as usize] {
+            return Err(RepoError::Corrupt {
+                path: self.path.clone(),
+                offset: Some(offset),
+                message: "the 4 MiB block there does not match its checksum".into(),
+            });
+        }
+        Ok(Some((offset, has_data)))
+    }
+
+    /// Image size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// Whether `[offset, offset + len)` of `file` holds any data (not only a hole).
+pub fn data_in(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
+    // SAFETY: lseek on a descriptor we own; no memory is involved.
+    let pos = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+    if pos < 0 {
+        let err = std::io::Error::last_os_error();
+        // ENXIO: no data at or after offset.
+        return if err.raw_os_error() == Some(libc::ENXIO) {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok((pos as u64) < offset + len)
+}
+
+/// Checks a stored diff file against its size, checksum and chunk table; names the offset of
+/// the first bad 4 MiB chunk.
+pub fn verify_stored_file(link: &ChainLink) -> Result<(), RepoError> {
+    let path = link.data_path();
+    let expected = link.disk.stored_checksum().to_string();
+    let chunk_table = match &link.disk.file_chunks {
+        Some(name) => Some(read_block_table(
+            &link.folder.join(name),
+            &expected,
+            link.disk.file_size.div_ceil(HASH_BLOCK_SIZE),
+        )?),
+        None => None,
+    };
+    let mut file = File::open(&path).map_err(|source| RepoError::Io {
+        action: "open",
+        path: path.clone(),
+        source,
+    })?;
+    let mut hasher = StreamHasher::new();
+    let mut buf = vec![0u8; HASH_BLOCK_SIZE as usize];
+    let mut offset = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file
+                .read(&mut buf[filled..])
+                .map_err(|source| RepoError::Io {
+                    action: "read",
+                    path: path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        if let Some(table) = &chunk_table {
+            let index = (offset / HASH_BLOCK_SIZE) as usize;
+            if table.get(index) != Some(blake3::hash(&buf[..filled]).as_bytes()) {
+                return Err(RepoError::Corrupt {
+                    path,
+                    offset: Some(offset),
+                    message: "the 4 MiB chunk there does not match its checksum".into(),
+                });
+            }
+        }
+        hasher.update(&buf[..filled]);
+        offset += filled as u64;
+    }
+    if offset != link.disk.file_size && link.disk.file_size != 0 {
+        return Err(RepoError::Corrupt {
+            path,
+            offset: None,
+            message: format!(
+                "holds {offset} bytes, the manifest says {}",
+                link.disk.file_size
+            ),
+        });
+    }
+    let (actual, _) = hasher.finish();
+    if actual != expected {
+        return Err(RepoError::Corrupt {
+            path,
+            offset: None,
+            message: format!("checksum {actual} instead of {expected}"),
+        });
+    }
+    Ok(())
+}
