@@ -58,6 +58,15 @@ fn fsfreeze_status(domain: &str) -> String {
         .to_string()
 }
 
+/// The agent response timeout libvirt keeps in the running domain's status file, or `None`
+/// when that file (a libvirt internal) is not readable here.
+fn status_agent_timeout(domain: &str) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/run/libvirt/qemu/{domain}.xml")).ok()?;
+    let start = status.find("<agentTimeout>")? + "<agentTimeout>".len();
+    let end = start + status[start..].find("</agentTimeout>")?;
+    status[start..end].trim().parse().ok()
+}
+
 /// `virsh domblklist --details` as (type, target, source) rows.
 fn blklist(domain: &str) -> Vec<(String, String, String)> {
     virsh(&["domblklist", domain, "--details"])
@@ -210,10 +219,10 @@ fn lab_libvirt_listing_xml_secret_and_freeze() {
     let guest_uuid = find(&all, "lab-guest").uuid.clone();
     conn.agent_ping(&guest_uuid, 10)
         .expect("lab-guest's agent answers");
-    assert!(
-        conn.agent_ping(&off_uuid, 2).is_err(),
-        "a shut-off domain has no agent"
-    );
+    let ping = conn
+        .agent_ping(&off_uuid, 2)
+        .expect_err("a shut-off domain has no agent");
+    eprintln!("pinging a shut-off domain: {ping}");
 
     // Freeze: all filesystems, seen frozen by the agent; dropping the guard thaws.
     assert_eq!(
@@ -229,8 +238,18 @@ fn lab_libvirt_listing_xml_secret_and_freeze() {
             guard.outcome()
         );
         assert_eq!(fsfreeze_status("lab-guest"), "frozen");
+        match status_agent_timeout("lab-guest") {
+            Some(t) => assert_eq!(t, 30, "the freeze bounds the agent timeout"),
+            None => eprintln!("cannot read libvirt's status file; agent timeout not checked"),
+        }
     }
     assert_eq!(fsfreeze_status("lab-guest"), "thawed", "drop thawed it");
+    if let Some(t) = status_agent_timeout("lab-guest") {
+        assert_eq!(
+            t, -2,
+            "the agent timeout is back to libvirt's default (block)"
+        );
+    }
 
     // Freeze one mountpoint, thaw explicitly.
     let guard = FreezeGuard::freeze(&conn, &guest_uuid, "lab-guest", &["/mnt/a".into()])
@@ -244,7 +263,10 @@ fn lab_libvirt_listing_xml_secret_and_freeze() {
 
     // A shut-off domain cannot be frozen, and the error names it.
     match FreezeGuard::freeze(&conn, &off_uuid, "lab-off", &[]) {
-        Err(e @ LibvirtError::Freeze { .. }) => assert!(e.to_string().contains("lab-off"), "{e}"),
+        Err(e @ LibvirtError::Freeze { .. }) => {
+            eprintln!("freezing a shut-off domain: {e}");
+            assert!(e.to_string().contains("lab-off"), "{e}")
+        }
         Err(e) => panic!("expected Freeze error, got {e}"),
         Ok(_) => panic!("froze a shut-off domain"),
     };

@@ -171,13 +171,22 @@ impl HypervisorConnection {
     pub fn agent_ping(&self, uuid: &str, timeout_secs: u32) -> Result<(), LibvirtError> {
         let domain = self.lookup_uuid(uuid)?;
         let timeout = i32::try_from(timeout_secs.max(1)).unwrap_or(i32::MAX);
-        domain
-            .qemu_agent_command(r#"{"execute":"guest-ping"}"#, timeout, 0)
-            .map(|_| ())
-            .map_err(|e| LibvirtError::Agent {
-                domain: domain.name().unwrap_or_else(|_| uuid.to_string()),
+        let name = || domain.name().unwrap_or_else(|_| uuid.to_string());
+        match domain.qemu_agent_command(r#"{"execute":"guest-ping"}"#, timeout, 0) {
+            Ok(_) => Ok(()),
+            // "domain is not running": not the agent's fault, so no agent advice.
+            Err(e) if e.code().to_raw() == sys::VIR_ERR_OPERATION_INVALID => {
+                Err(LibvirtError::DomainCall {
+                    domain: name(),
+                    call: "virDomainQemuAgentCommand",
+                    message: e.message().to_string(),
+                })
+            }
+            Err(e) => Err(LibvirtError::Agent {
+                domain: name(),
                 message: e.message().to_string(),
-            })
+            }),
+        }
     }
 
     /// The domain with this UUID.
