@@ -47,8 +47,11 @@
 //!   never overlapping. Adjacent changes inside one RADOS object come as one extent; extents
 //!   never cross an object boundary, so a `w` is at most one object (4 MiB by default) long.
 //!   Extents next to each other in different objects are not merged.
-//! - An extent whose data reads all zero is written as `z` (discards, zeros written over data);
-//!   a diff from nothing lists only allocated extents.
+//! - An extent whose data reads all zero is written as `z` (discards, zeros written over data).
+//! - Extents follow objects, not bytes, so a record may cover bytes that did not change: when
+//!   an object grows, the range from its old end up to the new write is included; a diff from
+//!   nothing reports each existing object from its start to its end as one `w`, holes and all
+//!   (a 1 MiB write at 7 MiB gives `w 4 MiB+4 MiB`). Objects that never existed are absent.
 //! - `e`, and nothing after it.
 //!
 //! ## What `rbd import-diff` does with it
