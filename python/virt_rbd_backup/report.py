@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackupDiskListing",
+    "BackupKind",
     "BackupListing",
     "BackupReport",
     "Consistency",
@@ -39,6 +40,9 @@ DomainStatus: TypeAlias = Literal["succeeded", "failed", "skipped"]
 Consistency: TypeAlias = Literal["frozen", "crash_consistent_per_disk", "shut_off"]
 """Consistency of a domain's snapshots: guest filesystems ``frozen``, crash-consistent per disk
 (running guest, no freeze), or ``shut_off`` (the disks were not in use)."""
+
+BackupKind: TypeAlias = Literal["full", "incremental"]
+"""A full backup (every allocated block) or an incremental one (what changed since the base)."""
 
 SkipReason: TypeAlias = Literal["not_network", "not_rbd"]
 """Why a disk is not backed up: not a network disk, or a network disk that is not RBD."""
@@ -103,6 +107,8 @@ class DiskReport(_JsonShaped):
     """``pool/image`` or ``pool/namespace/image``."""
     size: int
     """Image size in bytes."""
+    kind: BackupKind = "full"
+    """``full`` or ``incremental``."""
     bytes_read: int
     """Bytes read from the cluster."""
     bytes_written: int
@@ -125,6 +131,7 @@ class DiskReport(_JsonShaped):
             target=str(data["target"]),
             image=str(data["image"]),
             size=int(data["size"]),
+            kind=data.get("kind", "full"),
             bytes_read=int(data.get("bytes_read", 0)),
             bytes_written=int(data.get("bytes_written", 0)),
             snapshot=str(data.get("snapshot", "")),
@@ -151,6 +158,8 @@ class DomainReport(_JsonShaped):
     """Warnings, for example a freeze that fell back to crash-consistent snapshots."""
     backup_id: str | None = None
     """Backup id, for a succeeded domain."""
+    kind: BackupKind | None = None
+    """``full`` (every disk full) or ``incremental``, for a succeeded domain."""
     path: str | None = None
     """The backup's folder in the repository, for a succeeded domain."""
     consistency: Consistency | None = None
@@ -172,6 +181,7 @@ class DomainReport(_JsonShaped):
             error=data.get("error"),
             warnings=tuple(str(w) for w in data.get("warnings", ())),
             backup_id=data.get("backup_id"),
+            kind=data.get("kind"),
             path=data.get("path"),
             consistency=data.get("consistency"),
             freeze=FreezeReport.from_dict(data.get("freeze") or {}),

@@ -29,6 +29,7 @@ def domain(name: str, uuid: str, status: str, error: str | None = None) -> dict[
         "error": error,
         "warnings": [],
         "backup_id": "b1" if status == "succeeded" else None,
+        "kind": "full" if status == "succeeded" else None,
         "path": f"/repo/{uuid}/b1" if status == "succeeded" else None,
         "consistency": "frozen" if status == "succeeded" else None,
         "freeze": {

@@ -79,6 +79,7 @@ REPORT_JSON = """
       "error": null,
       "warnings": ["guest agent did not answer; snapshots are crash-consistent"],
       "backup_id": "20251126T100000Z",
+      "kind": "incremental",
       "path": "/srv/backups/6695eb01/20251126T100000Z",
       "consistency": "frozen",
       "freeze": {
@@ -93,6 +94,7 @@ REPORT_JSON = """
           "target": "vda",
           "image": "rbd/web1-root",
           "size": 10737418240,
+          "kind": "incremental",
           "bytes_read": 2147483648,
           "bytes_written": 2000000000,
           "snapshot": "virt-rbd-backup-20251126T100000Z",
@@ -111,6 +113,7 @@ REPORT_JSON = """
       "error": "rbd_open failed for rbd/db1: No such file or directory (errno 2)",
       "warnings": [],
       "backup_id": null,
+      "kind": null,
       "path": null,
       "consistency": null,
       "freeze": {
