@@ -104,7 +104,8 @@ pub(super) fn backup_domain(ctx: &RunContext<'_>, job: &DomainJob) -> DomainRepo
 }
 
 fn warn(ctx: &RunContext<'_>, report: &mut DomainReport, message: String) {
-    log::warn!("domain {}: {message}", report.name);
+    // The event carries the warning to the operator; the log keeps it for debugging only.
+    log::info!("domain {}: {message}", report.name);
     ctx.events.emit(&BackupEvent::DomainWarning {
         domain: report.name.clone(),
         uuid: report.uuid.clone(),

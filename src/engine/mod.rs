@@ -41,10 +41,10 @@ use std::sync::{Arc, Mutex};
 pub use events::{BackupEvent, EventSink, NoEvents};
 pub use listing::{list_backups, list_domains, BackupListing, DomainListing};
 pub use options::{BackupOptions, FreezePolicy};
-pub use restore::{restore, RestoreOptions, RestoreReport, RestoreTarget};
-pub use verify::{verify, VerifyProblem, VerifyReport};
 pub use prune::{prune, DomainPruneReport, KeptBackup, PruneReport, PruneStatus, RemovedBackup};
 pub use report::{BackupReport, Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
+pub use restore::{restore, RestoreOptions, RestoreReport, RestoreTarget};
+pub use verify::{verify, VerifyProblem, VerifyReport};
 
 use crate::ceph::CephTimeouts;
 use crate::error::Error;

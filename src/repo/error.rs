@@ -25,7 +25,11 @@ pub enum RepoError {
     NotFound { what: String },
     /// A file's content does not match its checksum.
     #[error("{path} is corrupt{}: {message}", offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
-    Corrupt { path: PathBuf, offset: Option<u64>, message: String },
+    Corrupt {
+        path: PathBuf,
+        offset: Option<u64>,
+        message: String,
+    },
     /// Another run holds the domain's lock.
     #[error("another virt-rbd-backup run is backing up domain {domain} into this repository (lock {path} is held); wait for it to finish")]
     Locked { domain: String, path: PathBuf },

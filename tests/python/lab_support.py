@@ -28,13 +28,15 @@ def require_lab() -> None:
     if os.environ.get("VRB_LAB") != "1":
         pytest.skip("needs the lab: run scripts/test.sh, or `lab/lab.sh up` and VRB_LAB=1")
     if "CEPH_CONF" not in os.environ:
-        pytest.fail("VRB_LAB=1 but CEPH_CONF is not set: eval \"$(lab/lab.sh env)\" first")
+        pytest.fail('VRB_LAB=1 but CEPH_CONF is not set: eval "$(lab/lab.sh env)" first')
 
 
 def run(args: Sequence[str], check: bool = True, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
@@ -53,7 +55,9 @@ def tool_snapshots(image: str) -> list[str]:
 
 def rbd_export_sha256(spec: str) -> str:
     """SHA-256 of `rbd export SPEC -`: Ceph's own C++ exporter as the independent truth."""
-    proc = subprocess.Popen(["rbd", "--conf", os.environ["CEPH_CONF"], "export", "--no-progress", spec, "-"], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["rbd", "--conf", os.environ["CEPH_CONF"], "export", "--no-progress", spec, "-"], stdout=subprocess.PIPE
+    )
     assert proc.stdout is not None
     digest = hashlib.sha256()
     while chunk := proc.stdout.read(1 << 20):

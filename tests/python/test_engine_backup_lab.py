@@ -51,7 +51,9 @@ def backup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     marker = f"marker-{secrets.token_hex(8)}"
     guest_exec("lab-guest", f"echo {marker} > /mnt/a/marker.txt && echo {marker} > /mnt/b/marker.txt && sync")
     repo = tmp_path_factory.mktemp("repo") / "r"
-    result = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-guest", "--domain", "lab-off", "--domain", "lab-local")
+    result = cli(
+        "backup", "--repo", str(repo), "--json", "--domain", "lab-guest", "--domain", "lab-off", "--domain", "lab-local"
+    )
     assert result.returncode == 0, result.stderr
     return {"report": result.json(), "repo": repo, "marker": marker, "stderr": result.stderr}
 
@@ -76,7 +78,10 @@ def test_each_rbd_domain_gets_one_complete_backup(backup: dict[str, Any]) -> Non
 
 
 def test_raw_files_equal_rbd_export_of_the_same_snapshot(backup: dict[str, Any]) -> None:
-    for name, images in (("lab-guest", {"vda": "rbd/lab-guest-a", "vdb": "rbd/lab-guest-b"}), ("lab-off", {"vda": "rbd/lab-off-a"})):
+    for name, images in (
+        ("lab-guest", {"vda": "rbd/lab-guest-a", "vdb": "rbd/lab-guest-b"}),
+        ("lab-off", {"vda": "rbd/lab-off-a"}),
+    ):
         dom = domain_report(backup["report"], name)
         manifest = manifest_of(dom)
         assert {d["target"] for d in manifest["disks"]} == set(images)
@@ -85,7 +90,9 @@ def test_raw_files_equal_rbd_export_of_the_same_snapshot(backup: dict[str, Any])
             assert f"{disk['pool']}/{disk['image']}" == image
             raw = Path(dom["path"]) / disk["file"]
             snap = disk["snapshot"]["name"]
-            assert file_sha256(raw) == rbd_export_sha256(f"{image}@{snap}"), f"{raw} differs from rbd export {image}@{snap}"
+            assert file_sha256(raw) == rbd_export_sha256(f"{image}@{snap}"), (
+                f"{raw} differs from rbd export {image}@{snap}"
+            )
             assert raw.stat().st_size == disk["size"]
             assert disk["checksum"] == independent_blake3_4m(raw)
 
@@ -118,7 +125,12 @@ def test_running_guest_was_frozen_around_its_snapshots(backup: dict[str, Any]) -
         # Ceph's own record of when the snapshot was taken, read back with the rbd tool.
         snaps = {s["name"]: s for s in rbd_json("snap", "ls", f"{disk['pool']}/{disk['image']}")}
         assert disk["snapshot"]["name"] in snaps
-        ts = subprocess.run(["date", "-d", snaps[disk["snapshot"]["name"]]["timestamp"], "+%s"], capture_output=True, text=True, check=True)
+        ts = subprocess.run(
+            ["date", "-d", snaps[disk["snapshot"]["name"]]["timestamp"], "+%s"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         ceph_seconds = int(ts.stdout)
         assert math.floor(frozen_at) <= ceph_seconds <= math.ceil(thawed_at), (frozen_at, ceph_seconds, thawed_at)
         assert frozen_at - 0.01 <= disk["snapshot"]["timestamp"] <= thawed_at + 0.01
@@ -175,7 +187,9 @@ def test_python_api_lists_domains_and_their_disks() -> None:
     require_lab()
     import virt_rbd_backup
 
-    listing = {d.name: d for d in virt_rbd_backup.list_domains(connect=os.environ.get("LAB_LIBVIRT_URI", "qemu:///system"))}
+    listing = {
+        d.name: d for d in virt_rbd_backup.list_domains(connect=os.environ.get("LAB_LIBVIRT_URI", "qemu:///system"))
+    }
     assert [f"{d.pool}/{d.image}" for d in listing["lab-guest"].rbd_disks] == ["rbd/lab-guest-a", "rbd/lab-guest-b"]
     assert listing["lab-guest"].active is True
     assert listing["lab-off"].active is False

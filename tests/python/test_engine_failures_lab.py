@@ -68,7 +68,18 @@ def broken_domains(tmp_path: Path) -> Iterator[None]:
 
 def test_wrong_key_and_deleted_image_fail_alone(broken_domains: None, tmp_path: Path) -> None:
     before = tool_snapshots("rbd/lab-off-a")
-    result = cli("backup", "--repo", str(tmp_path / "r"), "--json", "--domain", "lab-badkey", "--domain", "lab-off", "--domain", "lab-gone")
+    result = cli(
+        "backup",
+        "--repo",
+        str(tmp_path / "r"),
+        "--json",
+        "--domain",
+        "lab-badkey",
+        "--domain",
+        "lab-off",
+        "--domain",
+        "lab-gone",
+    )
     assert result.returncode == 1, result.stderr
     report = result.json()
     bad = domain_report(report, "lab-badkey")
@@ -91,14 +102,19 @@ def test_wrong_key_and_deleted_image_fail_alone(broken_domains: None, tmp_path: 
 def test_failed_domain_prints_the_original_failure_line(broken_domains: None, tmp_path: Path) -> None:
     result = cli("backup", "--repo", str(tmp_path / "r"), "--domain", "lab-gone")
     assert result.returncode == 1
-    assert any(line.startswith("Backup failed: ") and "lab-gone-deleted" in line for line in result.stdout.splitlines()), result.stdout
+    assert any(
+        line.startswith("Backup failed: ") and "lab-gone-deleted" in line for line in result.stdout.splitlines()
+    ), result.stdout
 
 
 def test_unresponsive_agent_with_freeze_required_fails_and_leaves_guest_thawed(tmp_path: Path) -> None:
     require_lab()
     before = {img: tool_snapshots(img) for img in ("rbd/lab-guest-a", "rbd/lab-guest-b")}
     # Stop the agent for 25 s from inside the guest (it resumes by itself).
-    guest_exec("lab-guest", "(sleep 0.5; kill -STOP $(cat /run/qemu-ga.pid); sleep 25; kill -CONT $(cat /run/qemu-ga.pid)) >/dev/null 2>&1 &")
+    guest_exec(
+        "lab-guest",
+        "(sleep 0.5; kill -STOP $(cat /run/qemu-ga.pid); sleep 25; kill -CONT $(cat /run/qemu-ga.pid)) >/dev/null 2>&1 &",
+    )
     time.sleep(1.5)
     started = time.monotonic()
     result = cli("backup", "--repo", str(tmp_path / "r"), "--json", "--freeze", "required", "--domain", "lab-guest")
