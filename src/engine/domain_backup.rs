@@ -2,7 +2,7 @@
 //! remove the snapshots. See the order of operations in the `engine` module doc.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ceph::{CephError, PoolContext, RbdImage};
 use crate::error::Error;
@@ -504,11 +504,12 @@ fn snapshot_domain<'i>(
     let mut freeze_guard = None;
     if active && policy != FreezePolicy::Off {
         report.freeze.attempted = true;
-        match FreezeGuard::freeze(
+        match FreezeGuard::freeze_with_timeout(
             ctx.libvirt,
             &job.uuid,
             &job.name,
             &ctx.options.freeze_mountpoints,
+            Duration::from_secs(u64::from(ctx.options.agent_timeout)),
         ) {
             Ok(guard) => freeze_guard = Some(guard),
             Err(e) if policy == FreezePolicy::Required => return Err(e.into()),

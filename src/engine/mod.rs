@@ -89,6 +89,12 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
             options.queue_depth
         )));
     }
+    if options.agent_timeout == 0 || options.agent_timeout > 3600 {
+        return Err(Error::Usage(format!(
+            "agent timeout must be between 1 and 3600 seconds, not {}",
+            options.agent_timeout
+        )));
+    }
     if options.repo.as_os_str().is_empty() {
         return Err(Error::Usage(
             "the repository path is empty; give one with --repo".into(),

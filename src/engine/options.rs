@@ -53,6 +53,8 @@ pub struct BackupOptions {
     pub mode: crate::plan::BackupMode,
     /// Start a new chain (a full backup) every N backups of a disk.
     pub full_every: Option<u32>,
+    /// Seconds to wait for the guest agent to answer a freeze or thaw.
+    pub agent_timeout: u32,
 }
 
 impl Default for BackupOptions {
@@ -67,6 +69,7 @@ impl Default for BackupOptions {
             repo: PathBuf::from("/var/lib/virt-rbd-backup"),
             mode: crate::plan::BackupMode::Auto,
             full_every: None,
+            agent_timeout: 30,
         }
     }
 }
