@@ -14,10 +14,11 @@ PY=$VRB_VENV/bin/python
 printf '\n== Lint\n'
 make --no-print-directory lint PYTHON="$PY"
 
-printf '\n== Rust unit tests\n'
-cargo test --lib
-
-printf '\n== Python tests (unit and lab)\n'
 eval "$(bash lab/lab.sh env)"
 export VRB_LAB=1
+
+printf '\n== Rust tests (unit, and integration against the lab)\n'
+cargo test
+
+printf '\n== Python tests (unit and lab)\n'
 "$PY" -m pytest tests/python -v -rs ${PYTEST_ARGS:-}

@@ -1,0 +1,232 @@
+"""Incremental backups, restore, verify and prune against the real lab.
+
+Each point in time is compared with Ceph's own export of the snapshot it was taken from
+(`rbd export`), a chain is replayed with the stock `rbd import-diff`, restored filesystems are
+checked with `e2fsck` and `debugfs`, and corruption is made by flipping real bytes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab_support import (
+    cli,
+    domain_report,
+    domain_uuid,
+    file_sha256,
+    guest_exec,
+    rbd,
+    rbd_export_sha256,
+    require_lab,
+    run,
+    tool_snapshots,
+)
+
+pytestmark = pytest.mark.lab
+
+
+def backup(repo: Path, *extra: str, domain: str = "lab-guest") -> dict[str, Any]:
+    result = cli("backup", "--repo", str(repo), "--json", "--domain", domain, *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return domain_report(result.json(), domain)
+
+
+def manifest(dom: dict[str, Any]) -> dict[str, Any]:
+    return json.loads((Path(dom["path"]) / "manifest.json").read_text())  # type: ignore[no-any-return]
+
+
+def disk(dom: dict[str, Any], target: str) -> dict[str, Any]:
+    return next(d for d in manifest(dom)["disks"] if d["target"] == target)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A full backup, a change inside the guest, an incremental; Ceph's export of each
+    snapshot is recorded while the snapshot still exists."""
+    require_lab()
+    repo = tmp_path_factory.mktemp("inc") / "repo"
+    first = backup(repo, "--mode", "full")
+    export1 = {
+        "vda": rbd_export_sha256(f"rbd/lab-guest-a@{disk(first, 'vda')['snapshot']['name']}"),
+        "vdb": rbd_export_sha256(f"rbd/lab-guest-b@{disk(first, 'vdb')['snapshot']['name']}"),
+    }
+    content = uuid.uuid4().hex
+    guest_exec(
+        "lab-guest",
+        f"dd if=/dev/urandom of=/mnt/a/grown.bin bs=1M count=2 2>/dev/null; echo {content} > /mnt/a/changed.txt; rm -f /mnt/b/marker.txt; sync",
+    )
+    second = backup(repo)
+    export2 = {
+        "vda": rbd_export_sha256(f"rbd/lab-guest-a@{disk(second, 'vda')['snapshot']['name']}"),
+        "vdb": rbd_export_sha256(f"rbd/lab-guest-b@{disk(second, 'vdb')['snapshot']['name']}"),
+    }
+    return {"repo": repo, "first": first, "second": second, "export1": export1, "export2": export2, "content": content}
+
+
+def test_second_backup_is_incremental_and_reads_only_what_changed(chain: dict[str, Any]) -> None:
+    second = chain["second"]
+    assert second["kind"] == "incremental"
+    m = manifest(second)
+    assert m["parent"] == chain["first"]["backup_id"]
+    for d in m["disks"]:
+        assert d["kind"] == "incremental"
+        assert d["format"] == "rbd-diff-v1"
+        assert d["parent_backup"] == chain["first"]["backup_id"]
+        assert d["base_snapshot"]["name"] == disk(chain["first"], d["target"])["snapshot"]["name"]
+    full_read = sum(d["bytes_read"] for d in chain["first"]["disks"])
+    inc_read = sum(d["bytes_read"] for d in second["disks"])
+    assert inc_read < full_read, (inc_read, full_read)
+    # Only the new base snapshots are left in the cluster.
+    assert tool_snapshots("rbd/lab-guest-a") == [disk(second, "vda")["snapshot"]["name"]]
+
+
+def test_each_point_in_time_restores_to_exactly_its_snapshot(chain: dict[str, Any], tmp_path: Path) -> None:
+    for point, export in (("first", "export1"), ("second", "export2")):
+        for target in ("vda", "vdb"):
+            out = tmp_path / f"{point}-{target}.raw"
+            result = cli(
+                "restore",
+                "lab-guest",
+                "--repo",
+                str(chain["repo"]),
+                "--disk",
+                target,
+                "--backup",
+                chain[point]["backup_id"],
+                "--to",
+                str(out),
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert file_sha256(out) == chain[export][target], f"{point} {target}"
+            assert out.stat().st_blocks * 512 < out.stat().st_size / 2, "restored file is not sparse"
+
+
+def test_restored_filesystem_holds_what_the_guest_wrote(chain: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "vda.raw"
+    result = cli("restore", "lab-guest", "--repo", str(chain["repo"]), "--disk", "vda", "--to", str(out))
+    assert result.returncode == 0, result.stderr
+    fsck = run(["e2fsck", "-fn", str(out)], check=False)
+    assert fsck.returncode == 0, fsck.stdout
+    assert run(["debugfs", "-R", "cat /changed.txt", str(out)]).stdout.strip() == chain["content"]
+
+
+def test_restore_to_rbd_equals_the_snapshot_and_refuses_to_overwrite(chain: dict[str, Any]) -> None:
+    import os
+
+    image = f"restored-{uuid.uuid4().hex[:8]}"
+    try:
+        args = [
+            "restore",
+            "lab-guest",
+            "--repo",
+            str(chain["repo"]),
+            "--disk",
+            "vdb",
+            "--to",
+            f"rbd:rbd/{image}",
+            "--ceph-conf",
+            os.environ["CEPH_CONF"],
+        ]
+        result = cli(*args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert rbd_export_sha256(f"rbd/{image}") == chain["export2"]["vdb"]
+        again = cli(*args)
+        assert again.returncode == 2 and "--force" in again.stderr, again.stderr
+        forced = cli(*args, "--force", "--backup", chain["first"]["backup_id"])
+        assert forced.returncode == 0, forced.stderr
+        assert rbd_export_sha256(f"rbd/{image}") == chain["export1"]["vdb"]
+    finally:
+        rbd("rm", "--no-progress", f"rbd/{image}", check=False)
+
+
+def test_chain_replays_with_stock_rbd_import_diff(chain: dict[str, Any]) -> None:
+    first, second = disk(chain["first"], "vda"), disk(chain["second"], "vda")
+    image = f"importdiff-{uuid.uuid4().hex[:8]}"
+    try:
+        rbd("import", "--no-progress", str(Path(chain["first"]["path"]) / first["file"]), f"rbd/{image}")
+        rbd("snap", "create", f"rbd/{image}@{first['snapshot']['name']}")
+        rbd("import-diff", "--no-progress", str(Path(chain["second"]["path"]) / second["file"]), f"rbd/{image}")
+        assert rbd_export_sha256(f"rbd/{image}") == chain["export2"]["vda"]
+    finally:
+        rbd("snap", "purge", "--no-progress", f"rbd/{image}", check=False)
+        rbd("rm", "--no-progress", f"rbd/{image}", check=False)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def first_data_offset(path: Path) -> int:
+    with path.open("rb") as f:
+        offset = 0
+        while chunk := f.read(1 << 20):
+            stripped = chunk.lstrip(b"\0")
+            if stripped:
+                return offset + len(chunk) - len(stripped)
+            offset += len(chunk)
+    raise AssertionError(f"{path} holds no data")
+
+
+@pytest.mark.parametrize("which", ["first", "second"])
+def test_verify_finds_a_flipped_byte_and_restore_refuses(chain: dict[str, Any], tmp_path: Path, which: str) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(chain["repo"], repo)
+    assert cli("verify", "--repo", str(repo)).returncode == 0
+    dom = chain[which]
+    folder = repo / domain_uuid("lab-guest") / dom["backup_id"]
+    stored = folder / disk(dom, "vda")["file"]
+    offset = first_data_offset(stored) if which == "first" else stored.stat().st_size // 2
+    flip_byte(stored, offset)
+    result = cli("verify", "--repo", str(repo))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert stored.name in result.stdout and f"offset {offset // (4 << 20) * (4 << 20)}" in result.stdout, result.stdout
+    out = tmp_path / "restored.raw"
+    restored = cli("restore", "lab-guest", "--repo", str(repo), "--disk", "vda", "--to", str(out))
+    assert restored.returncode == 1, restored.stdout + restored.stderr
+    assert "corrupt" in restored.stderr.lower(), restored.stderr
+    assert not out.exists()
+
+
+def test_deleted_base_snapshot_falls_back_to_full(tmp_path: Path) -> None:
+    require_lab()
+    repo = tmp_path / "repo"
+    first = backup(repo, domain="lab-off")
+    rbd("snap", "rm", "--no-progress", f"rbd/lab-off-a@{disk(first, 'vda')['snapshot']['name']}")
+    second = backup(repo, domain="lab-off")
+    assert second["kind"] == "full"
+    assert any("no longer exists" in w for w in second["warnings"]), second["warnings"]
+    third = backup(repo, "--full-every", "2", domain="lab-off")
+    assert third["kind"] == "incremental"
+    fourth = backup(repo, "--full-every", "2", domain="lab-off")
+    assert fourth["kind"] == "full"
+
+
+def test_prune_keeps_what_the_kept_backups_need(tmp_path: Path) -> None:
+    require_lab()
+    repo = tmp_path / "repo"
+    ids = [backup(repo, domain="lab-off")["backup_id"] for _ in range(3)]
+    dry = cli("prune", "lab-off", "--repo", str(repo), "--keep-last", "1", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    folder = repo / domain_uuid("lab-off")
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(ids)
+    result = cli("prune", "lab-off", "--repo", str(repo), "--keep-last", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    # The newest is an incremental: it needs its whole chain, so nothing can go.
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(ids)
+    full = backup(repo, "--mode", "full", domain="lab-off")["backup_id"]
+    result = cli("prune", "lab-off", "--repo", str(repo), "--keep-last", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in folder.iterdir() if not p.name.startswith(".")] == [full]
+    assert cli("verify", "--repo", str(repo)).returncode == 0
+    out = tmp_path / "vda.raw"
+    assert cli("restore", "lab-off", "--repo", str(repo), "--to", str(out)).returncode == 0
+    assert file_sha256(out) == rbd_export_sha256(f"rbd/lab-off-a@{tool_snapshots('rbd/lab-off-a')[0]}")
