@@ -1,15 +1,14 @@
 //! Backing up one domain: prepare, freeze, snapshot all disks at once, thaw, export, commit,
 //! remove the snapshots. See the order of operations in the `engine` module doc.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::ceph::{CephError, PoolContext, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
+use crate::plan::DiskPlan;
 use crate::plan::{backup_id_from_unix, is_tool_snapshot, snapshot_name};
-use crate::plan::{plan_disk, BaseCandidate, DiskPlan, ImageState, HASH_BLOCK_SIZE};
-use crate::repo::block_table::{read_block_table, write_block_table};
+use crate::repo::block_table::write_block_table;
 use crate::repo::hashing_writer::HashingFileWriter;
 use crate::repo::layout::safe_component;
 use crate::repo::{
@@ -18,6 +17,7 @@ use crate::repo::{
 };
 
 use super::ceph_session::{cluster_address, ConnectionCache};
+use super::disk_plan::{prepare_disk, previous_backup};
 use super::events::{BackupEvent, EventSink};
 use super::export::{export_full, export_incremental, ExportProgress, IncrementalBase};
 use super::options::{BackupOptions, FreezePolicy};
@@ -132,109 +132,6 @@ impl ExportProgress for DiskProgress<'_> {
     }
 }
 
-/// A disk's plan with what the plan needs: the parent's verified block table.
-struct PreparedDisk {
-    plan: DiskPlan,
-    parent: Option<(DiskRecord, Vec<[u8; 32]>)>,
-}
-
-/// The previous complete backup of the domain, if any (unreadable manifests are skipped with a
-/// warning: they are not backups).
-fn previous_backup(
-    ctx: &RunContext<'_>,
-    job: &DomainJob,
-    report: &mut DomainReport,
-) -> Result<Option<(PathBuf, BackupManifest)>, Error> {
-    let mut latest = None;
-    for (path, manifest) in ctx.repo.backups_of(&job.uuid)? {
-        match manifest {
-            Ok(m) => latest = Some((path, m)),
-            Err(e) => warn(ctx, report, format!("ignoring {}: {e}", path.display())),
-        }
-    }
-    Ok(latest)
-}
-
-/// Checks that the previous backup of a disk can serve as a base and loads its block table.
-fn load_parent(folder: &Path, record: &DiskRecord) -> Result<Vec<[u8; 32]>, String> {
-    let data = folder.join(&record.file);
-    let meta = std::fs::metadata(&data).map_err(|e| format!("{}: {e}", data.display()))?;
-    if record.file_size > 0 && meta.len() != record.file_size {
-        return Err(format!(
-            "{} holds {} bytes, the manifest says {}",
-            data.display(),
-            meta.len(),
-            record.file_size
-        ));
-    }
-    let Some(blocks_file) = &record.blocks_file else {
-        return Err("it records no block table".into());
-    };
-    read_block_table(
-        &folder.join(blocks_file),
-        &record.checksum,
-        record.size.div_ceil(HASH_BLOCK_SIZE),
-    )
-    .map_err(|e| e.to_string())
-}
-
-fn prepare_disk(
-    ctx: &RunContext<'_>,
-    image: &RbdImage<'_>,
-    disk: &RbdDiskSpec,
-    previous: Option<&(PathBuf, BackupManifest)>,
-) -> Result<PreparedDisk, Error> {
-    let info = image.info()?;
-    let state = ImageState {
-        image_id: info.id.clone(),
-        snapshots: image
-            .snapshots()?
-            .into_iter()
-            .map(|s| (s.name, s.id))
-            .collect(),
-        object_map_invalid: info.object_map_invalid(),
-    };
-    let record = previous.and_then(|(folder, m)| {
-        m.disks
-            .iter()
-            .find(|d| {
-                d.target == disk.target
-                    && d.pool == disk.pool
-                    && d.namespace == disk.namespace
-                    && d.image == disk.image
-            })
-            .map(|d| (folder, m, d))
-    });
-    let mut parent = None;
-    let candidate = record.map(|(folder, m, d)| {
-        let problem = match load_parent(folder, d) {
-            Ok(table) => {
-                parent = Some((d.clone(), table));
-                None
-            }
-            Err(e) => Some(e),
-        };
-        BaseCandidate {
-            backup_id: m.backup_id.clone(),
-            image_id: d.image_id.clone(),
-            snapshot_name: d.snapshot.name.clone(),
-            snapshot_id: d.snapshot.id,
-            chain_position: d.chain_position,
-            repository_problem: problem,
-        }
-    });
-    let plan = plan_disk(
-        ctx.options.mode,
-        ctx.options.full_every,
-        candidate.as_ref(),
-        &state,
-    );
-    if !matches!(plan, DiskPlan::Incremental { .. }) {
-        parent = None;
-    }
-    Ok(PreparedDisk { plan, parent })
-}
-
 fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> Result<(), Error> {
     let started_at = unix_now();
     let lock = ctx.repo.lock_domain(&job.uuid, &job.name)?;
@@ -270,10 +167,13 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         .zip(&job.disks)
         .map(|(p, d)| RbdImage::open(p, &d.image))
         .collect::<Result<_, _>>()?;
-    let previous = previous_backup(ctx, job, report)?;
+    let (previous, unreadable) = previous_backup(ctx.repo, &job.uuid)?;
+    for message in unreadable {
+        warn(ctx, report, message);
+    }
     let mut prepared = Vec::with_capacity(images.len());
     for (image, disk) in images.iter().zip(&job.disks) {
-        let disk_plan = prepare_disk(ctx, image, disk, previous.as_ref())?;
+        let disk_plan = prepare_disk(ctx.options, image, disk, previous.as_ref())?;
         if let DiskPlan::Full {
             reason: Some(reason),
         } = &disk_plan.plan

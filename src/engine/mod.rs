@@ -24,11 +24,13 @@
 //! a failure in one domain is recorded in its report and the others go on.
 
 mod ceph_session;
+mod disk_plan;
 mod domain_backup;
 pub mod events;
 mod export;
 pub mod listing;
 pub mod options;
+pub mod plan_report;
 pub mod prune;
 pub mod report;
 pub mod restore;
@@ -41,6 +43,7 @@ use std::sync::{Arc, Mutex};
 pub use events::{BackupEvent, EventSink, NoEvents};
 pub use listing::{list_backups, list_domains, BackupListing, DomainListing};
 pub use options::{BackupOptions, FreezePolicy};
+pub use plan_report::{plan_backup, BackupPlan, PlannedDisk, PlannedDomain};
 pub use prune::{prune, DomainPruneReport, KeptBackup, PruneReport, PruneStatus, RemovedBackup};
 pub use report::{BackupReport, Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 pub use restore::{restore, RestoreOptions, RestoreReport, RestoreTarget};

@@ -1,0 +1,194 @@
+//! What a backup would do, without doing it (`plan`, `backup --dry-run`, Ansible check mode):
+//! which domains and disks, full or incremental and why, and the bytes it would read. Only
+//! reads: no lock, no snapshot, no file, no freeze.
+
+use serde::Serialize;
+
+use crate::ceph::{CephTimeouts, RbdImage};
+use crate::error::Error;
+use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection, RbdDiskSpec};
+use crate::plan::{blocks_to_read, ByteRange, DiskPlan, HASH_BLOCK_SIZE};
+use crate::repo::{BackupKind, Repository};
+
+use super::ceph_session::{cluster_address, ConnectionCache};
+use super::disk_plan::{prepare_disk, previous_backup};
+use super::listing::SkippedDisk;
+use super::options::{BackupOptions, FreezePolicy};
+
+/// One disk in a plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedDisk {
+    /// Guest device.
+    pub target: String,
+    /// `pool/image`.
+    pub image: String,
+    /// Image size.
+    pub size: u64,
+    /// Full or incremental.
+    pub kind: BackupKind,
+    /// Why full when an incremental was possible in principle.
+    pub reason: Option<String>,
+    /// The backup an incremental would build on.
+    pub parent_backup: Option<String>,
+    /// Bytes the backup would read (whole 4 MiB blocks; the image may change until then).
+    pub estimated_bytes: u64,
+}
+
+/// One domain in a plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedDomain {
+    /// Name.
+    pub name: String,
+    /// UUID.
+    pub uuid: String,
+    /// Running now.
+    pub active: bool,
+    /// Whether its filesystems would be frozen.
+    pub would_freeze: bool,
+    /// RBD disks.
+    pub disks: Vec<PlannedDisk>,
+    /// Disks that would be skipped.
+    pub skipped_disks: Vec<SkippedDisk>,
+    /// Why this domain could not be planned (it would fail the same way).
+    pub error: Option<String>,
+}
+
+/// A plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupPlan {
+    /// Domains in discovery order.
+    pub domains: Vec<PlannedDomain>,
+    /// Sum of the estimated bytes.
+    pub estimated_bytes: u64,
+}
+
+/// Plans a backup with `options` without changing anything.
+pub fn plan_backup(options: &BackupOptions) -> Result<BackupPlan, Error> {
+    let libvirt = HypervisorConnection::open(&options.connect)?;
+    let repo = Repository::open(&options.repo).ok();
+    let ceph = ConnectionCache::new(CephTimeouts::default());
+    let mut domains = Vec::new();
+    for info in libvirt.list_domains(&options.domains)? {
+        let mut planned = PlannedDomain {
+            name: info.name.clone(),
+            uuid: info.uuid.clone(),
+            active: info.active,
+            would_freeze: info.active && options.freeze != FreezePolicy::Off,
+            disks: Vec::new(),
+            skipped_disks: Vec::new(),
+            error: None,
+        };
+        let parsed = info
+            .xml
+            .map_err(Error::from)
+            .and_then(|xml| Ok(parse_domain_xml(&info.name, &xml)?));
+        match parsed {
+            Ok(description) => {
+                let mut rbd = Vec::new();
+                for entry in description.disks {
+                    match entry {
+                        DiskEntry::Rbd(spec) => rbd.push(spec),
+                        DiskEntry::Skipped { target, reason } => {
+                            planned.skipped_disks.push(SkippedDisk { target, reason })
+                        }
+                    }
+                }
+                if rbd.is_empty() {
+                    planned.would_freeze = false;
+                }
+                if let Err(e) = plan_disks(
+                    options,
+                    &libvirt,
+                    repo.as_ref(),
+                    &ceph,
+                    &info.uuid,
+                    &info.name,
+                    &rbd,
+                    &mut planned.disks,
+                ) {
+                    planned.error = Some(e.to_string());
+                }
+            }
+            Err(e) => planned.error = Some(e.to_string()),
+        }
+        domains.push(planned);
+    }
+    let estimated_bytes = domains
+        .iter()
+        .flat_map(|d| &d.disks)
+        .map(|d| d.estimated_bytes)
+        .sum();
+    Ok(BackupPlan {
+        domains,
+        estimated_bytes,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_disks(
+    options: &BackupOptions,
+    libvirt: &HypervisorConnection,
+    repo: Option<&Repository>,
+    ceph: &ConnectionCache,
+    uuid: &str,
+    name: &str,
+    disks: &[RbdDiskSpec],
+    out: &mut Vec<PlannedDisk>,
+) -> Result<(), Error> {
+    let previous = match repo {
+        Some(repo) => previous_backup(repo, uuid)?.0,
+        None => None,
+    };
+    for disk in disks {
+        let key = match &disk.auth {
+            Some(auth) => Some(libvirt.ceph_key(
+                name,
+                &auth.username,
+                auth.secret_uuid.as_deref(),
+                auth.secret_usage.as_deref(),
+            )?),
+            None => None,
+        };
+        let cluster = ceph.get(&cluster_address(disk), key.as_ref())?;
+        let pool = cluster.open_pool(&disk.pool, disk.namespace.as_deref())?;
+        let image = RbdImage::open_read_only(&pool, &disk.image)?;
+        let info = image.info()?;
+        let prepared = prepare_disk(options, &image, disk, previous.as_ref())?;
+        let (kind, reason, parent_backup, base) = match prepared.plan {
+            DiskPlan::Full { reason } => (BackupKind::Full, reason, None, None),
+            DiskPlan::Incremental {
+                parent_backup,
+                base_snapshot,
+                ..
+            } => (
+                BackupKind::Incremental,
+                None,
+                Some(parent_backup),
+                Some(base_snapshot),
+            ),
+        };
+        let extents = image.diff_extents(base.as_deref(), info.size, info.fast_diff_usable())?;
+        let ranges: Vec<ByteRange> = extents
+            .iter()
+            .filter(|e| e.exists || base.is_some())
+            .map(|e| ByteRange {
+                offset: e.offset,
+                length: e.length,
+            })
+            .collect();
+        let estimated_bytes = blocks_to_read(&ranges, info.size, HASH_BLOCK_SIZE)
+            .iter()
+            .map(|&b| (info.size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE))
+            .sum();
+        out.push(PlannedDisk {
+            target: disk.target.clone(),
+            image: image.spec().to_string(),
+            size: info.size,
+            kind,
+            reason,
+            parent_backup,
+            estimated_bytes,
+        });
+    }
+    Ok(())
+}
