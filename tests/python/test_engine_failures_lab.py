@@ -117,7 +117,18 @@ def test_unresponsive_agent_with_freeze_required_fails_and_leaves_guest_thawed(t
     )
     time.sleep(1.5)
     started = time.monotonic()
-    result = cli("backup", "--repo", str(tmp_path / "r"), "--json", "--freeze", "required", "--agent-timeout", "5", "--domain", "lab-guest")
+    result = cli(
+        "backup",
+        "--repo",
+        str(tmp_path / "r"),
+        "--json",
+        "--freeze",
+        "required",
+        "--agent-timeout",
+        "5",
+        "--domain",
+        "lab-guest",
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stdout + result.stderr
     dom = domain_report(result.json(), "lab-guest")
