@@ -17,6 +17,9 @@ pub enum Error {
     /// Options that make no sense (exit status 2).
     #[error("invalid option: {0}")]
     Usage(String),
+    /// The snapshots cannot be trusted to be consistent (the freeze outlived its timeout).
+    #[error("inconsistent: {0}")]
+    Inconsistent(String),
     /// The run was cancelled (Ctrl-C).
     #[error("cancelled")]
     Cancelled,

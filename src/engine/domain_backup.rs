@@ -23,6 +23,7 @@ use super::export::{export_full, export_incremental, ExportProgress, Incremental
 use super::options::{BackupOptions, FreezePolicy};
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 use super::snapshot_guard::SnapshotGuard;
+use super::thaw_guard::{test_pause, ThawWatchdog};
 use super::CancelToken;
 
 /// What every domain of a run shares.
@@ -359,6 +360,7 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         freeze: report.freeze.clone(),
         disks: disk_records,
     };
+    test_pause("committing");
     let path = staged.commit(&manifest)?;
     report.backup_id = Some(backup_id);
     report.kind = Some(manifest.kind);
@@ -402,8 +404,15 @@ fn snapshot_domain<'i>(
 ) -> Result<Vec<SnapshotGuard<'i>>, Error> {
     let policy = ctx.options.freeze;
     let mut freeze_guard = None;
+    let mut watchdog = None;
+    let freeze_timeout = Duration::from_secs(u64::from(ctx.options.freeze_timeout));
     if active && policy != FreezePolicy::Off {
         report.freeze.attempted = true;
+        // Started before the freeze: a process spawn inside the window would lengthen it.
+        match ThawWatchdog::start(ctx.libvirt.uri(), &job.uuid, freeze_timeout) {
+            Ok(w) => watchdog = Some(w),
+            Err(e) => warn(ctx, report, format!("cannot start the thaw watchdog (bash, virsh): {e}; if this process is killed while the guest is frozen, thaw it with `virsh domfsthaw {}`", job.name)),
+        }
         match FreezeGuard::freeze_with_timeout(
             ctx.libvirt,
             &job.uuid,
@@ -421,6 +430,12 @@ fn snapshot_domain<'i>(
         }
     }
 
+    if freeze_guard.is_some() {
+        test_pause("frozen");
+    } else if let Some(w) = watchdog.take() {
+        // No freeze happened (the freeze path thaws a freeze that may be pending itself).
+        w.disarm();
+    }
     // Inside the freeze: only the snapshot creates, all at once, so they share a monitor round.
     let results: Vec<Result<SnapshotGuard<'i>, CephError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = images
@@ -448,6 +463,16 @@ fn snapshot_domain<'i>(
         Some(guard) => {
             let outcome = guard.outcome();
             let thawed_at = guard.thaw()?;
+            if let Some(w) = watchdog.take() {
+                w.disarm();
+            }
+            if thawed_at.duration_since(outcome.frozen_at) >= freeze_timeout {
+                return Err(Error::Inconsistent(format!(
+                    "the guest stayed frozen {:.1} s, longer than the freeze timeout of {} s (snapshots took too long: is the cluster healthy?); it was thawed and this backup is discarded",
+                    thawed_at.duration_since(outcome.frozen_at).as_secs_f64(),
+                    freeze_timeout.as_secs()
+                )));
+            }
             report.freeze.frozen_filesystems = outcome.frozen_filesystems;
             report.freeze.window_ms =
                 Some(thawed_at.duration_since(outcome.frozen_at).as_secs_f64() * 1000.0);

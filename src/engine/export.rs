@@ -74,6 +74,9 @@ fn read_blocks(
         };
         let data = read.wait()?;
         consume(block, &data)?;
+        if done == 0 {
+            super::thaw_guard::test_pause("exported");
+        }
         done += data.len() as u64;
         free_buffers.push(data);
         if last_report.elapsed() >= Duration::from_millis(250) {

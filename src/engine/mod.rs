@@ -35,6 +35,7 @@ pub mod prune;
 pub mod report;
 pub mod restore;
 mod snapshot_guard;
+mod thaw_guard;
 pub mod verify;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +97,12 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
         return Err(Error::Usage(format!(
             "agent timeout must be between 1 and 3600 seconds, not {}",
             options.agent_timeout
+        )));
+    }
+    if options.freeze_timeout == 0 || options.freeze_timeout > 3600 {
+        return Err(Error::Usage(format!(
+            "freeze timeout must be between 1 and 3600 seconds, not {}",
+            options.freeze_timeout
         )));
     }
     if options.repo.as_os_str().is_empty() {

@@ -55,6 +55,8 @@ pub struct BackupOptions {
     pub full_every: Option<u32>,
     /// Seconds to wait for the guest agent to answer a freeze or thaw.
     pub agent_timeout: u32,
+    /// Longest a guest may stay frozen: past it the watchdog thaws it and the domain fails.
+    pub freeze_timeout: u32,
 }
 
 impl Default for BackupOptions {
@@ -70,6 +72,7 @@ impl Default for BackupOptions {
             mode: crate::plan::BackupMode::Auto,
             full_every: None,
             agent_timeout: 30,
+            freeze_timeout: 30,
         }
     }
 }

@@ -7,9 +7,11 @@
 //!   Python side sees exactly the documented JSON shape, fields in struct order;
 //! - **GIL release and Ctrl-C**: a run happens on its own thread while the calling thread waits
 //!   detached from the interpreter, attaching every [`POLL`] to let Python run its signal
-//!   handlers. An exception from a handler (KeyboardInterrupt) cancels the run through its
-//!   [`CancelToken`]; the call then keeps waiting until the engine has thawed the guests and
-//!   removed its snapshots, and only then raises that exception;
+//!   handlers. What an exception from a handler (KeyboardInterrupt) does depends on what the
+//!   run holds ([`OnInterrupt`]): a backup or a restore is cancelled through its
+//!   [`CancelToken`] and the call keeps waiting until the engine has cleaned up (thawed the
+//!   guests and removed its snapshots, removed a partial restore); a prune, which has no
+//!   cancellation point, is waited for; a read-only call (listings, verify) raises at once;
 //! - **exception mapping**: [`Error`] becomes one exception of the hierarchy rooted at
 //!   `BackupError`, once, here.
 //!
@@ -29,8 +31,11 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::engine::{self, BackupEvent, BackupOptions, CancelToken, EventSink};
+use crate::engine::{
+    self, BackupEvent, BackupOptions, CancelToken, EventSink, RestoreOptions, RestoreTarget,
+};
 use crate::error::Error;
+use crate::plan::retention::KeepOptions;
 
 /// How often a waiting call attaches to the interpreter to run signal handlers.
 const POLL: Duration = Duration::from_millis(100);
@@ -119,8 +124,13 @@ fn to_py<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> PyResult<Bound
     py.import("json")?.call_method1("loads", (text,))
 }
 
-/// Reads backup options from a JSON string or a mapping; a bad option is a `UsageError`.
-fn parse_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult<BackupOptions> {
+/// The JSON value of an options argument: a JSON string as is, anything else dumped by Python's
+/// `json` (so a mapping, or a value `json` cannot dump, fails the same way as in the CLI).
+fn options_json(
+    py: Python<'_>,
+    options: &Bound<'_, PyAny>,
+    what: &str,
+) -> PyResult<serde_json::Value> {
     let text: String = if let Ok(s) = options.cast::<PyString>() {
         s.to_str()?.to_owned()
     } else {
@@ -128,8 +138,61 @@ fn parse_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult<BackupO
             .call_method1("dumps", (options,))?
             .extract()?
     };
-    serde_json::from_str(&text)
+    serde_json::from_str(&text).map_err(|e| UsageError::new_err(format!("invalid {what}: {e}")))
+}
+
+/// Reads backup options from a JSON string or a mapping; a bad option is a `UsageError`.
+fn parse_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult<BackupOptions> {
+    let value = options_json(py, options, "backup options")?;
+    serde_json::from_value(value)
         .map_err(|e| UsageError::new_err(format!("invalid backup options: {e}")))
+}
+
+/// Reads restore options from a JSON string or a mapping. `to` is either the tagged object of
+/// `RestoreTarget` or a string in the CLI syntax (`rbd:POOL/IMAGE`, `rbd:POOL/NS/IMAGE`, a file
+/// path), read by `RestoreTarget`'s `FromStr` so the syntax has one definition; a bad target
+/// or option is a `UsageError`.
+fn parse_restore_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult<RestoreOptions> {
+    let mut value = options_json(py, options, "restore options")?;
+    if let Some(to) = value.get_mut("to") {
+        if let Some(text) = to.as_str() {
+            let target: RestoreTarget = text
+                .parse()
+                .map_err(|e: String| UsageError::new_err(format!("invalid restore target: {e}")))?;
+            *to = serde_json::to_value(&target).map_err(|e| {
+                BackupError::new_err(format!("internal error: cannot serialize a target: {e}"))
+            })?;
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| UsageError::new_err(format!("invalid restore options: {e}")))
+}
+
+/// Reads keep options from a JSON string or a mapping with the fields of `KeepOptions`
+/// (`last`, `hourly`, `daily`, `weekly`, `monthly`, `yearly`, `within_seconds`); missing
+/// fields keep nothing. `KeepOptions` itself ignores unknown fields, so they are refused here
+/// against the fields it serializes: a misspelt `dayly` must not silently keep nothing.
+fn parse_keep_options(py: Python<'_>, keep: &Bound<'_, PyAny>) -> PyResult<KeepOptions> {
+    let value = options_json(py, keep, "keep options")?;
+    let known = serde_json::to_value(KeepOptions::default()).map_err(|e| {
+        BackupError::new_err(format!(
+            "internal error: cannot serialize keep options: {e}"
+        ))
+    })?;
+    let (Some(given), Some(known)) = (value.as_object(), known.as_object()) else {
+        return Err(UsageError::new_err(
+            "invalid keep options: expected an object such as {\"daily\": 7}",
+        ));
+    };
+    if let Some(unknown) = given.keys().find(|k| !known.contains_key(k.as_str())) {
+        let expected: Vec<String> = known.keys().map(|k| format!("`{k}`")).collect();
+        return Err(UsageError::new_err(format!(
+            "invalid keep options: unknown field `{unknown}`, expected one of {}",
+            expected.join(", ")
+        )));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| UsageError::new_err(format!("invalid keep options: {e}")))
 }
 
 /// Hands events to a Python callable, attaching from whichever thread emits them.
@@ -181,14 +244,24 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// What a call does when a signal handler raises (Ctrl-C) while the engine works.
+#[derive(Clone, Copy)]
+enum OnInterrupt<'a> {
+    /// Raise at once and leave the work to finish on its own thread: it only reads, so there
+    /// is nothing to clean up or to leave half done.
+    Abandon,
+    /// Cancel the work through its token, wait until it has returned (its clean-up done), then
+    /// raise. The text names the clean-up waited for, for the log.
+    Cancel(&'a CancelToken, &'static str),
+    /// The work has no cancellation point: wait until it has finished, then raise. The text
+    /// names the work waited for, for the log.
+    Finish(&'static str),
+}
+
 /// Runs `work` on its own thread and waits for it detached from the interpreter, running
-/// Python's signal handlers every [`POLL`].
-///
-/// With a `cancel` token, an exception from a signal handler cancels the work, the wait goes on
-/// until the work has returned (its clean-up done), and then that exception is raised. Without
-/// one (work that holds nothing to clean up) the exception is raised at once and the thread is
-/// left to finish on its own.
-fn run_interruptible<T, F>(py: Python<'_>, cancel: Option<&CancelToken>, work: F) -> PyResult<T>
+/// Python's signal handlers every [`POLL`]; an exception from a handler is handled as
+/// `on_interrupt` says. Once the wait is over, that exception is raised instead of the result.
+fn run_interruptible<T, F>(py: Python<'_>, on_interrupt: OnInterrupt<'_>, work: F) -> PyResult<T>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -224,22 +297,30 @@ where
             }
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(err) = py.check_signals() {
-                    let Some(cancel) = cancel else {
-                        return Err(err);
+                    let waiting_for = match on_interrupt {
+                        OnInterrupt::Abandon => return Err(err),
+                        OnInterrupt::Cancel(_, what) | OnInterrupt::Finish(what) => what,
                     };
-                    if interruption.is_none() {
-                        cancel.cancel();
+                    if interruption.is_some() {
                         log::warn!(
                             target: LOGGER,
-                            "interrupted: cancelling; waiting for clean-up (thaw, snapshot removal) to finish"
+                            "still waiting for {waiting_for}; stopping now would leave it half done"
                         );
-                        interruption = Some(err);
+                        continue;
+                    }
+                    if let OnInterrupt::Cancel(token, _) = on_interrupt {
+                        token.cancel();
+                        log::warn!(
+                            target: LOGGER,
+                            "interrupted: cancelling; waiting for {waiting_for} to finish"
+                        );
                     } else {
                         log::warn!(
                             target: LOGGER,
-                            "still cleaning up (thaw, snapshot removal); stopping now would leave guests frozen or snapshots behind"
+                            "interrupted: waiting for {waiting_for} to finish (it cannot stop half-way)"
                         );
                     }
+                    interruption = Some(err);
                 }
             }
         }
@@ -270,7 +351,8 @@ fn backup<'py>(
     let sink = PyEventSink { callback: on_event };
     let cancel = CancelToken::new();
     let token = cancel.clone();
-    let (result, sink) = run_interruptible(py, Some(&cancel), move || {
+    let on_interrupt = OnInterrupt::Cancel(&cancel, "clean-up (thaw, snapshot removal)");
+    let (result, sink) = run_interruptible(py, on_interrupt, move || {
         let result = engine::run_backup(&options, &sink, &token);
         // The sink goes back to the caller so its callback is released while attached.
         (result, sink)
@@ -289,7 +371,9 @@ fn list_domains<'py>(
     domains: Vec<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     refresh_logging();
-    let result = run_interruptible(py, None, move || engine::list_domains(&connect, &domains))?;
+    let result = run_interruptible(py, OnInterrupt::Abandon, move || {
+        engine::list_domains(&connect, &domains)
+    })?;
     let listings = result.map_err(to_py_err)?;
     to_py(py, &listings)
 }
@@ -304,11 +388,71 @@ fn list_backups<'py>(
     domain: Option<String>,
 ) -> PyResult<Bound<'py, PyAny>> {
     refresh_logging();
-    let result = run_interruptible(py, None, move || {
+    let result = run_interruptible(py, OnInterrupt::Abandon, move || {
         engine::list_backups(&repo, domain.as_deref())
     })?;
     let listings = result.map_err(to_py_err)?;
     to_py(py, &listings)
+}
+
+/// Restores one disk of a backup into a file or an RBD image; returns the report as a dict.
+///
+/// `options` is a JSON object (str) or a mapping with the fields of `RestoreOptions`; its `to`
+/// may be a string in the CLI syntax. The result is checked against the backup's checksum; a
+/// failure (or Ctrl-C) leaves no partial target behind.
+#[pyfunction]
+#[pyo3(signature = (options))]
+fn restore<'py>(py: Python<'py>, options: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let options = parse_restore_options(py, options)?;
+    refresh_logging();
+    let cancel = CancelToken::new();
+    let token = cancel.clone();
+    let on_interrupt = OnInterrupt::Cancel(&cancel, "the removal of the partial restore");
+    let result = run_interruptible(py, on_interrupt, move || engine::restore(&options, &token))?;
+    let report = result.map_err(to_py_err)?;
+    to_py(py, &report)
+}
+
+/// Verifies the backups in a repository (of one domain, or one backup and its chain); returns
+/// the report as a dict. Damage is in the report's `problems`; an exception means the
+/// verification could not run.
+#[pyfunction]
+#[pyo3(signature = (repo, domain=None, backup=None))]
+fn verify<'py>(
+    py: Python<'py>,
+    repo: PathBuf,
+    domain: Option<String>,
+    backup: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    refresh_logging();
+    let result = run_interruptible(py, OnInterrupt::Abandon, move || {
+        engine::verify(&repo, domain.as_deref(), backup.as_deref())
+    })?;
+    let report = result.map_err(to_py_err)?;
+    to_py(py, &report)
+}
+
+/// Applies keep options to the backups of one domain or of all; returns the report as a dict.
+///
+/// `keep` is a JSON object (str) or a mapping with the fields of `KeepOptions`. With `dry_run`
+/// nothing is removed.
+#[pyfunction]
+#[pyo3(signature = (repo, keep, domain=None, dry_run=false))]
+fn prune<'py>(
+    py: Python<'py>,
+    repo: PathBuf,
+    keep: &Bound<'py, PyAny>,
+    domain: Option<String>,
+    dry_run: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let keep = parse_keep_options(py, keep)?;
+    refresh_logging();
+    let on_interrupt = OnInterrupt::Finish("the prune (its removals under the domain locks)");
+    let result = run_interruptible(py, on_interrupt, move || {
+        engine::prune(&repo, domain.as_deref(), &keep, dry_run)
+    })?;
+    let report = result.map_err(to_py_err)?;
+    to_py(py, &report)
 }
 
 /// Rust core of virt-rbd-backup (private: use the `virt_rbd_backup` package).
@@ -327,6 +471,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(backup, m)?)?;
     m.add_function(wrap_pyfunction!(list_domains, m)?)?;
     m.add_function(wrap_pyfunction!(list_backups, m)?)?;
+    m.add_function(wrap_pyfunction!(restore, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(prune, m)?)?;
     m.add("BackupError", py.get_type::<BackupError>())?;
     m.add("UsageError", py.get_type::<UsageError>())?;
     m.add("LibvirtError", py.get_type::<LibvirtError>())?;
