@@ -1,0 +1,114 @@
+"""A run killed at any point leaves nothing that looks like a backup, no guest frozen, and
+nothing the next run cannot clean up. The backup process is paused at a phase by its test hook
+(`VIRT_RBD_BACKUP_TEST_PAUSE=PHASE:SECONDS`) and killed there with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab_support import agent, cli, domain_report, domain_uuid, require_lab, tool_snapshots
+
+pytestmark = pytest.mark.lab
+
+
+def start_paused(repo: Path, phase: str, domain: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=f"{phase}:60")
+    return subprocess.Popen(
+        [sys.executable, "-m", "virt_rbd_backup", "backup", "--repo", str(repo), "--json", "--domain", domain],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def partials(repo: Path, domain: str) -> list[Path]:
+    folder = repo / domain_uuid(domain)
+    return [p for p in folder.iterdir() if p.name.startswith(".partial-")] if folder.exists() else []
+
+
+def complete_backups(repo: Path, domain: str) -> list[str]:
+    folder = repo / domain_uuid(domain)
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_sigkill_while_frozen_thaws_the_guest_within_seconds(tmp_path: Path) -> None:
+    require_lab()
+    repo = tmp_path / "repo"
+    proc = start_paused(repo, "frozen", "lab-guest")
+    try:
+        wait_for(lambda: agent("lab-guest", "guest-fsfreeze-status") == "frozen", 60, "the guest to be frozen")
+    finally:
+        proc.kill()
+        proc.wait()
+    started = time.monotonic()
+    wait_for(lambda: agent("lab-guest", "guest-fsfreeze-status") == "thawed", 10, "the watchdog to thaw the guest")
+    print(f"thawed {time.monotonic() - started:.2f} s after SIGKILL")
+    assert partials(repo, "lab-guest"), "the killed run should have left its partial folder"
+    # The next run cleans up and succeeds.
+    result = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-guest")
+    assert result.returncode == 0, result.stderr
+    assert any("interrupted run" in w for w in domain_report(result.json(), "lab-guest")["warnings"])
+    assert not partials(repo, "lab-guest")
+
+
+@pytest.mark.parametrize("phase", ["exported", "committing"])
+def test_sigkill_after_the_snapshot_leaves_no_backup_and_no_leak(tmp_path: Path, phase: str) -> None:
+    require_lab()
+    repo = tmp_path / "repo"
+    good = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
+    assert good.returncode == 0, good.stderr
+    base = domain_report(good.json(), "lab-off")["disks"][0]["snapshot"]
+    proc = start_paused(repo, phase, "lab-off")
+    try:
+        wait_for(lambda: len(tool_snapshots("rbd/lab-off-a")) == 2, 60, "the killed run's snapshot")
+        wait_for(lambda: bool(partials(repo, "lab-off")), 30, "the partial folder")
+        if phase == "committing":
+            # Paused just before the manifest is written: every disk file is complete.
+            wait_for(lambda: any(p.glob("*.blocks") for p in partials(repo, "lab-off")), 30, "the disk files")
+    finally:
+        proc.kill()
+        proc.wait()
+    # Nothing of the killed run counts: the listing and verify see the good backup only.
+    listed = json.loads(cli("list", "--repo", str(repo), "--json").stdout)
+    assert [b["backup_id"] for b in listed] == complete_backups(repo, "lab-off")
+    assert len(listed) == 1
+    assert cli("verify", "--repo", str(repo)).returncode == 0
+    # The next run removes the partial folder and the orphaned snapshot, and says so.
+    result = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
+    assert result.returncode == 0, result.stderr
+    dom = domain_report(result.json(), "lab-off")
+    assert any("interrupted run" in w for w in dom["warnings"]), dom["warnings"]
+    assert not partials(repo, "lab-off")
+    assert tool_snapshots("rbd/lab-off-a") == [dom["disks"][0]["snapshot"]]
+    assert base not in tool_snapshots("rbd/lab-off-a")
+
+
+def test_a_second_run_on_the_same_domain_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    require_lab()
+    repo = tmp_path / "repo"
+    proc = start_paused(repo, "exported", "lab-off")
+    try:
+        wait_for(lambda: bool(partials(repo, "lab-off")), 60, "the first run to start writing")
+        second = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
+        assert second.returncode == 1
+        dom = domain_report(second.json(), "lab-off")
+        assert "another virt-rbd-backup run" in dom["error"], dom["error"]
+    finally:
+        proc.kill()
+        proc.wait()
