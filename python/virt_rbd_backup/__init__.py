@@ -8,6 +8,9 @@ public Python face::
     report = virt_rbd_backup.backup(domains=["web1"], repo="/srv/backups")
     for domain in report.domains:
         print(domain.name, domain.status, domain.error or "")
+    virt_rbd_backup.restore("web1", disk="vda", to="/srv/restore/web1-vda.raw", repo="/srv/backups")
+    assert virt_rbd_backup.verify(repo="/srv/backups").ok
+    virt_rbd_backup.prune(keep_daily=7, keep_weekly=4, repo="/srv/backups")
 
 Every error raised here derives from :class:`BackupError`. Log records of the core go to the
 standard :mod:`logging` logger ``virt_rbd_backup`` (and its children).
@@ -15,7 +18,9 @@ standard :mod:`logging` logger ``virt_rbd_backup`` (and its children).
 
 from __future__ import annotations
 
+import datetime
 import os
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -34,12 +39,19 @@ from .report import (
     BackupReport,
     DiskReport,
     DomainListing,
+    DomainPruneReport,
     DomainReport,
     FreezeReport,
+    KeptBackup,
     MonitorHost,
+    PruneReport,
     RbdAuth,
     RbdDisk,
+    RemovedBackup,
+    RestoreReport,
     SkippedDisk,
+    VerifyProblem,
+    VerifyReport,
 )
 
 __all__ = [
@@ -48,26 +60,38 @@ __all__ = [
     "BackupDiskListing",
     "BackupError",
     "BackupListing",
+    "BackupMode",
     "BackupReport",
     "CancelledError",
     "CephError",
     "DiskReport",
     "DomainListing",
+    "DomainPruneReport",
     "DomainReport",
     "EventCallback",
     "FreezePolicy",
     "FreezeReport",
+    "KeptBackup",
     "LibvirtError",
     "MonitorHost",
+    "PruneReport",
     "RbdAuth",
     "RbdDisk",
+    "RemovedBackup",
     "RepositoryError",
+    "RestoreReport",
     "SkippedDisk",
     "UsageError",
+    "VerifyProblem",
+    "VerifyReport",
     "__version__",
     "backup",
     "list_backups",
     "list_domains",
+    "parse_duration",
+    "prune",
+    "restore",
+    "verify",
 ]
 
 __version__: str = _native.__version__
@@ -84,6 +108,14 @@ FreezePolicy = Literal["auto", "required", "off"]
 ``auto``: freeze running guests through the QEMU guest agent; if it does not answer, warn and
 take crash-consistent snapshots. ``required``: the same, but a failed freeze fails the domain.
 ``off``: never freeze.
+"""
+
+BackupMode = Literal["auto", "full"]
+"""What kind of backup to take of each disk.
+
+``auto``: incremental (the blocks changed since the disk's previous backup, as an rbd diff)
+when the previous backup and its snapshot can serve as base, otherwise full, with the reason as
+a warning. ``full``: always full, starting a new chain.
 """
 
 EventCallback = Callable[[dict[str, Any]], object]
@@ -106,6 +138,8 @@ def backup(
     freeze: FreezePolicy = "auto",
     freeze_mountpoints: Iterable[str] = (),
     repo: str | os.PathLike[str] = DEFAULT_REPO,
+    mode: BackupMode = "auto",
+    full_every: int | None = None,
     on_event: EventCallback | None = None,
 ) -> BackupReport:
     """Back up the RBD disks of libvirt domains into a repository.
@@ -122,6 +156,10 @@ def backup(
         freeze: ``"auto"``, ``"required"`` or ``"off"`` (see :data:`FreezePolicy`).
         freeze_mountpoints: Only these guest mountpoints are frozen (empty: all).
         repo: The backup repository directory.
+        mode: ``"auto"`` (incremental when a sound base exists) or ``"full"`` (see
+            :data:`BackupMode`).
+        full_every: Take a full backup (a new chain) of a disk every this many backups of it;
+            ``None``: only when no incremental is possible.
         on_event: Called with each event as it happens, as a dict whose ``"event"`` key is
             ``disk_skipped``, ``domain_started``, ``domain_warning``, ``disk_progress`` or
             ``domain_finished``. It runs on worker threads and must return quickly; an exception
@@ -161,6 +199,8 @@ def backup(
             freeze=freeze,
             freeze_mountpoints=freeze_mountpoints,
             repo=repo,
+            mode=mode,
+            full_every=full_every,
             on_event=on_event,
         )
     )
@@ -175,6 +215,8 @@ def _backup_json(
     freeze: FreezePolicy,
     freeze_mountpoints: Iterable[str],
     repo: str | os.PathLike[str],
+    mode: BackupMode,
+    full_every: int | None,
     on_event: EventCallback | None,
 ) -> dict[str, Any]:
     """Run :func:`backup` and return the report exactly as the core wrote it (``--json``)."""
@@ -186,6 +228,8 @@ def _backup_json(
         "freeze": freeze,
         "freeze_mountpoints": _names(freeze_mountpoints, "freeze_mountpoints"),
         "repo": os.fspath(repo),
+        "mode": mode,
+        "full_every": full_every,
     }
     return _native.backup(options, on_event)
 
@@ -243,3 +287,252 @@ def list_backups(*, repo: str | os.PathLike[str] = DEFAULT_REPO, domain: str | N
 def _list_backups_json(repo: str | os.PathLike[str], domain: str | None) -> list[dict[str, Any]]:
     """Return the listings exactly as the core wrote them (``list --repo --json``)."""
     return _native.list_backups(os.fspath(repo), domain)
+
+
+def restore(
+    domain: str,
+    *,
+    to: str | os.PathLike[str],
+    disk: str | None = None,
+    backup: str | None = None,
+    force: bool = False,
+    repo: str | os.PathLike[str] = DEFAULT_REPO,
+    ceph_conf: str | os.PathLike[str] | None = None,
+    ceph_user: str | None = None,
+    connect: str = DEFAULT_CONNECT,
+) -> RestoreReport:
+    """Restore one disk of a backup into a sparse raw file or an RBD image.
+
+    The backup's chain (its full backup, then each incremental) is replayed, every stored file
+    checked against its checksum on the way, and the result is compared with the backup's
+    content checksum: a restore either reproduces the backed-up disk exactly or fails. It is
+    written under a temporary name and renamed into place only then, so a failure or Ctrl-C
+    leaves no partial target.
+
+    Args:
+        domain: Domain name or UUID, as the repository knows it (the domain may be gone from
+            libvirt).
+        to: Where to: a string in the CLI syntax, ``rbd:POOL/IMAGE``, ``rbd:POOL/NAMESPACE/IMAGE``
+            or a file path; a path object is always a file.
+        disk: The disk (``vda``); may be left out when the backup has one disk.
+        backup: Backup id; ``None`` or ``"latest"``: the newest complete backup.
+        force: Replace an existing target.
+        repo: The backup repository directory.
+        ceph_conf: For RBD targets: a ceph.conf (with its keyring) to connect with, instead of
+            the monitors and the libvirt secret the domain's saved XML names.
+        ceph_user: The Ceph user with ``ceph_conf`` (default ``admin``).
+        connect: libvirt URI, to read the domain's Ceph key when no ``ceph_conf`` is given.
+
+    Returns:
+        The report: the chain replayed, bytes written, the checksum verified.
+
+    Raises:
+        UsageError: A bad target, a target that exists without ``force``, a backup with several
+            disks and no ``disk``.
+        RepositoryError: The backup does not exist or its data is damaged.
+        CephError: The RBD target cannot be written.
+        LibvirtError: The domain's Ceph key cannot be read.
+        KeyboardInterrupt: Ctrl-C; raised only after the partial target was removed.
+
+    Example:
+        >>> r = virt_rbd_backup.restore(
+        ...     "web1", disk="vda", to="rbd:rbd/web1-root-restored", repo="/srv/backups"
+        ... )  # doctest: +SKIP
+        >>> r.chain, r.target  # doctest: +SKIP
+        (('20261126T100000Z', '20261127T100000Z'), 'rbd:rbd/web1-root-restored')
+    """
+    return RestoreReport.from_dict(
+        _restore_json(
+            domain,
+            to=to,
+            disk=disk,
+            backup=backup,
+            force=force,
+            repo=repo,
+            ceph_conf=ceph_conf,
+            ceph_user=ceph_user,
+            connect=connect,
+        )
+    )
+
+
+def _restore_json(
+    domain: str,
+    *,
+    to: str | os.PathLike[str],
+    disk: str | None,
+    backup: str | None,
+    force: bool,
+    repo: str | os.PathLike[str],
+    ceph_conf: str | os.PathLike[str] | None,
+    ceph_user: str | None,
+    connect: str,
+) -> dict[str, Any]:
+    """Run :func:`restore` and return the report exactly as the core wrote it (``--json``)."""
+    # A string is read by the core in the CLI syntax; a path object is a file, even one whose
+    # name starts with "rbd:".
+    target: str | dict[str, str] = to if isinstance(to, str) else {"type": "file", "path": os.fspath(to)}
+    options = {
+        "repo": os.fspath(repo),
+        "domain": domain,
+        "disk": disk,
+        "backup": backup,
+        "to": target,
+        "force": force,
+        "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
+        "ceph_user": ceph_user,
+        "connect": connect,
+    }
+    return _native.restore(options)
+
+
+def verify(
+    domain: str | None = None, *, backup: str | None = None, repo: str | os.PathLike[str] = DEFAULT_REPO
+) -> VerifyReport:
+    """Check backups in a repository against their checksums, without Ceph or libvirt.
+
+    Every stored file is read and checked against the checksum its manifest records, every
+    block table against the manifest, every chain for completeness (an incremental whose
+    parent is gone cannot be restored). Each file is read once even when several chains share
+    it.
+
+    Args:
+        domain: Only this domain's backups (name or UUID); ``None``: every domain.
+        backup: Only this backup (an id, or ``"latest"``) and the chain it depends on.
+        repo: The backup repository directory.
+
+    Returns:
+        The report; damage is in :attr:`VerifyReport.problems` and :attr:`VerifyReport.ok`
+        tells whether there is none.
+
+    Raises:
+        RepositoryError: The repository cannot be read, or the domain or backup does not exist.
+        KeyboardInterrupt: Ctrl-C, at once (verification only reads).
+
+    Example:
+        >>> report = virt_rbd_backup.verify("web1", repo="/srv/backups")  # doctest: +SKIP
+        >>> report.ok, len(report.checked)  # doctest: +SKIP
+        (True, 14)
+    """
+    return VerifyReport.from_dict(_verify_json(domain, backup=backup, repo=repo))
+
+
+def _verify_json(domain: str | None, *, backup: str | None, repo: str | os.PathLike[str]) -> dict[str, Any]:
+    """Run :func:`verify` and return the report exactly as the core wrote it (``--json``)."""
+    return _native.verify(os.fspath(repo), domain, backup)
+
+
+_DURATION_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_PART = re.compile(r"(\d+)([a-z]+)")
+
+
+def parse_duration(text: str) -> int:
+    """Read a duration such as ``7d``, ``12h`` or ``1w3d12h`` as seconds.
+
+    Units: ``s``, ``min``, ``h``, ``d`` (24 h), ``w`` (7 d). Months and years are refused
+    (their length varies; give days), and so is ``m``, which restic reads as months and others
+    as minutes.
+
+    >>> parse_duration("1d12h")
+    129600
+
+    Raises:
+        UsageError: The text is not such a duration.
+    """
+    parts = _DURATION_PART.findall(text)
+    if not text or "".join(n + unit for n, unit in parts) != text:
+        raise UsageError(
+            f"bad duration {text!r}: expected a number and a unit (s, min, h, d, w), for example 7d or 12h"
+        )
+    seconds = 0
+    for number, unit in parts:
+        if unit not in _DURATION_UNITS:
+            raise UsageError(
+                f"bad duration {text!r}: unknown unit {unit!r}; use s, min, h, d or w "
+                "(months and years vary in length: give days, for example 30d)"
+            )
+        seconds += int(number) * _DURATION_UNITS[unit]
+    return seconds
+
+
+def _seconds(value: int | datetime.timedelta | str) -> int:
+    """Seconds of a ``keep_within`` value."""
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, datetime.timedelta):
+        return int(value.total_seconds())
+    return int(value)
+
+
+def prune(
+    domain: str | None = None,
+    *,
+    keep_last: int | None = None,
+    keep_hourly: int | None = None,
+    keep_daily: int | None = None,
+    keep_weekly: int | None = None,
+    keep_monthly: int | None = None,
+    keep_yearly: int | None = None,
+    keep_within: int | datetime.timedelta | str | None = None,
+    dry_run: bool = False,
+    repo: str | os.PathLike[str] = DEFAULT_REPO,
+) -> PruneReport:
+    """Remove the backups no keep option selects (restic's ``forget --prune`` rules).
+
+    Each rule keeps on its own and a backup kept by several lists every reason. The ancestors
+    of a kept incremental are kept with it; backups whose chain is broken are removed. Each
+    domain is pruned under its repository lock, so never while it is backed up; a domain that
+    is busy is skipped and reported.
+
+    Args:
+        domain: Only this domain (name or UUID); ``None``: every domain in the repository.
+        keep_last: Keep the N newest backups.
+        keep_hourly: Keep the newest backup of each of the last N hours that have backups.
+        keep_daily: Keep the newest backup of each of the last N days (UTC) that have backups.
+        keep_weekly: Keep the newest backup of each of the last N ISO weeks that have backups.
+        keep_monthly: Keep the newest backup of each of the last N months that have backups.
+        keep_yearly: Keep the newest backup of each of the last N years that have backups.
+        keep_within: Keep every backup this much older than the newest at most: seconds, a
+            :class:`datetime.timedelta` or a string such as ``"7d"`` (see :func:`parse_duration`).
+        dry_run: Remove nothing; the report lists what would be removed.
+        repo: The backup repository directory.
+
+    Returns:
+        The report; :attr:`PruneReport.has_problems` tells whether a domain was skipped or
+        failed or a folder could not be handled.
+
+    Raises:
+        UsageError: No keep option (or only zeros): that would remove everything, so it is
+            refused; or a named domain has no backups.
+        RepositoryError: The repository cannot be read.
+        KeyboardInterrupt: Ctrl-C; raised after the prune has finished (it has no point where
+            it can stop half-way).
+
+    Example:
+        >>> report = virt_rbd_backup.prune(keep_daily=7, keep_weekly=4, dry_run=True)  # doctest: +SKIP
+        >>> [r.backup_id for d in report.domains for r in d.removed]  # doctest: +SKIP
+        ['20261101T100000Z']
+    """
+    return PruneReport.from_dict(
+        _prune_json(
+            domain,
+            keep={
+                "last": keep_last,
+                "hourly": keep_hourly,
+                "daily": keep_daily,
+                "weekly": keep_weekly,
+                "monthly": keep_monthly,
+                "yearly": keep_yearly,
+                "within_seconds": None if keep_within is None else _seconds(keep_within),
+            },
+            dry_run=dry_run,
+            repo=repo,
+        )
+    )
+
+
+def _prune_json(
+    domain: str | None, *, keep: dict[str, int | None], dry_run: bool, repo: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Run :func:`prune` and return the report exactly as the core wrote it (``--json``)."""
+    return _native.prune(os.fspath(repo), keep, domain, dry_run)

@@ -20,6 +20,9 @@ __all__ = [
     "backup",
     "list_backups",
     "list_domains",
+    "prune",
+    "restore",
+    "verify",
 ]
 
 __version__: str
@@ -51,7 +54,8 @@ def backup(
 
     ``options`` is a JSON object (str) or a mapping with the fields of ``BackupOptions``
     (``connect``, ``domains``, ``workers``, ``queue_depth``, ``freeze``,
-    ``freeze_mountpoints``, ``repo``); missing fields take their defaults and an unknown one is a
+    ``freeze_mountpoints``, ``repo``, ``mode`` (``"auto"`` or ``"full"``), ``full_every``
+    (int or None)); missing fields take their defaults and an unknown one is a
     :class:`UsageError`. ``on_event`` is called with each event as a dict, from worker threads;
     an exception it raises is logged on the ``virt_rbd_backup`` logger and the run goes on.
 
@@ -74,4 +78,47 @@ def list_backups(repo: str | os.PathLike[str], domain: str | None = None) -> lis
     """List the complete backups in a repository (oldest first per domain), as a list of dicts.
 
     ``domain`` (name or UUID) keeps only that domain's backups. Only the repository is read.
+    """
+
+def restore(options: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Restore one disk of a backup into a file or an RBD image; return the report as a dict.
+
+    ``options`` is a JSON object (str) or a mapping with the fields of ``RestoreOptions``:
+    ``repo``, ``domain`` and ``to`` are required; ``disk``, ``backup`` (an id or ``"latest"``),
+    ``force``, ``ceph_conf``, ``ceph_user`` and ``connect`` are optional; an unknown field is a
+    :class:`UsageError`. ``to`` is either a string in the CLI syntax (``rbd:POOL/IMAGE``,
+    ``rbd:POOL/NAMESPACE/IMAGE``, or a file path), a malformed one being a
+    :class:`UsageError`, or the object ``{"type": "file", "path": ...}`` or
+    ``{"type": "rbd", "pool": ..., "namespace": ..., "image": ...}``.
+
+    The GIL is released for the whole restore. On Ctrl-C (or any exception from a signal
+    handler) the restore is cancelled, the call waits until the engine has removed the partial
+    target, and then re-raises that exception.
+    """
+
+def verify(repo: str | os.PathLike[str], domain: str | None = None, backup: str | None = None) -> dict[str, Any]:
+    """Verify the backups in a repository; return the report as a dict.
+
+    ``domain`` (name or UUID) limits it to that domain, ``backup`` (an id or ``"latest"``) to
+    that backup and the chain it depends on. Damage is in the report's ``problems``; an
+    exception means the verification could not run. The GIL is released while files are read;
+    Ctrl-C interrupts at once (verification only reads).
+    """
+
+def prune(
+    repo: str | os.PathLike[str],
+    keep: str | Mapping[str, Any],
+    domain: str | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """Remove the backups that no keep option selects; return the report as a dict.
+
+    ``keep`` is a JSON object (str) or a mapping with the fields of ``KeepOptions``
+    (``last``, ``hourly``, ``daily``, ``weekly``, ``monthly``, ``yearly``,
+    ``within_seconds``: int or None each); an unknown field, a negative value or no keep option
+    at all is a :class:`UsageError`. ``domain`` (name or UUID) limits it to that domain; with
+    ``dry_run`` nothing is removed and the report lists what would be.
+
+    The GIL is released for the whole prune. On Ctrl-C the call waits until the prune has
+    finished (it cannot stop half-way) and then raises the exception.
     """

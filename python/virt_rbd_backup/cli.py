@@ -5,14 +5,28 @@ and prints the original tool's lines, as events arrive::
 
     Ignoring non-network disk for domain: NAME
     Ignoring non-RBD network disk for domain: NAME
+    Ignoring RBD snapshot disk for domain: NAME
     Processing N images for domain UUID
     Backup successful: No error occurred for domain UUID
     Backup failed: MESSAGE
 
-followed by a one-line summary. ``list`` shows the domains and their disks, ``list --repo DIR``
-the backups a repository holds. Warnings go to stderr; progress is drawn on stderr only when it
-is a terminal. Exit status: 0 all domains succeeded, 1 some failed, 2 the run could not start
-(bad flags, unusable repository, libvirt unreachable), 130 interrupted (after clean-up).
+followed by a one-line summary (the RBD snapshot line is new: the original tool had no such
+case). ``list`` shows the domains and their disks, ``list --repo DIR`` the backups a repository
+holds. Warnings go to stderr; progress is drawn on stderr only when it is a terminal.
+
+The other subcommands work on the repository::
+
+    restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force]
+        Restored DOMAIN disk vda from backup ID (chain: A <- B) to TARGET: N bytes, checksum verified
+    verify [DOMAIN] [--backup ID|latest]
+        OK: N backups verified  |  CORRUPT backup ID disk vda: MESSAGE (one line per problem)
+    prune [DOMAIN] --keep-daily N ... [--keep-within 7d] [--dry-run]
+        keep DOMAIN ID: REASONS  |  remove DOMAIN ID: REASON  |  would remove DOMAIN ID: REASON
+
+Exit status: 0 success; 1 some domain failed (``backup``), the restore failed, verify found
+damage, prune had problems; 2 bad flags or options (an existing restore target without
+``--force``, no keep option), and for ``backup`` and ``list`` anything that stops the run before
+it starts (unusable repository, libvirt unreachable); 130 interrupted (after clean-up).
 """
 
 from __future__ import annotations
@@ -34,10 +48,18 @@ from . import (
     BackupReport,
     CancelledError,
     DomainListing,
+    PruneReport,
+    RestoreReport,
+    UsageError,
+    VerifyReport,
     __version__,
     _backup_json,
     _list_backups_json,
     _list_domains_json,
+    _prune_json,
+    _restore_json,
+    _verify_json,
+    parse_duration,
 )
 
 __all__ = [
@@ -47,25 +69,29 @@ __all__ = [
     "EXIT_USAGE",
     "EventPrinter",
     "build_parser",
+    "error_status",
     "exit_status",
     "format_backup_listing",
     "format_event",
     "format_listing",
+    "format_prune",
+    "format_restore",
+    "format_verify",
     "main",
     "parse_args",
     "summary_line",
 ]
 
 EXIT_OK = 0
-"""Every domain succeeded (or was skipped)."""
+"""Every domain succeeded (or was skipped); the restore, verify or prune found nothing wrong."""
 EXIT_FAILED = 1
-"""At least one domain failed."""
+"""At least one domain failed; the restore failed; verify found damage; prune had problems."""
 EXIT_USAGE = 2
-"""The run could not start: bad flags or configuration, unusable repository, no libvirt."""
+"""Bad flags or options; for ``backup`` and ``list`` also an unusable repository or no libvirt."""
 EXIT_INTERRUPTED = 130
 """Interrupted by Ctrl-C, after clean-up (128 + SIGINT, as shells report it)."""
 
-SUBCOMMANDS = ("backup", "list")
+SUBCOMMANDS = ("backup", "list", "restore", "verify", "prune")
 """Subcommands; ``backup`` is assumed when the first argument is none of them."""
 
 Stream = Literal["out", "err"]
@@ -74,12 +100,18 @@ Stream = Literal["out", "err"]
 _SKIP_LINES = {
     "not_network": "Ignoring non-network disk for domain: {domain}",
     "not_rbd": "Ignoring non-RBD network disk for domain: {domain}",
+    "rbd_snapshot": "Ignoring RBD snapshot disk for domain: {domain}",
 }
 
 _SKIP_REASONS = {
     "not_network": "not a network disk",
     "not_rbd": "network disk that is not RBD",
+    "rbd_snapshot": "its source is an RBD snapshot",
 }
+
+_COMMANDS_THAT_START = ("backup", "list")
+"""Commands for which any error is "the run could not start" (2); for the others only a usage
+error is 2 and any other error is a failure of the operation (1)."""
 
 
 def format_event(event: Mapping[str, Any]) -> tuple[Stream, str] | None:
@@ -117,9 +149,33 @@ def summary_line(report: BackupReport) -> str:
     )
 
 
-def exit_status(report: BackupReport) -> int:
-    """Return the exit status of a finished run: 1 if any domain failed, else 0."""
-    return EXIT_FAILED if report.any_failed else EXIT_OK
+def exit_status(report: BackupReport | RestoreReport | VerifyReport | PruneReport) -> int:
+    """Return the exit status of a finished command from its report.
+
+    1 if a domain failed (backup), damage was found (verify) or a domain could not be pruned
+    completely (prune); otherwise, and always for a restore that returned a report, 0.
+    """
+    if isinstance(report, BackupReport):
+        failed = report.any_failed
+    elif isinstance(report, VerifyReport):
+        failed = not report.ok
+    elif isinstance(report, PruneReport):
+        failed = report.has_problems
+    else:
+        failed = False
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def error_status(command: str, error: BackupError) -> int:
+    """Return the exit status of ``command`` stopped by ``error``.
+
+    A :class:`UsageError` is 2 everywhere. Any other error is 2 for ``backup`` and ``list`` (the
+    run could not start; a failure during a backup is in its report) and 1 for ``restore``,
+    ``verify`` and ``prune`` (the operation itself failed: damaged data, Ceph, the repository).
+    """
+    if isinstance(error, UsageError) or command in _COMMANDS_THAT_START:
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 def _size(n: float) -> str:
@@ -253,25 +309,44 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_repo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo",
+        metavar="DIR",
+        default=DEFAULT_REPO,
+        help=f"backup repository (default: {DEFAULT_REPO})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser (subcommands ``backup`` and ``list``)."""
+    """Build the argument parser (subcommands ``backup``, ``list``, ``restore``, ``verify``, ``prune``)."""
     parser = argparse.ArgumentParser(
         prog="virt-rbd-backup",
         description="Back up libvirt/QEMU domains whose disks live in Ceph RBD.",
         epilog="Without a subcommand, 'backup' is run: 'virt-rbd-backup --domain web1' is "
-        "'virt-rbd-backup backup --domain web1'. Exit status: 0 all succeeded, 1 some domain "
-        "failed, 2 the run could not start, 130 interrupted.",
+        "'virt-rbd-backup backup --domain web1'. Exit status: 0 success, 1 some domain failed "
+        "(backup), the restore failed, verify found damage or prune had problems, 2 bad flags "
+        "or options (for backup and list: anything that stops the run before it starts), "
+        "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
         "--connect",
         metavar="URI",
         default=DEFAULT_CONNECT,
         help=f"libvirt URI (default: {DEFAULT_CONNECT})",
     )
-    common.add_argument(
+    selection = argparse.ArgumentParser(add_help=False)
+    selection.add_argument(
         "--domain",
         metavar="NAME",
         dest="domains",
@@ -279,15 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a domain name or UUID; repeat for several (default: every domain)",
     )
-    common.add_argument("--json", action="store_true", help="print only JSON on stdout (no progress, no lines)")
-    verbosity = common.add_mutually_exclusive_group()
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--json", action="store_true", help="print only JSON on stdout (no progress, no lines)")
+    verbosity = output.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="print only failures and the summary")
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="print only failures and problems (and the backup summary)"
+    )
+    common = [connection, selection, output]
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser(
         "backup",
-        parents=[common],
+        parents=common,
         help="back up domains (the default)",
         description="Back up the RBD disks of libvirt domains into a repository.",
     )
@@ -321,14 +400,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="freeze only this guest mountpoint; repeat for several (default: all)",
     )
     run.add_argument(
-        "--repo",
-        metavar="DIR",
-        default=DEFAULT_REPO,
-        help=f"backup repository (default: {DEFAULT_REPO})",
+        "--mode",
+        choices=("auto", "full"),
+        default="auto",
+        help="auto: incremental when the previous backup can serve as base, else full (with "
+        "the reason as a warning); full: always full (default: auto)",
     )
+    run.add_argument(
+        "--full-every",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="take a full backup (a new chain) of a disk every N backups of it "
+        "(default: only when no incremental is possible)",
+    )
+    _add_repo(run)
+
     listing = commands.add_parser(
         "list",
-        parents=[common],
+        parents=common,
         help="list domains and their disks, or with --repo the backups in a repository",
         description="List domains with the RBD disks a backup would take and those it skips; "
         "with --repo, list the complete backups in that repository instead (libvirt is not "
@@ -340,6 +430,88 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="list the backups in this repository instead of the domains",
     )
+
+    restoring = commands.add_parser(
+        "restore",
+        parents=[connection, output],
+        help="restore a disk of a backup into a file or an RBD image",
+        description="Restore one disk of a backup (replaying its chain of incrementals) into a "
+        "sparse raw file or an RBD image, and check the result against the backup's checksum. "
+        "The target is written under a temporary name and renamed into place only then. "
+        "Exit status 1 if the restore failed (damaged data, Ceph), 2 on bad options (an "
+        "existing target without --force, several disks without --disk, a bad target).",
+    )
+    restoring.add_argument("domain", metavar="DOMAIN", help="domain name or UUID, as the repository knows it")
+    restoring.add_argument(
+        "--to",
+        metavar="TARGET",
+        required=True,
+        help="rbd:POOL/IMAGE, rbd:POOL/NAMESPACE/IMAGE or a file path (./rbd:x for a file named so)",
+    )
+    restoring.add_argument("--disk", metavar="DEV", help="the disk, for example vda (needed if the backup has several)")
+    restoring.add_argument(
+        "--backup", metavar="ID", default=None, help="backup id, or 'latest' (default: the latest backup)"
+    )
+    restoring.add_argument("--force", action="store_true", help="replace an existing target")
+    restoring.add_argument(
+        "--ceph-conf",
+        metavar="PATH",
+        default=None,
+        help="for an RBD target: connect with this ceph.conf and its keyring instead of the "
+        "monitors and libvirt secret of the domain's saved XML",
+    )
+    restoring.add_argument(
+        "--ceph-user", metavar="NAME", default=None, help="Ceph user with --ceph-conf (default: admin)"
+    )
+    _add_repo(restoring)
+
+    verifying = commands.add_parser(
+        "verify",
+        parents=[output],
+        help="check backups against their checksums",
+        description="Read every stored file of the backups and check it against its checksum, "
+        "and every chain for completeness; only the repository is read. Exit status 1 if any "
+        "damage was found or the repository could not be read, 2 on bad options.",
+    )
+    verifying.add_argument(
+        "domain", metavar="DOMAIN", nargs="?", default=None, help="only this domain (default: every domain)"
+    )
+    verifying.add_argument(
+        "--backup", metavar="ID", default=None, help="only this backup (or 'latest') and the chain it depends on"
+    )
+    _add_repo(verifying)
+
+    pruning = commands.add_parser(
+        "prune",
+        parents=[output],
+        help="remove the backups no keep option selects",
+        description="Keep the backups selected by the keep options (each on its own, as restic "
+        "does; a kept incremental keeps its chain) and remove the others and leftovers of "
+        "interrupted runs. At least one keep option is required. Exit status 1 if a domain was "
+        "skipped or failed or a folder could not be handled, 2 on bad options.",
+    )
+    pruning.add_argument(
+        "domain", metavar="DOMAIN", nargs="?", default=None, help="only this domain (default: every domain)"
+    )
+    for name, what in (
+        ("last", "the N newest backups"),
+        ("hourly", "the newest backup of each of the last N hours with backups"),
+        ("daily", "the newest backup of each of the last N days (UTC) with backups"),
+        ("weekly", "the newest backup of each of the last N ISO weeks with backups"),
+        ("monthly", "the newest backup of each of the last N months with backups"),
+        ("yearly", "the newest backup of each of the last N years with backups"),
+    ):
+        pruning.add_argument(f"--keep-{name}", metavar="N", type=_positive_int, default=None, help=f"keep {what}")
+    pruning.add_argument(
+        "--keep-within",
+        metavar="DURATION",
+        type=_duration,
+        default=None,
+        help="keep every backup at most this much older than the newest, for example 7d, 12h "
+        "or 1w3d (units s, min, h, d, w)",
+    )
+    pruning.add_argument("--dry-run", action="store_true", help="remove nothing; print what would be removed")
+    _add_repo(pruning)
     return parser
 
 
@@ -416,6 +588,57 @@ def _run_list(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_FAILED if any(listing.error for listing in listings) else EXIT_OK
 
 
+def format_restore(report: RestoreReport) -> str:
+    """Return the line ``restore`` prints.
+
+    For example ``Restored web1 disk vda from backup B (chain: A <- B) to rbd:rbd/web1-root:
+    10737418240 bytes, checksum verified``: the chain full backup first, the image size.
+    """
+    chain = " <- ".join(report.chain) or report.backup_id
+    return (
+        f"Restored {report.domain} disk {report.disk} from backup {report.backup_id} (chain: {chain}) "
+        f"to {report.target}: {report.size} bytes, checksum verified"
+    )
+
+
+def format_verify(report: VerifyReport, *, quiet: bool = False) -> list[str]:
+    """Return the lines ``verify`` prints.
+
+    ``OK: N backups verified`` (nothing when ``quiet``), or one ``CORRUPT backup ID disk DEV:
+    MESSAGE`` line per problem (``CORRUPT backup ID: MESSAGE`` for a manifest that cannot be read).
+    """
+    if report.ok:
+        return [] if quiet else [f"OK: {len(report.checked)} backups verified"]
+    return [
+        f"CORRUPT backup {p.backup_id} disk {p.disk}: {p.message}"
+        if p.disk
+        else f"CORRUPT backup {p.backup_id}: {p.message}"
+        for p in report.problems
+    ]
+
+
+def format_prune(report: PruneReport, *, quiet: bool = False) -> list[str]:
+    """Return the lines ``prune`` prints.
+
+    Per domain: a line if it was skipped or failed, one per backup, oldest first, saying what
+    happens to it and why (``keep DOMAIN ID: REASONS``, ``remove DOMAIN ID: REASON`` or in a dry
+    run ``would remove DOMAIN ID: REASON``), then its problems (``error DOMAIN: MESSAGE``).
+    ``quiet`` leaves out the ``keep`` lines.
+    """
+    remove = "would remove" if report.dry_run else "remove"
+    lines: list[str] = []
+    for domain in report.domains:
+        name = domain.display_name
+        if domain.status != "done":
+            lines.append(f"{domain.status} {name}: {domain.message or 'no reason given'}")
+        marks = [(k.backup_id, f"keep {name} {k.backup_id}: {', '.join(k.reasons)}") for k in domain.kept if not quiet]
+        marks += [(r.backup_id, f"{remove} {name} {r.backup_id}: {r.reason}") for r in domain.removed]
+        # Backup ids are UTC timestamps: sorting them interleaves keeps and removals in time.
+        lines.extend(line for _, line in sorted(marks, key=lambda mark: mark[0]))
+        lines.extend(f"error {name}: {error}" for error in domain.errors)
+    return lines
+
+
 def _print_json(value: Any, out: IO[str]) -> None:
     """Print the core's own JSON (fields this package does not know included)."""
     json.dump(value, out, indent=2)
@@ -440,6 +663,8 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
             freeze=args.freeze,
             freeze_mountpoints=args.freeze_mountpoints,
             repo=args.repo,
+            mode=args.mode,
+            full_every=args.full_every,
             on_event=printer,
         )
     finally:
@@ -452,6 +677,61 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return exit_status(report)
 
 
+def _print_lines(lines: Sequence[str], out: IO[str]) -> None:
+    for line in lines:
+        print(line, file=out)
+    out.flush()
+
+
+def _run_restore(args: argparse.Namespace, out: IO[str]) -> int:
+    raw = _restore_json(
+        args.domain,
+        to=args.to,
+        disk=args.disk,
+        backup=args.backup,
+        force=args.force,
+        repo=args.repo,
+        ceph_conf=args.ceph_conf,
+        ceph_user=args.ceph_user,
+        connect=args.connect,
+    )
+    report = RestoreReport.from_dict(raw)
+    if args.json:
+        _print_json(raw, out)
+    elif not args.quiet:
+        _print_lines([format_restore(report)], out)
+    return exit_status(report)
+
+
+def _run_verify(args: argparse.Namespace, out: IO[str]) -> int:
+    raw = _verify_json(args.domain, backup=args.backup, repo=args.repo)
+    report = VerifyReport.from_dict(raw)
+    if args.json:
+        _print_json(raw, out)
+    else:
+        _print_lines(format_verify(report, quiet=args.quiet), out)
+    return exit_status(report)
+
+
+def _run_prune(args: argparse.Namespace, out: IO[str]) -> int:
+    keep = {
+        "last": args.keep_last,
+        "hourly": args.keep_hourly,
+        "daily": args.keep_daily,
+        "weekly": args.keep_weekly,
+        "monthly": args.keep_monthly,
+        "yearly": args.keep_yearly,
+        "within_seconds": args.keep_within,
+    }
+    raw = _prune_json(args.domain, keep=keep, dry_run=args.dry_run, repo=args.repo)
+    report = PruneReport.from_dict(raw)
+    if args.json:
+        _print_json(raw, out)
+    else:
+        _print_lines(format_prune(report, quiet=args.quiet), out)
+    return exit_status(report)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status (argparse errors exit with 2 themselves)."""
     args = parse_args(argv)
@@ -459,13 +739,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             return _run_list(args, sys.stdout)
+        if args.command == "restore":
+            return _run_restore(args, sys.stdout)
+        if args.command == "verify":
+            return _run_verify(args, sys.stdout)
+        if args.command == "prune":
+            return _run_prune(args, sys.stdout)
         return _run_backup(args, sys.stdout, sys.stderr)
     except (KeyboardInterrupt, CancelledError):
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return error_status(args.command, exc)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Typed, immutable views of what the Rust core returns: backup reports and domain listings.
+"""Typed, immutable views of what the Rust core returns: reports and listings.
+
+Reports of backup, restore, verify and prune; listings of domains and of backups.
 
 The core hands back plain JSON-shaped dicts (the ``--json`` report format, which is the core's
 own serialization). These frozen dataclasses are built from them with ``from_dict`` and turn
@@ -24,14 +26,22 @@ __all__ = [
     "Consistency",
     "DiskReport",
     "DomainListing",
+    "DomainPruneReport",
     "DomainReport",
     "DomainStatus",
     "FreezeReport",
+    "KeptBackup",
     "MonitorHost",
+    "PruneReport",
+    "PruneStatus",
     "RbdAuth",
     "RbdDisk",
+    "RemovedBackup",
+    "RestoreReport",
     "SkipReason",
     "SkippedDisk",
+    "VerifyProblem",
+    "VerifyReport",
 ]
 
 DomainStatus: TypeAlias = Literal["succeeded", "failed", "skipped"]
@@ -44,8 +54,13 @@ Consistency: TypeAlias = Literal["frozen", "crash_consistent_per_disk", "shut_of
 BackupKind: TypeAlias = Literal["full", "incremental"]
 """A full backup (every allocated block) or an incremental one (what changed since the base)."""
 
-SkipReason: TypeAlias = Literal["not_network", "not_rbd"]
-"""Why a disk is not backed up: not a network disk, or a network disk that is not RBD."""
+SkipReason: TypeAlias = Literal["not_network", "not_rbd", "rbd_snapshot"]
+"""Why a disk is not backed up: not a network disk, a network disk that is not RBD, or an RBD
+disk whose source is a snapshot (immutable: nothing of the guest's to lose)."""
+
+PruneStatus: TypeAlias = Literal["done", "skipped", "failed"]
+"""How a domain's prune ended: ``done``, ``skipped`` (another run holds the domain's lock) or
+``failed`` (its folder unreadable, the lock failed)."""
 
 
 def _plain(value: Any) -> Any:
@@ -321,7 +336,7 @@ class SkippedDisk(_JsonShaped):
     target: str | None
     """Guest device, if the disk has one."""
     reason: SkipReason
-    """``not_network`` or ``not_rbd``."""
+    """``not_network``, ``not_rbd`` or ``rbd_snapshot``."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SkippedDisk:
@@ -426,3 +441,190 @@ class BackupListing(_JsonShaped):
             disks=tuple(BackupDiskListing.from_dict(d) for d in data.get("disks", ())),
             error=data.get("error"),
         )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RestoreReport(_JsonShaped):
+    """A restore of one disk: what ``restore()`` returns and ``restore --json`` prints."""
+
+    domain: str
+    """Domain name at backup time."""
+    backup_id: str
+    """The backup restored."""
+    disk: str
+    """The disk (guest device, for example ``vda``)."""
+    chain: tuple[str, ...] = ()
+    """The backups replayed, the full one first and the restored one last."""
+    target: str
+    """Where it went: ``rbd:pool/image``, ``rbd:pool/namespace/image`` or a file path."""
+    size: int
+    """Image size in bytes."""
+    bytes_written: int = 0
+    """Bytes of data written (holes are not written)."""
+    checksum: str
+    """The backup's content checksum, verified on the restored data."""
+    seconds: float = 0.0
+    """Seconds for the restore."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RestoreReport:
+        """Read what ``_native.restore`` returns."""
+        return cls(
+            domain=str(data["domain"]),
+            backup_id=str(data["backup_id"]),
+            disk=str(data["disk"]),
+            chain=tuple(str(b) for b in data.get("chain", ())),
+            target=str(data["target"]),
+            size=int(data["size"]),
+            bytes_written=int(data.get("bytes_written", 0)),
+            checksum=str(data["checksum"]),
+            seconds=float(data.get("seconds", 0.0)),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VerifyProblem(_JsonShaped):
+    """Damage found by ``verify()``."""
+
+    backup_id: str
+    """The backup (the folder name, if its manifest cannot be read)."""
+    disk: str
+    """The disk, or empty when the problem is the backup's manifest itself."""
+    message: str
+    """What is wrong; names the file and, where known, the offset."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VerifyProblem:
+        """Read one element of a verify report's ``problems``."""
+        return cls(
+            backup_id=str(data["backup_id"]),
+            disk=str(data.get("disk", "")),
+            message=str(data["message"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VerifyReport(_JsonShaped):
+    """What ``verify()`` returns and ``verify --json`` prints."""
+
+    checked: tuple[tuple[str, str], ...] = ()
+    """The backups checked, as (domain name, backup id)."""
+    problems: tuple[VerifyProblem, ...] = ()
+    """Damage found; empty when everything checked is intact."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VerifyReport:
+        """Read what ``_native.verify`` returns.
+
+        >>> VerifyReport.from_dict({"checked": [["web1", "20261126T100000Z"]], "problems": []}).ok
+        True
+        """
+        return cls(
+            checked=tuple((str(name), str(backup_id)) for name, backup_id in data.get("checked", ())),
+            problems=tuple(VerifyProblem.from_dict(p) for p in data.get("problems", ())),
+        )
+
+    @property
+    def ok(self) -> bool:
+        """Whether everything checked is intact (the CLI then exits with status 0)."""
+        return not self.problems
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeptBackup(_JsonShaped):
+    """A backup that a prune keeps."""
+
+    backup_id: str
+    """Backup id."""
+    reasons: tuple[str, ...] = ()
+    """Every reason, for example ``keep-daily`` or ``needed by 20261126T095243.007Z``."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> KeptBackup:
+        """Read one element of a domain prune report's ``kept``."""
+        return cls(backup_id=str(data["backup_id"]), reasons=tuple(str(r) for r in data.get("reasons", ())))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RemovedBackup(_JsonShaped):
+    """A folder that a prune removed (or would remove, in a dry run)."""
+
+    backup_id: str
+    """Backup id (for an interrupted run's folder, the id it was being written as)."""
+    path: str
+    """The folder."""
+    reason: str
+    """Why, for example ``not selected by any keep option``."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RemovedBackup:
+        """Read one element of a domain prune report's ``removed``."""
+        return cls(backup_id=str(data["backup_id"]), path=str(data["path"]), reason=str(data["reason"]))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DomainPruneReport(_JsonShaped):
+    """The prune of one domain."""
+
+    uuid: str
+    """Domain UUID (the folder name)."""
+    name: str | None = None
+    """Domain name in the newest readable manifest."""
+    status: PruneStatus
+    """``done``, ``skipped`` or ``failed``."""
+    message: str | None = None
+    """Why the domain was skipped or failed."""
+    kept: tuple[KeptBackup, ...] = ()
+    """Backups kept, oldest first."""
+    removed: tuple[RemovedBackup, ...] = ()
+    """Folders removed (or that would be, in a dry run), oldest first."""
+    errors: tuple[str, ...] = ()
+    """Problems with single folders; each says what was done about it."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DomainPruneReport:
+        """Read one element of a prune report's ``domains``."""
+        return cls(
+            uuid=str(data["uuid"]),
+            name=data.get("name"),
+            status=data["status"],
+            message=data.get("message"),
+            kept=tuple(KeptBackup.from_dict(k) for k in data.get("kept", ())),
+            removed=tuple(RemovedBackup.from_dict(r) for r in data.get("removed", ())),
+            errors=tuple(str(e) for e in data.get("errors", ())),
+        )
+
+    @property
+    def display_name(self) -> str:
+        """The domain's name, or its UUID when no manifest names it."""
+        return self.name or self.uuid
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruneReport(_JsonShaped):
+    """What ``prune()`` returns and ``prune --json`` prints."""
+
+    version: int
+    """Report format version."""
+    dry_run: bool = False
+    """Nothing was removed; ``removed`` lists what would have been."""
+    domains: tuple[DomainPruneReport, ...] = ()
+    """One entry per domain folder considered."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PruneReport:
+        """Read what ``_native.prune`` returns.
+
+        >>> PruneReport.from_dict({"version": 1, "dry_run": True, "domains": []}).has_problems
+        False
+        """
+        return cls(
+            version=int(data["version"]),
+            dry_run=bool(data.get("dry_run", False)),
+            domains=tuple(DomainPruneReport.from_dict(d) for d in data.get("domains", ())),
+        )
+
+    @property
+    def has_problems(self) -> bool:
+        """Whether a domain failed, was skipped or has errors (the CLI then exits with status 1)."""
+        return any(d.status != "done" or d.errors for d in self.domains)

@@ -298,6 +298,8 @@ def test_bare_command_runs_a_backup_with_the_defaults(
         "freeze": "auto",
         "freeze_mountpoints": [],
         "repo": "/var/lib/virt-rbd-backup",
+        "mode": "auto",
+        "full_every": None,
     }
     assert capsys.readouterr().out == "Summary: 0 succeeded, 0 failed, 0 skipped\n"
 

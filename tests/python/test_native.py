@@ -43,7 +43,7 @@ def test_stub_is_shipped_next_to_the_extension() -> None:
 
 def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
     functions, classes = stub_names()
-    assert functions == {"backup", "list_domains", "list_backups"}
+    assert functions == {"backup", "list_domains", "list_backups", "restore", "verify", "prune"}
     for name in functions:
         assert callable(getattr(_native, name)), name
     assert classes == {"BackupError", *EXCEPTIONS}
