@@ -20,6 +20,9 @@ pub enum Error {
     /// The snapshots cannot be trusted to be consistent (the freeze outlived its timeout).
     #[error("inconsistent: {0}")]
     Inconsistent(String),
+    /// restic failed.
+    #[error("{0}")]
+    Restic(String),
     /// The run was cancelled (Ctrl-C).
     #[error("cancelled")]
     Cancelled,

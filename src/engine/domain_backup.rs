@@ -19,9 +19,12 @@ use crate::repo::{
 use super::ceph_session::{cluster_address, ConnectionCache};
 use super::disk_plan::{prepare_disk, previous_backup};
 use super::events::{BackupEvent, EventSink};
-use super::export::{export_full, export_incremental, ExportProgress, IncrementalBase};
+use super::export::{
+    export_full, export_incremental, export_stream, ExportProgress, IncrementalBase,
+};
 use super::options::{BackupOptions, FreezePolicy};
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
+use super::restic::{host_name, ResticTarget};
 use super::snapshot_guard::SnapshotGuard;
 use super::thaw_guard::{test_pause, ThawWatchdog};
 use super::CancelToken;
@@ -30,7 +33,8 @@ use super::CancelToken;
 pub(super) struct RunContext<'a> {
     pub options: &'a BackupOptions,
     pub libvirt: &'a HypervisorConnection,
-    pub repo: &'a Repository,
+    /// The repository; `None` when the target is restic.
+    pub repo: Option<&'a Repository>,
     pub ceph: &'a ConnectionCache,
     pub events: &'a dyn EventSink,
     pub cancel: &'a CancelToken,
@@ -134,8 +138,113 @@ impl ExportProgress for DiskProgress<'_> {
 }
 
 fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> Result<(), Error> {
+    match (ctx.repo, &ctx.options.restic) {
+        (_, Some(restic)) => back_up_to_restic(ctx, job, report, restic),
+        (Some(repo), None) => back_up_to_repo(ctx, repo, job, report),
+        (None, None) => Err(Error::Usage(
+            "no backup target: give a repository or a restic repository".into(),
+        )),
+    }
+}
+
+/// Streams each disk's snapshot into `restic backup --stdin`, disks of the domain at once;
+/// the snapshots are removed afterwards (restic deduplicates; there is no incremental base).
+fn back_up_to_restic(
+    ctx: &RunContext<'_>,
+    job: &DomainJob,
+    report: &mut DomainReport,
+    restic: &ResticTarget,
+) -> Result<(), Error> {
+    with_open_images(ctx, job, |pools, images| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
+        let snap_name = snapshot_name(&backup_id);
+        let active = ctx.libvirt.is_active(&job.uuid)?;
+        // Dropped at the end of this closure: the snapshots go once restic has everything.
+        let _guards = snapshot_domain(ctx, job, images, &snap_name, active, report)?;
+        let host = host_name();
+        let results: Vec<Result<DiskReport, Error>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = job
+                .disks
+                .iter()
+                .zip(pools)
+                .zip(images)
+                .map(|((disk, pool), image)| {
+                    let snap_name = &snap_name;
+                    let host = &host;
+                    scope.spawn(move || -> Result<DiskReport, Error> {
+                        let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, snap_name)?;
+                        let info = snap_image.info()?;
+                        let snap_id = image.snapshot_id(snap_name)?;
+                        let timestamp = image.snapshot_timestamp(snap_id).ok();
+                        let tags = vec![
+                            "virt-rbd-backup".to_string(),
+                            format!("domain={}", job.uuid),
+                            format!("disk={}", disk.target),
+                        ];
+                        let mut upload =
+                            restic.start_backup(&format!("{}.img", disk.image), &tags, host)?;
+                        let progress = DiskProgress {
+                            ctx,
+                            job,
+                            target: &disk.target,
+                        };
+                        let stats = export_stream(
+                            &snap_image,
+                            info.size,
+                            info.fast_diff_usable(),
+                            ctx.options.queue_depth,
+                            upload.input()?,
+                            ctx.cancel,
+                            &progress,
+                        )?;
+                        let restic_snapshot = upload.finish()?;
+                        Ok(DiskReport {
+                            target: disk.target.clone(),
+                            image: image.spec().to_string(),
+                            size: info.size,
+                            kind: BackupKind::Full,
+                            bytes_read: stats.bytes_read,
+                            bytes_written: info.size,
+                            snapshot: snap_name.clone(),
+                            snapshot_timestamp: timestamp,
+                            file: Some(format!("restic:{restic_snapshot}")),
+                            checksum: Some(stats.checksum),
+                            seconds: stats.elapsed.as_secs_f64(),
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Restic(
+                            "internal error (panic) while streaming to restic".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        for result in results {
+            report.disks.push(result?);
+        }
+        report.backup_id = Some(backup_id);
+        report.kind = Some(BackupKind::Full);
+        Ok(())
+    })
+}
+
+fn back_up_to_repo(
+    ctx: &RunContext<'_>,
+    repo: &Repository,
+    job: &DomainJob,
+    report: &mut DomainReport,
+) -> Result<(), Error> {
     let started_at = unix_now();
-    let lock = ctx.repo.lock_domain(&job.uuid, &job.name)?;
+    let lock = repo.lock_domain(&job.uuid, &job.name)?;
     for leftover in lock.remove_partial_backups()? {
         warn(
             ctx,
@@ -144,7 +253,241 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         );
     }
 
-    // Everything that can fail or talk to the monitors happens before the freeze.
+    with_open_images(ctx, job, |pools, images| {
+        let (previous, unreadable) = previous_backup(repo, &job.uuid)?;
+        for message in unreadable {
+            warn(ctx, report, message);
+        }
+        let mut prepared = Vec::with_capacity(images.len());
+        for (image, disk) in images.iter().zip(&job.disks) {
+            let disk_plan = prepare_disk(ctx.options, image, disk, previous.as_ref())?;
+            if let DiskPlan::Full {
+                reason: Some(reason),
+            } = &disk_plan.plan
+            {
+                warn(
+                    ctx,
+                    report,
+                    format!(
+                        "{}: full backup instead of incremental: {reason}",
+                        disk.target
+                    ),
+                );
+            }
+            prepared.push(disk_plan);
+        }
+        if ctx.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
+        let snap_name = snapshot_name(&backup_id);
+        let staged = lock.stage_backup(&backup_id)?;
+
+        let active = ctx.libvirt.is_active(&job.uuid)?;
+        let guards = snapshot_domain(ctx, job, images, &snap_name, active, report)?;
+
+        let mut disk_records = Vec::with_capacity(job.disks.len());
+        for (((disk, pool), image), prep) in job.disks.iter().zip(pools).zip(images).zip(&prepared)
+        {
+            let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?;
+            let info = snap_image.info()?;
+            let snap_id = image.snapshot_id(&snap_name)?;
+            let timestamp = image.snapshot_timestamp(snap_id).ok();
+            let progress = DiskProgress {
+                ctx,
+                job,
+                target: &disk.target,
+            };
+            let stem = safe_component(&disk.target);
+            let blocks_file = format!("{stem}.blocks");
+            let mut record = DiskRecord {
+                target: disk.target.clone(),
+                pool: disk.pool.clone(),
+                namespace: disk.namespace.clone(),
+                image: disk.image.clone(),
+                image_id: info.id.clone(),
+                size: info.size,
+                object_size: info.object_size,
+                snapshot: SnapshotRecord {
+                    name: snap_name.clone(),
+                    id: snap_id,
+                    timestamp,
+                },
+                file: String::new(),
+                format: String::new(),
+                bytes_read: 0,
+                bytes_written: 0,
+                checksum: String::new(),
+                kind: BackupKind::Full,
+                chain_position: 0,
+                parent_backup: None,
+                base_snapshot: None,
+                file_size: 0,
+                file_checksum: None,
+                blocks_file: Some(blocks_file.clone()),
+                file_chunks: None,
+            };
+            let stats = match (&prep.plan, &prep.parent) {
+                (
+                    DiskPlan::Incremental {
+                        parent_backup,
+                        base_snapshot,
+                        base_snapshot_id,
+                        chain_position,
+                    },
+                    Some((parent, table)),
+                ) => {
+                    let file = format!("{stem}.rbdiff");
+                    let out = HashingFileWriter::create(&staged.file_path(&file))?;
+                    let base = IncrementalBase {
+                        snapshot: base_snapshot,
+                        size: parent.size,
+                        block_table: table,
+                    };
+                    let (stats, out) = export_incremental(
+                        &snap_image,
+                        &snap_name,
+                        info.size,
+                        &base,
+                        info.fast_diff_usable(),
+                        ctx.options.queue_depth,
+                        out,
+                        ctx.cancel,
+                        &progress,
+                    )?;
+                    let stored = out.finish()?;
+                    let chunks_file = format!("{file}.b3");
+                    write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
+                    record.kind = BackupKind::Incremental;
+                    record.chain_position = *chain_position;
+                    record.parent_backup = Some(parent_backup.clone());
+                    record.base_snapshot = Some(SnapshotRecord {
+                        name: base_snapshot.clone(),
+                        id: *base_snapshot_id,
+                        timestamp: None,
+                    });
+                    record.format = "rbd-diff-v1".into();
+                    record.file = file;
+                    record.file_size = stored.size;
+                    record.bytes_written = stored.size;
+                    record.file_checksum = Some(stored.checksum);
+                    record.file_chunks = Some(chunks_file);
+                    stats
+                }
+                _ => {
+                    let file = format!("{stem}.raw");
+                    let mut writer =
+                        SparseImageWriter::create(&staged.file_path(&file), info.size)?;
+                    let stats = export_full(
+                        &snap_image,
+                        info.size,
+                        info.fast_diff_usable(),
+                        ctx.options.queue_depth,
+                        &mut writer,
+                        ctx.cancel,
+                        &progress,
+                    )?;
+                    record.bytes_written = writer.finish()?;
+                    record.format = "raw".into();
+                    record.file = file;
+                    record.file_size = info.size;
+                    stats
+                }
+            };
+            write_block_table(&staged.file_path(&blocks_file), &stats.block_table)?;
+            record.checksum = stats.checksum.clone();
+            record.bytes_read = stats.bytes_read;
+            report.disks.push(DiskReport {
+                target: disk.target.clone(),
+                image: image.spec().to_string(),
+                size: info.size,
+                kind: record.kind,
+                bytes_read: stats.bytes_read,
+                bytes_written: record.bytes_written,
+                snapshot: snap_name.clone(),
+                snapshot_timestamp: timestamp,
+                file: Some(record.file.clone()),
+                checksum: Some(stats.checksum),
+                seconds: stats.elapsed.as_secs_f64(),
+            });
+            disk_records.push(record);
+        }
+
+        let incremental = disk_records
+            .iter()
+            .any(|d| d.kind == BackupKind::Incremental);
+        let manifest = BackupManifest {
+            format: crate::repo::manifest::MANIFEST_FORMAT.into(),
+            version: crate::repo::manifest::MANIFEST_VERSION,
+            backup_id: backup_id.clone(),
+            kind: if incremental {
+                BackupKind::Incremental
+            } else {
+                BackupKind::Full
+            },
+            parent: if incremental {
+                previous.as_ref().map(|(_, m)| m.backup_id.clone())
+            } else {
+                None
+            },
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            domain: DomainRecord {
+                name: job.name.clone(),
+                uuid: job.uuid.clone(),
+                xml: job.xml.clone(),
+            },
+            started_at,
+            completed_at: unix_now(),
+            consistency: report
+                .consistency
+                .unwrap_or(Consistency::CrashConsistentPerDisk),
+            freeze: report.freeze.clone(),
+            disks: disk_records,
+        };
+        test_pause("committing");
+        let path = staged.commit(&manifest)?;
+        report.backup_id = Some(backup_id);
+        report.kind = Some(manifest.kind);
+        report.path = Some(path.display().to_string());
+
+        // The new snapshots stay as the base of the next incremental; every other tool snapshot
+        // (the previous base, or one left by a killed run) goes now that this backup is complete.
+        // This runs after the thaw: a removal makes the monitor commit and would lengthen a freeze.
+        for guard in guards {
+            guard.keep();
+        }
+        for image in images {
+            for snap in image.snapshots()? {
+                if is_tool_snapshot(&snap.name) && snap.name != snap_name {
+                    if let Err(e) = image.remove_snapshot(&snap.name) {
+                        warn(
+                            ctx,
+                            report,
+                            format!(
+                                "backup is complete, but the old snapshot {}@{} could not be removed: {e}",
+                                image.spec(),
+                                snap.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Connects, opens every pool and image of the domain and hands them to `f`. Everything that
+/// can fail or talk to the monitors happens here, before any freeze.
+fn with_open_images<T>(
+    ctx: &RunContext<'_>,
+    job: &DomainJob,
+    f: impl FnOnce(&[PoolContext<'_>], &[RbdImage<'_>]) -> Result<T, Error>,
+) -> Result<T, Error> {
     let mut clusters = Vec::with_capacity(job.disks.len());
     for disk in &job.disks {
         let key = match &disk.auth {
@@ -168,228 +511,7 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
         .zip(&job.disks)
         .map(|(p, d)| RbdImage::open(p, &d.image))
         .collect::<Result<_, _>>()?;
-    let (previous, unreadable) = previous_backup(ctx.repo, &job.uuid)?;
-    for message in unreadable {
-        warn(ctx, report, message);
-    }
-    let mut prepared = Vec::with_capacity(images.len());
-    for (image, disk) in images.iter().zip(&job.disks) {
-        let disk_plan = prepare_disk(ctx.options, image, disk, previous.as_ref())?;
-        if let DiskPlan::Full {
-            reason: Some(reason),
-        } = &disk_plan.plan
-        {
-            warn(
-                ctx,
-                report,
-                format!(
-                    "{}: full backup instead of incremental: {reason}",
-                    disk.target
-                ),
-            );
-        }
-        prepared.push(disk_plan);
-    }
-    if ctx.cancel.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
-
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
-    let snap_name = snapshot_name(&backup_id);
-    let staged = lock.stage_backup(&backup_id)?;
-
-    let active = ctx.libvirt.is_active(&job.uuid)?;
-    let guards = snapshot_domain(ctx, job, &images, &snap_name, active, report)?;
-
-    let mut disk_records = Vec::with_capacity(job.disks.len());
-    for (((disk, pool), image), prep) in job.disks.iter().zip(&pools).zip(&images).zip(&prepared) {
-        let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?;
-        let info = snap_image.info()?;
-        let snap_id = image.snapshot_id(&snap_name)?;
-        let timestamp = image.snapshot_timestamp(snap_id).ok();
-        let progress = DiskProgress {
-            ctx,
-            job,
-            target: &disk.target,
-        };
-        let stem = safe_component(&disk.target);
-        let blocks_file = format!("{stem}.blocks");
-        let mut record = DiskRecord {
-            target: disk.target.clone(),
-            pool: disk.pool.clone(),
-            namespace: disk.namespace.clone(),
-            image: disk.image.clone(),
-            image_id: info.id.clone(),
-            size: info.size,
-            object_size: info.object_size,
-            snapshot: SnapshotRecord {
-                name: snap_name.clone(),
-                id: snap_id,
-                timestamp,
-            },
-            file: String::new(),
-            format: String::new(),
-            bytes_read: 0,
-            bytes_written: 0,
-            checksum: String::new(),
-            kind: BackupKind::Full,
-            chain_position: 0,
-            parent_backup: None,
-            base_snapshot: None,
-            file_size: 0,
-            file_checksum: None,
-            blocks_file: Some(blocks_file.clone()),
-            file_chunks: None,
-        };
-        let stats = match (&prep.plan, &prep.parent) {
-            (
-                DiskPlan::Incremental {
-                    parent_backup,
-                    base_snapshot,
-                    base_snapshot_id,
-                    chain_position,
-                },
-                Some((parent, table)),
-            ) => {
-                let file = format!("{stem}.rbdiff");
-                let out = HashingFileWriter::create(&staged.file_path(&file))?;
-                let base = IncrementalBase {
-                    snapshot: base_snapshot,
-                    size: parent.size,
-                    block_table: table,
-                };
-                let (stats, out) = export_incremental(
-                    &snap_image,
-                    &snap_name,
-                    info.size,
-                    &base,
-                    info.fast_diff_usable(),
-                    ctx.options.queue_depth,
-                    out,
-                    ctx.cancel,
-                    &progress,
-                )?;
-                let stored = out.finish()?;
-                let chunks_file = format!("{file}.b3");
-                write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
-                record.kind = BackupKind::Incremental;
-                record.chain_position = *chain_position;
-                record.parent_backup = Some(parent_backup.clone());
-                record.base_snapshot = Some(SnapshotRecord {
-                    name: base_snapshot.clone(),
-                    id: *base_snapshot_id,
-                    timestamp: None,
-                });
-                record.format = "rbd-diff-v1".into();
-                record.file = file;
-                record.file_size = stored.size;
-                record.bytes_written = stored.size;
-                record.file_checksum = Some(stored.checksum);
-                record.file_chunks = Some(chunks_file);
-                stats
-            }
-            _ => {
-                let file = format!("{stem}.raw");
-                let mut writer = SparseImageWriter::create(&staged.file_path(&file), info.size)?;
-                let stats = export_full(
-                    &snap_image,
-                    info.size,
-                    info.fast_diff_usable(),
-                    ctx.options.queue_depth,
-                    &mut writer,
-                    ctx.cancel,
-                    &progress,
-                )?;
-                record.bytes_written = writer.finish()?;
-                record.format = "raw".into();
-                record.file = file;
-                record.file_size = info.size;
-                stats
-            }
-        };
-        write_block_table(&staged.file_path(&blocks_file), &stats.block_table)?;
-        record.checksum = stats.checksum.clone();
-        record.bytes_read = stats.bytes_read;
-        report.disks.push(DiskReport {
-            target: disk.target.clone(),
-            image: image.spec().to_string(),
-            size: info.size,
-            kind: record.kind,
-            bytes_read: stats.bytes_read,
-            bytes_written: record.bytes_written,
-            snapshot: snap_name.clone(),
-            snapshot_timestamp: timestamp,
-            file: Some(record.file.clone()),
-            checksum: Some(stats.checksum),
-            seconds: stats.elapsed.as_secs_f64(),
-        });
-        disk_records.push(record);
-    }
-
-    let incremental = disk_records
-        .iter()
-        .any(|d| d.kind == BackupKind::Incremental);
-    let manifest = BackupManifest {
-        format: crate::repo::manifest::MANIFEST_FORMAT.into(),
-        version: crate::repo::manifest::MANIFEST_VERSION,
-        backup_id: backup_id.clone(),
-        kind: if incremental {
-            BackupKind::Incremental
-        } else {
-            BackupKind::Full
-        },
-        parent: if incremental {
-            previous.as_ref().map(|(_, m)| m.backup_id.clone())
-        } else {
-            None
-        },
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        domain: DomainRecord {
-            name: job.name.clone(),
-            uuid: job.uuid.clone(),
-            xml: job.xml.clone(),
-        },
-        started_at,
-        completed_at: unix_now(),
-        consistency: report
-            .consistency
-            .unwrap_or(Consistency::CrashConsistentPerDisk),
-        freeze: report.freeze.clone(),
-        disks: disk_records,
-    };
-    test_pause("committing");
-    let path = staged.commit(&manifest)?;
-    report.backup_id = Some(backup_id);
-    report.kind = Some(manifest.kind);
-    report.path = Some(path.display().to_string());
-
-    // The new snapshots stay as the base of the next incremental; every other tool snapshot
-    // (the previous base, or one left by a killed run) goes now that this backup is complete.
-    // This runs after the thaw: a removal makes the monitor commit and would lengthen a freeze.
-    for guard in guards {
-        guard.keep();
-    }
-    for image in &images {
-        for snap in image.snapshots()? {
-            if is_tool_snapshot(&snap.name) && snap.name != snap_name {
-                if let Err(e) = image.remove_snapshot(&snap.name) {
-                    warn(
-                        ctx,
-                        report,
-                        format!(
-                            "backup is complete, but the old snapshot {}@{} could not be removed: {e}",
-                            image.spec(),
-                            snap.name
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
+    f(&pools, &images)
 }
 
 /// Freezes (per policy), creates every disk's snapshot concurrently, thaws. Returns the

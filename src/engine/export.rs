@@ -236,3 +236,64 @@ pub fn export_incremental<W: Write>(
         out,
     ))
 }
+
+/// Streams the whole image (allocated blocks read, holes sent as zeros) to `out`, in order, for
+/// targets that take a byte stream (restic). Unallocated blocks are never read from Ceph.
+pub fn export_stream<W: Write>(
+    image: &RbdImage<'_>,
+    size: u64,
+    use_object_map: bool,
+    queue_depth: usize,
+    out: &mut W,
+    cancel: &CancelToken,
+    progress: &dyn ExportProgress,
+) -> Result<ExportStats, Error> {
+    let started = Instant::now();
+    let extents = image.diff_extents(None, size, use_object_map)?;
+    let ranges: Vec<ByteRange> = extents
+        .iter()
+        .filter(|e| e.exists)
+        .map(|e| ByteRange {
+            offset: e.offset,
+            length: e.length,
+        })
+        .collect();
+    let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
+    let mut hasher = ContentHasher::new(size);
+    let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
+    let zeros = vec![0u8; HASH_BLOCK_SIZE as usize];
+    let broken_pipe = |e: std::io::Error| Error::Restic(format!("writing to restic failed: {e}"));
+    let mut next_offset = 0u64;
+    let bytes_read = read_blocks(
+        image,
+        &blocks,
+        block_len,
+        queue_depth,
+        cancel,
+        progress,
+        |block, data| {
+            let offset = block * HASH_BLOCK_SIZE;
+            while next_offset < offset {
+                let n = (offset - next_offset).min(HASH_BLOCK_SIZE) as usize;
+                out.write_all(&zeros[..n]).map_err(broken_pipe)?;
+                next_offset += n as u64;
+            }
+            hasher.add_block(block, data);
+            out.write_all(data).map_err(broken_pipe)?;
+            next_offset += data.len() as u64;
+            Ok(())
+        },
+    )?;
+    while next_offset < size {
+        let n = (size - next_offset).min(HASH_BLOCK_SIZE) as usize;
+        out.write_all(&zeros[..n]).map_err(broken_pipe)?;
+        next_offset += n as u64;
+    }
+    let (checksum, block_table) = hasher.finish_with_hashes();
+    Ok(ExportStats {
+        bytes_read,
+        checksum,
+        block_table,
+        elapsed: started.elapsed(),
+    })
+}

@@ -33,6 +33,7 @@ pub mod options;
 pub mod plan_report;
 pub mod prune;
 pub mod report;
+pub mod restic;
 pub mod restore;
 mod snapshot_guard;
 mod thaw_guard;
@@ -122,7 +123,13 @@ pub fn run_backup(
 ) -> Result<BackupReport, Error> {
     validate(options)?;
     let started_at = unix_now();
-    let repo = Repository::open_or_create(&options.repo)?;
+    let repo = match &options.restic {
+        Some(restic) => {
+            restic.validate()?;
+            None
+        }
+        None => Some(Repository::open_or_create(&options.repo)?),
+    };
     let libvirt = HypervisorConnection::open(&options.connect)?;
     let domains = libvirt.list_domains(&options.domains)?;
 
@@ -182,7 +189,7 @@ pub fn run_backup(
     let ctx = RunContext {
         options,
         libvirt: &libvirt,
-        repo: &repo,
+        repo: repo.as_ref(),
         ceph: &ceph,
         events,
         cancel,

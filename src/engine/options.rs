@@ -57,6 +57,8 @@ pub struct BackupOptions {
     pub agent_timeout: u32,
     /// Longest a guest may stay frozen: past it the watchdog thaws it and the domain fails.
     pub freeze_timeout: u32,
+    /// Send the disks to restic instead of the repository folder.
+    pub restic: Option<super::restic::ResticTarget>,
 }
 
 impl Default for BackupOptions {
@@ -73,6 +75,7 @@ impl Default for BackupOptions {
             full_every: None,
             agent_timeout: 30,
             freeze_timeout: 30,
+            restic: None,
         }
     }
 }

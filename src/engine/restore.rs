@@ -326,6 +326,23 @@ fn replay(
                     source,
                 })?;
                 let mut reader = RbdDiffReader::new(BufReader::with_capacity(1 << 20, file))?;
+                let expected_base = link.disk.base_snapshot.as_ref().map(|b| b.name.as_str());
+                if reader.from_snap() != expected_base
+                    || reader.to_snap() != Some(link.disk.snapshot.name.as_str())
+                {
+                    return Err(RepoError::Corrupt {
+                        path,
+                        offset: None,
+                        message: format!(
+                            "it is a diff from {:?} to {:?}, but the chain needs {:?} to {:?}",
+                            reader.from_snap(),
+                            reader.to_snap(),
+                            expected_base,
+                            link.disk.snapshot.name
+                        ),
+                    }
+                    .into());
+                }
                 sink.set_size(reader.image_size())?;
                 while let Some(record) = reader.next_record()? {
                     match record {
