@@ -1,5 +1,6 @@
 """The ``virt-rbd-backup`` command (python/virt_rbd_backup/cli.py) without the lab: flags and
-their defaults, the original tool's output lines, the summary, exit statuses and ``--json``.
+their defaults, the original tool's output lines, the summary, the lines of restore, verify and
+prune, exit statuses and ``--json``.
 
 The core is replaced by a scripted stand-in that emits events and returns a report, so every
 outcome can be produced on demand.
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 import virt_rbd_backup
-from virt_rbd_backup import BackupReport, cli
+from virt_rbd_backup import BackupReport, PruneReport, RestoreReport, VerifyReport, cli
 
 UUID_A = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 UUID_B = "0b5ac0ff-ee01-4f6e-9c41-5e3c0b1a7a2d"
@@ -108,6 +109,141 @@ def test_list_subcommand_defaults() -> None:
     assert not args.json
 
 
+def test_backup_mode_and_full_every() -> None:
+    args = cli.parse_args([])
+    assert (args.mode, args.full_every) == ("auto", None)
+    args = cli.parse_args(["backup", "--mode", "full", "--full-every", "7"])
+    assert (args.mode, args.full_every) == ("full", 7)
+    assert cli.parse_args(["--mode", "auto"]).mode == "auto"
+
+
+@pytest.mark.parametrize("command", ["backup", "restore", "verify", "prune"])
+def test_repo_defaults_to_var_lib_everywhere(command: str) -> None:
+    extra = {"restore": ["web1", "--to", "/tmp/x.raw"], "prune": ["--keep-last", "1"]}.get(command, [])
+    assert cli.parse_args([command, *extra]).repo == "/var/lib/virt-rbd-backup"
+
+
+def test_restore_subcommand_defaults() -> None:
+    args = cli.parse_args(["restore", "web1", "--to", "rbd:rbd/web1-root"])
+    assert args.command == "restore"
+    assert args.domain == "web1"
+    assert args.to == "rbd:rbd/web1-root"
+    assert args.disk is None
+    assert args.backup is None
+    assert not args.force
+    assert args.ceph_conf is None
+    assert args.ceph_user is None
+    assert args.connect == "qemu:///system"
+    assert not args.json
+
+
+def test_restore_subcommand_takes_every_option() -> None:
+    args = cli.parse_args(
+        [
+            "restore",
+            UUID_A,
+            "--to",
+            "rbd:rbd/tenant/web1-root",
+            "--disk",
+            "vdb",
+            "--backup",
+            "latest",
+            "--force",
+            "--ceph-conf",
+            "/etc/ceph/backup.conf",
+            "--ceph-user",
+            "backup",
+            "--connect",
+            "qemu+ssh://h/system",
+            "--repo",
+            "/srv/b",
+            "--json",
+        ]
+    )
+    assert (args.domain, args.to, args.disk, args.backup, args.force) == (
+        UUID_A,
+        "rbd:rbd/tenant/web1-root",
+        "vdb",
+        "latest",
+        True,
+    )
+    assert (args.ceph_conf, args.ceph_user, args.connect, args.repo, args.json) == (
+        "/etc/ceph/backup.conf",
+        "backup",
+        "qemu+ssh://h/system",
+        "/srv/b",
+        True,
+    )
+
+
+def test_verify_subcommand() -> None:
+    args = cli.parse_args(["verify"])
+    assert (args.command, args.domain, args.backup, args.json) == ("verify", None, None, False)
+    args = cli.parse_args(["verify", "web1", "--backup", "20261126T100000.000Z", "--repo", "/srv/b", "--json"])
+    assert (args.domain, args.backup, args.repo, args.json) == ("web1", "20261126T100000.000Z", "/srv/b", True)
+
+
+def test_prune_subcommand_takes_every_keep_option() -> None:
+    args = cli.parse_args(
+        [
+            "prune",
+            "web1",
+            "--keep-last",
+            "1",
+            "--keep-hourly",
+            "2",
+            "--keep-daily",
+            "3",
+            "--keep-weekly",
+            "4",
+            "--keep-monthly",
+            "5",
+            "--keep-yearly",
+            "6",
+            "--keep-within",
+            "7d",
+            "--dry-run",
+        ]
+    )
+    assert args.domain == "web1"
+    assert [args.keep_last, args.keep_hourly, args.keep_daily, args.keep_weekly] == [1, 2, 3, 4]
+    assert [args.keep_monthly, args.keep_yearly, args.keep_within] == [5, 6, 7 * 86400]
+    assert args.dry_run
+
+
+def test_prune_subcommand_defaults() -> None:
+    # No keep option parses: refusing it is the core's decision (one message, one place).
+    args = cli.parse_args(["prune"])
+    assert args.domain is None
+    assert [args.keep_last, args.keep_daily, args.keep_within] == [None, None, None]
+    assert not args.dry_run
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("90min", 5400), ("12h", 43200), ("7d", 604800), ("2w", 1209600), ("1w3d12h", 907200), ("0d", 0)],
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert virt_rbd_backup.parse_duration(text) == seconds
+    assert cli.parse_args(["prune", "--keep-within", text]).keep_within == seconds
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "7D", "7 d", "-1d", "1.5d", "6m", "1y", "7d12"])
+def test_bad_durations_are_usage_errors(text: str) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="bad duration"):
+        virt_rbd_backup.parse_duration(text)
+
+
+def test_month_suffix_is_refused_with_a_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    # restic reads "6m" as six months, other tools as six minutes: refused rather than guessed.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["prune", "--keep-within", "6m"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--keep-within" in err
+    assert "give days" in err
+
+
 @pytest.mark.parametrize(
     "argv",
     [
@@ -118,6 +254,20 @@ def test_list_subcommand_defaults() -> None:
         ["--no-such-flag"],
         ["-v", "-q"],
         ["list", "--workers", "2"],
+        ["--mode", "incremental"],
+        ["--full-every", "0"],
+        ["--full-every", "x"],
+        ["restore", "web1"],
+        ["restore", "--to", "/tmp/x.raw"],
+        ["restore", "web1", "--to", "/tmp/x.raw", "--domain", "db1"],
+        ["restore", "web1", "--to", "/tmp/x.raw", "--keep-last", "1"],
+        ["verify", "web1", "db1"],
+        ["verify", "--dry-run"],
+        ["prune", "--keep-daily", "0"],
+        ["prune", "--keep-last", "-1"],
+        ["prune", "--keep-weekly", "many"],
+        ["prune", "--keep-within", "soon"],
+        ["prune", "--keep-last", "1", "--force"],
     ],
 )
 def test_bad_flags_exit_with_status_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -147,6 +297,14 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
         (
             {"event": "disk_skipped", "domain": "web1", "uuid": UUID_A, "target": "vdb", "reason": "not_rbd"},
             ("out", "Ignoring non-RBD network disk for domain: web1"),
+        ),
+        (
+            {"event": "disk_skipped", "domain": "web1", "uuid": UUID_A, "target": "vdc", "reason": "rbd_snapshot"},
+            ("out", "Ignoring RBD snapshot disk for domain: web1"),
+        ),
+        (
+            {"event": "disk_skipped", "domain": "web1", "uuid": UUID_A, "target": "vdd", "reason": "from_the_future"},
+            ("out", "Ignoring disk vdd (from_the_future) for domain: web1"),
         ),
         (
             {"event": "domain_started", "domain": "web1", "uuid": UUID_A, "images": 2},
@@ -384,7 +542,7 @@ def test_list_prints_domains_and_their_disks(
                 "readonly": False,
             }
         ],
-        "skipped_disks": [{"target": "hdc", "reason": "not_network"}],
+        "skipped_disks": [{"target": "hdc", "reason": "not_network"}, {"target": "vdc", "reason": "rbd_snapshot"}],
         "error": None,
     }
     monkeypatch.setattr(cli, "_list_domains_json", lambda connect, domains: [listing])
@@ -393,6 +551,7 @@ def test_list_prints_domains_and_their_disks(
         f"web1 {UUID_A} (running)",
         "  vda: rbd rbd/web1-root",
         "  hdc: skipped, not a network disk",
+        "  vdc: skipped, its source is an RBD snapshot",
     ]
     assert cli.main(["list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [listing]
@@ -418,3 +577,325 @@ def test_list_with_repo_lists_backups_filtered_by_domain(
     monkeypatch.setattr(cli, "_list_backups_json", lambda repo, domain: backups)
     assert cli.main(["list", "--repo", "/repo", "--domain", "db1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [backups[1]]
+
+
+# -------------------------------------------------------------------------- restore, verify, prune
+
+B_FULL = "20261120T100000.000Z"
+B_INC1 = "20261121T100000.000Z"
+B_INC2 = "20261122T100000.000Z"
+
+
+def restore_report(chain: list[str], target: str = "rbd:rbd/web1-restored") -> dict[str, Any]:
+    return {
+        "domain": "web1",
+        "backup_id": chain[-1],
+        "disk": "vda",
+        "chain": chain,
+        "target": target,
+        "size": 10737418240,
+        "bytes_written": 2147483648,
+        "checksum": "blake3-4m:00ff",
+        "seconds": 3.5,
+    }
+
+
+def verify_report(problems: list[dict[str, str]], checked: int = 2) -> dict[str, Any]:
+    return {"checked": [["web1", f"b{i}"] for i in range(checked)], "problems": problems}
+
+
+def domain_prune(
+    name: str | None,
+    kept: list[tuple[str, list[str]]],
+    removed: list[tuple[str, str]],
+    status: str = "done",
+    message: str | None = None,
+    errors: list[str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "uuid": UUID_A,
+        "name": name,
+        "status": status,
+        "message": message,
+        "kept": [{"backup_id": b, "reasons": r} for b, r in kept],
+        "removed": [{"backup_id": b, "path": f"/repo/{UUID_A}/{b}", "reason": r} for b, r in removed],
+        "errors": errors or [],
+    }
+
+
+def prune_report(*domains: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+    return {"version": 1, "dry_run": dry_run, "domains": list(domains)}
+
+
+def test_restore_line_names_the_chain_full_first() -> None:
+    r = RestoreReport.from_dict(restore_report([B_FULL, B_INC1, B_INC2]))
+    assert cli.format_restore(r) == (
+        f"Restored web1 disk vda from backup {B_INC2} (chain: {B_FULL} <- {B_INC1} <- {B_INC2}) "
+        "to rbd:rbd/web1-restored: 10737418240 bytes, checksum verified"
+    )
+
+
+def test_restore_line_of_a_full_backup() -> None:
+    r = RestoreReport.from_dict(restore_report([B_FULL], target="/srv/restore/vda.raw"))
+    assert cli.format_restore(r) == (
+        f"Restored web1 disk vda from backup {B_FULL} (chain: {B_FULL}) "
+        "to /srv/restore/vda.raw: 10737418240 bytes, checksum verified"
+    )
+
+
+def test_verify_lines() -> None:
+    assert cli.format_verify(VerifyReport.from_dict(verify_report([], checked=3))) == ["OK: 3 backups verified"]
+    assert cli.format_verify(VerifyReport.from_dict(verify_report([])), quiet=True) == []
+    problems = [
+        {
+            "backup_id": B_INC1,
+            "disk": "vda",
+            "message": "/repo/x/vda.diff is corrupt at offset 4096: checksum mismatch",
+        },
+        {"backup_id": B_INC2, "disk": "", "message": "unusable manifest /repo/x/manifest.json: EOF"},
+    ]
+    expected = [
+        f"CORRUPT backup {B_INC1} disk vda: /repo/x/vda.diff is corrupt at offset 4096: checksum mismatch",
+        f"CORRUPT backup {B_INC2}: unusable manifest /repo/x/manifest.json: EOF",
+    ]
+    report_ = VerifyReport.from_dict(verify_report(problems))
+    assert cli.format_verify(report_) == expected
+    assert cli.format_verify(report_, quiet=True) == expected
+
+
+PRUNED = prune_report(
+    domain_prune(
+        "web1",
+        kept=[(B_INC1, ["needed by " + B_INC2]), (B_INC2, ["keep-last", "keep-daily"])],
+        removed=[(B_FULL, "not selected by any keep option")],
+    ),
+    domain_prune(None, kept=[], removed=[], status="skipped", message="another run holds the lock"),
+    domain_prune("db1", kept=[(B_FULL, ["keep-daily"])], removed=[], errors=["/repo/y: left alone"]),
+)
+
+
+def test_prune_lines_in_time_order_with_reasons() -> None:
+    assert cli.format_prune(PruneReport.from_dict(PRUNED)) == [
+        f"remove web1 {B_FULL}: not selected by any keep option",
+        f"keep web1 {B_INC1}: needed by {B_INC2}",
+        f"keep web1 {B_INC2}: keep-last, keep-daily",
+        f"skipped {UUID_A}: another run holds the lock",
+        f"keep db1 {B_FULL}: keep-daily",
+        "error db1: /repo/y: left alone",
+    ]
+
+
+def test_dry_run_prune_lines_say_would_remove() -> None:
+    dry = prune_report(*PRUNED["domains"][:1], dry_run=True)
+    assert (
+        cli.format_prune(PruneReport.from_dict(dry))[0]
+        == f"would remove web1 {B_FULL}: not selected by any keep option"
+    )
+
+
+def test_quiet_prune_keeps_removals_and_problems() -> None:
+    assert cli.format_prune(PruneReport.from_dict(PRUNED), quiet=True) == [
+        f"remove web1 {B_FULL}: not selected by any keep option",
+        f"skipped {UUID_A}: another run holds the lock",
+        "error db1: /repo/y: left alone",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("report_", "expected"),
+    [
+        (RestoreReport.from_dict(restore_report([B_FULL])), 0),
+        (VerifyReport.from_dict(verify_report([])), 0),
+        (VerifyReport.from_dict(verify_report([{"backup_id": B_FULL, "disk": "vda", "message": "x"}])), 1),
+        (PruneReport.from_dict(prune_report()), 0),
+        (PruneReport.from_dict(prune_report(domain_prune("web1", [], [(B_FULL, "x")]), dry_run=True)), 0),
+        (PruneReport.from_dict(prune_report(domain_prune("web1", [], [], status="skipped", message="busy"))), 1),
+        (PruneReport.from_dict(prune_report(domain_prune("web1", [], [], status="failed", message="EACCES"))), 1),
+        (PruneReport.from_dict(prune_report(domain_prune("web1", [], [], errors=["left alone"]))), 1),
+    ],
+    ids=[
+        "restore",
+        "verify-ok",
+        "verify-corrupt",
+        "prune-empty",
+        "prune-dry",
+        "prune-skipped",
+        "prune-failed",
+        "prune-errors",
+    ],
+)
+def test_exit_status_of_the_repository_commands(report_: Any, expected: int) -> None:
+    assert cli.exit_status(report_) == expected
+
+
+@pytest.mark.parametrize(
+    ("command", "error", "expected"),
+    [
+        ("backup", virt_rbd_backup.UsageError("x"), 2),
+        ("backup", virt_rbd_backup.RepositoryError("x"), 2),
+        ("list", virt_rbd_backup.LibvirtError("x"), 2),
+        ("restore", virt_rbd_backup.UsageError("x"), 2),
+        ("restore", virt_rbd_backup.RepositoryError("x"), 1),
+        ("restore", virt_rbd_backup.CephError("x"), 1),
+        ("restore", virt_rbd_backup.LibvirtError("x"), 1),
+        ("restore", virt_rbd_backup.BackupError("x"), 1),
+        ("verify", virt_rbd_backup.UsageError("x"), 2),
+        ("verify", virt_rbd_backup.RepositoryError("x"), 1),
+        ("prune", virt_rbd_backup.UsageError("x"), 2),
+        ("prune", virt_rbd_backup.RepositoryError("x"), 1),
+    ],
+)
+def test_error_status(command: str, error: virt_rbd_backup.BackupError, expected: int) -> None:
+    assert cli.error_status(command, error) == expected
+
+
+@pytest.fixture
+def fake_repo_core(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Replace restore, verify and prune in the core: `state[name]` is returned (or raised);
+    `state["calls"]` records (name, args, kwargs) of each call."""
+    state: dict[str, Any] = {"calls": []}
+
+    def fake(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            state["calls"].append((name, args, kwargs))
+            result = state[name]
+            if isinstance(result, BaseException):
+                raise result
+            return result
+
+        return call
+
+    for name in ("restore", "verify", "prune"):
+        monkeypatch.setattr(cli, f"_{name}_json", fake(name))
+    return state
+
+
+def test_restore_run_passes_every_option_and_prints_its_line(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["restore"] = restore_report([B_FULL, B_INC1])
+    argv = ["restore", "web1", "--to", "rbd:rbd/web1-restored", "--disk", "vda", "--backup", B_INC1, "--force"]
+    assert cli.main(argv) == 0
+    assert fake_repo_core["calls"] == [
+        (
+            "restore",
+            ("web1",),
+            {
+                "to": "rbd:rbd/web1-restored",
+                "disk": "vda",
+                "backup": B_INC1,
+                "force": True,
+                "repo": "/var/lib/virt-rbd-backup",
+                "ceph_conf": None,
+                "ceph_user": None,
+                "connect": "qemu:///system",
+            },
+        )
+    ]
+    assert capsys.readouterr().out == (
+        f"Restored web1 disk vda from backup {B_INC1} (chain: {B_FULL} <- {B_INC1}) "
+        "to rbd:rbd/web1-restored: 10737418240 bytes, checksum verified\n"
+    )
+
+
+def test_restore_json_prints_the_cores_report(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["restore"] = restore_report([B_FULL])
+    assert cli.main(["restore", "web1", "--to", "/tmp/x.raw", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == restore_report([B_FULL])
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (virt_rbd_backup.UsageError("invalid option: /tmp/x.raw exists; use --force to replace it"), 2),
+        (virt_rbd_backup.UsageError('invalid restore target: bad RBD target "rbd:x"'), 2),
+        (virt_rbd_backup.RepositoryError("/repo/x/vda.raw is corrupt at offset 0: checksum mismatch"), 1),
+        (virt_rbd_backup.CephError("rbd_create failed for rbd/x: Permission denied (errno 13)"), 1),
+        (KeyboardInterrupt(), 130),
+        (virt_rbd_backup.CancelledError("cancelled"), 130),
+    ],
+    ids=["exists", "bad-target", "corrupt", "ceph", "ctrl-c", "cancelled"],
+)
+def test_restore_failures_exit_status(
+    error: BaseException, expected: int, fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["restore"] = error
+    assert cli.main(["restore", "web1", "--to", "/tmp/x.raw"]) == expected
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("interrupted\n" if expected == 130 else f"error: {error}\n")
+
+
+def test_verify_run(fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    fake_repo_core["verify"] = verify_report([])
+    assert cli.main(["verify", "web1", "--backup", "latest", "--repo", "/srv/b"]) == 0
+    assert fake_repo_core["calls"] == [("verify", ("web1",), {"backup": "latest", "repo": "/srv/b"})]
+    assert capsys.readouterr().out == "OK: 2 backups verified\n"
+
+
+def test_verify_run_with_damage_exits_1_also_with_json(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["verify"] = verify_report([{"backup_id": B_FULL, "disk": "vda", "message": "checksum mismatch"}])
+    assert cli.main(["verify"]) == 1
+    assert capsys.readouterr().out == f"CORRUPT backup {B_FULL} disk vda: checksum mismatch\n"
+    assert cli.main(["verify", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == fake_repo_core["verify"]
+
+
+def test_verify_that_cannot_read_the_repository_exits_1(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["verify"] = virt_rbd_backup.RepositoryError("no backup of a domain named web9")
+    assert cli.main(["verify", "web9"]) == 1
+    assert capsys.readouterr().err == "error: no backup of a domain named web9\n"
+
+
+def test_prune_run_passes_keep_options_as_the_core_names_them(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["prune"] = prune_report(*PRUNED["domains"][:1], dry_run=True)
+    assert cli.main(["prune", "web1", "--keep-daily", "7", "--keep-within", "12h", "--dry-run"]) == 0
+    assert fake_repo_core["calls"] == [
+        (
+            "prune",
+            ("web1",),
+            {
+                "keep": {
+                    "last": None,
+                    "hourly": None,
+                    "daily": 7,
+                    "weekly": None,
+                    "monthly": None,
+                    "yearly": None,
+                    "within_seconds": 43200,
+                },
+                "dry_run": True,
+                "repo": "/var/lib/virt-rbd-backup",
+            },
+        )
+    ]
+    assert capsys.readouterr().out.splitlines() == [
+        f"would remove web1 {B_FULL}: not selected by any keep option",
+        f"keep web1 {B_INC1}: needed by {B_INC2}",
+        f"keep web1 {B_INC2}: keep-last, keep-daily",
+    ]
+
+
+def test_prune_with_problems_exits_1(fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    fake_repo_core["prune"] = PRUNED
+    assert cli.main(["prune", "--keep-last", "3"]) == 1
+    capsys.readouterr()
+    assert cli.main(["prune", "--keep-last", "3", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == PRUNED
+
+
+def test_prune_without_keep_option_exits_2_with_the_cores_message(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = "invalid option: no keep option given; nothing would be kept (give at least one of --keep-last, ...)"
+    fake_repo_core["prune"] = virt_rbd_backup.UsageError(message)
+    assert cli.main(["prune"]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"

@@ -1,5 +1,6 @@
 """The report and listing dataclasses (python/virt_rbd_backup/report.py) against the JSON the
-engine writes (src/engine/report.rs, src/engine/listing.rs, src/libvirt/domain_xml.rs).
+engine writes (src/engine/report.rs, listing.rs, restore.rs, verify.rs, prune.rs,
+src/libvirt/domain_xml.rs).
 
 The field lists are compared with the Rust source itself, so a field added on either side
 without the other fails here rather than silently vanishing from reports.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,21 @@ from virt_rbd_backup import (
     BackupReport,
     DiskReport,
     DomainListing,
+    DomainPruneReport,
     DomainReport,
     FreezeReport,
+    KeptBackup,
     MonitorHost,
+    PruneReport,
     RbdAuth,
     RbdDisk,
+    RemovedBackup,
+    RestoreReport,
     SkippedDisk,
+    VerifyProblem,
+    VerifyReport,
+    cli,
+    report,
 )
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -44,6 +55,21 @@ MIRRORS: dict[type, tuple[str, str]] = {
     RbdDisk: ("libvirt/domain_xml.rs", "RbdDiskSpec"),
     MonitorHost: ("libvirt/domain_xml.rs", "MonitorHost"),
     RbdAuth: ("libvirt/domain_xml.rs", "RbdAuth"),
+    RestoreReport: ("engine/restore.rs", "RestoreReport"),
+    VerifyReport: ("engine/verify.rs", "VerifyReport"),
+    VerifyProblem: ("engine/verify.rs", "VerifyProblem"),
+    PruneReport: ("engine/prune.rs", "PruneReport"),
+    DomainPruneReport: ("engine/prune.rs", "DomainPruneReport"),
+    KeptBackup: ("engine/prune.rs", "KeptBackup"),
+    RemovedBackup: ("engine/prune.rs", "RemovedBackup"),
+}
+
+# Python Literal alias -> (Rust file, Rust enum) whose snake_case variants it lists.
+ENUM_MIRRORS: dict[str, tuple[str, str]] = {
+    "SkipReason": ("libvirt/domain_xml.rs", "SkipReason"),
+    "PruneStatus": ("engine/prune.rs", "PruneStatus"),
+    "DomainStatus": ("engine/report.rs", "DomainStatus"),
+    "Consistency": ("engine/report.rs", "Consistency"),
 }
 
 
@@ -63,6 +89,34 @@ def test_dataclass_fields_are_the_rust_struct_fields_in_order(cls: type) -> None
     # In order too, so that to_dict() writes keys in the order serde does.
     file, struct = MIRRORS[cls]
     assert [f.name for f in dataclasses.fields(cls)] == rust_fields(file, struct)
+
+
+def rust_unit_variants(file: str, enum: str) -> list[str]:
+    """The serialized names of a unit-variant enum with ``rename_all = "snake_case"``."""
+    text = (SRC / file).read_text()
+    match = re.search(rf'#\[serde\(rename_all = "snake_case"\)\]\s*pub enum {enum} \{{(.*?)\n\}}', text, re.S)
+    assert match, f"snake_case enum {enum} not found in src/{file}"
+    body = re.sub(r"^\s*(///|//|#\[).*$", "", match.group(1), flags=re.M)
+    names = re.findall(r"^\s*([A-Z]\w*)\s*,?\s*$", body, re.M)
+    return [re.sub(r"(?<!^)([A-Z])", r"_\1", n).lower() for n in names]
+
+
+@pytest.mark.parametrize("alias", list(ENUM_MIRRORS))
+def test_literal_aliases_list_the_rust_enum_variants(alias: str) -> None:
+    file, enum = ENUM_MIRRORS[alias]
+    assert list(typing.get_args(getattr(report, alias))) == rust_unit_variants(file, enum)
+
+
+@pytest.mark.parametrize("reason", typing.get_args(report.SkipReason))
+def test_every_skip_reason_has_its_own_line_and_listing_text(reason: str) -> None:
+    line = cli.format_event({"event": "disk_skipped", "domain": "web1", "target": "vdb", "reason": reason})
+    assert line is not None
+    assert line[1].startswith("Ignoring ")
+    assert reason not in line[1], "falls back to the generic line for unknown reasons"
+    listing = DomainListing.from_dict(
+        {"name": "web1", "uuid": "u", "active": False, "skipped_disks": [{"target": "vdb", "reason": reason}]}
+    )
+    assert reason not in cli.format_listing(listing)[1]
 
 
 # A report as serde writes it: every field, struct order, both kinds of domain outcome.
@@ -231,3 +285,89 @@ BACKUP_LISTING_JSON = """
 def test_backup_listing_round_trips() -> None:
     data = json.loads(BACKUP_LISTING_JSON)
     assert [BackupListing.from_dict(b).to_dict() for b in data] == data
+
+
+RESTORE_JSON = """
+{
+  "domain": "web1",
+  "backup_id": "20251127T100000.000Z",
+  "disk": "vda",
+  "chain": ["20251126T100000.000Z", "20251127T100000.000Z"],
+  "target": "rbd:rbd/tenant/web1-restored",
+  "size": 10737418240,
+  "bytes_written": 2147483648,
+  "checksum": "blake3-4m:00ff",
+  "seconds": 12.25
+}
+"""
+
+
+def test_restore_report_round_trips() -> None:
+    data = json.loads(RESTORE_JSON)
+    r = RestoreReport.from_dict(data)
+    assert r.chain == ("20251126T100000.000Z", "20251127T100000.000Z")
+    assert json.dumps(r.to_dict()) == json.dumps(data)
+
+
+VERIFY_JSON = """
+{
+  "checked": [["web1", "20251126T100000.000Z"], ["web1", "20251127T100000.000Z"]],
+  "problems": [
+    {"backup_id": "20251127T100000.000Z", "disk": "vda", "message": "vda.diff is corrupt at offset 512: checksum mismatch"},
+    {"backup_id": "20251128T100000.000Z", "disk": "", "message": "unusable manifest manifest.json: EOF"}
+  ]
+}
+"""
+
+
+def test_verify_report_round_trips() -> None:
+    data = json.loads(VERIFY_JSON)
+    r = VerifyReport.from_dict(data)
+    # serde writes the (domain, backup id) tuples as two-element arrays.
+    assert r.checked[0] == ("web1", "20251126T100000.000Z")
+    assert not r.ok
+    assert json.dumps(r.to_dict()) == json.dumps(data)
+    assert VerifyReport.from_dict({"checked": data["checked"], "problems": []}).ok
+
+
+PRUNE_JSON = """
+{
+  "version": 1,
+  "dry_run": true,
+  "domains": [
+    {
+      "uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f",
+      "name": "web1",
+      "status": "done",
+      "message": null,
+      "kept": [{"backup_id": "20251127T100000.000Z", "reasons": ["keep-last", "keep-daily"]}],
+      "removed": [
+        {"backup_id": "20251126T100000.000Z", "path": "/srv/b/6695eb01/20251126T100000.000Z",
+         "reason": "not selected by any keep option"}
+      ],
+      "errors": []
+    },
+    {
+      "uuid": "0b5ac0ff-ee01-4f6e-9c41-5e3c0b1a7a2d",
+      "name": null,
+      "status": "skipped",
+      "message": "another virt-rbd-backup run is backing up domain db1",
+      "kept": [],
+      "removed": [],
+      "errors": []
+    }
+  ]
+}
+"""
+
+
+def test_prune_report_round_trips() -> None:
+    data = json.loads(PRUNE_JSON)
+    r = PruneReport.from_dict(data)
+    assert r.dry_run
+    assert r.domains[0].kept[0].reasons == ("keep-last", "keep-daily")
+    assert r.domains[1].display_name == "0b5ac0ff-ee01-4f6e-9c41-5e3c0b1a7a2d"
+    assert r.has_problems
+    assert json.dumps(r.to_dict()) == json.dumps(data)
+    data["domains"] = data["domains"][:1]
+    assert not PruneReport.from_dict(data).has_problems

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,6 +88,69 @@ def test_options_as_json_text_are_read_too() -> None:
 def test_bad_freeze_policy_through_the_public_api_is_a_usage_error() -> None:
     with pytest.raises(virt_rbd_backup.UsageError):
         virt_rbd_backup.backup(freeze="sometimes")  # type: ignore[arg-type]
+
+
+def test_bad_backup_mode_is_a_usage_error_naming_it() -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="incremental"):
+        virt_rbd_backup.backup(mode="incremental")  # type: ignore[arg-type]
+
+
+def test_negative_full_every_is_a_usage_error() -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="integer `-1`"):
+        _native.backup({"full_every": -1})
+
+
+def test_mode_and_full_every_are_backup_options() -> None:
+    # Accepted by the options parser: the run then stops at the engine's own check of workers.
+    with pytest.raises(virt_rbd_backup.UsageError, match="workers"):
+        _native.backup({"mode": "full", "full_every": 7, "workers": 0})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"domain": "web1", "to": "/tmp/x.raw"},
+        {"repo": "/r", "to": "/tmp/x.raw"},
+        {"repo": "/r", "domain": "web1"},
+        {"repo": "/r", "domain": "web1", "to": "/tmp/x.raw", "colour": "blue"},
+        {"repo": "/r", "domain": "web1", "to": {"type": "tape", "path": "/dev/st0"}},
+        {"repo": "/r", "domain": "web1", "to": 7},
+    ],
+    ids=["no-repo", "no-domain", "no-to", "unknown-field", "unknown-target-type", "target-not-a-string"],
+)
+def test_bad_restore_options_are_usage_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="invalid restore options"):
+        _native.restore(options)
+
+
+def test_restore_target_as_a_tagged_object_reaches_the_engine(tmp_path: Path) -> None:
+    # Past option parsing, the engine finds no repository: the object was accepted.
+    for to in ({"type": "file", "path": "/tmp/x.raw"}, {"type": "rbd", "pool": "rbd", "namespace": None, "image": "x"}):
+        with pytest.raises(virt_rbd_backup.RepositoryError):
+            _native.restore({"repo": str(tmp_path / "none"), "domain": "web1", "to": to})
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [{"dayly": 7}, {"daily": -1}, {"daily": "7"}, {"within_seconds": 1.5}, [7], "7", '{"daily": 7,}'],
+    ids=["misspelt", "negative", "string-number", "fraction", "list", "json-number", "bad-json"],
+)
+def test_bad_keep_options_are_usage_errors(keep: Any, tmp_path: Path) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="keep options"):
+        _native.prune(str(tmp_path), keep)
+
+
+def test_unknown_keep_option_error_lists_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError) as info:
+        _native.prune(str(tmp_path), {"dayly": 7})
+    for field in ("last", "hourly", "daily", "weekly", "monthly", "yearly", "within_seconds"):
+        assert f"`{field}`" in str(info.value)
+
+
+def test_keep_options_as_json_text_are_read_too(tmp_path: Path) -> None:
+    # Accepted by the parser; the engine then refuses a keep-nothing set as a usage error.
+    with pytest.raises(virt_rbd_backup.UsageError, match="no keep option"):
+        _native.prune(str(tmp_path), '{"daily": 0, "within_seconds": null}')
 
 
 def test_a_lone_string_is_not_taken_as_a_list_of_domains() -> None:
