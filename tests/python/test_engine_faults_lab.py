@@ -13,15 +13,28 @@ from pathlib import Path
 
 import pytest
 
-from lab_support import agent, cli, domain_report, domain_uuid, require_lab, tool_snapshots
+from lab_support import agent, cli, domain_report, domain_uuid, rbd_json, require_lab, tool_snapshots
 
 pytestmark = pytest.mark.lab
 
 
 def start_paused(repo: Path, phase: str, domain: str) -> subprocess.Popen[bytes]:
+    """Starts a full backup (a full always reads, so it reaches every phase) paused at `phase`."""
     env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=f"{phase}:60")
     return subprocess.Popen(
-        [sys.executable, "-m", "virt_rbd_backup", "backup", "--repo", str(repo), "--json", "--domain", domain],
+        [
+            sys.executable,
+            "-m",
+            "virt_rbd_backup",
+            "backup",
+            "--mode",
+            "full",
+            "--repo",
+            str(repo),
+            "--json",
+            "--domain",
+            domain,
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -37,6 +50,10 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def watchers(image: str) -> int:
+    return len(rbd_json("status", image)["watchers"])
+
+
 def partials(repo: Path, domain: str) -> list[Path]:
     folder = repo / domain_uuid(domain)
     return [p for p in folder.iterdir() if p.name.startswith(".partial-")] if folder.exists() else []
@@ -50,6 +67,7 @@ def complete_backups(repo: Path, domain: str) -> list[str]:
 def test_sigkill_while_frozen_thaws_the_guest_within_seconds(tmp_path: Path) -> None:
     require_lab()
     repo = tmp_path / "repo"
+    before = watchers("rbd/lab-guest-a")
     proc = start_paused(repo, "frozen", "lab-guest")
     try:
         wait_for(lambda: agent("lab-guest", "guest-fsfreeze-status") == "frozen", 60, "the guest to be frozen")
@@ -60,6 +78,13 @@ def test_sigkill_while_frozen_thaws_the_guest_within_seconds(tmp_path: Path) -> 
     wait_for(lambda: agent("lab-guest", "guest-fsfreeze-status") == "thawed", 10, "the watchdog to thaw the guest")
     print(f"thawed {time.monotonic() - started:.2f} s after SIGKILL")
     assert partials(repo, "lab-guest"), "the killed run should have left its partial folder"
+    # The killed process still has a watch on the images until the OSD times it out (30 s);
+    # a snapshot create waits for every watcher, so the next run waits for that too.
+    wait_for(
+        lambda: watchers("rbd/lab-guest-a") == before and watchers("rbd/lab-guest-b") == before,
+        60,
+        "the dead watch to expire",
+    )
     # The next run cleans up and succeeds.
     result = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-guest")
     assert result.returncode == 0, result.stderr
