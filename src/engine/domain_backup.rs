@@ -183,6 +183,8 @@ fn back_up_to_restic(
                             "virt-rbd-backup".to_string(),
                             format!("domain={}", job.uuid),
                             format!("disk={}", disk.target),
+                            // restic splits tags at commas.
+                            format!("name={}", job.name.replace(',', "_")),
                         ];
                         let mut upload =
                             restic.start_backup(&format!("{}.img", disk.image), &tags, host)?;

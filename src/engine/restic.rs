@@ -274,6 +274,25 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_lists_keep_only_this_tools_disks() {
+        let json = br#"[
+          {"id":"aa11","time":"2026-11-26T10:34:00Z","hostname":"hv1","tags":["virt-rbd-backup","domain=u-1","disk=vda","name=web"],"paths":["/web-a.img"]},
+          {"id":"bb22","time":"2026-11-26T10:35:00Z","hostname":"hv1","tags":["other"],"paths":["/etc"]}
+        ]"#;
+        let list = parse_restic_snapshots(json).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (
+                list[0].domain.as_str(),
+                list[0].disk.as_str(),
+                list[0].file.as_str()
+            ),
+            ("web", "vda", "web-a.img")
+        );
+        assert!(parse_restic_snapshots(b"garbage").is_err());
+    }
+
+    #[test]
     fn a_missing_password_source_is_a_usage_error() {
         let t = ResticTarget {
             repository: "/x".into(),
@@ -286,4 +305,79 @@ mod tests {
             .to_string()
             .contains("does not exist"));
     }
+}
+
+/// A disk backup in a restic repository, as `restic snapshots` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResticSnapshot {
+    /// restic's snapshot id.
+    pub id: String,
+    /// When restic took it (RFC 3339, as restic prints it).
+    pub time: String,
+    /// Host that made it.
+    pub host: String,
+    /// Domain UUID (tag `domain=`).
+    pub domain_uuid: String,
+    /// Domain name (tag `name=`).
+    pub domain: String,
+    /// Disk target (tag `disk=`).
+    pub disk: String,
+    /// The file inside the snapshot (`IMAGE.img`).
+    pub file: String,
+}
+
+fn tag_value(tags: &[String], key: &str) -> String {
+    tags.iter()
+        .find_map(|t| t.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Parses `restic snapshots --json` output into the tool's disk backups.
+pub fn parse_restic_snapshots(json: &[u8]) -> Result<Vec<ResticSnapshot>, Error> {
+    #[derive(Deserialize)]
+    struct Raw {
+        id: String,
+        time: String,
+        #[serde(default)]
+        hostname: String,
+        #[serde(default)]
+        tags: Vec<String>,
+        #[serde(default)]
+        paths: Vec<String>,
+    }
+    let raw: Vec<Raw> = serde_json::from_slice(json)
+        .map_err(|e| Error::Restic(format!("cannot read restic's snapshot list: {e}")))?;
+    Ok(raw
+        .into_iter()
+        .filter(|r| r.tags.iter().any(|t| t == "virt-rbd-backup"))
+        .map(|r| ResticSnapshot {
+            domain_uuid: tag_value(&r.tags, "domain"),
+            domain: tag_value(&r.tags, "name"),
+            disk: tag_value(&r.tags, "disk"),
+            file: r
+                .paths
+                .first()
+                .map(|p| p.trim_start_matches('/').to_string())
+                .unwrap_or_default(),
+            id: r.id,
+            time: r.time,
+            host: r.hostname,
+        })
+        .collect())
+}
+
+/// The tool's disk backups in a restic repository, oldest first; only those of `domain`
+/// (name or UUID) when given.
+pub fn list_restic(
+    target: &ResticTarget,
+    domain: Option<&str>,
+) -> Result<Vec<ResticSnapshot>, Error> {
+    let out = target.run(&["snapshots", "--json", "--tag", "virt-rbd-backup"])?;
+    let mut snapshots = parse_restic_snapshots(&out)?;
+    if let Some(d) = domain {
+        snapshots.retain(|s| s.domain == d || s.domain_uuid == d);
+    }
+    snapshots.sort_by(|a, b| a.time.cmp(&b.time));
+    Ok(snapshots)
 }

@@ -8,7 +8,7 @@
 //! name and renamed into place only then.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::BufReader;
+use std::io::{BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use crate::repo::rbd_diff::{DiffRecord, RbdDiffReader};
 use crate::repo::{BackupKind, RepoError, Repository};
 
 use super::ceph_session::cluster_address;
+use super::restic::{list_restic, ResticTarget};
 use super::CancelToken;
 
 /// Where a restore goes.
@@ -107,6 +108,10 @@ pub struct RestoreOptions {
     /// libvirt URI, to read the domain's Ceph key when no `ceph_conf` is given.
     #[serde(default = "default_connect")]
     pub connect: String,
+    /// Restore from this restic repository instead of the repository folder; `backup` is then
+    /// a restic snapshot id (or `latest`).
+    #[serde(default)]
+    pub restic: Option<ResticTarget>,
 }
 
 fn default_connect() -> String {
@@ -147,6 +152,9 @@ trait BlockSink {
 
 /// Restores one disk.
 pub fn restore(options: &RestoreOptions, cancel: &CancelToken) -> Result<RestoreReport, Error> {
+    if let Some(restic) = &options.restic {
+        return restore_from_restic(options, restic, cancel);
+    }
     let started = Instant::now();
     let repo = Repository::open(&options.repo)?;
     let uuid = repo.resolve_domain(&options.domain)?;
@@ -171,24 +179,190 @@ pub fn restore(options: &RestoreOptions, cancel: &CancelToken) -> Result<Restore
         .clone();
     let expected = last.block_table()?;
 
-    let (target_text, bytes_written) = match &options.to {
+    let (target_text, bytes_written) = restore_into(
+        options,
+        last.disk.size,
+        || {
+            rbd_target_cluster(
+                options,
+                &manifest.domain.xml,
+                &manifest.domain.name,
+                &target,
+            )
+        },
+        |sink| replay(&chain, sink, &expected, cancel),
+    )?;
+    Ok(RestoreReport {
+        domain: manifest.domain.name.clone(),
+        backup_id: manifest.backup_id.clone(),
+        disk: target,
+        chain: chain.iter().map(|l| l.backup_id.clone()).collect(),
+        target: target_text,
+        size: last.disk.size,
+        bytes_written,
+        checksum: last.disk.checksum.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Restores a disk from a restic snapshot made by this tool (`restic dump` streamed into the
+/// target, zeros left as holes). restic checks its own data while it reads; there is no chain.
+fn restore_from_restic(
+    options: &RestoreOptions,
+    restic: &ResticTarget,
+    cancel: &CancelToken,
+) -> Result<RestoreReport, Error> {
+    let started = Instant::now();
+    let mut candidates = list_restic(restic, Some(&options.domain))?;
+    if let Some(disk) = &options.disk {
+        candidates.retain(|s| &s.disk == disk);
+    }
+    let wanted = options.backup.as_deref().filter(|b| *b != "latest");
+    let chosen = match wanted {
+        Some(id) => candidates.into_iter().find(|s| s.id.starts_with(id)),
+        None => {
+            let disks: std::collections::BTreeSet<&str> =
+                candidates.iter().map(|s| s.disk.as_str()).collect();
+            if disks.len() > 1 {
+                return Err(Error::Usage(format!(
+                    "the restic repository holds several disks of {} ({}); choose one with --disk",
+                    options.domain,
+                    disks.into_iter().collect::<Vec<_>>().join(", ")
+                )));
+            }
+            candidates.pop()
+        }
+    }
+    .ok_or_else(|| {
+        Error::Usage(format!(
+            "no restic snapshot of {} matches; `virt-rbd-backup list --restic-repo ...` shows them",
+            options.domain
+        ))
+    })?;
+
+    let listing = restic.run(&["ls", "--json", &chosen.id])?;
+    let path = format!("/{}", chosen.file);
+    let size = String::from_utf8_lossy(&listing)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("path").and_then(|p| p.as_str()) == Some(path.as_str()))
+        .and_then(|v| v.get("size").and_then(|s| s.as_u64()))
+        .ok_or_else(|| {
+            Error::Restic(format!(
+                "restic snapshot {} holds no file {path}",
+                chosen.id
+            ))
+        })?;
+    let (target_text, bytes_written) = restore_into(
+        options,
+        size,
+        || match &options.ceph_conf {
+            Some(conf) => Ok((
+                ClusterAddress {
+                    monitors: Vec::new(),
+                    conf_file: Some(conf.display().to_string()),
+                    user: options.ceph_user.clone().unwrap_or_else(|| "admin".into()),
+                },
+                None,
+            )),
+            None => Err(Error::Usage(
+                "restoring from restic into RBD needs --ceph-conf (restic keeps no domain XML)"
+                    .into(),
+            )),
+        },
+        |sink| {
+            let mut child = restic.start_dump(&chosen.id, &chosen.file)?;
+            let mut stdout = child
+                .stdout
+                .take()
+                .ok_or_else(|| Error::Restic("restic dump gave no output".into()))?;
+            let mut buf = vec![0u8; HASH_BLOCK_SIZE as usize];
+            let mut offset = 0u64;
+            let mut written = 0u64;
+            loop {
+                if cancel.is_cancelled() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(Error::Cancelled);
+                }
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = stdout
+                        .read(&mut buf[filled..])
+                        .map_err(|e| Error::Restic(format!("reading restic dump: {e}")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    break;
+                }
+                for (start, end) in nonzero_runs(&buf[..filled], 4096) {
+                    sink.write(offset + start as u64, &buf[start..end])?;
+                    written += (end - start) as u64;
+                }
+                offset += filled as u64;
+            }
+            let status = child
+                .wait()
+                .map_err(|e| Error::Restic(format!("waiting for restic dump: {e}")))?;
+            if !status.success() {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                return Err(Error::Restic(format!(
+                    "restic dump {} failed ({status}): {}",
+                    chosen.id,
+                    stderr.trim()
+                )));
+            }
+            if offset != size {
+                return Err(Error::Restic(format!(
+                    "restic dump {} gave {offset} bytes, the file has {size}",
+                    chosen.id
+                )));
+            }
+            Ok(written)
+        },
+    )?;
+    Ok(RestoreReport {
+        domain: chosen.domain.clone(),
+        backup_id: chosen.id.clone(),
+        disk: chosen.disk.clone(),
+        chain: vec![chosen.id.clone()],
+        target: target_text,
+        size,
+        bytes_written,
+        checksum: String::new(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes a restore into `options.to` under a temporary name, with `fill` doing the writing,
+/// and renames it into place only when `fill` succeeded. Returns the target's text and what
+/// `fill` returned.
+fn restore_into(
+    options: &RestoreOptions,
+    size: u64,
+    cluster: impl FnOnce() -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error>,
+    fill: impl FnOnce(&mut dyn BlockSink) -> Result<u64, Error>,
+) -> Result<(String, u64), Error> {
+    match &options.to {
         RestoreTarget::File { path } => {
             let mut sink = FileSink::create(path, options.force)?;
-            let written = replay(&chain, &mut sink, &expected, cancel)?;
+            sink.set_size(size)?;
+            let written = fill(&mut sink)?;
             sink.commit()?;
-            (path.display().to_string(), written)
+            Ok((path.display().to_string(), written))
         }
         RestoreTarget::Rbd {
             pool,
             namespace,
             image,
         } => {
-            let (address, key) = rbd_target_cluster(
-                options,
-                &manifest.domain.xml,
-                &manifest.domain.name,
-                &target,
-            )?;
+            let (address, key) = cluster()?;
             let cluster = RadosCluster::connect(&address, key.as_ref(), CephTimeouts::default())?;
             let ctx = cluster.open_pool(pool, namespace.as_deref())?;
             let spec = ctx.image_spec(image);
@@ -201,40 +375,29 @@ pub fn restore(options: &RestoreOptions, cancel: &CancelToken) -> Result<Restore
             if ctx.image_exists(&tmp)? {
                 ctx.remove_image(&tmp)?;
             }
-            ctx.create_image(&tmp, last.disk.size)?;
-            let written = {
+            ctx.create_image(&tmp, size)?;
+            let result = {
                 let handle = RbdImage::open(&ctx, &tmp)?;
                 let mut sink = RbdSink { image: &handle };
-                let result = replay(&chain, &mut sink, &expected, cancel);
-                drop(handle);
-                match result {
-                    Ok(w) => w,
-                    Err(e) => {
-                        if let Err(cleanup) = ctx.remove_image(&tmp) {
-                            log::error!(
-                                "could not remove the partial restore {}: {cleanup}",
-                                ctx.image_spec(&tmp)
-                            );
-                        }
-                        return Err(e);
-                    }
-                }
+                fill(&mut sink)
             };
-            replace_image(&ctx, &tmp, image)?;
-            (format!("rbd:{spec}"), written)
+            match result {
+                Ok(written) => {
+                    replace_image(&ctx, &tmp, image)?;
+                    Ok((format!("rbd:{spec}"), written))
+                }
+                Err(e) => {
+                    if let Err(cleanup) = ctx.remove_image(&tmp) {
+                        log::error!(
+                            "could not remove the partial restore {}: {cleanup}",
+                            ctx.image_spec(&tmp)
+                        );
+                    }
+                    Err(e)
+                }
+            }
         }
-    };
-    Ok(RestoreReport {
-        domain: manifest.domain.name.clone(),
-        backup_id: manifest.backup_id.clone(),
-        disk: target,
-        chain: chain.iter().map(|l| l.backup_id.clone()).collect(),
-        target: target_text,
-        size: last.disk.size,
-        bytes_written,
-        checksum: last.disk.checksum.clone(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    }
 }
 
 fn replace_image(ctx: &PoolContext<'_>, tmp: &str, image: &str) -> Result<(), Error> {
