@@ -106,6 +106,9 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
             options.freeze_timeout
         )));
     }
+    if options.full_every == Some(0) {
+        return Err(Error::Usage("--full-every must be at least 1".into()));
+    }
     if options.repo.as_os_str().is_empty() {
         return Err(Error::Usage(
             "the repository path is empty; give one with --repo".into(),

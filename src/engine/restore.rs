@@ -157,7 +157,9 @@ pub fn restore(options: &RestoreOptions, cancel: &CancelToken) -> Result<Restore
     }
     let started = Instant::now();
     let repo = Repository::open(&options.repo)?;
-    let uuid = repo.resolve_domain(&options.domain)?;
+    let uuid = repo
+        .resolve_domain(&options.domain)
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let (folder, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
     let target = match &options.disk {
         Some(t) => t.clone(),

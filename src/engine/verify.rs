@@ -46,7 +46,9 @@ pub fn verify(
 ) -> Result<VerifyReport, Error> {
     let repo = Repository::open(repo)?;
     let uuids = match domain {
-        Some(d) => vec![repo.resolve_domain(d)?],
+        Some(d) => vec![repo
+            .resolve_domain(d)
+            .map_err(|e| Error::Usage(e.to_string()))?],
         None => repo.domain_uuids()?,
     };
     let mut report = VerifyReport {
@@ -55,10 +57,12 @@ pub fn verify(
     };
     for uuid in uuids {
         let selected: Vec<(PathBuf, String)> = match backup {
-            Some(id) => {
-                let (folder, manifest) = repo.find_backup(&uuid, Some(id))?;
-                vec![(folder, manifest.backup_id)]
-            }
+            Some(id) => match repo.find_backup(&uuid, Some(id)) {
+                // Without a domain, only the domains that have this backup are checked.
+                Ok((folder, manifest)) => vec![(folder, manifest.backup_id)],
+                Err(_) if domain.is_none() => Vec::new(),
+                Err(e) => return Err(Error::Usage(e.to_string())),
+            },
             None => repo
                 .backups_of(&uuid)?
                 .into_iter()
@@ -112,6 +116,11 @@ pub fn verify(
                 }
             }
         }
+    }
+    if let (Some(id), true) = (backup, report.checked.is_empty()) {
+        return Err(Error::Usage(format!(
+            "no backup {id} in the repository; `virt-rbd-backup list` shows the backups"
+        )));
     }
     Ok(report)
 }

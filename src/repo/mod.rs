@@ -100,6 +100,13 @@ impl Repository {
             Ok(Repository {
                 root: root.to_path_buf(),
             })
+        } else if !root.exists() {
+            Err(RepoError::NotFound {
+                what: format!(
+                    "there is no repository at {} (the folder does not exist); check --repo",
+                    root.display()
+                ),
+            })
         } else {
             Err(RepoError::NotARepository {
                 path: root.to_path_buf(),
