@@ -137,3 +137,33 @@ def test_a_second_run_on_the_same_domain_is_refused_while_the_first_runs(tmp_pat
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_full_target_fails_the_domain_cleanly_and_keeps_older_backups(tmp_path: Path) -> None:
+    require_lab()
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        repo = mount / "repo"
+        first = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
+        assert first.returncode == 0, first.stderr
+        snapshots_before = tool_snapshots("rbd/lab-off-a")
+        # Leave almost nothing free, then try a full backup.
+        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+        (mount / "filler").write_bytes(b"x" * max(0, free - 64 * 1024))
+        full = cli("backup", "--repo", str(repo), "--json", "--mode", "full", "--domain", "lab-off")
+        assert full.returncode == 1, full.stdout + full.stderr
+        dom = domain_report(full.json(), "lab-off")
+        assert dom["status"] == "failed"
+        assert "No space left on device" in dom["error"], dom["error"]
+        assert not partials(repo, "lab-off")
+        assert tool_snapshots("rbd/lab-off-a") == snapshots_before
+        (mount / "filler").unlink()
+        # The older backup is intact and restores.
+        assert cli("verify", "--repo", str(repo)).returncode == 0
+        out = tmp_path / "restored.raw"
+        restored = cli("restore", "lab-off", "--repo", str(repo), "--to", str(out))
+        assert restored.returncode == 0, restored.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
