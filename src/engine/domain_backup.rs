@@ -20,7 +20,8 @@ use super::ceph_session::{cluster_address, ConnectionCache};
 use super::disk_plan::{prepare_disk, previous_backup};
 use super::events::{BackupEvent, EventSink};
 use super::export::{
-    export_full, export_incremental, export_stream, ExportProgress, IncrementalBase,
+    export_full, export_incremental, export_stream, BandwidthLimit, ExportProgress,
+    IncrementalBase, ReadPipeline,
 };
 use super::options::{BackupOptions, FreezePolicy};
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
@@ -31,6 +32,8 @@ use super::CancelToken;
 
 /// What every domain of a run shares.
 pub(super) struct RunContext<'a> {
+    /// The run's read rate limit.
+    pub limit: Option<&'a BandwidthLimit>,
     pub options: &'a BackupOptions,
     pub libvirt: &'a HypervisorConnection,
     /// The repository; `None` when the target is restic.
@@ -106,6 +109,18 @@ pub(super) fn backup_domain(ctx: &RunContext<'_>, job: &DomainJob) -> DomainRepo
         report: report.clone(),
     });
     report
+}
+
+impl<'a> RunContext<'a> {
+    /// Read settings for one disk's export.
+    fn pipeline(&'a self, progress: &'a dyn ExportProgress) -> ReadPipeline<'a> {
+        ReadPipeline {
+            queue_depth: self.options.queue_depth,
+            limit: self.limit,
+            cancel: self.cancel,
+            progress,
+        }
+    }
 }
 
 fn warn(ctx: &RunContext<'_>, report: &mut DomainReport, message: String) {
@@ -197,10 +212,8 @@ fn back_up_to_restic(
                             &snap_image,
                             info.size,
                             info.fast_diff_usable(),
-                            ctx.options.queue_depth,
                             upload.input()?,
-                            ctx.cancel,
-                            &progress,
+                            &ctx.pipeline(&progress),
                         )?;
                         let restic_snapshot = upload.finish()?;
                         Ok(DiskReport {
@@ -356,10 +369,8 @@ fn back_up_to_repo(
                         info.size,
                         &base,
                         info.fast_diff_usable(),
-                        ctx.options.queue_depth,
                         out,
-                        ctx.cancel,
-                        &progress,
+                        &ctx.pipeline(&progress),
                     )?;
                     let stored = out.finish()?;
                     let chunks_file = format!("{file}.b3");
@@ -388,10 +399,8 @@ fn back_up_to_repo(
                         &snap_image,
                         info.size,
                         info.fast_diff_usable(),
-                        ctx.options.queue_depth,
                         &mut writer,
-                        ctx.cancel,
-                        &progress,
+                        &ctx.pipeline(&progress),
                     )?;
                     record.bytes_written = writer.finish()?;
                     record.format = "raw".into();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::ceph::{Extent, PendingRead, RbdImage};
 use crate::error::Error;
-use crate::plan::{blocks_to_read, ByteRange, ContentHasher, HASH_BLOCK_SIZE};
+use crate::plan::{blocks_to_read, ByteRange, ContentHasher, TokenBucket, HASH_BLOCK_SIZE};
 use crate::repo::rbd_diff::RbdDiffWriter;
 use crate::repo::SparseImageWriter;
 
@@ -33,6 +33,45 @@ pub struct ExportStats {
     pub elapsed: Duration,
 }
 
+/// How reads are run: in flight at once, rate limit, cancellation, progress.
+pub struct ReadPipeline<'a> {
+    /// Reads in flight per image.
+    pub queue_depth: usize,
+    /// Shared rate limit of the run (`--bwlimit`).
+    pub limit: Option<&'a BandwidthLimit>,
+    /// Cancellation.
+    pub cancel: &'a CancelToken,
+    /// Progress reports.
+    pub progress: &'a dyn ExportProgress,
+}
+
+/// The run's read rate limit, shared by every image being read.
+pub struct BandwidthLimit {
+    bucket: std::sync::Mutex<TokenBucket>,
+    origin: Instant,
+}
+
+impl BandwidthLimit {
+    /// At most `bytes_per_second` on average; bursts of two blocks.
+    pub fn new(bytes_per_second: u64) -> Self {
+        BandwidthLimit {
+            bucket: std::sync::Mutex::new(TokenBucket::new(bytes_per_second, 2 * HASH_BLOCK_SIZE)),
+            origin: Instant::now(),
+        }
+    }
+
+    /// Waits until `bytes` may be read.
+    pub fn acquire(&self, bytes: u64) {
+        let wait = {
+            let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            bucket.reserve(self.origin.elapsed().as_secs_f64(), bytes)
+        };
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
+    }
+}
+
 /// Reports bytes done out of the total to read.
 pub trait ExportProgress {
     /// Called at most a few times a second, and once at the end.
@@ -45,13 +84,12 @@ fn read_blocks(
     image: &RbdImage<'_>,
     blocks: &[u64],
     block_len: impl Fn(u64) -> u64,
-    queue_depth: usize,
-    cancel: &CancelToken,
-    progress: &dyn ExportProgress,
+    pipeline: &ReadPipeline<'_>,
     mut consume: impl FnMut(u64, &[u8]) -> Result<(), Error>,
 ) -> Result<u64, Error> {
     let total: u64 = blocks.iter().map(|&b| block_len(b)).sum();
-    let queue_depth = queue_depth.max(1);
+    let queue_depth = pipeline.queue_depth.max(1);
+    let (cancel, progress) = (pipeline.cancel, pipeline.progress);
     let mut free_buffers: Vec<Vec<u8>> = Vec::with_capacity(queue_depth);
     let mut in_flight: VecDeque<(u64, PendingRead<'_>)> = VecDeque::with_capacity(queue_depth);
     let mut next = blocks.iter().copied();
@@ -63,6 +101,9 @@ fn read_blocks(
             let Some(block) = next.next() else { break };
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
+            }
+            if let Some(limit) = pipeline.limit {
+                limit.acquire(block_len(block));
             }
             let mut buf = free_buffers.pop().unwrap_or_default();
             buf.resize(block_len(block) as usize, 0);
@@ -93,10 +134,8 @@ pub fn export_full(
     image: &RbdImage<'_>,
     size: u64,
     use_object_map: bool,
-    queue_depth: usize,
     writer: &mut SparseImageWriter,
-    cancel: &CancelToken,
-    progress: &dyn ExportProgress,
+    pipeline: &ReadPipeline<'_>,
 ) -> Result<ExportStats, Error> {
     let started = Instant::now();
     let extents = image.diff_extents(None, size, use_object_map)?;
@@ -111,19 +150,11 @@ pub fn export_full(
     let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
     let mut hasher = ContentHasher::new(size);
     let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
-    let bytes_read = read_blocks(
-        image,
-        &blocks,
-        block_len,
-        queue_depth,
-        cancel,
-        progress,
-        |block, data| {
-            hasher.add_block(block, data);
-            writer.write_at(block * HASH_BLOCK_SIZE, data)?;
-            Ok(())
-        },
-    )?;
+    let bytes_read = read_blocks(image, &blocks, block_len, pipeline, |block, data| {
+        hasher.add_block(block, data);
+        writer.write_at(block * HASH_BLOCK_SIZE, data)?;
+        Ok(())
+    })?;
     let (checksum, block_table) = hasher.finish_with_hashes();
     Ok(ExportStats {
         bytes_read,
@@ -145,17 +176,14 @@ pub struct IncrementalBase<'a> {
 
 /// Incremental export of `image` (open at the new snapshot `to_snapshot`, `size` bytes) against
 /// `base`, written as an rbd diff.
-#[allow(clippy::too_many_arguments)]
 pub fn export_incremental<W: Write>(
     image: &RbdImage<'_>,
     to_snapshot: &str,
     size: u64,
     base: &IncrementalBase<'_>,
     use_object_map: bool,
-    queue_depth: usize,
     out: W,
-    cancel: &CancelToken,
-    progress: &dyn ExportProgress,
+    pipeline: &ReadPipeline<'_>,
 ) -> Result<(ExportStats, W), Error> {
     let started = Instant::now();
     let mut extents: Vec<Extent> = image.diff_extents(Some(base.snapshot), size, use_object_map)?;
@@ -188,42 +216,34 @@ pub fn export_incremental<W: Write>(
     let mut diff = RbdDiffWriter::new(out, Some(base.snapshot), to_snapshot, size)?;
     let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
     let mut cursor = 0usize; // first extent that may still overlap the current block
-    let bytes_read = read_blocks(
-        image,
-        &blocks,
-        block_len,
-        queue_depth,
-        cancel,
-        progress,
-        |block, data| {
-            hasher.add_block(block, data);
-            let block_start = block * HASH_BLOCK_SIZE;
-            let block_end = block_start + data.len() as u64;
-            while cursor < extents.len()
-                && extents[cursor].offset + extents[cursor].length <= block_start
-            {
-                cursor += 1;
-            }
-            let mut i = cursor;
-            while i < extents.len() && extents[i].offset < block_end {
-                let e = extents[i];
-                let start = e.offset.max(block_start);
-                let end = (e.offset + e.length).min(block_end);
-                if start < end {
-                    if e.exists {
-                        diff.write_data(
-                            start,
-                            &data[(start - block_start) as usize..(end - block_start) as usize],
-                        )?;
-                    } else {
-                        diff.write_zero(start, end - start)?;
-                    }
+    let bytes_read = read_blocks(image, &blocks, block_len, pipeline, |block, data| {
+        hasher.add_block(block, data);
+        let block_start = block * HASH_BLOCK_SIZE;
+        let block_end = block_start + data.len() as u64;
+        while cursor < extents.len()
+            && extents[cursor].offset + extents[cursor].length <= block_start
+        {
+            cursor += 1;
+        }
+        let mut i = cursor;
+        while i < extents.len() && extents[i].offset < block_end {
+            let e = extents[i];
+            let start = e.offset.max(block_start);
+            let end = (e.offset + e.length).min(block_end);
+            if start < end {
+                if e.exists {
+                    diff.write_data(
+                        start,
+                        &data[(start - block_start) as usize..(end - block_start) as usize],
+                    )?;
+                } else {
+                    diff.write_zero(start, end - start)?;
                 }
-                i += 1;
             }
-            Ok(())
-        },
-    )?;
+            i += 1;
+        }
+        Ok(())
+    })?;
     let out = diff.finish()?;
     let (checksum, block_table) = hasher.finish_with_hashes();
     Ok((
@@ -243,10 +263,8 @@ pub fn export_stream<W: Write>(
     image: &RbdImage<'_>,
     size: u64,
     use_object_map: bool,
-    queue_depth: usize,
     out: &mut W,
-    cancel: &CancelToken,
-    progress: &dyn ExportProgress,
+    pipeline: &ReadPipeline<'_>,
 ) -> Result<ExportStats, Error> {
     let started = Instant::now();
     let extents = image.diff_extents(None, size, use_object_map)?;
@@ -264,26 +282,18 @@ pub fn export_stream<W: Write>(
     let zeros = vec![0u8; HASH_BLOCK_SIZE as usize];
     let broken_pipe = |e: std::io::Error| Error::Restic(format!("writing to restic failed: {e}"));
     let mut next_offset = 0u64;
-    let bytes_read = read_blocks(
-        image,
-        &blocks,
-        block_len,
-        queue_depth,
-        cancel,
-        progress,
-        |block, data| {
-            let offset = block * HASH_BLOCK_SIZE;
-            while next_offset < offset {
-                let n = (offset - next_offset).min(HASH_BLOCK_SIZE) as usize;
-                out.write_all(&zeros[..n]).map_err(broken_pipe)?;
-                next_offset += n as u64;
-            }
-            hasher.add_block(block, data);
-            out.write_all(data).map_err(broken_pipe)?;
-            next_offset += data.len() as u64;
-            Ok(())
-        },
-    )?;
+    let bytes_read = read_blocks(image, &blocks, block_len, pipeline, |block, data| {
+        let offset = block * HASH_BLOCK_SIZE;
+        while next_offset < offset {
+            let n = (offset - next_offset).min(HASH_BLOCK_SIZE) as usize;
+            out.write_all(&zeros[..n]).map_err(broken_pipe)?;
+            next_offset += n as u64;
+        }
+        hasher.add_block(block, data);
+        out.write_all(data).map_err(broken_pipe)?;
+        next_offset += data.len() as u64;
+        Ok(())
+    })?;
     while next_offset < size {
         let n = (size - next_offset).min(HASH_BLOCK_SIZE) as usize;
         out.write_all(&zeros[..n]).map_err(broken_pipe)?;

@@ -106,6 +106,9 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
             options.freeze_timeout
         )));
     }
+    if options.bwlimit == Some(0) {
+        return Err(Error::Usage("--bwlimit must be positive".into()));
+    }
     if options.full_every == Some(0) {
         return Err(Error::Usage("--full-every must be at least 1".into()));
     }
@@ -189,7 +192,9 @@ pub fn run_backup(
     }
 
     let ceph = ConnectionCache::new(CephTimeouts::default());
+    let limit = options.bwlimit.map(export::BandwidthLimit::new);
     let ctx = RunContext {
+        limit: limit.as_ref(),
         options,
         libvirt: &libvirt,
         repo: repo.as_ref(),

@@ -57,6 +57,8 @@ pub struct BackupOptions {
     pub agent_timeout: u32,
     /// Longest a guest may stay frozen: past it the watchdog thaws it and the domain fails.
     pub freeze_timeout: u32,
+    /// Total read rate of the run in bytes per second (all disks together), if limited.
+    pub bwlimit: Option<u64>,
     /// Send the disks to restic instead of the repository folder.
     pub restic: Option<super::restic::ResticTarget>,
 }
@@ -76,6 +78,7 @@ impl Default for BackupOptions {
             agent_timeout: 30,
             freeze_timeout: 30,
             restic: None,
+            bwlimit: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod incremental;
 pub mod naming;
+pub mod rate;
 pub mod retention;
 
 pub use blocks::{
@@ -11,6 +12,7 @@ pub use blocks::{
 };
 pub use incremental::{plan_disk, BackupMode, BaseCandidate, DiskPlan, ImageState};
 pub use naming::{backup_id_from_unix, is_tool_snapshot, snapshot_name, SNAPSHOT_PREFIX};
+pub use rate::{parse_rate, TokenBucket};
 pub use retention::{
     compute_prune, parse_backup_id, BackupEntry, KeepOptions, KeepReason, PruneDecision, PruneMark,
     RemoveReason, RetentionError,
