@@ -48,7 +48,10 @@ pub use options::{BackupOptions, FreezePolicy};
 pub use plan_report::{plan_backup, BackupPlan, PlannedDisk, PlannedDomain};
 pub use prune::{prune, DomainPruneReport, KeptBackup, PruneReport, PruneStatus, RemovedBackup};
 pub use report::{BackupReport, Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
-pub use restore::{restore, RestoreOptions, RestoreReport, RestoreTarget};
+pub use restore::{
+    restore, restore_define, DefineOptions, DefineReport, RestoreOptions, RestoreReport,
+    RestoreTarget,
+};
 pub use verify::{verify, VerifyProblem, VerifyReport};
 
 use crate::ceph::CephTimeouts;

@@ -746,3 +746,126 @@ mod tests {
         assert!("".parse::<RestoreTarget>().is_err());
     }
 }
+
+/// What `restore --define` is asked to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefineOptions {
+    /// Backup repository.
+    pub repo: PathBuf,
+    /// Domain name or UUID in the repository.
+    pub domain: String,
+    /// Backup id, or `None`/`"latest"`.
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// Name of the new domain; its disks become `POOL/NAME-TARGET`.
+    pub name: String,
+    /// Pool for the restored images (default: each disk's own pool).
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Replace existing images of those names.
+    #[serde(default)]
+    pub force: bool,
+    /// A ceph.conf (with its keyring) instead of the domain's monitors and key.
+    #[serde(default)]
+    pub ceph_conf: Option<PathBuf>,
+    /// The Ceph user with `ceph_conf`.
+    #[serde(default)]
+    pub ceph_user: Option<String>,
+    /// libvirt URI.
+    #[serde(default = "default_connect")]
+    pub connect: String,
+}
+
+/// The outcome of `restore --define`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DefineReport {
+    /// The new domain's name.
+    pub name: String,
+    /// Its UUID (new, made by libvirt).
+    pub uuid: String,
+    /// One restore per RBD disk.
+    pub disks: Vec<RestoreReport>,
+    /// Writable non-RBD disks of the original that the new domain does not get.
+    pub dropped_disks: Vec<String>,
+}
+
+/// Restores every RBD disk of a backup into new images and defines a new domain (new name,
+/// new UUID, new MACs) from the saved XML, pointing at them. It is defined, not started.
+pub fn restore_define(
+    options: &DefineOptions,
+    cancel: &CancelToken,
+) -> Result<DefineReport, Error> {
+    let valid = !options.name.is_empty()
+        && options.name.len() <= 64
+        && options
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !options.name.starts_with('.');
+    if !valid {
+        return Err(Error::Usage(format!(
+            "{:?} cannot name the new domain and its images: use up to 64 letters, digits, '-', '_' or '.'",
+            options.name
+        )));
+    }
+    let repo = Repository::open(&options.repo)?;
+    let uuid = repo
+        .resolve_domain(&options.domain)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    let (_, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
+    let libvirt = HypervisorConnection::open(&options.connect)?;
+    if libvirt.domain_exists(&options.name) {
+        return Err(Error::Usage(format!(
+            "a domain named {} exists already; choose another name",
+            options.name
+        )));
+    }
+    let mut images = std::collections::HashMap::new();
+    let mut disks = Vec::new();
+    for disk in &manifest.disks {
+        let image = format!(
+            "{}-{}",
+            options.name,
+            crate::repo::layout::safe_component(&disk.target)
+        );
+        let pool = options.pool.clone().unwrap_or_else(|| disk.pool.clone());
+        let spec = match &disk.namespace {
+            Some(ns) => format!("{pool}/{ns}/{image}"),
+            None => format!("{pool}/{image}"),
+        };
+        let report = restore(
+            &RestoreOptions {
+                repo: options.repo.clone(),
+                domain: uuid.clone(),
+                disk: Some(disk.target.clone()),
+                backup: Some(manifest.backup_id.clone()),
+                to: RestoreTarget::Rbd {
+                    pool,
+                    namespace: disk.namespace.clone(),
+                    image,
+                },
+                force: options.force,
+                ceph_conf: options.ceph_conf.clone(),
+                ceph_user: options.ceph_user.clone(),
+                connect: options.connect.clone(),
+                restic: None,
+            },
+            cancel,
+        )?;
+        images.insert(disk.target.clone(), spec);
+        disks.push(report);
+    }
+    let rewritten = crate::libvirt::domain_rewrite::rewrite_for_restore(
+        &manifest.domain.xml,
+        &options.name,
+        &images,
+    )?;
+    let new_uuid = libvirt.define(&options.name, &rewritten.xml)?;
+    Ok(DefineReport {
+        name: options.name.clone(),
+        uuid: new_uuid,
+        disks,
+        dropped_disks: rewritten.dropped_disks,
+    })
+}

@@ -60,6 +60,28 @@ impl HypervisorConnection {
         })
     }
 
+    /// Defines (persistently, without starting) a domain from `xml`; returns its UUID.
+    pub fn define(&self, name: &str, xml: &str) -> Result<String, LibvirtError> {
+        let domain = self
+            .conn
+            .define_domain_xml(xml)
+            .map_err(|e| LibvirtError::DomainCall {
+                domain: name.to_string(),
+                call: "virDomainDefineXML",
+                message: e.message().to_string(),
+            })?;
+        domain.uuid_string().map_err(|e| LibvirtError::DomainCall {
+            domain: name.to_string(),
+            call: "virDomainGetUUIDString",
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Whether a domain named `name` exists.
+    pub fn domain_exists(&self, name: &str) -> bool {
+        self.conn.lookup_domain_by_name(name).is_ok()
+    }
+
     /// The URI this connection was opened with.
     pub fn uri(&self) -> &str {
         &self.uri

@@ -9,6 +9,7 @@
 //! (`virt`'s wrapper leaks the key's buffer without wiping it).
 
 pub mod connection;
+pub mod domain_rewrite;
 pub mod domain_xml;
 pub mod error;
 pub mod freeze;
