@@ -7,7 +7,7 @@ use crate::ceph::{CephError, PoolContext, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
 use crate::plan::DiskPlan;
-use crate::plan::{backup_id_from_unix, is_tool_snapshot, snapshot_name};
+use crate::plan::{backup_id_from_unix, is_owned_snapshot, snapshot_name};
 use crate::repo::block_table::write_block_table;
 use crate::repo::hashing_writer::HashingFileWriter;
 use crate::repo::layout::safe_component;
@@ -175,7 +175,7 @@ fn back_up_to_restic(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
-        let snap_name = snapshot_name(&backup_id);
+        let snap_name = snapshot_name("restic", &backup_id);
         let active = ctx.libvirt.is_active(&job.uuid)?;
         // Dropped at the end of this closure: the snapshots go once restic has everything.
         let _guards = snapshot_domain(ctx, job, images, &snap_name, active, report)?;
@@ -299,7 +299,7 @@ fn back_up_to_repo(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
-        let snap_name = snapshot_name(&backup_id);
+        let snap_name = snapshot_name(repo.id(), &backup_id);
         let staged = lock.stage_backup(&backup_id)?;
 
         let active = ctx.libvirt.is_active(&job.uuid)?;
@@ -473,7 +473,7 @@ fn back_up_to_repo(
         }
         for image in images {
             for snap in image.snapshots()? {
-                if is_tool_snapshot(&snap.name) && snap.name != snap_name {
+                if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
                     if let Err(e) = image.remove_snapshot(&snap.name) {
                         warn(
                             ctx,

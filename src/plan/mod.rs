@@ -11,7 +11,9 @@ pub use blocks::{
     blocks_to_read, checksum_of_table, ByteRange, ContentHasher, StreamHasher, HASH_BLOCK_SIZE,
 };
 pub use incremental::{plan_disk, BackupMode, BaseCandidate, DiskPlan, ImageState};
-pub use naming::{backup_id_from_unix, is_tool_snapshot, snapshot_name, SNAPSHOT_PREFIX};
+pub use naming::{
+    backup_id_from_unix, is_owned_snapshot, is_tool_snapshot, snapshot_name, SNAPSHOT_PREFIX,
+};
 pub use rate::{parse_rate, TokenBucket};
 pub use retention::{
     compute_prune, parse_backup_id, BackupEntry, KeepOptions, KeepReason, PruneDecision, PruneMark,

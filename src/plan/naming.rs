@@ -1,15 +1,24 @@
 //! Names of backups and of the tool's snapshots.
 //!
 //! A backup id is the UTC time the backup started, `YYYYMMDDTHHMMSS.mmmZ`: it sorts by time,
-//! is safe as a file name, and is readable. Tool snapshots are `virt-rbd-backup-<backup id>`,
-//! so an operator (and `cleanup`) can tell them from anyone else's snapshots.
+//! is safe as a file name, and is readable. Tool snapshots are
+//! `virt-rbd-backup-<owner>-<backup id>`, where the owner is the repository's id (or `restic`),
+//! so an operator can tell them from anyone else's snapshots, and a run only ever removes
+//! snapshots of its own repository.
 
 /// Prefix of every snapshot this tool creates.
 pub const SNAPSHOT_PREFIX: &str = "virt-rbd-backup-";
 
-/// The snapshot name for a backup.
-pub fn snapshot_name(backup_id: &str) -> String {
-    format!("{SNAPSHOT_PREFIX}{backup_id}")
+/// The snapshot name for a backup by `owner` (a repository id, or `restic`).
+pub fn snapshot_name(owner: &str, backup_id: &str) -> String {
+    format!("{SNAPSHOT_PREFIX}{owner}-{backup_id}")
+}
+
+/// Whether a snapshot was made by this tool for `owner`.
+pub fn is_owned_snapshot(name: &str, owner: &str) -> bool {
+    name.strip_prefix(SNAPSHOT_PREFIX)
+        .and_then(|rest| rest.strip_prefix(owner))
+        .is_some_and(|rest| rest.starts_with('-'))
 }
 
 /// Whether a snapshot was made by this tool.
@@ -74,7 +83,18 @@ mod tests {
 
     #[test]
     fn tool_snapshots_are_recognised_by_prefix() {
-        assert!(is_tool_snapshot(&snapshot_name("20261126T095243.007Z")));
+        let name = snapshot_name("a1b2c3d4e5f6", "20261126T095243.007Z");
+        assert_eq!(name, "virt-rbd-backup-a1b2c3d4e5f6-20261126T095243.007Z");
+        assert!(is_tool_snapshot(&name));
         assert!(!is_tool_snapshot("nightly"));
+    }
+
+    #[test]
+    fn a_repository_owns_only_its_own_snapshots() {
+        let name = snapshot_name("a1b2c3d4e5f6", "20261126T095243.007Z");
+        assert!(is_owned_snapshot(&name, "a1b2c3d4e5f6"));
+        assert!(!is_owned_snapshot(&name, "a1b2c3"));
+        assert!(!is_owned_snapshot(&name, "ffffffffffff"));
+        assert!(!is_owned_snapshot("nightly", "a1b2c3d4e5f6"));
     }
 }

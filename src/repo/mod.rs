@@ -32,7 +32,28 @@ use layout::{domain_folder, LOCK_FILE, MANIFEST_FILE, MARKER_FILE, PARTIAL_PREFI
 /// A backup folder with its manifest, or why the manifest cannot be read.
 pub type ListedBackup = (PathBuf, Result<BackupManifest, RepoError>);
 
-const MARKER_BODY: &str = "{\"format\": \"virt-rbd-backup-repo\", \"version\": 1}\n";
+/// The marker file's content.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RepoMarker {
+    format: String,
+    version: u32,
+    /// Random id naming this repository's snapshots in Ceph, so two repositories backing up the
+    /// same image never remove each other's incremental bases.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+fn new_repo_id() -> String {
+    let mut bytes = [0u8; 6];
+    let random =
+        File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if random.is_err() {
+        // Unlikely; time and pid still make clashes improbable.
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        bytes.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
     let path = path.to_path_buf();
@@ -59,6 +80,7 @@ fn create_private_dir(path: &Path) -> Result<(), RepoError> {
 #[derive(Debug, Clone)]
 pub struct Repository {
     root: PathBuf,
+    id: String,
 }
 
 impl Repository {
@@ -67,9 +89,7 @@ impl Repository {
     pub fn open_or_create(root: &Path) -> Result<Self, RepoError> {
         let marker = root.join(MARKER_FILE);
         if marker.is_file() {
-            return Ok(Repository {
-                root: root.to_path_buf(),
-            });
+            return Self::open(root);
         }
         if root.exists() {
             let mut entries = fs::read_dir(root).map_err(io_err("read folder", root))?;
@@ -85,20 +105,60 @@ impl Repository {
             }
             create_private_dir(root)?;
         }
+        let id = new_repo_id();
+        let body = RepoMarker {
+            format: "virt-rbd-backup-repo".into(),
+            version: 1,
+            id: Some(id.clone()),
+        };
         let tmp = root.join(".marker.tmp");
-        fs::write(&tmp, MARKER_BODY).map_err(io_err("write", &tmp))?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        let text = serde_json::to_string(&body).unwrap_or_default();
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io_err("write", &tmp))?;
+        file.sync_all().map_err(io_err("fsync", &tmp))?;
         fs::rename(&tmp, &marker).map_err(io_err("rename into place", &marker))?;
         manifest::sync_dir(root)?;
         Ok(Repository {
             root: root.to_path_buf(),
+            id,
         })
     }
 
     /// Opens an existing repository (for reading).
     pub fn open(root: &Path) -> Result<Self, RepoError> {
-        if root.join(MARKER_FILE).is_file() {
+        let marker = root.join(MARKER_FILE);
+        if marker.is_file() {
+            let text = fs::read_to_string(&marker).map_err(io_err("read", &marker))?;
+            let parsed: RepoMarker =
+                serde_json::from_str(&text).map_err(|e| RepoError::BadManifest {
+                    path: marker.clone(),
+                    message: e.to_string(),
+                })?;
+            if parsed.format != "virt-rbd-backup-repo" || parsed.version != 1 {
+                return Err(RepoError::BadManifest {
+                    path: marker,
+                    message: format!(
+                        "format {:?} version {} is not a repository this tool reads",
+                        parsed.format, parsed.version
+                    ),
+                });
+            }
+            let id = parsed
+                .id
+                .filter(|i| !i.is_empty() && i.chars().all(|c| c.is_ascii_hexdigit()))
+                .unwrap_or_else(|| {
+                    // A marker without an id: derive a stable one from the path.
+                    blake3::hash(root.to_string_lossy().as_bytes()).to_hex()[..12].to_string()
+                });
             Ok(Repository {
                 root: root.to_path_buf(),
+                id,
             })
         } else if !root.exists() {
             Err(RepoError::NotFound {
@@ -113,6 +173,11 @@ impl Repository {
                 marker: MARKER_FILE,
             })
         }
+    }
+
+    /// The id that names this repository's snapshots in Ceph.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The repository's folder.

@@ -53,6 +53,12 @@ def tool_snapshots(image: str) -> list[str]:
     return sorted(s["name"] for s in rbd_json("snap", "ls", image) if s["name"].startswith("virt-rbd-backup-"))
 
 
+def repo_snapshots(image: str, repo: Path) -> list[str]:
+    """The snapshots of pool/image that belong to repository `repo` (named by its id)."""
+    repo_id = json.loads((repo / "virt-rbd-backup-repo.json").read_text())["id"]
+    return [s for s in tool_snapshots(image) if s.startswith(f"virt-rbd-backup-{repo_id}-")]
+
+
 def rbd_export_sha256(spec: str) -> str:
     """SHA-256 of `rbd export SPEC -`: Ceph's own C++ exporter as the independent truth."""
     proc = subprocess.Popen(

@@ -25,9 +25,9 @@ from lab_support import (
     guest_exec,
     rbd_export_sha256,
     rbd_json,
+    repo_snapshots,
     require_lab,
     run,
-    tool_snapshots,
 )
 
 pytestmark = pytest.mark.lab
@@ -155,12 +155,12 @@ def test_shut_off_domain_is_backed_up_without_a_freeze(backup: dict[str, Any]) -
 
 def test_only_the_latest_backup_snapshot_is_kept_as_base(backup: dict[str, Any]) -> None:
     first = manifest_of(domain_report(backup["report"], "lab-off"))["disks"][0]["snapshot"]["name"]
-    assert first in tool_snapshots("rbd/lab-off-a")
+    assert first in repo_snapshots("rbd/lab-off-a", backup["repo"])
     again = cli("backup", "--repo", str(backup["repo"]), "--json", "--domain", "lab-off")
     assert again.returncode == 0, again.stderr
     second = manifest_of(domain_report(again.json(), "lab-off"))["disks"][0]["snapshot"]["name"]
     assert second != first
-    assert tool_snapshots("rbd/lab-off-a") == [second]
+    assert repo_snapshots("rbd/lab-off-a", backup["repo"]) == [second]
 
 
 def test_text_output_has_the_original_tool_lines(tmp_path: Path) -> None:
@@ -194,3 +194,36 @@ def test_python_api_lists_domains_and_their_disks() -> None:
     assert listing["lab-guest"].active is True
     assert listing["lab-off"].active is False
     assert listing["lab-local"].rbd_disks == ()
+
+
+def test_repository_is_private(backup: dict[str, Any]) -> None:
+    repo: Path = backup["repo"]
+    for path in repo.rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        if path.is_dir():
+            assert mode == 0o700, (path, oct(mode))
+        else:
+            assert mode == 0o600, (path, oct(mode))
+
+
+def test_the_ceph_key_appears_nowhere(tmp_path: Path) -> None:
+    require_lab()
+    key = run(
+        [
+            "virsh",
+            "-c",
+            os.environ.get("LAB_LIBVIRT_URI", "qemu:///system"),
+            "secret-get-value",
+            os.environ["LAB_SECRET_UUID"],
+        ]
+    ).stdout.strip()
+    assert len(key) > 20
+    repo = tmp_path / "r"
+    result = cli("backup", "-vv", "--repo", str(repo), "--json", "--domain", "lab-off")
+    assert result.returncode == 0, result.stderr
+    assert key not in result.stdout and key not in result.stderr
+    for path in repo.rglob("*"):
+        if path.is_file() and path.suffix not in (".raw",):
+            assert key.encode() not in path.read_bytes(), path
+    listing = cli("list", "-vv", "--json")
+    assert key not in listing.stdout and key not in listing.stderr

@@ -13,7 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from lab_support import agent, cli, domain_report, guest_exec, rbd, require_lab, run, tool_snapshots, virsh
+from lab_support import (
+    agent,
+    cli,
+    domain_report,
+    guest_exec,
+    rbd,
+    repo_snapshots,
+    require_lab,
+    run,
+    tool_snapshots,
+    virsh,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -91,7 +102,7 @@ def test_wrong_key_and_deleted_image_fail_alone(broken_domains: None, tmp_path: 
     ok = domain_report(report, "lab-off")
     assert ok["status"] == "succeeded"
     # lab-off's new base replaced the old one; nothing else was created anywhere.
-    after = tool_snapshots("rbd/lab-off-a")
+    after = repo_snapshots("rbd/lab-off-a", tmp_path / "r")
     assert after == [ok["disks"][0]["snapshot"]], (before, after)
     assert rbd("info", "rbd/lab-gone-deleted", check=False).returncode != 0
     # Failed domains leave nothing in the repository that looks like a backup.

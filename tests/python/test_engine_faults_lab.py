@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_support import agent, cli, domain_report, domain_uuid, rbd_json, require_lab, tool_snapshots
+from lab_support import agent, cli, domain_report, domain_uuid, rbd_json, repo_snapshots, require_lab, tool_snapshots
 
 pytestmark = pytest.mark.lab
 
@@ -101,7 +101,7 @@ def test_sigkill_after_the_snapshot_leaves_no_backup_and_no_leak(tmp_path: Path,
     base = domain_report(good.json(), "lab-off")["disks"][0]["snapshot"]
     proc = start_paused(repo, phase, "lab-off")
     try:
-        wait_for(lambda: len(tool_snapshots("rbd/lab-off-a")) == 2, 60, "the killed run's snapshot")
+        wait_for(lambda: len(repo_snapshots("rbd/lab-off-a", repo)) == 2, 60, "the killed run's snapshot")
         wait_for(lambda: bool(partials(repo, "lab-off")), 30, "the partial folder")
         if phase == "committing":
             # Paused just before the manifest is written: every disk file is complete.
@@ -120,8 +120,8 @@ def test_sigkill_after_the_snapshot_leaves_no_backup_and_no_leak(tmp_path: Path,
     dom = domain_report(result.json(), "lab-off")
     assert any("interrupted run" in w for w in dom["warnings"]), dom["warnings"]
     assert not partials(repo, "lab-off")
-    assert tool_snapshots("rbd/lab-off-a") == [dom["disks"][0]["snapshot"]]
-    assert base not in tool_snapshots("rbd/lab-off-a")
+    assert repo_snapshots("rbd/lab-off-a", repo) == [dom["disks"][0]["snapshot"]]
+    assert base not in repo_snapshots("rbd/lab-off-a", repo)
 
 
 def test_a_second_run_on_the_same_domain_is_refused_while_the_first_runs(tmp_path: Path) -> None:

@@ -22,9 +22,9 @@ from lab_support import (
     guest_exec,
     rbd,
     rbd_export_sha256,
+    repo_snapshots,
     require_lab,
     run,
-    tool_snapshots,
 )
 
 pytestmark = pytest.mark.lab
@@ -82,7 +82,7 @@ def test_second_backup_is_incremental_and_reads_only_what_changed(chain: dict[st
     inc_read = sum(d["bytes_read"] for d in second["disks"])
     assert inc_read < full_read, (inc_read, full_read)
     # Only the new base snapshots are left in the cluster.
-    assert tool_snapshots("rbd/lab-guest-a") == [disk(second, "vda")["snapshot"]["name"]]
+    assert repo_snapshots("rbd/lab-guest-a", chain["repo"]) == [disk(second, "vda")["snapshot"]["name"]]
 
 
 def test_each_point_in_time_restores_to_exactly_its_snapshot(chain: dict[str, Any], tmp_path: Path) -> None:
@@ -229,4 +229,4 @@ def test_prune_keeps_what_the_kept_backups_need(tmp_path: Path) -> None:
     assert cli("verify", "--repo", str(repo)).returncode == 0
     out = tmp_path / "vda.raw"
     assert cli("restore", "lab-off", "--repo", str(repo), "--to", str(out)).returncode == 0
-    assert file_sha256(out) == rbd_export_sha256(f"rbd/lab-off-a@{tool_snapshots('rbd/lab-off-a')[0]}")
+    assert file_sha256(out) == rbd_export_sha256(f"rbd/lab-off-a@{repo_snapshots('rbd/lab-off-a', repo)[0]}")
