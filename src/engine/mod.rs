@@ -52,7 +52,7 @@ pub use restore::{
     restore, restore_define, DefineOptions, DefineReport, RestoreOptions, RestoreReport,
     RestoreTarget,
 };
-pub use verify::{verify, VerifyProblem, VerifyReport};
+pub use verify::{verify, verify_with_source, SourceOptions, VerifyProblem, VerifyReport};
 
 use crate::ceph::CephTimeouts;
 use crate::error::Error;

@@ -410,21 +410,13 @@ fn replace_image(ctx: &PoolContext<'_>, tmp: &str, image: &str) -> Result<(), Er
     Ok(())
 }
 
-/// The cluster and key for an RBD restore target.
-fn rbd_target_cluster(
-    options: &RestoreOptions,
+/// The cluster and key a saved domain XML names for disk `target` (key read from libvirt).
+pub(super) fn cluster_from_saved_xml(
+    connect: &str,
     xml: &str,
     domain: &str,
     target: &str,
 ) -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error> {
-    if let Some(conf) = &options.ceph_conf {
-        let address = ClusterAddress {
-            monitors: Vec::new(),
-            conf_file: Some(conf.display().to_string()),
-            user: options.ceph_user.clone().unwrap_or_else(|| "admin".into()),
-        };
-        return Ok((address, None));
-    }
     let description = parse_domain_xml(domain, xml)?;
     let spec = description
         .disks
@@ -440,7 +432,7 @@ fn rbd_target_cluster(
         })?;
     let key = match &spec.auth {
         Some(auth) => {
-            let libvirt = HypervisorConnection::open(&options.connect)?;
+            let libvirt = HypervisorConnection::open(connect)?;
             Some(libvirt.ceph_key(
                 domain,
                 &auth.username,
@@ -451,6 +443,24 @@ fn rbd_target_cluster(
         None => None,
     };
     Ok((cluster_address(&spec), key))
+}
+
+/// The cluster and key for an RBD restore target.
+fn rbd_target_cluster(
+    options: &RestoreOptions,
+    xml: &str,
+    domain: &str,
+    target: &str,
+) -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error> {
+    if let Some(conf) = &options.ceph_conf {
+        let address = ClusterAddress {
+            monitors: Vec::new(),
+            conf_file: Some(conf.display().to_string()),
+            user: options.ceph_user.clone().unwrap_or_else(|| "admin".into()),
+        };
+        return Ok((address, None));
+    }
+    cluster_from_saved_xml(&options.connect, xml, domain, target)
 }
 
 /// Replays `chain` into `sink` and checks the result against `expected`. Returns data bytes written.

@@ -28,6 +28,28 @@ pub struct VerifyReport {
     pub checked: Vec<(String, String)>,
     /// Problems found; empty means everything checked is intact.
     pub problems: Vec<VerifyProblem>,
+    /// Disks compared with their snapshot still in the cluster (`--source`): (backup id, disk).
+    #[serde(default)]
+    pub source_checked: Vec<(String, String)>,
+}
+
+/// How to reach the cluster for `--source`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceOptions {
+    /// libvirt URI, to read the domain's Ceph key.
+    #[serde(default = "default_connect")]
+    pub connect: String,
+    /// A ceph.conf (with its keyring) instead of the domain's monitors and key.
+    #[serde(default)]
+    pub ceph_conf: Option<PathBuf>,
+    /// The Ceph user with `ceph_conf`.
+    #[serde(default)]
+    pub ceph_user: Option<String>,
+}
+
+fn default_connect() -> String {
+    "qemu:///system".into()
 }
 
 impl VerifyReport {
@@ -44,6 +66,17 @@ pub fn verify(
     domain: Option<&str>,
     backup: Option<&str>,
 ) -> Result<VerifyReport, Error> {
+    verify_with_source(repo, domain, backup, None)
+}
+
+/// `verify`, and with `source` also compares the latest backup of each domain with its
+/// snapshot still in the cluster (the incremental base), block by block.
+pub fn verify_with_source(
+    repo: &std::path::Path,
+    domain: Option<&str>,
+    backup: Option<&str>,
+    source: Option<&SourceOptions>,
+) -> Result<VerifyReport, Error> {
     let repo = Repository::open(repo)?;
     let uuids = match domain {
         Some(d) => vec![repo
@@ -54,6 +87,7 @@ pub fn verify(
     let mut report = VerifyReport {
         checked: Vec::new(),
         problems: Vec::new(),
+        source_checked: Vec::new(),
     };
     for uuid in uuids {
         let selected: Vec<(PathBuf, String)> = match backup {
@@ -116,6 +150,11 @@ pub fn verify(
                 }
             }
         }
+        if let Some(source) = source {
+            if let Ok((folder, manifest)) = repo.find_backup(&uuid, backup) {
+                compare_with_source(&repo, &uuid, &folder, &manifest, source, &mut report)?;
+            }
+        }
     }
     if let (Some(id), true) = (backup, report.checked.is_empty()) {
         return Err(Error::Usage(format!(
@@ -142,4 +181,93 @@ fn verify_link(link: &ChainLink) -> Result<(), String> {
             verify_stored_file(link).map_err(|e| e.to_string())
         }
     }
+}
+
+/// Compares each disk of `manifest` with its snapshot in the cluster.
+fn compare_with_source(
+    repo: &Repository,
+    uuid: &str,
+    folder: &std::path::Path,
+    manifest: &crate::repo::BackupManifest,
+    source: &SourceOptions,
+    report: &mut VerifyReport,
+) -> Result<(), Error> {
+    use crate::ceph::{CephTimeouts, ClusterAddress, RadosCluster, RbdImage};
+    use crate::plan::{blocks_to_read, ByteRange, ContentHasher, HASH_BLOCK_SIZE};
+
+    for disk in &manifest.disks {
+        let problem = |message: String| VerifyProblem {
+            backup_id: manifest.backup_id.clone(),
+            disk: disk.target.clone(),
+            message,
+        };
+        let (address, key) = match &source.ceph_conf {
+            Some(conf) => (
+                ClusterAddress {
+                    monitors: Vec::new(),
+                    conf_file: Some(conf.display().to_string()),
+                    user: source.ceph_user.clone().unwrap_or_else(|| "admin".into()),
+                },
+                None,
+            ),
+            None => super::restore::cluster_from_saved_xml(
+                &source.connect,
+                &manifest.domain.xml,
+                &manifest.domain.name,
+                &disk.target,
+            )?,
+        };
+        let cluster = RadosCluster::connect(&address, key.as_ref(), CephTimeouts::default())?;
+        let pool = cluster.open_pool(&disk.pool, disk.namespace.as_deref())?;
+        let image = match RbdImage::open_at_snapshot(&pool, &disk.image, &disk.snapshot.name) {
+            Ok(image) => image,
+            Err(e) if e.errno() == Some(-libc::ENOENT) => {
+                report.problems.push(problem(format!(
+                    "cannot compare with the source: snapshot {}@{} is gone ({e})",
+                    disk.image_spec(),
+                    disk.snapshot.name
+                )));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let chain = repo.disk_chain(uuid, folder, manifest, &disk.target)?;
+        let expected = match chain.last().map(|l| l.block_table()) {
+            Some(Ok(table)) => table,
+            Some(Err(e)) => {
+                report.problems.push(problem(e.to_string()));
+                continue;
+            }
+            None => continue,
+        };
+        let info = image.info()?;
+        let extents = image.diff_extents(None, info.size, info.fast_diff_usable())?;
+        let ranges: Vec<ByteRange> = extents
+            .iter()
+            .filter(|e| e.exists)
+            .map(|e| ByteRange {
+                offset: e.offset,
+                length: e.length,
+            })
+            .collect();
+        let mut hasher = ContentHasher::new(info.size);
+        for index in blocks_to_read(&ranges, info.size, HASH_BLOCK_SIZE) {
+            let buf = vec![0u8; hasher.block_len(index) as usize];
+            let data = image.start_read(index * HASH_BLOCK_SIZE, buf)?.wait()?;
+            hasher.add_block(index, &data);
+        }
+        let actual = hasher.finish_with_hashes().1;
+        match (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i)) {
+            Some(index) => report.problems.push(problem(format!(
+                "differs from its source snapshot {}@{} at offset {}",
+                disk.image_spec(),
+                disk.snapshot.name,
+                index as u64 * HASH_BLOCK_SIZE
+            ))),
+            None => report
+                .source_checked
+                .push((manifest.backup_id.clone(), disk.target.clone())),
+        }
+    }
+    Ok(())
 }
