@@ -1,0 +1,85 @@
+# -*- coding: utf-8 -*-
+# Copyright: virt-rbd-backup contributors
+# Apache License 2.0 (see https://www.apache.org/licenses/LICENSE-2.0)
+
+"""The bridge from module parameters to the pip-installed ``virt_rbd_backup`` package.
+
+The modules are clients of the package's public Python API like any other script: the work is
+done by its Rust core on the managed host. This file holds what every module needs: the guarded
+import, the check that an option given in the task is one the installed version knows (so an
+older package fails with "upgrade" rather than a TypeError), and one way to word an error.
+"""
+
+import dataclasses
+import inspect
+import traceback
+
+from ansible.module_utils.basic import missing_required_lib
+
+try:
+    import virt_rbd_backup
+except ImportError:
+    virt_rbd_backup = None
+    HAS_LIB = False
+    IMPORT_ERROR = traceback.format_exc()
+else:
+    HAS_LIB = True
+    IMPORT_ERROR = None
+
+LIBRARY = "virt-rbd-backup"
+"""The PyPI name of the package, as missing_required_lib names it."""
+
+
+def require_library(module):
+    """Fail the task when the package cannot be imported on the managed host."""
+    if not HAS_LIB:
+        module.fail_json(
+            msg=missing_required_lib(LIBRARY, reason="by the modules of virt_rbd_backup.rbd (they call its Python API)"),
+            exception=IMPORT_ERROR,
+        )
+
+
+def library_version():
+    """The installed package's version (None when it is missing)."""
+    return getattr(virt_rbd_backup, "__version__", None)
+
+
+def accepted_options(function):
+    """Names of the keyword arguments ``function`` of the installed package accepts."""
+    return set(inspect.signature(function).parameters)
+
+
+def call_options(module, function, options, needed=()):
+    """Keyword arguments for ``function``: ``options`` without those left unset (None).
+
+    An option that was set in the task (not None) and that the installed ``function`` does not
+    accept fails the task when it is in ``needed`` (it would change what the call does), and is
+    dropped otherwise (for example the number of workers, for a plan).
+    """
+    accepted = accepted_options(function)
+    kwargs = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in accepted:
+            kwargs[name] = value
+        elif name in needed:
+            module.fail_json(
+                msg="the installed %s %s does not support the option %s of %s(); upgrade it on the managed host"
+                % (LIBRARY, library_version() or "(unknown version)", name, function.__name__)
+            )
+    return kwargs
+
+
+def error_message(action, exc):
+    """One line that says what was attempted and why it did not happen."""
+    return "%s: %s: %s" % (action, type(exc).__name__, exc)
+
+
+def as_dict(value):
+    """A report or plan of the package as plain JSON-shaped data."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
