@@ -12,30 +12,44 @@ public Python face::
     assert virt_rbd_backup.verify(repo="/srv/backups").ok
     virt_rbd_backup.prune(keep_daily=7, keep_weekly=4, repo="/srv/backups")
 
+    # restic as the target, as the original tool used it; the password from a file (or the
+    # RESTIC_PASSWORD* environment), never as a value:
+    restic = virt_rbd_backup.ResticTarget(repository="/srv/restic", password_file="/etc/restic.pass")
+    virt_rbd_backup.backup(restic=restic)
+    for snapshot in virt_rbd_backup.list_restic(restic, domain="web1"):
+        print(snapshot.id, snapshot.disk)
+
+    # What a backup would do, touching nothing:
+    print(virt_rbd_backup.plan(repo="/srv/backups").estimated_bytes)
+
 Every error raised here derives from :class:`BackupError`. Log records of the core go to the
 standard :mod:`logging` logger ``virt_rbd_backup`` (and its children).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from . import _native
 from ._native import (
     BackupError,
     CancelledError,
     CephError,
+    InconsistentError,
     LibvirtError,
     RepositoryError,
+    ResticError,
     UsageError,
 )
 from .report import (
     BackupDiskListing,
     BackupListing,
+    BackupPlan,
     BackupReport,
     DiskReport,
     DomainListing,
@@ -44,10 +58,13 @@ from .report import (
     FreezeReport,
     KeptBackup,
     MonitorHost,
+    PlannedDisk,
+    PlannedDomain,
     PruneReport,
     RbdAuth,
     RbdDisk,
     RemovedBackup,
+    ResticSnapshot,
     RestoreReport,
     SkippedDisk,
     VerifyProblem,
@@ -61,6 +78,7 @@ __all__ = [
     "BackupError",
     "BackupListing",
     "BackupMode",
+    "BackupPlan",
     "BackupReport",
     "CancelledError",
     "CephError",
@@ -71,14 +89,20 @@ __all__ = [
     "EventCallback",
     "FreezePolicy",
     "FreezeReport",
+    "InconsistentError",
     "KeptBackup",
     "LibvirtError",
     "MonitorHost",
+    "PlannedDisk",
+    "PlannedDomain",
     "PruneReport",
     "RbdAuth",
     "RbdDisk",
     "RemovedBackup",
     "RepositoryError",
+    "ResticError",
+    "ResticSnapshot",
+    "ResticTarget",
     "RestoreReport",
     "SkippedDisk",
     "UsageError",
@@ -88,7 +112,9 @@ __all__ = [
     "backup",
     "list_backups",
     "list_domains",
+    "list_restic",
     "parse_duration",
+    "plan",
     "prune",
     "restore",
     "verify",
@@ -122,6 +148,41 @@ EventCallback = Callable[[dict[str, Any]], object]
 """Receives each event of a run as a dict with an ``"event"`` key; called from worker threads."""
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResticTarget:
+    """A restic repository as a backup target (and a source for ``list_restic`` and ``restore``).
+
+    The password is never a value here: it comes from ``password_file`` or, without one, from
+    restic's own ``RESTIC_PASSWORD``, ``RESTIC_PASSWORD_FILE`` or ``RESTIC_PASSWORD_COMMAND`` in
+    the environment. The repository reaches restic through its environment, not its command
+    line (a REST URL may carry credentials).
+    """
+
+    repository: str
+    """The restic repository: a path, ``sftp:...``, ``rest:...``, ``s3:...``."""
+    password_file: str | None = None
+    """A file holding the repository's password."""
+    binary: str = "restic"
+    """The restic program (looked up in ``PATH`` unless a path)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape of the core's ``ResticTarget``."""
+        return {"repository": self.repository, "password_file": self.password_file, "binary": self.binary}
+
+
+@overload
+def _restic(target: ResticTarget | str) -> dict[str, Any]: ...
+@overload
+def _restic(target: ResticTarget | str | None) -> dict[str, Any] | None: ...
+def _restic(target: ResticTarget | str | None) -> dict[str, Any] | None:
+    """The core's JSON of a restic target given as a :class:`ResticTarget` or a repository."""
+    if target is None:
+        return None
+    if not isinstance(target, ResticTarget):
+        target = ResticTarget(repository=os.fspath(target))
+    return target.to_dict()
+
+
 def _names(values: Iterable[str] | str, what: str) -> list[str]:
     """Refuse a lone string where a collection of names is meant ("web1" is not 4 domains)."""
     if isinstance(values, str):
@@ -140,6 +201,9 @@ def backup(
     repo: str | os.PathLike[str] = DEFAULT_REPO,
     mode: BackupMode = "auto",
     full_every: int | None = None,
+    agent_timeout: int = 30,
+    freeze_timeout: int = 30,
+    restic: ResticTarget | str | None = None,
     on_event: EventCallback | None = None,
 ) -> BackupReport:
     """Back up the RBD disks of libvirt domains into a repository.
@@ -160,6 +224,13 @@ def backup(
             :data:`BackupMode`).
         full_every: Take a full backup (a new chain) of a disk every this many backups of it;
             ``None``: only when no incremental is possible.
+        agent_timeout: Seconds to wait for the guest agent to answer a freeze or thaw.
+        freeze_timeout: Longest a guest may stay frozen, in seconds: past it a watchdog thaws
+            it and the domain fails as inconsistent.
+        restic: Send each disk to this restic repository (``restic backup --stdin``, tagged
+            with the domain UUID, name and disk) instead of ``repo``; a string is a
+            repository whose password comes from the environment. Every backup is then full
+            (restic deduplicates) and the tool's snapshots are removed after the upload.
         on_event: Called with each event as it happens, as a dict whose ``"event"`` key is
             ``disk_skipped``, ``domain_started``, ``domain_warning``, ``disk_progress`` or
             ``domain_finished``. It runs on worker threads and must return quickly; an exception
@@ -170,7 +241,7 @@ def backup(
         :attr:`BackupReport.any_failed`.
 
     Raises:
-        UsageError: An option makes no sense.
+        UsageError: An option makes no sense (also: restic without a password source).
         LibvirtError: libvirt cannot be reached.
         RepositoryError: The repository cannot be used.
         BackupError: Any other reason the run could not start.
@@ -201,12 +272,15 @@ def backup(
             repo=repo,
             mode=mode,
             full_every=full_every,
+            agent_timeout=agent_timeout,
+            freeze_timeout=freeze_timeout,
+            restic=restic,
             on_event=on_event,
         )
     )
 
 
-def _backup_json(
+def _backup_options(
     *,
     connect: str,
     domains: Iterable[str],
@@ -217,10 +291,12 @@ def _backup_json(
     repo: str | os.PathLike[str],
     mode: BackupMode,
     full_every: int | None,
-    on_event: EventCallback | None,
+    agent_timeout: int,
+    freeze_timeout: int,
+    restic: ResticTarget | str | None,
 ) -> dict[str, Any]:
-    """Run :func:`backup` and return the report exactly as the core wrote it (``--json``)."""
-    options = {
+    """The core's ``BackupOptions`` as JSON."""
+    return {
         "connect": connect,
         "domains": _names(domains, "domains"),
         "workers": workers,
@@ -230,8 +306,100 @@ def _backup_json(
         "repo": os.fspath(repo),
         "mode": mode,
         "full_every": full_every,
+        "agent_timeout": agent_timeout,
+        "freeze_timeout": freeze_timeout,
+        "restic": _restic(restic),
     }
-    return _native.backup(options, on_event)
+
+
+def _backup_json(*, on_event: EventCallback | None, **options: Any) -> dict[str, Any]:
+    """Run :func:`backup` and return the report exactly as the core wrote it (``--json``)."""
+    return _native.backup(_backup_options(**options), on_event)
+
+
+def plan(
+    *,
+    connect: str = DEFAULT_CONNECT,
+    domains: Iterable[str] = (),
+    freeze: FreezePolicy = "auto",
+    freeze_mountpoints: Iterable[str] = (),
+    repo: str | os.PathLike[str] = DEFAULT_REPO,
+    mode: BackupMode = "auto",
+    full_every: int | None = None,
+    restic: ResticTarget | str | None = None,
+) -> BackupPlan:
+    """Say what :func:`backup` with the same options would do, without doing any of it.
+
+    Per domain: the RBD disks it would take and those it would skip, whether each disk would be
+    a full or an incremental backup (with the reason when a full one replaces an incremental),
+    the backup an incremental would build on, and the bytes it would read (whole 4 MiB blocks;
+    the image may change until the real run). Nothing is locked, frozen, snapshotted or
+    written.
+
+    Args:
+        connect: libvirt URI.
+        domains: Domain names or UUIDs; empty means every defined domain.
+        freeze: The freeze policy (only decides whether the plan says a guest would be frozen).
+        freeze_mountpoints: As for :func:`backup` (accepted so that the same options fit both).
+        repo: The backup repository whose latest backups incrementals would build on.
+        mode: ``"auto"`` or ``"full"``.
+        full_every: As for :func:`backup`.
+        restic: As for :func:`backup`.
+
+    Returns:
+        The plan; a domain that cannot be planned has its ``error`` set.
+
+    Raises:
+        UsageError: An option makes no sense.
+        LibvirtError: libvirt cannot be reached, or a named domain does not exist.
+
+    Example:
+        >>> p = virt_rbd_backup.plan(domains=["web1"], repo="/srv/backups")  # doctest: +SKIP
+        >>> [(d.target, d.kind, d.estimated_bytes) for d in p.domains[0].disks]  # doctest: +SKIP
+        [('vda', 'incremental', 41943040)]
+    """
+    return BackupPlan.from_dict(
+        _plan_json(
+            connect=connect,
+            domains=domains,
+            freeze=freeze,
+            freeze_mountpoints=freeze_mountpoints,
+            repo=repo,
+            mode=mode,
+            full_every=full_every,
+            restic=restic,
+        )
+    )
+
+
+def _plan_json(
+    *,
+    connect: str,
+    domains: Iterable[str],
+    freeze: FreezePolicy,
+    freeze_mountpoints: Iterable[str],
+    repo: str | os.PathLike[str],
+    mode: BackupMode,
+    full_every: int | None,
+    restic: ResticTarget | str | None,
+    **_ignored: Any,
+) -> dict[str, Any]:
+    """Run :func:`plan` and return the plan exactly as the core wrote it (``plan --json``).
+
+    Backup options that do not change a plan (workers, timeouts) are accepted and ignored, so
+    the CLI hands ``backup --dry-run`` the options of the backup.
+    """
+    options = {
+        "connect": connect,
+        "domains": _names(domains, "domains"),
+        "freeze": freeze,
+        "freeze_mountpoints": _names(freeze_mountpoints, "freeze_mountpoints"),
+        "repo": os.fspath(repo),
+        "mode": mode,
+        "full_every": full_every,
+        "restic": _restic(restic),
+    }
+    return _native.plan(options)
 
 
 def list_domains(*, connect: str = DEFAULT_CONNECT, domains: Iterable[str] = ()) -> list[DomainListing]:
@@ -289,6 +457,35 @@ def _list_backups_json(repo: str | os.PathLike[str], domain: str | None) -> list
     return _native.list_backups(os.fspath(repo), domain)
 
 
+def list_restic(restic: ResticTarget | str, domain: str | None = None) -> list[ResticSnapshot]:
+    """List this tool's disk backups in a restic repository, oldest first.
+
+    Only snapshots tagged ``virt-rbd-backup`` are listed; each is one disk of one domain.
+
+    Args:
+        restic: The restic repository (a string: its password from the environment).
+        domain: Keep only this domain's (name or UUID).
+
+    Returns:
+        One entry per restic snapshot.
+
+    Raises:
+        ResticError: restic cannot be run or fails (a wrong password, no repository).
+        UsageError: The target makes no sense.
+
+    Example:
+        >>> for s in virt_rbd_backup.list_restic("/srv/restic", domain="web1"):  # doctest: +SKIP
+        ...     print(s.id[:8], s.disk, s.time)
+        4f1c2a9e vda 2026-11-26T10:34:00.123+01:00
+    """
+    return [ResticSnapshot.from_dict(s) for s in _list_restic_json(restic, domain)]
+
+
+def _list_restic_json(restic: ResticTarget | str, domain: str | None) -> list[dict[str, Any]]:
+    """Return the snapshots exactly as the core wrote them (``list --restic-repo --json``)."""
+    return _native.list_restic(_restic(restic), domain)
+
+
 def restore(
     domain: str,
     *,
@@ -300,6 +497,7 @@ def restore(
     ceph_conf: str | os.PathLike[str] | None = None,
     ceph_user: str | None = None,
     connect: str = DEFAULT_CONNECT,
+    restic: ResticTarget | str | None = None,
 ) -> RestoreReport:
     """Restore one disk of a backup into a sparse raw file or an RBD image.
 
@@ -322,14 +520,20 @@ def restore(
             the monitors and the libvirt secret the domain's saved XML names.
         ceph_user: The Ceph user with ``ceph_conf`` (default ``admin``).
         connect: libvirt URI, to read the domain's Ceph key when no ``ceph_conf`` is given.
+        restic: Restore from this restic repository instead of ``repo``: ``backup`` is then a
+            restic snapshot id (a prefix will do) or ``latest``, and an RBD target needs
+            ``ceph_conf`` (restic keeps no domain XML). restic checks its own data as it reads;
+            the report's ``checksum`` is empty.
 
     Returns:
-        The report: the chain replayed, bytes written, the checksum verified.
+        The report: the chain replayed, bytes written, the checksum verified (empty for
+        restic).
 
     Raises:
         UsageError: A bad target, a target that exists without ``force``, a backup with several
             disks and no ``disk``.
         RepositoryError: The backup does not exist or its data is damaged.
+        ResticError: restic failed (a wrong password, a damaged pack, a short dump).
         CephError: The RBD target cannot be written.
         LibvirtError: The domain's Ceph key cannot be read.
         KeyboardInterrupt: Ctrl-C; raised only after the partial target was removed.
@@ -352,6 +556,7 @@ def restore(
             ceph_conf=ceph_conf,
             ceph_user=ceph_user,
             connect=connect,
+            restic=restic,
         )
     )
 
@@ -367,6 +572,7 @@ def _restore_json(
     ceph_conf: str | os.PathLike[str] | None,
     ceph_user: str | None,
     connect: str,
+    restic: ResticTarget | str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`restore` and return the report exactly as the core wrote it (``--json``)."""
     # A string is read by the core in the CLI syntax; a path object is a file, even one whose
@@ -382,6 +588,7 @@ def _restore_json(
         "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
         "ceph_user": ceph_user,
         "connect": connect,
+        "restic": _restic(restic),
     }
     return _native.restore(options)
 

@@ -13,13 +13,18 @@ __all__ = [
     "BackupError",
     "CancelledError",
     "CephError",
+    "InconsistentError",
     "LibvirtError",
     "RepositoryError",
+    "ResticError",
     "UsageError",
     "__version__",
     "backup",
+    "ceph_key",
     "list_backups",
     "list_domains",
+    "list_restic",
+    "plan",
     "prune",
     "restore",
     "verify",
@@ -43,6 +48,12 @@ class CephError(BackupError):
 class RepositoryError(BackupError):
     """The backup repository could not be read or written."""
 
+class ResticError(BackupError):
+    """restic could not be run, or exited with an error (its own message is quoted)."""
+
+class InconsistentError(BackupError):
+    """The snapshots cannot be trusted to be consistent (the guest stayed frozen too long)."""
+
 class CancelledError(BackupError):
     """The run was cancelled before it finished."""
 
@@ -55,9 +66,11 @@ def backup(
     ``options`` is a JSON object (str) or a mapping with the fields of ``BackupOptions``
     (``connect``, ``domains``, ``workers``, ``queue_depth``, ``freeze``,
     ``freeze_mountpoints``, ``repo``, ``mode`` (``"auto"`` or ``"full"``), ``full_every``
-    (int or None)); missing fields take their defaults and an unknown one is a
-    :class:`UsageError`. ``on_event`` is called with each event as a dict, from worker threads;
-    an exception it raises is logged on the ``virt_rbd_backup`` logger and the run goes on.
+    (int or None), ``agent_timeout`` and ``freeze_timeout`` (seconds), ``restic`` (None or
+    ``{"repository": ..., "password_file": ..., "binary": ...}``)); missing fields take their
+    defaults and an unknown one is a :class:`UsageError`. ``on_event`` is called with each event
+    as a dict, from worker threads; an exception it raises is logged on the ``virt_rbd_backup``
+    logger and the run goes on.
 
     The GIL is released for the whole run. On Ctrl-C (or any exception from a signal handler)
     the run is cancelled, the call waits until guests are thawed and snapshots removed, and then
@@ -65,6 +78,36 @@ def backup(
 
     Returns the report as a dict. Per-domain failures are in the report; an exception means the
     run could not start.
+    """
+
+def plan(options: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Plan a backup without changing anything; return the plan as a dict.
+
+    ``options`` are those of :func:`backup`. Per domain: the disks, full or incremental and
+    why, the bytes a backup would read. Nothing is locked, frozen, snapshotted or written. The
+    GIL is released while libvirt and Ceph are asked; Ctrl-C interrupts at once.
+    """
+
+def list_restic(target: str | Mapping[str, Any], domain: str | None = None) -> list[dict[str, Any]]:
+    """List this tool's disk backups in a restic repository (oldest first), as a list of dicts.
+
+    ``target`` is a JSON object (str) or a mapping with the fields of ``ResticTarget``
+    (``repository``, ``password_file``, ``binary``); ``domain`` (name or UUID) keeps only that
+    domain's. restic's failure is a :class:`ResticError`. Ctrl-C interrupts at once.
+    """
+
+def ceph_key(
+    connect: str,
+    domain: str,
+    username: str,
+    secret_uuid: str | None = None,
+    secret_usage: str | None = None,
+) -> str:
+    """Read the Ceph key of a disk's ``<auth>`` from its libvirt secret, base64 as Ceph wants it.
+
+    The secret is looked up by ``secret_uuid``, else by ``secret_usage``; ``domain`` and
+    ``username`` only name it in errors (:class:`LibvirtError`). The key is returned as a plain
+    string: only for callers that ask for it outright.
     """
 
 def list_domains(connect: str, domains: Sequence[str]) -> list[dict[str, Any]]:
@@ -85,8 +128,9 @@ def restore(options: str | Mapping[str, Any]) -> dict[str, Any]:
 
     ``options`` is a JSON object (str) or a mapping with the fields of ``RestoreOptions``:
     ``repo``, ``domain`` and ``to`` are required; ``disk``, ``backup`` (an id or ``"latest"``),
-    ``force``, ``ceph_conf``, ``ceph_user`` and ``connect`` are optional; an unknown field is a
-    :class:`UsageError`. ``to`` is either a string in the CLI syntax (``rbd:POOL/IMAGE``,
+    ``force``, ``ceph_conf``, ``ceph_user``, ``connect`` and ``restic`` (a ``ResticTarget``
+    object: restore from restic, ``backup`` then being a snapshot id prefix) are optional; an
+    unknown field is a :class:`UsageError`. ``to`` is either a string in the CLI syntax (``rbd:POOL/IMAGE``,
     ``rbd:POOL/NAMESPACE/IMAGE``, or a file path), a malformed one being a
     :class:`UsageError`, or the object ``{"type": "file", "path": ...}`` or
     ``{"type": "rbd", "pool": ..., "namespace": ..., "image": ...}``.

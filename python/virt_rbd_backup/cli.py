@@ -12,12 +12,21 @@ and prints the original tool's lines, as events arrive::
 
 followed by a one-line summary (the RBD snapshot line is new: the original tool had no such
 case). ``list`` shows the domains and their disks, ``list --repo DIR`` the backups a repository
-holds. Warnings go to stderr; progress is drawn on stderr only when it is a terminal.
+holds, ``list --restic-repo REPO`` the disk backups in a restic repository. ``plan`` (or
+``backup --dry-run``) prints what a backup would do, touching nothing. Warnings go to stderr;
+progress is drawn on stderr only when it is a terminal.
+
+Settings come from the command line, then a configuration file (``--config PATH``, else the
+original tool's ``config.py`` in the current directory, else
+``/etc/virt-rbd-backup/config.toml``; see :mod:`virt_rbd_backup.config`), then the defaults.
+With the original's ``config.py`` the tool does the original's job: every domain into the
+restic repository ``TARGET_REPO``, with the same lines.
 
 The other subcommands work on the repository::
 
-    restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force]
+    restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force] [--restic-repo REPO]
         Restored DOMAIN disk vda from backup ID (chain: A <- B) to TARGET: N bytes, checksum verified
+        Restored DOMAIN disk vda from restic snapshot ID to TARGET: N bytes
     verify [DOMAIN] [--backup ID|latest]
         OK: N backups verified  |  CORRUPT backup ID disk vda: MESSAGE (one line per problem)
     prune [DOMAIN] --keep-daily N ... [--keep-within 7d] [--dry-run]
@@ -26,7 +35,9 @@ The other subcommands work on the repository::
 Exit status: 0 success; 1 some domain failed (``backup``), the restore failed, verify found
 damage, prune had problems; 2 bad flags or options (an existing restore target without
 ``--force``, no keep option), and for ``backup`` and ``list`` anything that stops the run before
-it starts (unusable repository, libvirt unreachable); 130 interrupted (after clean-up).
+it starts (unusable repository, libvirt unreachable, restic without a password, a bad
+configuration file); 130 interrupted (after clean-up). ``plan`` exits 1 when a domain cannot
+be planned. A metrics file that cannot be written makes a backup exit 1.
 """
 
 from __future__ import annotations
@@ -45,10 +56,13 @@ from . import (
     DEFAULT_REPO,
     BackupError,
     BackupListing,
+    BackupPlan,
     BackupReport,
     CancelledError,
     DomainListing,
     PruneReport,
+    ResticSnapshot,
+    ResticTarget,
     RestoreReport,
     UsageError,
     VerifyReport,
@@ -56,11 +70,15 @@ from . import (
     _backup_json,
     _list_backups_json,
     _list_domains_json,
+    _list_restic_json,
+    _plan_json,
     _prune_json,
     _restore_json,
     _verify_json,
     parse_duration,
 )
+from .config import BackupConfig, find_config
+from .metrics import write_metrics
 
 __all__ = [
     "EXIT_FAILED",
@@ -74,7 +92,9 @@ __all__ = [
     "format_backup_listing",
     "format_event",
     "format_listing",
+    "format_plan",
     "format_prune",
+    "format_restic_listing",
     "format_restore",
     "format_verify",
     "main",
@@ -91,7 +111,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 """Interrupted by Ctrl-C, after clean-up (128 + SIGINT, as shells report it)."""
 
-SUBCOMMANDS = ("backup", "list", "restore", "verify", "prune")
+SUBCOMMANDS = ("backup", "plan", "list", "restore", "verify", "prune")
 """Subcommands; ``backup`` is assumed when the first argument is none of them."""
 
 Stream = Literal["out", "err"]
@@ -109,7 +129,7 @@ _SKIP_REASONS = {
     "rbd_snapshot": "its source is an RBD snapshot",
 }
 
-_COMMANDS_THAT_START = ("backup", "list")
+_COMMANDS_THAT_START = ("backup", "plan", "list")
 """Commands for which any error is "the run could not start" (2); for the others only a usage
 error is 2 and any other error is a failure of the operation (1)."""
 
@@ -149,14 +169,17 @@ def summary_line(report: BackupReport) -> str:
     )
 
 
-def exit_status(report: BackupReport | RestoreReport | VerifyReport | PruneReport) -> int:
+def exit_status(report: BackupReport | BackupPlan | RestoreReport | VerifyReport | PruneReport) -> int:
     """Return the exit status of a finished command from its report.
 
-    1 if a domain failed (backup), damage was found (verify) or a domain could not be pruned
-    completely (prune); otherwise, and always for a restore that returned a report, 0.
+    1 if a domain failed (backup) or cannot be planned (plan), damage was found (verify) or a
+    domain could not be pruned completely (prune); otherwise, and always for a restore that
+    returned a report, 0.
     """
     if isinstance(report, BackupReport):
         failed = report.any_failed
+    elif isinstance(report, BackupPlan):
+        failed = report.has_errors
     elif isinstance(report, VerifyReport):
         failed = not report.ok
     elif isinstance(report, PruneReport):
@@ -169,9 +192,10 @@ def exit_status(report: BackupReport | RestoreReport | VerifyReport | PruneRepor
 def error_status(command: str, error: BackupError) -> int:
     """Return the exit status of ``command`` stopped by ``error``.
 
-    A :class:`UsageError` is 2 everywhere. Any other error is 2 for ``backup`` and ``list`` (the
-    run could not start; a failure during a backup is in its report) and 1 for ``restore``,
-    ``verify`` and ``prune`` (the operation itself failed: damaged data, Ceph, the repository).
+    A :class:`UsageError` is 2 everywhere. Any other error is 2 for ``backup``, ``plan`` and
+    ``list`` (the run could not start; a failure during a backup is in its report) and 1 for
+    ``restore``, ``verify`` and ``prune`` (the operation itself failed: damaged data, Ceph,
+    restic, the repository).
     """
     if isinstance(error, UsageError) or command in _COMMANDS_THAT_START:
         return EXIT_USAGE
@@ -316,36 +340,155 @@ def _duration(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_repo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+class _RefusePassword(argparse.Action):
+    """``--restic-password``: refused without echoing the value (argparse would print it)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string}: a password is never taken on the command line (every user can read it "
+            "in ps); use --restic-password-file FILE, or RESTIC_PASSWORD_FILE in the environment"
+        )
+
+
+def _add_target(parser: argparse.ArgumentParser, *, repo_default: str | None = DEFAULT_REPO) -> None:
+    """``--repo DIR`` or ``--restic-repo REPO`` (one of them), the restic password file and binary."""
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
         "--repo",
         metavar="DIR",
-        default=DEFAULT_REPO,
-        help=f"backup repository (default: {DEFAULT_REPO})",
+        default=repo_default,
+        help=f"backup repository (default: {repo_default})"
+        if repo_default
+        else "list the backups in this repository instead of the domains",
     )
+    target.add_argument(
+        "--restic-repo",
+        metavar="REPO",
+        default=None,
+        help="a restic repository instead of --repo (path, sftp:, rest:, s3: ...); its password "
+        "from --restic-password-file or RESTIC_PASSWORD/RESTIC_PASSWORD_FILE in the environment",
+    )
+    parser.add_argument(
+        "--restic-password-file",
+        metavar="FILE",
+        default=None,
+        help="file holding the restic repository's password (never give the password itself)",
+    )
+    parser.add_argument("--restic-password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--restic-binary", metavar="PATH", default="restic", help="the restic program (default: restic)"
+    )
+
+
+def _add_backup_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a backup (also taken by ``plan``, so one command line fits both)."""
+    parser.add_argument(
+        "--workers",
+        metavar="N",
+        type=_positive_int,
+        default=4,
+        help="domains backed up at once (default: 4)",
+    )
+    parser.add_argument(
+        "--queue-depth",
+        metavar="N",
+        type=_positive_int,
+        default=8,
+        help="reads in flight per image (default: 8)",
+    )
+    parser.add_argument(
+        "--freeze",
+        choices=("auto", "required", "off"),
+        default="auto",
+        help="freeze guest filesystems: auto (fall back to crash-consistent with a warning), "
+        "required (a failed freeze fails the domain) or off (default: auto)",
+    )
+    parser.add_argument(
+        "--freeze-mountpoint",
+        metavar="PATH",
+        dest="freeze_mountpoints",
+        action="append",
+        default=[],
+        help="freeze only this guest mountpoint; repeat for several (default: all)",
+    )
+    parser.add_argument(
+        "--agent-timeout",
+        metavar="S",
+        type=_positive_int,
+        default=30,
+        help="seconds to wait for the guest agent to answer a freeze or thaw (default: 30)",
+    )
+    parser.add_argument(
+        "--freeze-timeout",
+        metavar="S",
+        type=_positive_int,
+        default=30,
+        help="longest a guest may stay frozen: past it a watchdog thaws it and the domain fails (default: 30)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("auto", "full"),
+        default="auto",
+        help="auto: incremental when the previous backup can serve as base, else full (with "
+        "the reason as a warning); full: always full (default: auto)",
+    )
+    parser.add_argument(
+        "--full-every",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="take a full backup (a new chain) of a disk every N backups of it "
+        "(default: only when no incremental is possible)",
+    )
+    _add_target(parser)
+
+
+def _subparser(
+    commands: Any, name: str, parents: list[argparse.ArgumentParser], **kwargs: Any
+) -> argparse.ArgumentParser:
+    # No abbreviations: `--restic-password` must not pass for `--restic-password-file`.
+    parser: argparse.ArgumentParser = commands.add_parser(name, parents=parents, allow_abbrev=False, **kwargs)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser (subcommands ``backup``, ``list``, ``restore``, ``verify``, ``prune``)."""
+    """Build the argument parser (subcommands ``backup``, ``plan``, ``list``, ``restore``, ``verify``, ``prune``)."""
     parser = argparse.ArgumentParser(
         prog="virt-rbd-backup",
+        allow_abbrev=False,
         description="Back up libvirt/QEMU domains whose disks live in Ceph RBD.",
         epilog="Without a subcommand, 'backup' is run: 'virt-rbd-backup --domain web1' is "
-        "'virt-rbd-backup backup --domain web1'. Exit status: 0 success, 1 some domain failed "
-        "(backup), the restore failed, verify found damage or prune had problems, 2 bad flags "
-        "or options (for backup and list: anything that stops the run before it starts), "
-        "130 interrupted.",
+        "'virt-rbd-backup backup --domain web1'. Settings not given on the command line come "
+        "from --config PATH, else from the original tool's config.py in the current directory, "
+        "else from /etc/virt-rbd-backup/config.toml if it exists. Exit status: 0 success, 1 some "
+        "domain failed (backup), the restore failed, verify found damage or prune had problems, "
+        "2 bad flags or options (for backup, plan and list: anything that stops the run before "
+        "it starts), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
-    connection = argparse.ArgumentParser(add_help=False)
+    configuration = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    configuration.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="configuration file: TOML, or the original tool's config.py (a name ending in .py); "
+        "default: ./config.py of the original tool, else /etc/virt-rbd-backup/config.toml if it exists",
+    )
+    connection = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     connection.add_argument(
         "--connect",
         metavar="URI",
         default=DEFAULT_CONNECT,
         help=f"libvirt URI (default: {DEFAULT_CONNECT})",
     )
-    selection = argparse.ArgumentParser(add_help=False)
+    selection = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     selection.add_argument(
         "--domain",
         metavar="NAME",
@@ -354,91 +497,70 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a domain name or UUID; repeat for several (default: every domain)",
     )
-    output = argparse.ArgumentParser(add_help=False)
+    output = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     output.add_argument("--json", action="store_true", help="print only JSON on stdout (no progress, no lines)")
     verbosity = output.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     verbosity.add_argument(
         "-q", "--quiet", action="store_true", help="print only failures and problems (and the backup summary)"
     )
-    common = [connection, selection, output]
+    common = [configuration, connection, selection, output]
 
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = commands.add_parser(
+    run = _subparser(
+        commands,
         "backup",
-        parents=common,
+        common,
         help="back up domains (the default)",
-        description="Back up the RBD disks of libvirt domains into a repository.",
+        description="Back up the RBD disks of libvirt domains into a repository, or into a "
+        "restic repository with --restic-repo (each disk streamed into 'restic backup --stdin', "
+        "tagged with the domain UUID, name and disk).",
+    )
+    _add_backup_options(run)
+    run.add_argument(
+        "--dry-run", action="store_true", help="back up nothing; print what would be done (as 'plan' does)"
     )
     run.add_argument(
-        "--workers",
-        metavar="N",
-        type=_positive_int,
-        default=4,
-        help="domains backed up at once (default: 4)",
-    )
-    run.add_argument(
-        "--queue-depth",
-        metavar="N",
-        type=_positive_int,
-        default=8,
-        help="reads in flight per image (default: 8)",
-    )
-    run.add_argument(
-        "--freeze",
-        choices=("auto", "required", "off"),
-        default="auto",
-        help="freeze guest filesystems: auto (fall back to crash-consistent with a warning), "
-        "required (a failed freeze fails the domain) or off (default: auto)",
-    )
-    run.add_argument(
-        "--freeze-mountpoint",
+        "--metrics-file",
         metavar="PATH",
-        dest="freeze_mountpoints",
-        action="append",
-        default=[],
-        help="freeze only this guest mountpoint; repeat for several (default: all)",
-    )
-    run.add_argument(
-        "--mode",
-        choices=("auto", "full"),
-        default="auto",
-        help="auto: incremental when the previous backup can serve as base, else full (with "
-        "the reason as a warning); full: always full (default: auto)",
-    )
-    run.add_argument(
-        "--full-every",
-        metavar="N",
-        type=_positive_int,
         default=None,
-        help="take a full backup (a new chain) of a disk every N backups of it "
-        "(default: only when no incremental is possible)",
+        help="after the run, write node_exporter textfile-collector metrics to PATH (atomically)",
     )
-    _add_repo(run)
 
-    listing = commands.add_parser(
+    planning = _subparser(
+        commands,
+        "plan",
+        common,
+        help="say what a backup would do, touching nothing",
+        description="For each domain a backup would take: its RBD disks, full or incremental "
+        "(and why full), and the bytes it would read. Nothing is locked, frozen, snapshotted or "
+        "written. Takes the options of 'backup'. Exit status 1 if some domain cannot be planned.",
+    )
+    _add_backup_options(planning)
+
+    listing = _subparser(
+        commands,
         "list",
-        parents=common,
-        help="list domains and their disks, or with --repo the backups in a repository",
+        common,
+        help="list domains and their disks, or the backups in a repository or a restic repository",
         description="List domains with the RBD disks a backup would take and those it skips; "
-        "with --repo, list the complete backups in that repository instead (libvirt is not "
-        "asked). Exit status 1 if some domain cannot be backed up or some backup is unreadable.",
+        "with --repo, the complete backups in that repository, with --restic-repo the disk "
+        "backups in that restic repository (libvirt is not asked then). Exit status 1 if some "
+        "domain cannot be backed up or some backup is unreadable.",
     )
-    listing.add_argument(
-        "--repo",
-        metavar="DIR",
-        default=None,
-        help="list the backups in this repository instead of the domains",
-    )
+    listing.add_argument("domain", metavar="DOMAIN", nargs="?", default=None, help="only this domain (name or UUID)")
+    _add_target(listing, repo_default=None)
 
-    restoring = commands.add_parser(
+    restoring = _subparser(
+        commands,
         "restore",
-        parents=[connection, output],
+        [configuration, connection, output],
         help="restore a disk of a backup into a file or an RBD image",
         description="Restore one disk of a backup (replaying its chain of incrementals) into a "
-        "sparse raw file or an RBD image, and check the result against the backup's checksum. "
+        "sparse raw file or an RBD image, and check the result against the backup's checksum; "
+        "with --restic-repo, from a restic snapshot (restic checks its own data). "
         "The target is written under a temporary name and renamed into place only then. "
-        "Exit status 1 if the restore failed (damaged data, Ceph), 2 on bad options (an "
+        "Exit status 1 if the restore failed (damaged data, Ceph, restic), 2 on bad options (an "
         "existing target without --force, several disks without --disk, a bad target).",
     )
     restoring.add_argument("domain", metavar="DOMAIN", help="domain name or UUID, as the repository knows it")
@@ -450,7 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restoring.add_argument("--disk", metavar="DEV", help="the disk, for example vda (needed if the backup has several)")
     restoring.add_argument(
-        "--backup", metavar="ID", default=None, help="backup id, or 'latest' (default: the latest backup)"
+        "--backup",
+        metavar="ID",
+        default=None,
+        help="backup id (with --restic-repo: a restic snapshot id or a prefix of it), or 'latest' "
+        "(default: the latest backup)",
     )
     restoring.add_argument("--force", action="store_true", help="replace an existing target")
     restoring.add_argument(
@@ -458,16 +584,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         default=None,
         help="for an RBD target: connect with this ceph.conf and its keyring instead of the "
-        "monitors and libvirt secret of the domain's saved XML",
+        "monitors and libvirt secret of the domain's saved XML (needed with --restic-repo)",
     )
     restoring.add_argument(
         "--ceph-user", metavar="NAME", default=None, help="Ceph user with --ceph-conf (default: admin)"
     )
-    _add_repo(restoring)
+    _add_target(restoring)
 
-    verifying = commands.add_parser(
+    verifying = _subparser(
+        commands,
         "verify",
-        parents=[output],
+        [configuration, output],
         help="check backups against their checksums",
         description="Read every stored file of the backups and check it against its checksum, "
         "and every chain for completeness; only the repository is read. Exit status 1 if any "
@@ -481,9 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_repo(verifying)
 
-    pruning = commands.add_parser(
+    pruning = _subparser(
+        commands,
         "prune",
-        parents=[output],
+        [configuration, output],
         help="remove the backups no keep option selects",
         description="Keep the backups selected by the keep options (each on its own, as restic "
         "does; a kept incremental keeps its chain) and remove the others and leftovers of "
@@ -515,12 +643,96 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` (default: ``sys.argv[1:]``), assuming ``backup`` without a subcommand."""
+def _add_repo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo",
+        metavar="DIR",
+        default=DEFAULT_REPO,
+        help=f"backup repository (default: {DEFAULT_REPO})",
+    )
+
+
+# Settings of a configuration file each subcommand takes (when it has the option at all).
+# `list` takes no target and no domains from it (they would change what it lists), nor do
+# the repository commands take the backup's output format.
+_CONFIG_SETTINGS: dict[str, frozenset[str]] = {
+    "backup": frozenset(
+        {
+            "connect",
+            "domains",
+            "workers",
+            "queue_depth",
+            "freeze",
+            "freeze_mountpoints",
+            "agent_timeout",
+            "freeze_timeout",
+            "repo",
+            "mode",
+            "full_every",
+            "metrics_file",
+            "json",
+            "restic_repo",
+            "restic_password_file",
+            "restic_binary",
+        }
+    ),
+    "list": frozenset({"connect", "restic_password_file", "restic_binary"}),
+    "restore": frozenset({"connect", "repo", "restic_repo", "restic_password_file", "restic_binary"}),
+    "verify": frozenset({"repo"}),
+    "prune": frozenset({"repo"}),
+}
+_CONFIG_SETTINGS["plan"] = _CONFIG_SETTINGS["backup"]
+
+
+def _with_subcommand(argv: Sequence[str] | None) -> list[str]:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or (args[0] not in SUBCOMMANDS and args[0] not in ("-h", "--help", "--version")):
         args.insert(0, "backup")
-    return build_parser().parse_args(args)
+    return args
+
+
+def _explicit_options(args: list[str]) -> set[str]:
+    """The options given on the command line (their ``dest``), without the defaults."""
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        current = stack.pop()
+        for action in current._actions:
+            action.default = argparse.SUPPRESS
+            if isinstance(action, argparse._SubParsersAction):
+                stack.extend(action.choices.values())
+    return set(vars(parser.parse_args(args)))
+
+
+def _apply_config(args: argparse.Namespace, given: set[str], config: BackupConfig) -> None:
+    """Fill the options not given on the command line from ``config``.
+
+    A target on the command line (``--repo`` or ``--restic-repo``) replaces the file's restic
+    target as a whole; the file's password file goes only with the file's restic repository.
+    """
+    wanted = _CONFIG_SETTINGS.get(args.command, frozenset())
+    settings = config.settings()
+    for key, value in settings.items():
+        if key not in wanted or key in given or not hasattr(args, key):
+            continue
+        if key == "restic_repo" and ("repo" in given or "restic_repo" in given):
+            continue
+        if key == "restic_password_file" and getattr(args, "restic_repo", None) != settings.get("restic_repo"):
+            continue
+        setattr(args, key, value)
+
+
+def parse_args(argv: Sequence[str] | None = None, *, config: BackupConfig | None = None) -> argparse.Namespace:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), assuming ``backup`` without a subcommand.
+
+    With ``config``, options not given in ``argv`` take the file's settings (flags override
+    the file, the file overrides the defaults).
+    """
+    args_list = _with_subcommand(argv)
+    args = build_parser().parse_args(args_list)
+    if config is not None:
+        _apply_config(args, _explicit_options(args_list), config)
+    return args
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -564,14 +776,52 @@ def format_backup_listing(listing: BackupListing) -> list[str]:
     return lines
 
 
+def format_restic_listing(snapshot: ResticSnapshot) -> str:
+    """Return the line ``list --restic-repo`` prints for one restic snapshot.
+
+    ``DOMAIN UUID DISK ID TIME HOST FILE``, the id shortened to 8 characters as restic shows it
+    (``restore --backup`` takes such a prefix).
+    """
+    return (
+        f"{snapshot.domain or '-'} {snapshot.domain_uuid or '-'} {snapshot.disk or '-'} {snapshot.id[:8]} "
+        f"{snapshot.time} {snapshot.host or '-'} {snapshot.file}"
+    )
+
+
+def _restic_target(args: argparse.Namespace) -> ResticTarget | None:
+    """The restic target of the options, or None; a password file without a repository is an error."""
+    repository = getattr(args, "restic_repo", None)
+    if repository is None:
+        if getattr(args, "restic_password_file", None) is not None:
+            raise UsageError("--restic-password-file needs --restic-repo (or [restic] repository in the configuration)")
+        return None
+    return ResticTarget(
+        repository=repository,
+        password_file=args.restic_password_file,
+        binary=args.restic_binary,
+    )
+
+
+def _domain_filter(args: argparse.Namespace) -> list[str]:
+    return [*args.domains, *([args.domain] if args.domain else [])]
+
+
 def _run_list(args: argparse.Namespace, out: IO[str]) -> int:
     raw: list[dict[str, Any]]
-    listings: Sequence[DomainListing | BackupListing]
-    if args.repo is None:
-        raw = _list_domains_json(args.connect, args.domains)
+    listings: Sequence[DomainListing | BackupListing | ResticSnapshot]
+    wanted = set(_domain_filter(args))
+    restic = _restic_target(args)
+    if restic is not None:
+        raw = [
+            s
+            for s in _list_restic_json(restic, None)
+            if not wanted or s.get("domain") in wanted or s.get("domain_uuid") in wanted
+        ]
+        listings = [ResticSnapshot.from_dict(s) for s in raw]
+    elif args.repo is None:
+        raw = _list_domains_json(args.connect, list(dict.fromkeys(_domain_filter(args))))
         listings = [DomainListing.from_dict(d) for d in raw]
     else:
-        wanted = set(args.domains)
         raw = [
             b
             for b in _list_backups_json(args.repo, None)
@@ -582,18 +832,70 @@ def _run_list(args: argparse.Namespace, out: IO[str]) -> int:
         _print_json(raw, out)
     else:
         for listing in listings:
-            lines = format_listing(listing) if isinstance(listing, DomainListing) else format_backup_listing(listing)
+            if isinstance(listing, DomainListing):
+                lines = format_listing(listing)
+            elif isinstance(listing, BackupListing):
+                lines = format_backup_listing(listing)
+            else:
+                lines = [format_restic_listing(listing)]
             for line in lines:
                 print(line, file=out)
-    return EXIT_FAILED if any(listing.error for listing in listings) else EXIT_OK
+    failed = any(isinstance(listing, DomainListing | BackupListing) and listing.error for listing in listings)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def format_plan(plan: BackupPlan, *, quiet: bool = False) -> list[str]:
+    """Return the lines ``plan`` (and ``backup --dry-run``) prints.
+
+    Per domain a line with its state, one per disk (``vda: rbd/web1-root 10.0 GiB, incremental
+    on ID, about 1.2 GiB to read`` or ``full (REASON)``), the skipped disks and an error if it
+    cannot be planned; then the total. ``quiet`` keeps only the domains that cannot be planned.
+    """
+    lines: list[str] = []
+    disks = 0
+    for domain in plan.domains:
+        if quiet and not domain.error:
+            continue
+        if domain.active:
+            state = "running, would freeze" if domain.would_freeze else "running, no freeze"
+        else:
+            state = "shut off"
+        lines.append(f"{domain.name} {domain.uuid} ({state})")
+        for disk in domain.disks:
+            disks += 1
+            if disk.kind == "incremental":
+                kind = f"incremental on {disk.parent_backup}" if disk.parent_backup else "incremental"
+            else:
+                kind = f"full ({disk.reason})" if disk.reason else "full"
+            lines.append(
+                f"  {disk.target}: {disk.image} {_size(disk.size)}, {kind}, about {_size(disk.estimated_bytes)} to read"
+            )
+        for skipped in domain.skipped_disks:
+            reason = _SKIP_REASONS.get(skipped.reason, skipped.reason)
+            lines.append(f"  {skipped.target or '-'}: skipped, {reason}")
+        if domain.error:
+            lines.append(f"  error: {domain.error}")
+    if not quiet:
+        lines.append(
+            f"Estimated: about {_size(plan.estimated_bytes)} to read from {disks} disks of "
+            f"{len(plan.domains)} domains; nothing was changed"
+        )
+    return lines
 
 
 def format_restore(report: RestoreReport) -> str:
     """Return the line ``restore`` prints.
 
     For example ``Restored web1 disk vda from backup B (chain: A <- B) to rbd:rbd/web1-root:
-    10737418240 bytes, checksum verified``: the chain full backup first, the image size.
+    10737418240 bytes, checksum verified``: the chain full backup first, the image size. A
+    restore from restic has no checksum of ours (restic checks its own data):
+    ``Restored web1 disk vda from restic snapshot ID to /srv/x.raw: 10737418240 bytes``.
     """
+    if not report.checksum:
+        return (
+            f"Restored {report.domain} disk {report.disk} from restic snapshot {report.backup_id} "
+            f"to {report.target}: {report.size} bytes"
+        )
     chain = " <- ".join(report.chain) or report.backup_id
     return (
         f"Restored {report.domain} disk {report.disk} from backup {report.backup_id} (chain: {chain}) "
@@ -646,7 +948,48 @@ def _print_json(value: Any, out: IO[str]) -> None:
     out.flush()
 
 
+def _backup_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a backup (and of its plan) from the options."""
+    return {
+        "connect": args.connect,
+        "domains": args.domains,
+        "workers": args.workers,
+        "queue_depth": args.queue_depth,
+        "freeze": args.freeze,
+        "freeze_mountpoints": args.freeze_mountpoints,
+        "repo": args.repo,
+        "mode": args.mode,
+        "full_every": args.full_every,
+        "agent_timeout": args.agent_timeout,
+        "freeze_timeout": args.freeze_timeout,
+        "restic": _restic_target(args),
+    }
+
+
+def _run_plan(args: argparse.Namespace, out: IO[str]) -> int:
+    raw = _plan_json(**_backup_options(args))
+    plan = BackupPlan.from_dict(raw)
+    if args.json:
+        _print_json(raw, out)
+    else:
+        _print_lines(format_plan(plan, quiet=args.quiet), out)
+    return exit_status(plan)
+
+
+def _write_metrics(path: str, report: BackupReport | None, err: IO[str]) -> bool:
+    """Write the metrics file; on failure say so on ``err`` and return False."""
+    try:
+        write_metrics(path, report, now=time.time())
+    except OSError as exc:
+        print(f"error: cannot write the metrics file {path}: {exc.strerror or exc}", file=err)
+        return False
+    return True
+
+
 def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    if args.dry_run:
+        return _run_plan(args, out)
+    options = _backup_options(args)
     printer = EventPrinter(
         out,
         err,
@@ -655,18 +998,12 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         lines=not args.json,
     )
     try:
-        raw = _backup_json(
-            connect=args.connect,
-            domains=args.domains,
-            workers=args.workers,
-            queue_depth=args.queue_depth,
-            freeze=args.freeze,
-            freeze_mountpoints=args.freeze_mountpoints,
-            repo=args.repo,
-            mode=args.mode,
-            full_every=args.full_every,
-            on_event=printer,
-        )
+        raw = _backup_json(**options, on_event=printer)
+    except BaseException:
+        # The run did not happen: the metrics say so and keep each domain's last success.
+        if args.metrics_file:
+            _write_metrics(args.metrics_file, None, err)
+        raise
     finally:
         printer.close()
     report = BackupReport.from_dict(raw)
@@ -674,7 +1011,10 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         _print_json(raw, out)
     else:
         printer.line(summary_line(report))
-    return exit_status(report)
+    status = exit_status(report)
+    if args.metrics_file and not _write_metrics(args.metrics_file, report, err):
+        status = max(status, EXIT_FAILED)
+    return status
 
 
 def _print_lines(lines: Sequence[str], out: IO[str]) -> None:
@@ -694,6 +1034,7 @@ def _run_restore(args: argparse.Namespace, out: IO[str]) -> int:
         ceph_conf=args.ceph_conf,
         ceph_user=args.ceph_user,
         connect=args.connect,
+        restic=_restic_target(args),
     )
     report = RestoreReport.from_dict(raw)
     if args.json:
@@ -737,6 +1078,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _configure_logging(args)
     try:
+        config = find_config(args.config)
+        if config is not None:
+            kind = "the original tool's configuration" if config.legacy else "configuration"
+            logging.getLogger(__name__).info("%s: %s", kind, config.path)
+            args = parse_args(argv, config=config)
+        if args.command == "plan":
+            return _run_plan(args, sys.stdout)
         if args.command == "list":
             return _run_list(args, sys.stdout)
         if args.command == "restore":

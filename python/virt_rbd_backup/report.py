@@ -1,6 +1,7 @@
-"""Typed, immutable views of what the Rust core returns: reports and listings.
+"""Typed, immutable views of what the Rust core returns: reports, plans and listings.
 
-Reports of backup, restore, verify and prune; listings of domains and of backups.
+Reports of backup, restore, verify and prune; the plan of a backup (dry run); listings of
+domains, of backups in a repository and of backups in a restic repository.
 
 The core hands back plain JSON-shaped dicts (the ``--json`` report format, which is the core's
 own serialization). These frozen dataclasses are built from them with ``from_dict`` and turn
@@ -22,6 +23,7 @@ __all__ = [
     "BackupDiskListing",
     "BackupKind",
     "BackupListing",
+    "BackupPlan",
     "BackupReport",
     "Consistency",
     "DiskReport",
@@ -32,11 +34,14 @@ __all__ = [
     "FreezeReport",
     "KeptBackup",
     "MonitorHost",
+    "PlannedDisk",
+    "PlannedDomain",
     "PruneReport",
     "PruneStatus",
     "RbdAuth",
     "RbdDisk",
     "RemovedBackup",
+    "ResticSnapshot",
     "RestoreReport",
     "SkipReason",
     "SkippedDisk",
@@ -462,7 +467,8 @@ class RestoreReport(_JsonShaped):
     bytes_written: int = 0
     """Bytes of data written (holes are not written)."""
     checksum: str
-    """The backup's content checksum, verified on the restored data."""
+    """The backup's content checksum, verified on the restored data; empty for a restore from
+    restic (restic checks its own data as it reads)."""
     seconds: float = 0.0
     """Seconds for the restore."""
 
@@ -511,6 +517,8 @@ class VerifyReport(_JsonShaped):
     """The backups checked, as (domain name, backup id)."""
     problems: tuple[VerifyProblem, ...] = ()
     """Damage found; empty when everything checked is intact."""
+    source_checked: tuple[tuple[str, str], ...] = ()
+    """Disks compared with their snapshot in the cluster (``--source``), as (backup id, disk)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VerifyReport:
@@ -522,6 +530,7 @@ class VerifyReport(_JsonShaped):
         return cls(
             checked=tuple((str(name), str(backup_id)) for name, backup_id in data.get("checked", ())),
             problems=tuple(VerifyProblem.from_dict(p) for p in data.get("problems", ())),
+            source_checked=tuple((str(b), str(d)) for b, d in data.get("source_checked", ())),
         )
 
     @property
@@ -628,3 +637,129 @@ class PruneReport(_JsonShaped):
     def has_problems(self) -> bool:
         """Whether a domain failed, was skipped or has errors (the CLI then exits with status 1)."""
         return any(d.status != "done" or d.errors for d in self.domains)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlannedDisk(_JsonShaped):
+    """One disk of a :class:`PlannedDomain`: what a backup would do with it."""
+
+    target: str
+    """Guest device, for example ``vda``."""
+    image: str
+    """``pool/image`` or ``pool/namespace/image``."""
+    size: int
+    """Image size in bytes."""
+    kind: BackupKind
+    """``full`` or ``incremental``."""
+    reason: str | None = None
+    """Why a full backup, when an incremental would have been possible in principle."""
+    parent_backup: str | None = None
+    """The backup an incremental would build on."""
+    estimated_bytes: int = 0
+    """Bytes the backup would read (whole 4 MiB blocks; the image may change until then)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlannedDisk:
+        """Read one element of a planned domain's ``disks``."""
+        return cls(
+            target=str(data["target"]),
+            image=str(data["image"]),
+            size=int(data["size"]),
+            kind=data["kind"],
+            reason=data.get("reason"),
+            parent_backup=data.get("parent_backup"),
+            estimated_bytes=int(data.get("estimated_bytes", 0)),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlannedDomain(_JsonShaped):
+    """One domain of a :class:`BackupPlan`."""
+
+    name: str
+    """Domain name."""
+    uuid: str
+    """Domain UUID."""
+    active: bool
+    """Whether the domain is running now."""
+    would_freeze: bool = False
+    """Whether its guest filesystems would be frozen (running, RBD disks, policy not ``off``)."""
+    disks: tuple[PlannedDisk, ...] = ()
+    """The RBD disks a backup would take."""
+    skipped_disks: tuple[SkippedDisk, ...] = ()
+    """The disks it would skip."""
+    error: str | None = None
+    """Why the domain cannot be planned (a backup would fail the same way)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlannedDomain:
+        """Read one element of a plan's ``domains``."""
+        return cls(
+            name=str(data["name"]),
+            uuid=str(data["uuid"]),
+            active=bool(data["active"]),
+            would_freeze=bool(data.get("would_freeze", False)),
+            disks=tuple(PlannedDisk.from_dict(d) for d in data.get("disks", ())),
+            skipped_disks=tuple(SkippedDisk.from_dict(d) for d in data.get("skipped_disks", ())),
+            error=data.get("error"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BackupPlan(_JsonShaped):
+    """What ``plan()`` returns and ``plan --json`` (or ``backup --dry-run --json``) prints."""
+
+    domains: tuple[PlannedDomain, ...] = ()
+    """Per domain, in discovery order."""
+    estimated_bytes: int = 0
+    """Sum of the disks' estimated bytes."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BackupPlan:
+        """Read what ``_native.plan`` returns.
+
+        >>> BackupPlan.from_dict({"domains": [], "estimated_bytes": 0}).has_errors
+        False
+        """
+        return cls(
+            domains=tuple(PlannedDomain.from_dict(d) for d in data.get("domains", ())),
+            estimated_bytes=int(data.get("estimated_bytes", 0)),
+        )
+
+    @property
+    def has_errors(self) -> bool:
+        """Whether some domain cannot be planned (the CLI then exits with status 1)."""
+        return any(d.error for d in self.domains)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResticSnapshot(_JsonShaped):
+    """One disk backup in a restic repository (``list_restic``): a restic snapshot this tool made."""
+
+    id: str
+    """restic's snapshot id (``restore --backup`` takes a prefix of it)."""
+    time: str
+    """When restic took it, RFC 3339 as restic prints it."""
+    host: str
+    """The host that made it."""
+    domain_uuid: str
+    """Domain UUID (tag ``domain=``)."""
+    domain: str
+    """Domain name (tag ``name=``)."""
+    disk: str
+    """Guest device (tag ``disk=``)."""
+    file: str
+    """The file inside the snapshot, ``IMAGE.img`` as the original tool named it."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResticSnapshot:
+        """Read one element of what ``_native.list_restic`` returns."""
+        return cls(
+            id=str(data["id"]),
+            time=str(data.get("time", "")),
+            host=str(data.get("host", "")),
+            domain_uuid=str(data.get("domain_uuid", "")),
+            domain=str(data.get("domain", "")),
+            disk=str(data.get("disk", "")),
+            file=str(data.get("file", "")),
+        )

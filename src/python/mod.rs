@@ -15,6 +15,11 @@
 //! - **exception mapping**: [`Error`] becomes one exception of the hierarchy rooted at
 //!   `BackupError`, once, here.
 //!
+//! Secrets: the one function that hands a Ceph key to Python (`ceph_key`, for the original
+//! tool's scripting API when a script asks for the key outright) returns it as a plain `str`;
+//! every other value that crosses this boundary is built from serde JSON, which a
+//! `SecretString` cannot enter.
+//!
 //! Events reach the Python callback from the engine's worker threads, which attach to the
 //! interpreter for the call. A callback that raises is logged and the run goes on: a broken
 //! progress display must not cost a backup.
@@ -31,9 +36,11 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
+use crate::engine::restic::{self, ResticTarget};
 use crate::engine::{
     self, BackupEvent, BackupOptions, CancelToken, EventSink, RestoreOptions, RestoreTarget,
 };
+use crate::libvirt::HypervisorConnection;
 use crate::error::Error;
 use crate::plan::retention::KeepOptions;
 
@@ -76,6 +83,18 @@ create_exception!(
 );
 create_exception!(
     virt_rbd_backup,
+    ResticError,
+    BackupError,
+    "restic could not be run, or exited with an error (its own message is quoted)."
+);
+create_exception!(
+    virt_rbd_backup,
+    InconsistentError,
+    BackupError,
+    "The snapshots cannot be trusted to be consistent (the guest stayed frozen too long)."
+);
+create_exception!(
+    virt_rbd_backup,
     CancelledError,
     BackupError,
     "The run was cancelled before it finished."
@@ -110,6 +129,8 @@ fn to_py_err(err: Error) -> PyErr {
         Error::Libvirt(_) => LibvirtError::new_err(message),
         Error::Ceph(_) => CephError::new_err(message),
         Error::Repo(_) => RepositoryError::new_err(message),
+        Error::Restic(_) => ResticError::new_err(message),
+        Error::Inconsistent(_) => InconsistentError::new_err(message),
         Error::Cancelled => CancelledError::new_err(message),
         _ => BackupError::new_err(message),
     }
@@ -166,6 +187,14 @@ fn parse_restore_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult
     }
     serde_json::from_value(value)
         .map_err(|e| UsageError::new_err(format!("invalid restore options: {e}")))
+}
+
+/// Reads a restic target (`repository`, `password_file`, `binary`) from a JSON string or a
+/// mapping; a bad or unknown field is a `UsageError`.
+fn parse_restic_target(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<ResticTarget> {
+    let value = options_json(py, target, "restic target")?;
+    serde_json::from_value(value)
+        .map_err(|e| UsageError::new_err(format!("invalid restic target: {e}")))
 }
 
 /// Reads keep options from a JSON string or a mapping with the fields of `KeepOptions`
@@ -362,6 +391,66 @@ fn backup<'py>(
     to_py(py, &report)
 }
 
+/// Plans a backup with `options` (the fields of `BackupOptions`) without changing anything:
+/// per domain, the disks, full or incremental and why, the bytes it would read. Returns the
+/// plan as a dict.
+#[pyfunction]
+#[pyo3(signature = (options))]
+fn plan<'py>(py: Python<'py>, options: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let options = parse_options(py, options)?;
+    refresh_logging();
+    let result = run_interruptible(py, OnInterrupt::Abandon, move || {
+        engine::plan_backup(&options)
+    })?;
+    let plan = result.map_err(to_py_err)?;
+    to_py(py, &plan)
+}
+
+/// Lists this tool's disk backups in a restic repository (oldest first), as a list of dicts;
+/// `domain` (name or UUID) keeps only that domain's.
+#[pyfunction]
+#[pyo3(signature = (target, domain=None))]
+fn list_restic<'py>(
+    py: Python<'py>,
+    target: &Bound<'py, PyAny>,
+    domain: Option<String>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let target = parse_restic_target(py, target)?;
+    refresh_logging();
+    // Read-only: on Ctrl-C the call raises at once; the restic process ends with us.
+    let result = run_interruptible(py, OnInterrupt::Abandon, move || {
+        restic::list_restic(&target, domain.as_deref())
+    })?;
+    let snapshots = result.map_err(to_py_err)?;
+    to_py(py, &snapshots)
+}
+
+/// Reads the Ceph key of a disk's `<auth>` from libvirt's secret (by UUID, else by usage name),
+/// base64 as Ceph wants it. Only for callers that ask for the key outright.
+#[pyfunction]
+#[pyo3(signature = (connect, domain, username, secret_uuid=None, secret_usage=None))]
+fn ceph_key(
+    py: Python<'_>,
+    connect: String,
+    domain: String,
+    username: String,
+    secret_uuid: Option<String>,
+    secret_usage: Option<String>,
+) -> PyResult<String> {
+    refresh_logging();
+    let result = run_interruptible(py, OnInterrupt::Abandon, move || {
+        let libvirt = HypervisorConnection::open(&connect)?;
+        let key = libvirt.ceph_key(
+            &domain,
+            &username,
+            secret_uuid.as_deref(),
+            secret_usage.as_deref(),
+        )?;
+        Ok::<String, Error>(key.expose().to_owned())
+    })?;
+    result.map_err(to_py_err)
+}
+
 /// Lists domains and what a backup would do with their disks, as a list of dicts.
 #[pyfunction]
 #[pyo3(signature = (connect, domains))]
@@ -474,11 +563,16 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(restore, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
+    m.add_function(wrap_pyfunction!(plan, m)?)?;
+    m.add_function(wrap_pyfunction!(list_restic, m)?)?;
+    m.add_function(wrap_pyfunction!(ceph_key, m)?)?;
     m.add("BackupError", py.get_type::<BackupError>())?;
     m.add("UsageError", py.get_type::<UsageError>())?;
     m.add("LibvirtError", py.get_type::<LibvirtError>())?;
     m.add("CephError", py.get_type::<CephError>())?;
     m.add("RepositoryError", py.get_type::<RepositoryError>())?;
+    m.add("ResticError", py.get_type::<ResticError>())?;
+    m.add("InconsistentError", py.get_type::<InconsistentError>())?;
     m.add("CancelledError", py.get_type::<CancelledError>())?;
     Ok(())
 }

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import virt_rbd_backup
-from virt_rbd_backup import BackupReport, PruneReport, RestoreReport, VerifyReport, cli
+from virt_rbd_backup import BackupReport, PruneReport, RestoreReport, VerifyReport, cli, config
 
 UUID_A = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 UUID_B = "0b5ac0ff-ee01-4f6e-9c41-5e3c0b1a7a2d"
 UUID_C = "11111111-2222-3333-4444-555555555555"
+
+
+@pytest.fixture(autouse=True)
+def no_configuration_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Runs see no configuration file: none in /etc, no config.py in the current directory."""
+    monkeypatch.setattr(config, "DEFAULT_CONFIG", tmp_path / "no-such-config.toml")
+    monkeypatch.chdir(tmp_path)
 
 
 def domain(name: str, uuid: str, status: str, error: str | None = None) -> dict[str, Any]:
@@ -458,6 +466,9 @@ def test_bare_command_runs_a_backup_with_the_defaults(
         "repo": "/var/lib/virt-rbd-backup",
         "mode": "auto",
         "full_every": None,
+        "agent_timeout": 30,
+        "freeze_timeout": 30,
+        "restic": None,
     }
     assert capsys.readouterr().out == "Summary: 0 succeeded, 0 failed, 0 skipped\n"
 
@@ -789,6 +800,7 @@ def test_restore_run_passes_every_option_and_prints_its_line(
                 "ceph_conf": None,
                 "ceph_user": None,
                 "connect": "qemu:///system",
+                "restic": None,
             },
         )
     ]

@@ -1,6 +1,6 @@
 """The report and listing dataclasses (python/virt_rbd_backup/report.py) against the JSON the
 engine writes (src/engine/report.rs, listing.rs, restore.rs, verify.rs, prune.rs,
-src/libvirt/domain_xml.rs).
+plan_report.rs, restic.rs, src/libvirt/domain_xml.rs).
 
 The field lists are compared with the Rust source itself, so a field added on either side
 without the other fails here rather than silently vanishing from reports.
@@ -20,6 +20,7 @@ import pytest
 from virt_rbd_backup import (
     BackupDiskListing,
     BackupListing,
+    BackupPlan,
     BackupReport,
     DiskReport,
     DomainListing,
@@ -28,10 +29,14 @@ from virt_rbd_backup import (
     FreezeReport,
     KeptBackup,
     MonitorHost,
+    PlannedDisk,
+    PlannedDomain,
     PruneReport,
     RbdAuth,
     RbdDisk,
     RemovedBackup,
+    ResticSnapshot,
+    ResticTarget,
     RestoreReport,
     SkippedDisk,
     VerifyProblem,
@@ -62,6 +67,12 @@ MIRRORS: dict[type, tuple[str, str]] = {
     DomainPruneReport: ("engine/prune.rs", "DomainPruneReport"),
     KeptBackup: ("engine/prune.rs", "KeptBackup"),
     RemovedBackup: ("engine/prune.rs", "RemovedBackup"),
+    BackupPlan: ("engine/plan_report.rs", "BackupPlan"),
+    PlannedDomain: ("engine/plan_report.rs", "PlannedDomain"),
+    PlannedDisk: ("engine/plan_report.rs", "PlannedDisk"),
+    ResticSnapshot: ("engine/restic.rs", "ResticSnapshot"),
+    # An input, not a report: what the Python API sends as `restic`.
+    ResticTarget: ("engine/restic.rs", "ResticTarget"),
 }
 
 # Python Literal alias -> (Rust file, Rust enum) whose snake_case variants it lists.
@@ -315,7 +326,8 @@ VERIFY_JSON = """
   "problems": [
     {"backup_id": "20251127T100000.000Z", "disk": "vda", "message": "vda.diff is corrupt at offset 512: checksum mismatch"},
     {"backup_id": "20251128T100000.000Z", "disk": "", "message": "unusable manifest manifest.json: EOF"}
-  ]
+  ],
+  "source_checked": [["20251127T100000.000Z", "vda"]]
 }
 """
 
@@ -371,3 +383,64 @@ def test_prune_report_round_trips() -> None:
     assert json.dumps(r.to_dict()) == json.dumps(data)
     data["domains"] = data["domains"][:1]
     assert not PruneReport.from_dict(data).has_problems
+
+
+PLAN_JSON = """
+{
+  "domains": [
+    {
+      "name": "web1",
+      "uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f",
+      "active": true,
+      "would_freeze": true,
+      "disks": [
+        {"target": "vda", "image": "rbd/web1-root", "size": 10737418240, "kind": "incremental", "reason": null,
+         "parent_backup": "20251126T100000.000Z", "estimated_bytes": 41943040},
+        {"target": "vdb", "image": "rbd/web1-data", "size": 1073741824, "kind": "full",
+         "reason": "the base snapshot virt-rbd-backup-x is gone", "parent_backup": null, "estimated_bytes": 8388608}
+      ],
+      "skipped_disks": [{"target": "hdc", "reason": "not_network"}],
+      "error": null
+    },
+    {
+      "name": "db1",
+      "uuid": "0b5ac0ff-ee01-4f6e-9c41-5e3c0b1a7a2d",
+      "active": false,
+      "would_freeze": false,
+      "disks": [],
+      "skipped_disks": [],
+      "error": "rbd_open failed for rbd/db1: No such file or directory (errno 2)"
+    }
+  ],
+  "estimated_bytes": 50331648
+}
+"""
+
+
+def test_plan_round_trips() -> None:
+    data = json.loads(PLAN_JSON)
+    plan = BackupPlan.from_dict(data)
+    assert json.dumps(plan.to_dict()) == json.dumps(data)
+    assert plan.domains[0].disks[0].kind == "incremental"
+    assert plan.domains[0].skipped_disks == (SkippedDisk(target="hdc", reason="not_network"),)
+    assert plan.has_errors
+    assert not BackupPlan.from_dict({**data, "domains": data["domains"][:1]}).has_errors
+
+
+RESTIC_LISTING_JSON = """
+[
+  {"id": "4f1c2a9e0b5ac0ffee015e3c0b1a7a2d4f1c2a9e0b5ac0ffee015e3c0b1a7a2d", "time": "2026-11-26T10:34:00.123+01:00",
+   "host": "hv1", "domain_uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f", "domain": "web1", "disk": "vda",
+   "file": "web1-root.img"}
+]
+"""
+
+
+def test_restic_listing_round_trips() -> None:
+    data = json.loads(RESTIC_LISTING_JSON)
+    assert [ResticSnapshot.from_dict(s).to_dict() for s in data] == data
+
+
+def test_restic_target_is_the_cores_json_shape() -> None:
+    target = ResticTarget(repository="/srv/restic", password_file="/etc/pw")
+    assert target.to_dict() == {"repository": "/srv/restic", "password_file": "/etc/pw", "binary": "restic"}

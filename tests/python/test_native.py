@@ -26,7 +26,15 @@ import virt_rbd_backup
 from virt_rbd_backup import _native
 
 STUB = Path(_native.__file__).with_name("_native.pyi")
-EXCEPTIONS = ("UsageError", "LibvirtError", "CephError", "RepositoryError", "CancelledError")
+EXCEPTIONS = (
+    "UsageError",
+    "LibvirtError",
+    "CephError",
+    "RepositoryError",
+    "ResticError",
+    "InconsistentError",
+    "CancelledError",
+)
 
 
 def stub_names() -> tuple[set[str], set[str]]:
@@ -44,7 +52,17 @@ def test_stub_is_shipped_next_to_the_extension() -> None:
 
 def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
     functions, classes = stub_names()
-    assert functions == {"backup", "list_domains", "list_backups", "restore", "verify", "prune"}
+    assert functions == {
+        "backup",
+        "plan",
+        "list_domains",
+        "list_backups",
+        "list_restic",
+        "restore",
+        "verify",
+        "prune",
+        "ceph_key",
+    }
     for name in functions:
         assert callable(getattr(_native, name)), name
     assert classes == {"BackupError", *EXCEPTIONS}

@@ -1,0 +1,430 @@
+"""Configuration files: the native TOML file and the original tool's ``config.py``.
+
+Reading a configuration file is argument conversion: it yields the same settings the command
+line sets, and the command line overrides them. Two kinds exist:
+
+**The native file** (TOML, default ``/etc/virt-rbd-backup/config.toml``)::
+
+    connect = "qemu:///system"          # libvirt URI
+    domains = ["web1", "db1"]           # default: every domain
+    workers = 4                         # domains at once
+    queue_depth = 8                     # reads in flight per image
+    freeze = "auto"                     # auto | required | off
+    freeze_mountpoints = ["/", "/var"]  # default: all
+    agent_timeout = 30                  # seconds
+    freeze_timeout = 30                 # seconds
+    repo = "/var/lib/virt-rbd-backup"   # the repository folder
+    mode = "auto"                       # auto | full
+    full_every = 7                      # a new chain every N backups of a disk
+    metrics_file = "/var/lib/prometheus/node-exporter/virt-rbd-backup.prom"
+    json = false                        # print the JSON report instead of lines
+
+    [restic]                            # present: back up into restic instead of `repo`
+    repository = "/srv/restic"
+    password_file = "/etc/virt-rbd-backup/restic.pass"
+    binary = "restic"
+
+Every key is optional. An unknown key, a value of the wrong type, or a password written into
+the file is an error naming the key and the file.
+
+**The original tool's** ``config.py``: a Python file setting ``NUMBER_OF_PROCESSES``,
+``LIBVIRT_CONNECTION``, ``TARGET_REPO`` and ``TARGET_KEYFILE``. It is run, as the original
+imported it, in a namespace of its own (``runpy.run_path``), and mapped to ``workers``,
+``connect``, and a restic target (``TARGET_REPO`` with the password file ``TARGET_KEYFILE``).
+Other names in it are ignored, as the original ignored them. Since it is code run with the
+tool's privileges, it must belong to root or to the user running the tool and must not be
+writable by everyone.
+
+Which file is used (:func:`find_config`): ``--config PATH`` if given (a name ending in ``.py``
+is the original's kind, anything else TOML); otherwise ``config.py`` in the current directory
+if it is the original tool's (it assigns one of the four names at top level; other
+``config.py`` files are left alone and never run), as ``python3 main.py`` in that directory
+read it; otherwise ``/etc/virt-rbd-backup/config.toml`` if it exists. When both a ``config.py``
+of the original tool in the current directory and the ``/etc`` file exist, ``config.py`` wins
+(the directory the operator runs the tool in is the nearer context) and a warning names both.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import logging
+import os
+import runpy
+import stat
+import tomllib
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ._native import UsageError
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "LEGACY_CONFIG_NAME",
+    "LEGACY_NAMES",
+    "BackupConfig",
+    "LegacyConfig",
+    "find_config",
+    "load_config",
+    "load_legacy_config",
+    "load_toml_config",
+    "looks_like_legacy_config",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("/etc/virt-rbd-backup/config.toml")
+"""The native configuration file read when no ``--config`` is given and it exists."""
+
+LEGACY_CONFIG_NAME = "config.py"
+"""The original tool's configuration file, looked for in the current directory."""
+
+LEGACY_NAMES = ("NUMBER_OF_PROCESSES", "LIBVIRT_CONNECTION", "TARGET_REPO", "TARGET_KEYFILE")
+"""The variables of the original tool's ``config.py``."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BackupConfig:
+    """Settings read from a configuration file; ``None`` means "not set in the file".
+
+    The field names are those of the command line's options (``restic_repo`` is
+    ``--restic-repo``), so the command line can override them one by one.
+    """
+
+    path: Path
+    """The file they were read from."""
+    legacy: bool = False
+    """Whether it is the original tool's ``config.py``."""
+    connect: str | None = None
+    domains: tuple[str, ...] | None = None
+    workers: int | None = None
+    queue_depth: int | None = None
+    freeze: str | None = None
+    freeze_mountpoints: tuple[str, ...] | None = None
+    agent_timeout: int | None = None
+    freeze_timeout: int | None = None
+    repo: str | None = None
+    mode: str | None = None
+    full_every: int | None = None
+    metrics_file: str | None = None
+    json: bool | None = None
+    restic_repo: str | None = None
+    restic_password_file: str | None = None
+    restic_binary: str | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """Return the settings the file sets, by option name (lists for the list options)."""
+        result: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            if field.name in ("path", "legacy"):
+                continue
+            value = getattr(self, field.name)
+            if value is not None:
+                result[field.name] = list(value) if isinstance(value, tuple) else value
+        return result
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LegacyConfig:
+    """The four variables of the original tool's ``config.py``, checked."""
+
+    path: Path
+    """The file."""
+    NUMBER_OF_PROCESSES: int | None = None
+    """Domains backed up at once."""
+    LIBVIRT_CONNECTION: str | None = None
+    """libvirt URI."""
+    TARGET_REPO: str
+    """The restic repository."""
+    TARGET_KEYFILE: str | None = None
+    """The file holding the restic repository's password."""
+
+    def to_backup_config(self) -> BackupConfig:
+        """Map the variables onto the tool's settings."""
+        return BackupConfig(
+            path=self.path,
+            legacy=True,
+            connect=self.LIBVIRT_CONNECTION,
+            workers=self.NUMBER_OF_PROCESSES,
+            restic_repo=self.TARGET_REPO,
+            restic_password_file=self.TARGET_KEYFILE,
+        )
+
+
+def _kind(value: object) -> str:
+    """Name a value's type the way an operator reads it."""
+    names = {
+        bool: "a boolean",
+        int: "a whole number",
+        float: "a decimal number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def _describe(value: object) -> str:
+    return f"{value!r} ({_kind(value)})"
+
+
+# ---------------------------------------------------------------------------- value checks
+# Each returns the converted value or raises ValueError with what was expected.
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def _positive(value: object) -> int:
+    # bool is an int in Python; `workers = true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("a whole number of at least 1")
+    return value
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("a list of non-empty strings")
+    return tuple(value)
+
+
+def _choice(*choices: str) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(f'"{c}"' for c in choices))
+        assert isinstance(value, str)
+        return value
+
+    return check
+
+
+# TOML key -> (BackupConfig field, check). Keys are the option names with underscores.
+_TOP_LEVEL: dict[str, tuple[str, Callable[[object], Any]]] = {
+    "connect": ("connect", _string),
+    "domains": ("domains", _strings),
+    "workers": ("workers", _positive),
+    "queue_depth": ("queue_depth", _positive),
+    "freeze": ("freeze", _choice("auto", "required", "off")),
+    "freeze_mountpoints": ("freeze_mountpoints", _strings),
+    "agent_timeout": ("agent_timeout", _positive),
+    "freeze_timeout": ("freeze_timeout", _positive),
+    "repo": ("repo", _string),
+    "mode": ("mode", _choice("auto", "full")),
+    "full_every": ("full_every", _positive),
+    "metrics_file": ("metrics_file", _string),
+    "json": ("json", _boolean),
+}
+_RESTIC: dict[str, tuple[str, Callable[[object], Any]]] = {
+    "repository": ("restic_repo", _string),
+    "password_file": ("restic_password_file", _string),
+    "binary": ("restic_binary", _string),
+}
+_PASSWORD_KEYS = ("password", "restic_password", "key")
+
+
+def _unknown_key(path: Path, key: str, known: Mapping[str, object], table: str = "") -> UsageError:
+    name = f"{table}.{key}" if table else key
+    if table == "restic" and key in _PASSWORD_KEYS:
+        return UsageError(
+            f"{path}: unknown key '{name}': a password never goes into the configuration; "
+            "put it into a file of its own (mode 0600) and name it with password_file"
+        )
+    expected = ", ".join(sorted(f"{table}.{k}" if table else k for k in known))
+    return UsageError(f"{path}: unknown key '{name}'; known keys: {expected}")
+
+
+def load_toml_config(path: str | os.PathLike[str]) -> BackupConfig:
+    """Read the native TOML configuration file.
+
+    Raises:
+        UsageError: The file cannot be read or is not TOML, or a key is unknown or its value
+            of the wrong type; the message names the file and the key.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read the configuration file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "restic":
+            if not isinstance(value, dict):
+                raise UsageError(f"{path}: key 'restic' must be a table ([restic]), not {_describe(value)}")
+            for sub_key, sub_value in value.items():
+                if sub_key not in _RESTIC:
+                    raise _unknown_key(path, sub_key, _RESTIC, "restic")
+                field, check = _RESTIC[sub_key]
+                values[field] = _checked(path, f"restic.{sub_key}", sub_value, check)
+            continue
+        if key not in _TOP_LEVEL:
+            raise _unknown_key(path, key, {**_TOP_LEVEL, "restic": None})
+        field, check = _TOP_LEVEL[key]
+        values[field] = _checked(path, key, value, check)
+    if ("restic_password_file" in values or "restic_binary" in values) and "restic_repo" not in values:
+        raise UsageError(f"{path}: the [restic] table needs 'repository'")
+    return BackupConfig(path=path, **values)
+
+
+def _checked(path: Path, key: str, value: object, check: Callable[[object], Any]) -> Any:
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise UsageError(f"{path}: key '{key}' must be {exc}, not {_describe(value)}") from None
+
+
+def looks_like_legacy_config(path: str | os.PathLike[str]) -> bool:
+    """Tell whether a ``config.py`` is the original tool's, without running it.
+
+    It is if it assigns one of :data:`LEGACY_NAMES` at top level (read from its syntax tree).
+    """
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=os.fspath(path))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        targets: list[ast.expr] = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        if any(isinstance(t, ast.Name) and t.id in LEGACY_NAMES for t in targets):
+            return True
+    return False
+
+
+def _check_trusted(path: Path) -> None:
+    """Refuse to run a file that someone other than root or us could have written."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise UsageError(f"cannot read the configuration file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"the configuration file {path} is not a regular file")
+    if info.st_uid not in (0, os.geteuid()):
+        raise UsageError(
+            f"{path} belongs to uid {info.st_uid}: refusing to run it as Python code "
+            "(it must belong to root or to the user running virt-rbd-backup)"
+        )
+    if info.st_mode & stat.S_IWOTH:
+        raise UsageError(f"{path} is writable by everyone: refusing to run it as Python code (chmod o-w)")
+
+
+def _run_error(path: Path, exc: BaseException) -> UsageError:
+    """An error raised while running config.py, with the line of that file it came from."""
+    line: int | None = None
+    if isinstance(exc, SyntaxError):
+        line = exc.lineno
+    else:
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if Path(frame.filename) == path:
+                line = frame.lineno
+    where = f"{path}, line {line}" if line else str(path)
+    return UsageError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def load_legacy_config(path: str | os.PathLike[str]) -> LegacyConfig:
+    """Run the original tool's ``config.py`` in a namespace of its own and check its variables.
+
+    ``TARGET_REPO`` is required (the original had no other target); the others may be left
+    out and then take the tool's defaults (``TARGET_KEYFILE``: the password comes from
+    ``RESTIC_PASSWORD*`` in the environment).
+
+    Raises:
+        UsageError: The file is not trusted (see the module doc), raises when run, or a
+            variable is missing or of the wrong type; the message names the file and the
+            variable.
+    """
+    path = Path(path).absolute()
+    _check_trusted(path)
+    try:
+        namespace = runpy.run_path(os.fspath(path), run_name="config")
+    except (Exception, SystemExit) as exc:
+        # Whatever the operator's file raises (or exits with) is reported as its failure.
+        raise _run_error(path, exc) from None
+
+    def get(name: str, check: Callable[[object], Any], expected: str) -> Any:
+        if name not in namespace:
+            return None
+        value = namespace[name]
+        try:
+            return check(value)
+        except ValueError:
+            raise UsageError(f"{path}: {name} must be {expected}, not {_describe(value)}") from None
+
+    def path_like(value: object) -> str:
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value:
+            raise ValueError
+        return value
+
+    repo = get("TARGET_REPO", _string, "a non-empty string (the restic repository)")
+    if repo is None:
+        raise UsageError(f"{path}: TARGET_REPO is not set; the original tool's config.py names its restic repository")
+    return LegacyConfig(
+        path=path,
+        NUMBER_OF_PROCESSES=get("NUMBER_OF_PROCESSES", _positive, "a whole number of at least 1"),
+        LIBVIRT_CONNECTION=get("LIBVIRT_CONNECTION", _string, "a non-empty string (a libvirt URI)"),
+        TARGET_REPO=repo,
+        TARGET_KEYFILE=get("TARGET_KEYFILE", path_like, "a path (the restic password file)"),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> BackupConfig:
+    """Read a configuration file of either kind.
+
+    A name ending in ``.py`` is the original tool's ``config.py``, anything else TOML.
+
+    Raises:
+        UsageError: The file does not exist or is not a valid configuration.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"the configuration file {path} does not exist")
+    if path.suffix == ".py":
+        return load_legacy_config(path).to_backup_config()
+    return load_toml_config(path)
+
+
+def find_config(
+    explicit: str | os.PathLike[str] | None, cwd: str | os.PathLike[str] | None = None
+) -> BackupConfig | None:
+    """Find and read the configuration file that applies (see the module doc for the order).
+
+    Args:
+        explicit: ``--config PATH``, if given.
+        cwd: Where to look for the original tool's ``config.py`` (default: the current
+            directory).
+
+    Returns:
+        The settings, or ``None`` when no configuration file applies.
+    """
+    if explicit is not None:
+        return load_config(explicit)
+    legacy = Path(os.getcwd() if cwd is None else cwd) / LEGACY_CONFIG_NAME
+    if legacy.is_file() and looks_like_legacy_config(legacy):
+        if DEFAULT_CONFIG.exists():
+            log.warning(
+                "using %s (the original tool's configuration in the current directory); %s is ignored",
+                legacy.absolute(),
+                DEFAULT_CONFIG,
+            )
+        return load_legacy_config(legacy).to_backup_config()
+    if DEFAULT_CONFIG.exists():
+        return load_toml_config(DEFAULT_CONFIG)
+    return None
