@@ -9,7 +9,7 @@ use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
 use crate::plan::DiskPlan;
 use crate::plan::{backup_id_from_unix, is_owned_snapshot, snapshot_name};
 use crate::repo::block_table::write_block_table;
-use crate::repo::hashing_writer::HashingFileWriter;
+use crate::repo::hashing_writer::StoredDiffWriter;
 use crate::repo::layout::safe_component;
 use crate::repo::{
     BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord,
@@ -20,10 +20,10 @@ use super::ceph_session::{cluster_address, ConnectionCache};
 use super::disk_plan::{prepare_disk, previous_backup};
 use super::events::{BackupEvent, EventSink};
 use super::export::{
-    export_full, export_incremental, export_stream, BandwidthLimit, ExportProgress,
-    IncrementalBase, ReadPipeline,
+    export_full, export_full_diff, export_incremental, export_stream, BandwidthLimit,
+    ExportProgress, IncrementalBase, ReadPipeline,
 };
-use super::options::{BackupOptions, FreezePolicy};
+use super::options::{parse_compression, BackupOptions, FreezePolicy};
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 use super::restic::{host_name, ResticTarget};
 use super::snapshot_guard::SnapshotGuard;
@@ -346,6 +346,18 @@ fn back_up_to_repo(
                 blocks_file: Some(blocks_file.clone()),
                 file_chunks: None,
             };
+            let compress = ctx
+                .options
+                .compress
+                .as_deref()
+                .map(parse_compression)
+                .transpose()
+                .map_err(Error::Usage)?;
+            let diff_format = if compress.is_some() {
+                "rbd-diff-v1+zstd"
+            } else {
+                "rbd-diff-v1"
+            };
             let stats = match (&prep.plan, &prep.parent) {
                 (
                     DiskPlan::Incremental {
@@ -356,8 +368,11 @@ fn back_up_to_repo(
                     },
                     Some((parent, table)),
                 ) => {
-                    let file = format!("{stem}.rbdiff");
-                    let out = HashingFileWriter::create(&staged.file_path(&file))?;
+                    let file = format!(
+                        "{stem}.rbdiff{}",
+                        if compress.is_some() { ".zst" } else { "" }
+                    );
+                    let out = StoredDiffWriter::create(&staged.file_path(&file), compress)?;
                     let base = IncrementalBase {
                         snapshot: base_snapshot,
                         size: parent.size,
@@ -383,7 +398,29 @@ fn back_up_to_repo(
                         id: *base_snapshot_id,
                         timestamp: None,
                     });
-                    record.format = "rbd-diff-v1".into();
+                    record.format = diff_format.into();
+                    record.file = file;
+                    record.file_size = stored.size;
+                    record.bytes_written = stored.size;
+                    record.file_checksum = Some(stored.checksum);
+                    record.file_chunks = Some(chunks_file);
+                    stats
+                }
+                _ if compress.is_some() => {
+                    let file = format!("{stem}.rbdiff.zst");
+                    let out = StoredDiffWriter::create(&staged.file_path(&file), compress)?;
+                    let (stats, out) = export_full_diff(
+                        &snap_image,
+                        &snap_name,
+                        info.size,
+                        info.fast_diff_usable(),
+                        out,
+                        &ctx.pipeline(&progress),
+                    )?;
+                    let stored = out.finish()?;
+                    let chunks_file = format!("{file}.b3");
+                    write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
+                    record.format = diff_format.into();
                     record.file = file;
                     record.file_size = stored.size;
                     record.bytes_written = stored.size;

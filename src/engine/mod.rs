@@ -109,6 +109,9 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
             options.freeze_timeout
         )));
     }
+    if let Some(c) = &options.compress {
+        options::parse_compression(c).map_err(Error::Usage)?;
+    }
     if options.bwlimit == Some(0) {
         return Err(Error::Usage("--bwlimit must be positive".into()));
     }

@@ -57,6 +57,8 @@ pub struct BackupOptions {
     pub agent_timeout: u32,
     /// Longest a guest may stay frozen: past it the watchdog thaws it and the domain fails.
     pub freeze_timeout: u32,
+    /// Compress stored files: `zstd` or `zstd:LEVEL` (1-19).
+    pub compress: Option<String>,
     /// Total read rate of the run in bytes per second (all disks together), if limited.
     pub bwlimit: Option<u64>,
     /// Send the disks to restic instead of the repository folder.
@@ -79,6 +81,37 @@ impl Default for BackupOptions {
             freeze_timeout: 30,
             restic: None,
             bwlimit: None,
+            compress: None,
         }
+    }
+}
+
+/// The zstd level of a `--compress` value (`zstd` is level 3, zstd's own default).
+pub fn parse_compression(text: &str) -> Result<i32, String> {
+    match text.split_once(':') {
+        None if text == "zstd" => Ok(3),
+        Some(("zstd", level)) => match level.parse::<i32>() {
+            Ok(l) if (1..=19).contains(&l) => Ok(l),
+            _ => Err(format!(
+                "bad zstd level {level:?} in --compress {text:?}: use 1 to 19"
+            )),
+        },
+        _ => Err(format!(
+            "unknown compression {text:?}: use zstd or zstd:LEVEL"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_values_parse() {
+        assert_eq!(parse_compression("zstd"), Ok(3));
+        assert_eq!(parse_compression("zstd:19"), Ok(19));
+        assert!(parse_compression("zstd:0").is_err());
+        assert!(parse_compression("zstd:x").is_err());
+        assert!(parse_compression("gzip").is_err());
     }
 }

@@ -24,7 +24,7 @@ use crate::repo::chain::{data_in, verify_stored_file, ChainLink, RawBlockReader}
 use crate::repo::image_file::nonzero_runs;
 use crate::repo::manifest::sync_dir;
 use crate::repo::rbd_diff::{DiffRecord, RbdDiffReader};
-use crate::repo::{BackupKind, RepoError, Repository};
+use crate::repo::{RepoError, Repository};
 
 use super::ceph_session::cluster_address;
 use super::restic::{list_restic, ResticTarget};
@@ -475,8 +475,8 @@ fn replay(
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        match link.disk.kind {
-            BackupKind::Full => {
+        match link.disk.format.as_str() {
+            "raw" => {
                 let mut reader = RawBlockReader::open(link)?;
                 sink.set_size(reader.size())?;
                 let mut buf = Vec::new();
@@ -492,7 +492,7 @@ fn replay(
                     }
                 }
             }
-            BackupKind::Incremental => {
+            _ => {
                 verify_stored_file(link)?;
                 let path = link.data_path();
                 let file = File::open(&path).map_err(|source| RepoError::Io {
@@ -500,7 +500,19 @@ fn replay(
                     path: path.clone(),
                     source,
                 })?;
-                let mut reader = RbdDiffReader::new(BufReader::with_capacity(1 << 20, file))?;
+                let buffered = BufReader::with_capacity(1 << 20, file);
+                let stream: Box<dyn Read> = if link.disk.format.ends_with("+zstd") {
+                    Box::new(zstd::Decoder::with_buffer(buffered).map_err(|source| {
+                        RepoError::Io {
+                            action: "decompress",
+                            path: path.clone(),
+                            source,
+                        }
+                    })?)
+                } else {
+                    Box::new(buffered)
+                };
+                let mut reader = RbdDiffReader::new(stream)?;
                 let expected_base = link.disk.base_snapshot.as_ref().map(|b| b.name.as_str());
                 if reader.from_snap() != expected_base
                     || reader.to_snap() != Some(link.disk.snapshot.name.as_str())

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::repo::chain::{verify_stored_file, ChainLink, RawBlockReader};
-use crate::repo::{BackupKind, Repository};
+use crate::repo::Repository;
 
 /// One problem found.
 #[derive(Debug, Clone, Serialize)]
@@ -165,8 +165,8 @@ pub fn verify_with_source(
 }
 
 fn verify_link(link: &ChainLink) -> Result<(), String> {
-    match link.disk.kind {
-        BackupKind::Full => {
+    match link.disk.format.as_str() {
+        "raw" => {
             let mut reader = RawBlockReader::open(link).map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
             while reader
@@ -176,7 +176,7 @@ fn verify_link(link: &ChainLink) -> Result<(), String> {
             {}
             Ok(())
         }
-        BackupKind::Incremental => {
+        _ => {
             link.block_table().map_err(|e| e.to_string())?;
             verify_stored_file(link).map_err(|e| e.to_string())
         }

@@ -79,3 +79,62 @@ impl Write for HashingFileWriter {
         self.out.flush()
     }
 }
+
+/// A stored diff file, plain or zstd-compressed (multithreaded); the checksum is always over
+/// the stored bytes, so verify never needs to decompress to find damage.
+pub enum StoredDiffWriter {
+    /// Uncompressed.
+    Plain(HashingFileWriter),
+    /// zstd frames.
+    Zstd(zstd::Encoder<'static, HashingFileWriter>),
+}
+
+impl StoredDiffWriter {
+    /// Creates `path`; compressed with zstd at `level` if given.
+    pub fn create(path: &Path, level: Option<i32>) -> Result<Self, RepoError> {
+        let file = HashingFileWriter::create(path)?;
+        let Some(level) = level else {
+            return Ok(StoredDiffWriter::Plain(file));
+        };
+        let io = |source| RepoError::Io {
+            action: "start compressing",
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut encoder = zstd::Encoder::new(file, level).map_err(io)?;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        encoder.multithread(threads).map_err(io)?;
+        Ok(StoredDiffWriter::Zstd(encoder))
+    }
+
+    /// Ends the stream, fsyncs and returns what was stored.
+    pub fn finish(self) -> Result<StoredFile, RepoError> {
+        match self {
+            StoredDiffWriter::Plain(file) => file.finish(),
+            StoredDiffWriter::Zstd(encoder) => {
+                let file = encoder.finish().map_err(|source| RepoError::Io {
+                    action: "finish compressing",
+                    path: PathBuf::from("(diff file)"),
+                    source,
+                })?;
+                file.finish()
+            }
+        }
+    }
+}
+
+impl Write for StoredDiffWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            StoredDiffWriter::Plain(f) => f.write(buf),
+            StoredDiffWriter::Zstd(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            StoredDiffWriter::Plain(f) => f.flush(),
+            StoredDiffWriter::Zstd(e) => e.flush(),
+        }
+    }
+}
