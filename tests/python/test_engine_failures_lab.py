@@ -126,35 +126,37 @@ def test_unresponsive_agent_with_freeze_required_fails_and_leaves_guest_thawed(t
         "lab-guest",
         "p=$(pidof qemu-ga); (sleep 0.5; kill -STOP $p; sleep 15; kill -CONT $p) >/dev/null 2>&1 &",
     )
-    time.sleep(1.5)
-    started = time.monotonic()
-    result = cli(
-        "backup",
-        "--repo",
-        str(tmp_path / "r"),
-        "--json",
-        "--freeze",
-        "required",
-        "--agent-timeout",
-        "5",
-        "--domain",
-        "lab-guest",
-    )
-    elapsed = time.monotonic() - started
-    assert result.returncode == 1, result.stdout + result.stderr
-    dom = domain_report(result.json(), "lab-guest")
-    assert dom["status"] == "failed"
-    assert "freeze" in dom["error"].lower(), dom["error"]
-    assert elapsed < 60, f"the failed freeze took {elapsed:.0f} s"
-    # No snapshot was created or leaked.
-    assert {img: tool_snapshots(img) for img in before} == before
-    # Once the agent is back, the guest is thawed.
-    deadline = time.monotonic() + 40
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            status = agent("lab-guest", "guest-fsfreeze-status")
-            break
-        except (AssertionError, subprocess.TimeoutExpired):
-            time.sleep(1)
+    try:
+        time.sleep(1.5)
+        started = time.monotonic()
+        result = cli(
+            "backup",
+            "--repo",
+            str(tmp_path / "r"),
+            "--json",
+            "--freeze",
+            "required",
+            "--agent-timeout",
+            "5",
+            "--domain",
+            "lab-guest",
+        )
+        elapsed = time.monotonic() - started
+        assert result.returncode == 1, result.stdout + result.stderr
+        dom = domain_report(result.json(), "lab-guest")
+        assert dom["status"] == "failed"
+        assert "freeze" in dom["error"].lower(), dom["error"]
+        assert elapsed < 60, f"the failed freeze took {elapsed:.0f} s"
+        # No snapshot was created or leaked.
+        assert {img: tool_snapshots(img) for img in before} == before
+    finally:
+        # Whatever happened, wait until the agent is back, so later tests find it answering.
+        deadline = time.monotonic() + 40
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                status = agent("lab-guest", "guest-fsfreeze-status")
+                break
+            except (AssertionError, subprocess.TimeoutExpired):
+                time.sleep(1)
     assert status == "thawed"

@@ -54,22 +54,23 @@ def test_cli_bad_target_exits_2_with_the_syntax(
 
 @pytest.mark.parametrize("target", ["rbd:rbd/web1-root", "rbd:rbd/tenant/web1-root", "/srv/restore/vda.raw"])
 def test_good_targets_pass_to_the_engine(target: str, empty_repo: Path) -> None:
-    # The engine gets as far as looking for the domain's backups.
-    with pytest.raises(virt_rbd_backup.RepositoryError, match="web1"):
+    # The engine gets as far as looking for the domain's backups; an unknown domain is the
+    # operator's input, so a usage error (exit 2), as for prune.
+    with pytest.raises(virt_rbd_backup.UsageError, match="web1"):
         virt_rbd_backup.restore("web1", to=target, repo=empty_repo)
 
 
 def test_a_path_object_is_always_a_file(empty_repo: Path) -> None:
     # As a string "rbd:x" would be a bad RBD target; as a path it is a file named so.
-    with pytest.raises(virt_rbd_backup.RepositoryError, match="web1"):
+    with pytest.raises(virt_rbd_backup.UsageError, match="web1"):
         virt_rbd_backup.restore("web1", to=Path("rbd:x"), repo=empty_repo)
 
 
-def test_cli_restore_of_a_domain_without_backups_exits_1(
+def test_cli_restore_of_a_domain_without_backups_exits_2(
     empty_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = tmp_path / "never-written.raw"
-    assert cli.main(["restore", "web1", "--to", str(target), "--repo", str(empty_repo)]) == 1
+    assert cli.main(["restore", "web1", "--to", str(target), "--repo", str(empty_repo)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: ")

@@ -61,9 +61,9 @@ def test_cli_prints_one_corrupt_line_and_exits_1(damaged_repo: Path, capsys: pyt
 
 
 def test_unknown_domain_cannot_be_verified(empty_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(virt_rbd_backup.RepositoryError, match="web9"):
+    with pytest.raises(virt_rbd_backup.UsageError, match="web9"):
         virt_rbd_backup.verify("web9", repo=empty_repo)
-    assert cli.main(["verify", "web9", "--repo", str(empty_repo)]) == 1
+    assert cli.main(["verify", "web9", "--repo", str(empty_repo)]) == 2
     assert "web9" in capsys.readouterr().err
 
 
