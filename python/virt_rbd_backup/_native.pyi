@@ -27,6 +27,7 @@ __all__ = [
     "plan",
     "prune",
     "restore",
+    "snapshot_name",
     "verify",
 ]
 
@@ -108,6 +109,14 @@ def ceph_key(
     The secret is looked up by ``secret_uuid``, else by ``secret_usage``; ``domain`` and
     ``username`` only name it in errors (:class:`LibvirtError`). The key is returned as a plain
     string: only for callers that ask for it outright.
+    """
+
+def snapshot_name(owner: str, unix_time: float) -> str:
+    """Return the name of this tool's snapshot for a backup by ``owner`` started at ``unix_time``.
+
+    ``owner`` is a repository id, or ``"restic"`` for backups into restic; the name is
+    ``virt-rbd-backup-OWNER-YYYYMMDDTHHMMSS.mmmZ`` (UTC). A negative or infinite time is a
+    :class:`UsageError`.
     """
 
 def list_domains(connect: str, domains: Sequence[str]) -> list[dict[str, Any]]:

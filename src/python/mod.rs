@@ -40,8 +40,8 @@ use crate::engine::restic::{self, ResticTarget};
 use crate::engine::{
     self, BackupEvent, BackupOptions, CancelToken, EventSink, RestoreOptions, RestoreTarget,
 };
-use crate::libvirt::HypervisorConnection;
 use crate::error::Error;
+use crate::libvirt::HypervisorConnection;
 use crate::plan::retention::KeepOptions;
 
 /// How often a waiting call attaches to the interpreter to run signal handlers.
@@ -451,6 +451,23 @@ fn ceph_key(
     result.map_err(to_py_err)
 }
 
+/// The name this tool gives the snapshot of a backup by `owner` (a repository id, or
+/// `restic`) started at `unix_time` (seconds), so that Python never re-implements the rule.
+#[pyfunction]
+#[pyo3(signature = (owner, unix_time))]
+fn snapshot_name(owner: &str, unix_time: f64) -> PyResult<String> {
+    if !unix_time.is_finite() || unix_time < 0.0 {
+        return Err(UsageError::new_err(format!(
+            "not a time: {unix_time} (Unix seconds expected)"
+        )));
+    }
+    let secs = unix_time.trunc();
+    // Rounded: a float such as 1795686763.007 holds .00699..., which is 7 ms.
+    let millis = ((unix_time - secs) * 1000.0).round().min(999.0) as u32;
+    let backup_id = crate::plan::backup_id_from_unix(secs as i64, millis);
+    Ok(crate::plan::snapshot_name(owner, &backup_id))
+}
+
 /// Lists domains and what a backup would do with their disks, as a list of dicts.
 #[pyfunction]
 #[pyo3(signature = (connect, domains))]
@@ -566,6 +583,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(list_restic, m)?)?;
     m.add_function(wrap_pyfunction!(ceph_key, m)?)?;
+    m.add_function(wrap_pyfunction!(snapshot_name, m)?)?;
     m.add("BackupError", py.get_type::<BackupError>())?;
     m.add("UsageError", py.get_type::<UsageError>())?;
     m.add("LibvirtError", py.get_type::<LibvirtError>())?;

@@ -62,6 +62,7 @@ def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
         "verify",
         "prune",
         "ceph_key",
+        "snapshot_name",
     }
     for name in functions:
         assert callable(getattr(_native, name)), name
