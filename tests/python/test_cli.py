@@ -911,3 +911,250 @@ def test_prune_without_keep_option_exits_2_with_the_cores_message(
     fake_repo_core["prune"] = virt_rbd_backup.UsageError(message)
     assert cli.main(["prune"]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+# -------------------------------------------------------------------------- restic, plan, timeouts
+
+
+def test_backup_timeouts_and_restic_flags() -> None:
+    args = cli.parse_args(
+        [
+            "--agent-timeout",
+            "5",
+            "--freeze-timeout",
+            "12",
+            "--restic-repo",
+            "/srv/restic",
+            "--restic-password-file",
+            "/etc/pw",
+        ]
+    )
+    assert (args.agent_timeout, args.freeze_timeout) == (5, 12)
+    assert (args.restic_repo, args.restic_password_file, args.restic_binary) == ("/srv/restic", "/etc/pw", "restic")
+    assert (cli.parse_args([]).agent_timeout, cli.parse_args([]).freeze_timeout) == (30, 30)
+
+
+def test_backup_into_restic_passes_the_target(fake_core: dict[str, Any]) -> None:
+    assert cli.main(["--restic-repo", "/srv/restic", "--restic-password-file", "/etc/pw", "--agent-timeout", "5"]) == 0
+    assert fake_core["options"]["restic"] == virt_rbd_backup.ResticTarget(
+        repository="/srv/restic", password_file="/etc/pw"
+    )
+    assert fake_core["options"]["agent_timeout"] == 5
+
+
+@pytest.mark.parametrize("flag", ["--restic-password", "--restic-password=hunter2"])
+def test_a_password_on_the_command_line_is_refused_without_echoing_it(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["backup", "--restic-repo", "/srv/restic", flag]
+    if "=" not in flag:
+        argv.append("hunter2")
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "never taken on the command line" in err
+    assert "hunter2" not in err
+
+
+def test_option_prefixes_are_not_taken_for_options(capsys: pytest.CaptureFixture[str]) -> None:
+    # Without this, argparse would read `--restic-pass SECRET` as the password *file* SECRET.
+    with pytest.raises(SystemExit):
+        cli.parse_args(["backup", "--restic-pass", "x"])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["backup", "--work", "2"])
+
+
+def test_repo_and_restic_repo_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse_args(["backup", "--repo", "/b", "--restic-repo", "/r"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_a_password_file_without_restic_repo_is_a_usage_error(
+    fake_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--restic-password-file", "/etc/pw"]) == 2
+    assert "--restic-password-file needs --restic-repo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["backup"], 2),
+        (["list", "--restic-repo", "/r"], 2),
+        (["restore", "web1", "--restic-repo", "/r", "--to", "/x"], 1),
+    ],
+)
+def test_restic_failures_exit_status(command: list[str], expected: int) -> None:
+    # Wrong password, no repository: the run could not start (backup, list); the restore failed.
+    assert cli.error_status(command[0], virt_rbd_backup.ResticError("restic snapshots failed")) == expected
+    assert cli.error_status(command[0], virt_rbd_backup.UsageError("no password")) == 2
+
+
+PLAN = {
+    "domains": [
+        {
+            "name": "web1",
+            "uuid": UUID_A,
+            "active": True,
+            "would_freeze": True,
+            "disks": [
+                {
+                    "target": "vda",
+                    "image": "rbd/web1-a",
+                    "size": 10 * 1024**3,
+                    "kind": "incremental",
+                    "reason": None,
+                    "parent_backup": "20261126T100000.000Z",
+                    "estimated_bytes": 40 * 1024**2,
+                },
+                {
+                    "target": "vdb",
+                    "image": "rbd/web1-b",
+                    "size": 1024**3,
+                    "kind": "full",
+                    "reason": "the base snapshot is gone",
+                    "parent_backup": None,
+                    "estimated_bytes": 8 * 1024**2,
+                },
+            ],
+            "skipped_disks": [{"target": "hdc", "reason": "not_network"}],
+            "error": None,
+        },
+        {
+            "name": "off1",
+            "uuid": UUID_B,
+            "active": False,
+            "would_freeze": False,
+            "disks": [
+                {
+                    "target": "vda",
+                    "image": "rbd/off1-a",
+                    "size": 1024**3,
+                    "kind": "full",
+                    "reason": None,
+                    "parent_backup": None,
+                    "estimated_bytes": 4 * 1024**2,
+                }
+            ],
+            "skipped_disks": [],
+            "error": None,
+        },
+        {
+            "name": "db1",
+            "uuid": UUID_C,
+            "active": True,
+            "would_freeze": True,
+            "disks": [],
+            "skipped_disks": [],
+            "error": "rbd_open failed for rbd/db1: No such file or directory (errno 2)",
+        },
+    ],
+    "estimated_bytes": 52 * 1024**2,
+}
+
+PLAN_LINES = [
+    f"web1 {UUID_A} (running, would freeze)",
+    "  vda: rbd/web1-a 10.0 GiB, incremental on 20261126T100000.000Z, about 40.0 MiB to read",
+    "  vdb: rbd/web1-b 1.0 GiB, full (the base snapshot is gone), about 8.0 MiB to read",
+    "  hdc: skipped, not a network disk",
+    f"off1 {UUID_B} (shut off)",
+    "  vda: rbd/off1-a 1.0 GiB, full, about 4.0 MiB to read",
+    f"db1 {UUID_C} (running, would freeze)",
+    "  error: rbd_open failed for rbd/db1: No such file or directory (errno 2)",
+    "Estimated: about 52.0 MiB to read from 3 disks of 3 domains; nothing was changed",
+]
+
+
+def test_plan_lines() -> None:
+    assert cli.format_plan(virt_rbd_backup.BackupPlan.from_dict(PLAN)) == PLAN_LINES
+    assert cli.format_plan(virt_rbd_backup.BackupPlan.from_dict(PLAN), quiet=True) == PLAN_LINES[6:8]
+
+
+@pytest.fixture
+def fake_plan(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    state: dict[str, Any] = {"calls": [], "result": PLAN}
+
+    def plan_json(**options: Any) -> dict[str, Any]:
+        state["calls"].append(options)
+        return state["result"]  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(cli, "_plan_json", plan_json)
+    return state
+
+
+@pytest.mark.parametrize("argv", [["plan"], ["backup", "--dry-run"], ["--dry-run"]])
+def test_plan_and_dry_run_print_the_plan_and_exit_1_when_a_domain_cannot_be_planned(
+    argv: list[str], fake_plan: dict[str, Any], fake_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main([*argv, "--domain", "web1", "--mode", "full", "--restic-repo", "/r"]) == 1
+    assert capsys.readouterr().out.splitlines() == PLAN_LINES
+    assert "options" not in fake_core, "no backup was run"
+    (options,) = fake_plan["calls"]
+    assert (options["domains"], options["mode"]) == (["web1"], "full")
+    assert options["restic"] == virt_rbd_backup.ResticTarget(repository="/r")
+    fake_plan["result"] = {**PLAN, "domains": PLAN["domains"][:2]}  # type: ignore[index]
+    assert cli.main(argv) == 0
+
+
+def test_plan_json_prints_the_cores_plan(fake_plan: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == PLAN
+
+
+RESTIC_SNAPSHOTS = [
+    {
+        "id": "4f1c2a9e0b5ac0ffee015e3c0b1a7a2d4f1c2a9e0b5ac0ffee015e3c0b1a7a2d",
+        "time": "2026-11-26T10:34:00.123456789Z",
+        "host": "hv1",
+        "domain_uuid": UUID_A,
+        "domain": "web1",
+        "disk": "vda",
+        "file": "web1-a.img",
+    },
+    {
+        "id": "bb22aa11" + "0" * 56,
+        "time": "2026-11-26T10:35:00Z",
+        "host": "hv1",
+        "domain_uuid": UUID_B,
+        "domain": "db1",
+        "disk": "vda",
+        "file": "db1-a.img",
+    },
+]
+
+
+def test_list_restic_lines_filtered_by_domain(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[Any] = []
+
+    def list_restic(target: Any, domain: Any) -> list[dict[str, Any]]:
+        calls.append((target, domain))
+        return RESTIC_SNAPSHOTS
+
+    monkeypatch.setattr(cli, "_list_restic_json", list_restic)
+    assert cli.main(["list", "--restic-repo", "/srv/restic", "--restic-password-file", "/etc/pw", "web1"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"web1 {UUID_A} vda 4f1c2a9e 2026-11-26T10:34:00.123456789Z hv1 web1-a.img"
+    ]
+    assert calls == [(virt_rbd_backup.ResticTarget(repository="/srv/restic", password_file="/etc/pw"), None)]
+    assert cli.main(["list", "--restic-repo", "/srv/restic", "--domain", UUID_B, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == RESTIC_SNAPSHOTS[1:]
+
+
+def test_restore_from_restic_passes_the_target_and_claims_no_checksum(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_ = restore_report(["4f1c2a9e"], target="/srv/x.raw")
+    report_["checksum"] = ""
+    fake_repo_core["restore"] = report_
+    argv = ["restore", "web1", "--restic-repo", "/srv/restic", "--backup", "4f1c", "--to", "/srv/x.raw"]
+    assert cli.main(argv) == 0
+    assert fake_repo_core["calls"][0][2]["restic"] == virt_rbd_backup.ResticTarget(repository="/srv/restic")
+    out = capsys.readouterr().out
+    assert (
+        out == f"Restored web1 disk vda from restic snapshot {report_['backup_id']} to /srv/x.raw: 10737418240 bytes\n"
+    )
+    assert "checksum" not in out
