@@ -54,7 +54,6 @@ pub use restore::{
 };
 pub use verify::{verify, verify_with_source, SourceOptions, VerifyProblem, VerifyReport};
 
-use crate::ceph::CephTimeouts;
 use crate::error::Error;
 use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
 use crate::repo::Repository;
@@ -114,6 +113,12 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
     }
     if options.bwlimit == Some(0) {
         return Err(Error::Usage("--bwlimit must be positive".into()));
+    }
+    if options.ceph_timeout == 0 || options.ceph_timeout > 86400 {
+        return Err(Error::Usage(format!(
+            "the Ceph timeout must be between 1 and 86400 seconds, not {}",
+            options.ceph_timeout
+        )));
     }
     if options.full_every == Some(0) {
         return Err(Error::Usage("--full-every must be at least 1".into()));
@@ -197,7 +202,7 @@ pub fn run_backup(
         }
     }
 
-    let ceph = ConnectionCache::new(CephTimeouts::default());
+    let ceph = ConnectionCache::new(options.ceph_timeouts());
     let limit = options.bwlimit.map(export::BandwidthLimit::new);
     let ctx = RunContext {
         limit: limit.as_ref(),

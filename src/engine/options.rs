@@ -57,12 +57,22 @@ pub struct BackupOptions {
     pub agent_timeout: u32,
     /// Longest a guest may stay frozen: past it the watchdog thaws it and the domain fails.
     pub freeze_timeout: u32,
+    /// Seconds a Ceph monitor or OSD operation may take before the domain fails.
+    pub ceph_timeout: u32,
     /// Compress stored files: `zstd` or `zstd:LEVEL` (1-19).
     pub compress: Option<String>,
     /// Total read rate of the run in bytes per second (all disks together), if limited.
     pub bwlimit: Option<u64>,
     /// Send the disks to restic instead of the repository folder.
     pub restic: Option<super::restic::ResticTarget>,
+}
+
+impl BackupOptions {
+    /// The Ceph timeouts these options ask for.
+    pub fn ceph_timeouts(&self) -> crate::ceph::CephTimeouts {
+        let t = std::time::Duration::from_secs(u64::from(self.ceph_timeout.max(1)));
+        crate::ceph::CephTimeouts { monitor: t, osd: t }
+    }
 }
 
 impl Default for BackupOptions {
@@ -82,6 +92,7 @@ impl Default for BackupOptions {
             restic: None,
             bwlimit: None,
             compress: None,
+            ceph_timeout: 60,
         }
     }
 }

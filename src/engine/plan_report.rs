@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::ceph::{CephTimeouts, RbdImage};
+use crate::ceph::RbdImage;
 use crate::error::Error;
 use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection, RbdDiskSpec};
 use crate::plan::{blocks_to_read, ByteRange, DiskPlan, HASH_BLOCK_SIZE};
@@ -66,7 +66,7 @@ pub struct BackupPlan {
 pub fn plan_backup(options: &BackupOptions) -> Result<BackupPlan, Error> {
     let libvirt = HypervisorConnection::open(&options.connect)?;
     let repo = Repository::open(&options.repo).ok();
-    let ceph = ConnectionCache::new(CephTimeouts::default());
+    let ceph = ConnectionCache::new(options.ceph_timeouts());
     let mut domains = Vec::new();
     for info in libvirt.list_domains(&options.domains)? {
         let mut planned = PlannedDomain {
