@@ -1,0 +1,146 @@
+"""Faults of the cluster and the hypervisor during a run: every case ends in bounded time with a
+clear per-domain error (or a clear run error when libvirt itself is gone), leaks nothing that
+the next run does not clean up, and the next run succeeds once the fault is gone.
+
+Daemons are stopped with SIGSTOP (a hang, the hard case for timeouts) and resumed with SIGCONT:
+the lab's OSD keeps its data in memory, so it must never be killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from lab_support import cli, domain_report, repo_snapshots, require_lab, virsh
+
+pytestmark = pytest.mark.lab
+
+
+def pids(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+@contextmanager
+def stopped(name: str) -> Iterator[None]:
+    targets = pids(name)
+    assert targets, f"no {name} process"
+    for pid in targets:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in targets:
+            os.kill(pid, signal.SIGCONT)
+
+
+def restart_libvirtd() -> None:
+    """Starts libvirtd again the way lab/lab.sh does, and records it as the lab's, so
+    `lab.sh down` still stops it."""
+    lab_dir = Path(os.environ.get("LAB_DIR", "/var/lib/virt-rbd-backup-lab"))
+    env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{lab_dir}/log/libvirtd.log")
+    subprocess.run(["libvirtd", "-d"], cwd="/", env=env, check=True)
+    marker = lab_dir / "run" / "libvirtd.lab-started"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pid = Path("/run/libvirtd.pid").read_text().strip() if Path("/run/libvirtd.pid").exists() else ""
+        if pid and Path(f"/proc/{pid}").exists():
+            if marker.parent.exists():
+                marker.write_text(pid + "\n")
+            return
+        time.sleep(0.2)
+
+
+def test_a_hung_monitor_fails_the_domain_within_the_ceph_timeout(tmp_path: Path) -> None:
+    require_lab()
+    repo = tmp_path / "repo"
+    with stopped("ceph-mon"):
+        started = time.monotonic()
+        result = cli("backup", "--repo", str(repo), "--json", "--ceph-timeout", "5", "--domain", "lab-off")
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stdout + result.stderr
+    dom = domain_report(result.json(), "lab-off")
+    assert dom["status"] == "failed"
+    assert "cannot connect to Ceph" in dom["error"], dom["error"]
+    assert elapsed < 30, elapsed
+    again = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_hung_osd_during_the_export_fails_the_domain_and_the_next_run_cleans_up(tmp_path: Path) -> None:
+    require_lab()
+    repo = tmp_path / "repo"
+    first = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
+    assert first.returncode == 0, first.stderr
+    env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE="exported:4")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "virt_rbd_backup",
+            "backup",
+            "--mode",
+            "full",
+            "--ceph-timeout",
+            "5",
+            "--repo",
+            str(repo),
+            "--json",
+            "--domain",
+            "lab-off",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)
+    with stopped("ceph-osd"):
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    dom = domain_report(json.loads(out), "lab-off")
+    assert proc.returncode == 1
+    assert dom["status"] == "failed", dom
+    folder = next(p for p in repo.iterdir() if p.is_dir())
+    assert not [p for p in folder.iterdir() if p.name.startswith(".partial-")]
+    # Once the OSD answers again, the next run succeeds and leaves only its own base.
+    again = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
+    assert again.returncode == 0, again.stderr
+    base = domain_report(again.json(), "lab-off")["disks"][0]["snapshot"]
+    assert repo_snapshots("rbd/lab-off-a", repo) == [base]
+
+
+def test_libvirtd_gone_is_a_clear_run_error_and_the_next_run_works(tmp_path: Path) -> None:
+    require_lab()
+    daemons = pids("libvirtd")
+    assert daemons
+    for pid in daemons:
+        os.kill(pid, signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + 30
+        while pids("libvirtd") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        result = cli("backup", "--repo", str(tmp_path / "repo"), "--domain", "lab-off")
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "libvirt" in result.stderr and "libvirtd" in result.stderr, result.stderr
+    finally:
+        restart_libvirtd()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if virsh("version", check=False).returncode == 0:
+                break
+            time.sleep(0.5)
+    # The running guest survived (QEMU does not depend on libvirtd) and backups work again.
+    assert "running" in virsh("domstate", "lab-guest").stdout
+    again = cli("backup", "--repo", str(tmp_path / "repo"), "--domain", "lab-off")
+    assert again.returncode == 0, again.stderr
