@@ -242,9 +242,11 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virt_rbd_backup.rbd.plugins.module_utils.api import (
+    LIBRARY,
     as_dict,
     call_options,
     error_message,
+    library_version,
     require_library,
     virt_rbd_backup,
 )
@@ -261,9 +263,11 @@ NEEDED = (
     "full_every",
     "agent_timeout",
     "freeze_timeout",
-    "restic_repo",
-    "restic_password_file",
+    "restic",
 )
+
+# Options that change a plan; the timeouts and the freeze details do not.
+PLAN_NEEDED = ("connect", "domains", "repo", "mode", "full_every", "restic")
 
 
 def argument_spec():
@@ -285,8 +289,22 @@ def argument_spec():
     )
 
 
-def library_options(params):
+def restic_target(module):
+    """The package's restic target from restic_repo and restic_password_file (None: no restic)."""
+    params = module.params
+    if params["restic_repo"] is None:
+        return None
+    if not hasattr(virt_rbd_backup, "ResticTarget"):
+        module.fail_json(
+            msg="the installed %s %s cannot back up into restic; upgrade it on the managed host"
+            % (LIBRARY, library_version() or "(unknown version)")
+        )
+    return virt_rbd_backup.ResticTarget(repository=params["restic_repo"], password_file=params["restic_password_file"])
+
+
+def library_options(module):
     """The package's keyword arguments from the module's parameters (None: package default)."""
+    params = module.params
     return dict(
         connect=params["connect"],
         domains=params["domains"],
@@ -299,8 +317,7 @@ def library_options(params):
         full_every=params["full_every"],
         agent_timeout=params["agent_timeout"],
         freeze_timeout=params["freeze_timeout"],
-        restic_repo=params["restic_repo"],
-        restic_password_file=params["restic_password_file"],
+        restic=restic_target(module),
     )
 
 
@@ -374,7 +391,7 @@ def run_plan(module, options):
             )
             plan = listing_plan(module, options)
         else:
-            plan = as_dict(plan_function(**call_options(module, plan_function, options, NEEDED)))
+            plan = as_dict(plan_function(**call_options(module, plan_function, options, PLAN_NEEDED)))
     except virt_rbd_backup.BackupError as exc:
         module.fail_json(msg=error_message("virt-rbd-backup could not plan the backup", exc), failed_domains=[])
     domains = plan.get("domains", [])
@@ -402,7 +419,7 @@ def main():
         # The module's own process and the restic processes the core starts read it from here;
         # it never appears on a command line.
         os.environ["RESTIC_PASSWORD"] = module.params["restic_password"]
-    options = library_options(module.params)
+    options = library_options(module)
     if module.check_mode:
         run_plan(module, options)
     else:
