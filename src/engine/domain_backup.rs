@@ -23,6 +23,7 @@ use super::export::{
     export_full, export_full_diff, export_incremental, export_stream, BandwidthLimit,
     ExportProgress, IncrementalBase, ReadPipeline,
 };
+use super::monitor_quiet::MonitorQuiet;
 use super::options::{parse_compression, BackupOptions, FreezePolicy};
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 use super::restic::{host_name, ResticTarget};
@@ -32,6 +33,8 @@ use super::CancelToken;
 
 /// What every domain of a run shares.
 pub(super) struct RunContext<'a> {
+    /// Turns between freezes and snapshot removals across domains.
+    pub quiet: &'a MonitorQuiet,
     /// The run's read rate limit.
     pub limit: Option<&'a BandwidthLimit>,
     pub options: &'a BackupOptions,
@@ -508,20 +511,24 @@ fn back_up_to_repo(
         for guard in guards {
             guard.keep();
         }
+        let mut stale = Vec::new();
         for image in images {
             for snap in image.snapshots()? {
                 if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
-                    if let Err(e) = image.remove_snapshot(&snap.name) {
-                        warn(
-                            ctx,
-                            report,
-                            format!(
-                                "backup is complete, but the old snapshot {}@{} could not be removed: {e}",
-                                image.spec(),
-                                snap.name
-                            ),
-                        );
-                    }
+                    stale.push((image, snap.name));
+                }
+            }
+        }
+        if !stale.is_empty() {
+            // Removals make the monitor commit: never while another domain is frozen.
+            let _permit = ctx.quiet.removal_permit();
+            for (image, name) in stale {
+                if let Err(e) = image.remove_snapshot(&name) {
+                    warn(
+                        ctx,
+                        report,
+                        format!("backup is complete, but the old snapshot {}@{name} could not be removed: {e}", image.spec()),
+                    );
                 }
             }
         }
@@ -575,8 +582,12 @@ fn snapshot_domain<'i>(
     let policy = ctx.options.freeze;
     let mut freeze_guard = None;
     let mut watchdog = None;
+    // Held until this function returns, after the thaw: no removal of another domain runs
+    // meanwhile, and none ran in the propose interval before.
+    let mut _freeze_permit = None;
     let freeze_timeout = Duration::from_secs(u64::from(ctx.options.freeze_timeout));
     if active && policy != FreezePolicy::Off {
+        _freeze_permit = Some(ctx.quiet.freeze_permit());
         report.freeze.attempted = true;
         // Started before the freeze: a process spawn inside the window would lengthen it.
         match ThawWatchdog::start(ctx.libvirt.uri(), &job.uuid, freeze_timeout) {

@@ -6,7 +6,9 @@
 //! 2. Before any freeze: read the Ceph keys from libvirt, connect (connections are cached by
 //!    monitors, user and key), open every pool and image, check them. Nothing that can be done
 //!    outside the freeze is done inside it.
-//! 3. If the domain runs and the freeze policy allows: freeze the guest filesystems
+//! 3. If the domain runs and the freeze policy allows: wait for the monitor to be quiet
+//!    (`monitor_quiet`: no other domain's snapshot removal running or in the last propose
+//!    interval), start the out-of-process thaw watchdog, then freeze the guest filesystems
 //!    (`FreezeGuard`, which thaws on drop). Policy `auto` falls back to crash-consistent
 //!    snapshots when the agent does not answer; `required` fails the domain.
 //! 4. Create every disk's snapshot concurrently (one thread per disk: concurrent creates share
@@ -15,10 +17,12 @@
 //! 5. After the thaw: export each snapshot (allocated blocks only, `queue_depth` reads in
 //!    flight) into `.partial-<id>/`.
 //! 6. Write the manifest, fsync, rename the folder into place: only now is it a backup.
-//! 7. Keep the new snapshots as the base of the next incremental and remove every other tool
-//!    snapshot of the disks (the previous base, leftovers of killed runs). A failure here is a
-//!    warning: the backup is complete. So at any time the only tool snapshots are the recorded
-//!    bases of complete backups, plus those of a run in progress.
+//! 7. Keep the new snapshots as the base of the next incremental and remove every other
+//!    snapshot of this repository on the disks (the previous base, leftovers of killed runs),
+//!    waiting until no other domain of the run is freezing. A failure here is a warning: the
+//!    backup is complete. So at any time a repository's only snapshots are the recorded bases
+//!    of its complete backups, plus those of a run in progress. Snapshots carry the
+//!    repository's id: other repositories' snapshots are never touched.
 //!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
@@ -29,6 +33,7 @@ mod domain_backup;
 pub mod events;
 mod export;
 pub mod listing;
+mod monitor_quiet;
 pub mod options;
 pub mod plan_report;
 pub mod prune;
@@ -204,7 +209,9 @@ pub fn run_backup(
 
     let ceph = ConnectionCache::new(options.ceph_timeouts());
     let limit = options.bwlimit.map(export::BandwidthLimit::new);
+    let quiet = monitor_quiet::MonitorQuiet::new(monitor_quiet::PROPOSE_INTERVAL);
     let ctx = RunContext {
+        quiet: &quiet,
         limit: limit.as_ref(),
         options,
         libvirt: &libvirt,
