@@ -310,6 +310,18 @@ def test_restic_password_reaches_restic_and_is_never_shown(ansible: Ansible, tmp
     listed = json.loads(run([restic, "snapshots", "--json"], env=restic_env).stdout)
     assert len(listed) == 1, listed
     assert any("lab-off" in tag for tag in listed[0]["tags"]), listed[0]["tags"]
+    # And back from restic, the password again only through the environment.
+    target = tmp_path / "lab-off-vda.raw"
+    restore = {"domain": "lab-off", "to": str(target), "restic_repo": repository, "restic_password": secret}
+    would = ansible.task("restore", restore, check=True)
+    assert not would.get("failed"), would
+    assert would["would_restore"] == {"backup_id": listed[0]["id"], "disk": "vda", "target": str(target)}
+    assert not target.exists()
+    (done,), proc = ansible.play([("restore", restore)], verbosity=3)
+    assert secret not in proc.stdout + proc.stderr
+    assert not done.get("failed"), done
+    # lab-off is shut off: its image is what was backed up.
+    assert file_sha256(target) == rbd_export_sha256("rbd/lab-off-a")
 
 
 def test_restore_task_reproduces_the_disk(ansible: Ansible, backed_up: BackedUp, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ older package fails with "upgrade" rather than a TypeError), and one way to word
 
 import dataclasses
 import inspect
+import os
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
@@ -69,6 +70,39 @@ def call_options(module, function, options, needed=()):
                 % (LIBRARY, library_version() or "(unknown version)", name, function.__name__)
             )
     return kwargs
+
+
+RESTIC_OPTIONS = dict(
+    restic_repo=dict(type="str"),
+    restic_password_file=dict(type="path", no_log=False),
+    restic_password=dict(type="str", no_log=True),
+)
+"""The restic options of the modules that can use a restic repository."""
+
+RESTIC_RULES = dict(
+    mutually_exclusive=[("restic_password", "restic_password_file")],
+    required_by=dict(restic_password="restic_repo", restic_password_file="restic_repo"),
+)
+"""AnsibleModule keyword arguments that go with RESTIC_OPTIONS."""
+
+
+def restic_target(module):
+    """The package's restic target from the module's restic options; None without restic_repo.
+
+    restic_password goes into this module process's environment as RESTIC_PASSWORD, where the
+    core's restic processes read it: never a command line, never a file.
+    """
+    params = module.params
+    if params["restic_repo"] is None:
+        return None
+    if not hasattr(virt_rbd_backup, "ResticTarget"):
+        module.fail_json(
+            msg="the installed %s %s cannot use restic; upgrade it on the managed host"
+            % (LIBRARY, library_version() or "(unknown version)")
+        )
+    if params["restic_password"] is not None:
+        os.environ["RESTIC_PASSWORD"] = params["restic_password"]
+    return virt_rbd_backup.ResticTarget(repository=params["restic_repo"], password_file=params["restic_password_file"])
 
 
 def error_message(action, exc):

@@ -238,16 +238,15 @@ failed_domains:
   sample: [db]
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virt_rbd_backup.rbd.plugins.module_utils.api import (
-    LIBRARY,
+    RESTIC_OPTIONS,
+    RESTIC_RULES,
     as_dict,
     call_options,
     error_message,
-    library_version,
     require_library,
+    restic_target,
     virt_rbd_backup,
 )
 
@@ -283,23 +282,8 @@ def argument_spec():
         full_every=dict(type="int"),
         agent_timeout=dict(type="int"),
         freeze_timeout=dict(type="int"),
-        restic_repo=dict(type="str"),
-        restic_password_file=dict(type="path", no_log=False),
-        restic_password=dict(type="str", no_log=True),
+        **RESTIC_OPTIONS
     )
-
-
-def restic_target(module):
-    """The package's restic target from restic_repo and restic_password_file (None: no restic)."""
-    params = module.params
-    if params["restic_repo"] is None:
-        return None
-    if not hasattr(virt_rbd_backup, "ResticTarget"):
-        module.fail_json(
-            msg="the installed %s %s cannot back up into restic; upgrade it on the managed host"
-            % (LIBRARY, library_version() or "(unknown version)")
-        )
-    return virt_rbd_backup.ResticTarget(repository=params["restic_repo"], password_file=params["restic_password_file"])
 
 
 def library_options(module):
@@ -411,14 +395,9 @@ def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
         supports_check_mode=True,
-        mutually_exclusive=[("restic_password", "restic_password_file")],
-        required_by=dict(restic_password="restic_repo", restic_password_file="restic_repo"),
+        **RESTIC_RULES
     )
     require_library(module)
-    if module.params["restic_password"] is not None:
-        # The module's own process and the restic processes the core starts read it from here;
-        # it never appears on a command line.
-        os.environ["RESTIC_PASSWORD"] = module.params["restic_password"]
     options = library_options(module)
     if module.check_mode:
         run_plan(module, options)

@@ -13,8 +13,10 @@ description:
   - The backup's chain (its full backup, then each incremental) is replayed, every stored file
     checked against its checksum, and the result compared with the backup's content checksum
     before it is renamed into place; a failure leaves no partial target.
+  - It can also restore from a restic repository that the backup module wrote to
+    (O(restic_repo)); restic checks its own data as it reads.
   - In check mode nothing is written; the module checks that the backup and disk exist in the
-    repository and returns which backup would be restored.
+    repository (or restic) and returns which backup would be restored.
 version_added: "0.1.0"
 author:
   - virt-rbd-backup contributors (!UNKNOWN)
@@ -36,7 +38,9 @@ options:
     description: The disk, for example C(vda); may be left out when the backup has one disk.
     type: str
   backup:
-    description: Backup id, or C(latest).
+    description:
+      - Backup id, or C(latest).
+      - With O(restic_repo), a restic snapshot id (a prefix will do) or C(latest).
     type: str
     default: latest
   force:
@@ -61,6 +65,23 @@ options:
     description: libvirt URI, to read the domain's Ceph key when no O(ceph_conf) is given.
     type: str
     default: qemu:///system
+  restic_repo:
+    description:
+      - Restore from this restic repository instead of O(repo).
+      - An RBD target then needs O(ceph_conf) (restic keeps no domain XML).
+      - Needs a version of the package that has restic; the task fails and says so otherwise.
+    type: str
+  restic_password_file:
+    description:
+      - File on the managed host holding the restic repository password.
+      - Without it and without O(restic_password), restic reads C(RESTIC_PASSWORD*) from the
+        environment.
+    type: path
+  restic_password:
+    description:
+      - The restic repository password.
+      - Never logged and never on a command line; it reaches restic through its environment.
+    type: str
 notes:
   - A restore always writes its target, so the result is C(changed) whenever it succeeds.
 attributes:
@@ -127,7 +148,7 @@ report:
       type: int
       returned: always
     checksum:
-      description: The backup's content checksum, verified on the restored data.
+      description: The backup's content checksum, verified on the restored data (empty for restic).
       type: str
       returned: always
 would_restore:
@@ -136,7 +157,7 @@ would_restore:
   type: dict
   contains:
     backup_id:
-      description: The backup.
+      description: The backup (with restic, the restic snapshot id).
       type: str
       returned: always
     disk:
@@ -153,30 +174,41 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virt_rbd_backup.rbd.plugins.module_utils.api import (
+    RESTIC_OPTIONS,
+    RESTIC_RULES,
     as_dict,
     call_options,
     error_message,
     require_library,
+    restic_target,
     virt_rbd_backup,
 )
 
 
-def would_restore(module, params):
-    """The backup and disk the restore would use, read from the repository only."""
+def choose(module, params, candidates, id_matches):
+    """The backup to restore among ``candidates`` (oldest first); fails the task if none fits."""
+    if params["backup"] in (None, "latest"):
+        chosen = candidates[-1] if candidates else None
+    else:
+        chosen = next((c for c in reversed(candidates) if id_matches(c)), None)
+    if chosen is None:
+        module.fail_json(
+            msg="virt-rbd-backup (check mode): no backup %s of domain %s%s"
+            % (params["backup"], params["domain"], " with disk %s" % params["disk"] if params["disk"] else "")
+        )
+    return chosen
+
+
+def would_restore(module, params, restic):
+    """The backup and disk the restore would use, read from the repository (or restic) only."""
+    if restic is not None:
+        return would_restore_restic(module, params, restic)
     try:
         listings = [as_dict(b) for b in virt_rbd_backup.list_backups(repo=params["repo"], domain=params["domain"])]
     except virt_rbd_backup.BackupError as exc:
         module.fail_json(msg=error_message("virt-rbd-backup could not read the repository", exc))
     complete = [b for b in listings if not b.get("error")]
-    if params["backup"] in (None, "latest"):
-        chosen = complete[-1] if complete else None
-    else:
-        chosen = next((b for b in complete if b["backup_id"] == params["backup"]), None)
-    if chosen is None:
-        module.fail_json(
-            msg="virt-rbd-backup (check mode): no backup %s of domain %s in %s"
-            % (params["backup"], params["domain"], params["repo"])
-        )
+    chosen = choose(module, params, complete, lambda b: b["backup_id"] == params["backup"])
     targets = [d["target"] for d in chosen.get("disks", [])]
     disk = params["disk"]
     if disk is None and len(targets) == 1:
@@ -186,10 +218,37 @@ def would_restore(module, params):
             msg="virt-rbd-backup (check mode): backup %s of domain %s has disks %s; choose one with disk"
             % (chosen["backup_id"], params["domain"], ", ".join(targets))
         )
+    return dict(backup_id=chosen["backup_id"], disk=disk, target=checked_target(module, params))
+
+
+def would_restore_restic(module, params, restic):
+    """The restic snapshot the restore would use: each of them holds one disk of one domain."""
+    if not hasattr(virt_rbd_backup, "list_restic"):
+        module.fail_json(msg="the installed virt-rbd-backup cannot list restic snapshots; upgrade it")
+    try:
+        snapshots = [as_dict(s) for s in virt_rbd_backup.list_restic(restic, domain=params["domain"])]
+    except virt_rbd_backup.BackupError as exc:
+        module.fail_json(msg=error_message("virt-rbd-backup could not list the restic snapshots", exc))
+    disks = sorted(set(s["disk"] for s in snapshots))
+    disk = params["disk"]
+    if disk is None and len(disks) == 1:
+        disk = disks[0]
+    if disk is None:
+        module.fail_json(
+            msg="virt-rbd-backup (check mode): domain %s has disks %s in restic; choose one with disk"
+            % (params["domain"], ", ".join(disks))
+        )
+    of_disk = [s for s in snapshots if s["disk"] == disk]
+    chosen = choose(module, params, of_disk, lambda s: s["id"].startswith(params["backup"]))
+    return dict(backup_id=chosen["id"], disk=disk, target=checked_target(module, params))
+
+
+def checked_target(module, params):
+    """The target, after checking that a file target would not be refused for existing."""
     target = params["to"]
     if not target.startswith("rbd:") and os.path.lexists(target) and not params["force"]:
         module.fail_json(msg="virt-rbd-backup (check mode): the target %s exists; set force to replace it" % target)
-    return dict(backup_id=chosen["backup_id"], disk=disk, target=target)
+    return target
 
 
 def main():
@@ -204,13 +263,16 @@ def main():
             ceph_conf=dict(type="path"),
             ceph_user=dict(type="str"),
             connect=dict(type="str", default="qemu:///system"),
+            **RESTIC_OPTIONS
         ),
         supports_check_mode=True,
+        **RESTIC_RULES
     )
     require_library(module)
     params = module.params
+    restic = restic_target(module)
     if module.check_mode:
-        plan = would_restore(module, params)
+        plan = would_restore(module, params, restic)
         module.exit_json(
             changed=True,
             would_restore=plan,
@@ -226,6 +288,7 @@ def main():
         ceph_conf=params["ceph_conf"],
         ceph_user=params["ceph_user"],
         connect=params["connect"],
+        restic=restic,
     )
     kwargs = call_options(module, virt_rbd_backup.restore, options, needed=tuple(options))
     try:
@@ -235,8 +298,14 @@ def main():
     module.exit_json(
         changed=True,
         report=report,
-        msg="restored domain %s disk %s from backup %s to %s, checksum verified"
-        % (report["domain"], report["disk"], report["backup_id"], report["target"]),
+        msg="restored domain %s disk %s from backup %s to %s%s"
+        % (
+            report["domain"],
+            report["disk"],
+            report["backup_id"],
+            report["target"],
+            ", checksum verified" if report.get("checksum") else "",
+        ),
     )
 
 
