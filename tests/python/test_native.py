@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -296,3 +297,58 @@ def test_python_dash_m_help_works_on_the_installed_package(tmp_path: Path) -> No
     assert proc.stdout.startswith("usage: virt-rbd-backup")
     assert "backup" in proc.stdout
     assert "list" in proc.stdout
+
+
+def test_core_log_records_reach_python_logging_under_their_module_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # libvirt's in-process test driver: a run with no RBD disk creates the repository.
+    repo = tmp_path / "repo"
+    report = virt_rbd_backup.backup(repo=repo, connect="test:///default")
+    assert [d.status for d in report.domains] == ["skipped"]
+    (repo / "not-a-domain").mkdir()
+    with caplog.at_level(logging.DEBUG, logger="virt_rbd_backup"):
+        virt_rbd_backup.prune(keep_last=1, repo=repo, dry_run=True)
+    assert [(r.name, r.levelno) for r in caplog.records if "not-a-domain" in r.getMessage()] == [
+        ("virt_rbd_backup.engine.prune", logging.DEBUG)
+    ]
+    # Configured after the import and changed between calls: the level is honoured each time.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="virt_rbd_backup"):
+        virt_rbd_backup.prune(keep_last=1, repo=repo, dry_run=True)
+    assert not [r for r in caplog.records if "not-a-domain" in r.getMessage()]
+
+
+def test_cli_verbosity_flags_decide_which_core_records_are_shown(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    virt_rbd_backup.backup(repo=repo, connect="test:///default")
+    (repo / "not-a-domain").mkdir()
+
+    def stderr_of(*flags: str) -> str:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "virt_rbd_backup",
+                "prune",
+                *flags,
+                "--keep-last",
+                "1",
+                "--dry-run",
+                "--repo",
+                str(repo),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    record = f"virt_rbd_backup.engine.prune: DEBUG: prune: not-a-domain in {repo} is not a domain folder"
+    assert record in stderr_of("-vv").splitlines()
+    assert "not-a-domain" not in stderr_of("-v")
+    assert "not-a-domain" not in stderr_of()
+    assert "not-a-domain" not in stderr_of("-q")
