@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from lab_support import (
     domain_report,
     domain_uuid,
     file_sha256,
+    rbd,
     rbd_export_sha256,
     repo_snapshots,
     require_lab,
@@ -159,11 +161,20 @@ class BackedUp:
 
 
 @pytest.fixture(scope="module")
-def backed_up(ansible: Ansible, tmp_path_factory: pytest.TempPathFactory) -> BackedUp:
+def backed_up(ansible: Ansible, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackedUp]:
     """One backup task: lab-off (an RBD disk) and lab-local (none) into a new repository."""
     repo = tmp_path_factory.mktemp("ansible-repo") / "repo"
     result = ansible.task("backup", {"connect": connect(), "domains": ["lab-off", "lab-local"], "repo": str(repo)})
-    return BackedUp(repo=repo, result=result)
+    yield BackedUp(repo=repo, result=result)
+    remove_snapshots(repo)
+
+
+def remove_snapshots(repo: Path) -> None:
+    """Removes the incremental bases that repository `repo` keeps in Ceph (it is thrown away)."""
+    if (repo / "virt-rbd-backup-repo.json").is_file():
+        for image in IMAGES:
+            for name in repo_snapshots(image, repo):
+                rbd("snap", "rm", f"{image}@{name}")
 
 
 def snapshots(repo: Path) -> dict[str, list[str]]:
@@ -344,12 +355,13 @@ def test_restore_task_reproduces_the_disk(ansible: Ansible, backed_up: BackedUp,
 
 
 @pytest.fixture
-def two_full_backups(ansible: Ansible, tmp_path: Path) -> Path:
+def two_full_backups(ansible: Ansible, tmp_path: Path) -> Iterator[Path]:
     repo = tmp_path / "repo"
     args = {"connect": connect(), "domains": ["lab-off"], "repo": str(repo), "mode": "full"}
     results, _ = ansible.play([("backup", args), ("backup", args)])
     assert [r["changed"] for r in results] == [True, True], results
-    return repo
+    yield repo
+    remove_snapshots(repo)
 
 
 def test_prune_in_check_mode_removes_nothing_then_prunes(ansible: Ansible, two_full_backups: Path) -> None:
