@@ -145,6 +145,10 @@ pub fn run_backup(
 ) -> Result<BackupReport, Error> {
     validate(options)?;
     let started_at = unix_now();
+    let libvirt = HypervisorConnection::open(&options.connect)?;
+    let domains = libvirt.list_domains(&options.domains)?;
+    // The repository is created only once the run can start: a typo in a domain name must
+    // not leave an empty repository behind.
     let repo = match &options.restic {
         Some(restic) => {
             restic.validate()?;
@@ -152,8 +156,6 @@ pub fn run_backup(
         }
         None => Some(Repository::open_or_create(&options.repo)?),
     };
-    let libvirt = HypervisorConnection::open(&options.connect)?;
-    let domains = libvirt.list_domains(&options.domains)?;
 
     let mut reports: Vec<Option<DomainReport>> = Vec::with_capacity(domains.len());
     let mut jobs: Vec<(usize, DomainJob)> = Vec::new();
