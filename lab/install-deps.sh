@@ -14,7 +14,7 @@ PACKAGES=(
     ceph-mon ceph-osd ceph-common librbd-dev librados-dev
     libvirt-dev libvirt-daemon-system libvirt-daemon-driver-storage-rbd
     qemu-system-x86 qemu-block-extra qemu-guest-agent qemu-utils
-    busybox-static cpio restic e2fsprogs pkg-config
+    busybox-static cpio restic e2fsprogs pkg-config zstd
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }
