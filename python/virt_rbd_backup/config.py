@@ -342,7 +342,8 @@ def load_legacy_config(path: str | os.PathLike[str]) -> LegacyConfig:
 
     ``TARGET_REPO`` is required (the original had no other target); the others may be left
     out and then take the tool's defaults (``TARGET_KEYFILE``: the password comes from
-    ``RESTIC_PASSWORD*`` in the environment).
+    ``RESTIC_PASSWORD*`` in the environment). A relative ``TARGET_KEYFILE`` is taken relative
+    to the file's folder, where the original ran.
 
     Raises:
         UsageError: The file is not trusted (see the module doc), raises when run, or a
@@ -376,12 +377,17 @@ def load_legacy_config(path: str | os.PathLike[str]) -> LegacyConfig:
     repo = get("TARGET_REPO", _string, "a non-empty string (the restic repository)")
     if repo is None:
         raise UsageError(f"{path}: TARGET_REPO is not set; the original tool's config.py names its restic repository")
+    keyfile = get("TARGET_KEYFILE", path_like, "a path (the restic password file)")
+    if keyfile is not None and not os.path.isabs(keyfile):
+        # The original ran in its own folder, where a relative key file was found; so does
+        # `--config /opt/virt-rbd-backup/config.py` run from anywhere.
+        keyfile = os.fspath(path.parent / keyfile)
     return LegacyConfig(
         path=path,
         NUMBER_OF_PROCESSES=get("NUMBER_OF_PROCESSES", _positive, "a whole number of at least 1"),
         LIBVIRT_CONNECTION=get("LIBVIRT_CONNECTION", _string, "a non-empty string (a libvirt URI)"),
         TARGET_REPO=repo,
-        TARGET_KEYFILE=get("TARGET_KEYFILE", path_like, "a path (the restic password file)"),
+        TARGET_KEYFILE=keyfile,
     )
 
 

@@ -215,6 +215,16 @@ def test_legacy_config_may_leave_out_all_but_target_repo(tmp_path: Path) -> None
     assert cfg.settings() == {"restic_repo": "/srv/restic"}
 
 
+def test_a_relative_keyfile_is_found_next_to_the_config_as_the_original_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "opt" / "config.py", 'TARGET_REPO = "/r"\nTARGET_KEYFILE = "restic.key"\n')
+    monkeypatch.chdir(tmp_path)
+    keyfile = str(tmp_path / "opt" / "restic.key")
+    found = [load_legacy_config(p).TARGET_KEYFILE for p in (path, Path("opt/config.py"))]
+    assert found == [keyfile, keyfile]
+
+
 def test_legacy_keyfile_may_be_a_path_object(tmp_path: Path) -> None:
     text = 'from pathlib import Path\nTARGET_REPO = "/r"\nTARGET_KEYFILE = Path("/etc/k")\n'
     assert load_legacy_config(write(tmp_path / "config.py", text)).TARGET_KEYFILE == "/etc/k"
