@@ -65,7 +65,8 @@ pub struct BackupPlan {
 /// Plans a backup with `options` without changing anything.
 pub fn plan_backup(options: &BackupOptions) -> Result<BackupPlan, Error> {
     let libvirt = HypervisorConnection::open(&options.connect)?;
-    let repo = Repository::open(&options.repo).ok();
+    // restic backups are always full: no repository to look for a base in.
+    let repo = if options.restic.is_some() { None } else { Repository::open(&options.repo).ok() };
     let ceph = ConnectionCache::new(options.ceph_timeouts());
     let mut domains = Vec::new();
     for info in libvirt.list_domains(&options.domains)? {
