@@ -10,6 +10,8 @@ public Python face::
         print(domain.name, domain.status, domain.error or "")
     virt_rbd_backup.restore("web1", disk="vda", to="/srv/restore/web1-vda.raw", repo="/srv/backups")
     assert virt_rbd_backup.verify(repo="/srv/backups").ok
+    # A new domain "web1-copy" on restored images rbd/web1-copy-vda, ...:
+    virt_rbd_backup.restore_define("web1", name="web1-copy", repo="/srv/backups")
     virt_rbd_backup.prune(keep_daily=7, keep_weekly=4, repo="/srv/backups")
 
     # restic as the target, as the original tool used it; the password from a file (or the
@@ -45,12 +47,14 @@ from ._native import (
     RepositoryError,
     ResticError,
     UsageError,
+    parse_rate,
 )
 from .report import (
     BackupDiskListing,
     BackupListing,
     BackupPlan,
     BackupReport,
+    DefineReport,
     DiskReport,
     DomainListing,
     DomainPruneReport,
@@ -82,6 +86,7 @@ __all__ = [
     "BackupReport",
     "CancelledError",
     "CephError",
+    "DefineReport",
     "DiskReport",
     "DomainListing",
     "DomainPruneReport",
@@ -114,9 +119,11 @@ __all__ = [
     "list_domains",
     "list_restic",
     "parse_duration",
+    "parse_rate",
     "plan",
     "prune",
     "restore",
+    "restore_define",
     "verify",
 ]
 
@@ -183,6 +190,13 @@ def _restic(target: ResticTarget | str | None) -> dict[str, Any] | None:
     return target.to_dict()
 
 
+def _rate(value: int | str | None) -> int | None:
+    """Bytes per second of a ``bwlimit`` given as a number or as text such as ``"200M"``."""
+    if isinstance(value, str):
+        return parse_rate(value)
+    return value
+
+
 def _names(values: Iterable[str] | str, what: str) -> list[str]:
     """Refuse a lone string where a collection of names is meant ("web1" is not 4 domains)."""
     if isinstance(values, str):
@@ -203,6 +217,9 @@ def backup(
     full_every: int | None = None,
     agent_timeout: int = 30,
     freeze_timeout: int = 30,
+    ceph_timeout: int = 60,
+    compress: str | None = None,
+    bwlimit: int | str | None = None,
     restic: ResticTarget | str | None = None,
     on_event: EventCallback | None = None,
 ) -> BackupReport:
@@ -227,6 +244,14 @@ def backup(
         agent_timeout: Seconds to wait for the guest agent to answer a freeze or thaw.
         freeze_timeout: Longest a guest may stay frozen, in seconds: past it a watchdog thaws
             it and the domain fails as inconsistent.
+        ceph_timeout: Seconds a Ceph monitor or OSD operation may take before the domain fails
+            (a hung monitor or OSD then costs one domain, not the run).
+        compress: Compress the stored files with zstd: ``"zstd"`` (level 3) or ``"zstd:LEVEL"``
+            (1 to 19); ``None``: stored uncompressed. A compressed file is still the stock
+            format once decompressed (``zstd -dc FILE | rbd import-diff - IMAGE``).
+        bwlimit: The most the whole run reads from the cluster, all disks together, in bytes
+            per second: a number, or text such as ``"200M"``, ``"1.5G"`` or ``"512K"`` (binary
+            units, see :func:`parse_rate`); ``None``: no limit.
         restic: Send each disk to this restic repository (``restic backup --stdin``, tagged
             with the domain UUID, name and disk) instead of ``repo``; a string is a
             repository whose password comes from the environment. Every backup is then full
@@ -241,7 +266,8 @@ def backup(
         :attr:`BackupReport.any_failed`.
 
     Raises:
-        UsageError: An option makes no sense (also: restic without a password source).
+        UsageError: An option makes no sense (also: restic without a password source, an
+            unknown compression, a bad rate).
         LibvirtError: libvirt cannot be reached.
         RepositoryError: The repository cannot be used.
         BackupError: Any other reason the run could not start.
@@ -274,6 +300,9 @@ def backup(
             full_every=full_every,
             agent_timeout=agent_timeout,
             freeze_timeout=freeze_timeout,
+            ceph_timeout=ceph_timeout,
+            compress=compress,
+            bwlimit=bwlimit,
             restic=restic,
             on_event=on_event,
         )
@@ -293,6 +322,9 @@ def _backup_options(
     full_every: int | None,
     agent_timeout: int,
     freeze_timeout: int,
+    ceph_timeout: int,
+    compress: str | None,
+    bwlimit: int | str | None,
     restic: ResticTarget | str | None,
 ) -> dict[str, Any]:
     """The core's ``BackupOptions`` as JSON."""
@@ -308,6 +340,9 @@ def _backup_options(
         "full_every": full_every,
         "agent_timeout": agent_timeout,
         "freeze_timeout": freeze_timeout,
+        "ceph_timeout": ceph_timeout,
+        "compress": compress,
+        "bwlimit": _rate(bwlimit),
         "restic": _restic(restic),
     }
 
@@ -326,6 +361,7 @@ def plan(
     repo: str | os.PathLike[str] = DEFAULT_REPO,
     mode: BackupMode = "auto",
     full_every: int | None = None,
+    ceph_timeout: int = 60,
     restic: ResticTarget | str | None = None,
 ) -> BackupPlan:
     """Say what :func:`backup` with the same options would do, without doing any of it.
@@ -344,6 +380,8 @@ def plan(
         repo: The backup repository whose latest backups incrementals would build on.
         mode: ``"auto"`` or ``"full"``.
         full_every: As for :func:`backup`.
+        ceph_timeout: As for :func:`backup` (a domain whose cluster does not answer in time
+            has its ``error`` set).
         restic: As for :func:`backup`.
 
     Returns:
@@ -367,6 +405,7 @@ def plan(
             repo=repo,
             mode=mode,
             full_every=full_every,
+            ceph_timeout=ceph_timeout,
             restic=restic,
         )
     )
@@ -381,13 +420,15 @@ def _plan_json(
     repo: str | os.PathLike[str],
     mode: BackupMode,
     full_every: int | None,
+    ceph_timeout: int,
     restic: ResticTarget | str | None,
     **_ignored: Any,
 ) -> dict[str, Any]:
     """Run :func:`plan` and return the plan exactly as the core wrote it (``plan --json``).
 
-    Backup options that do not change a plan (workers, timeouts) are accepted and ignored, so
-    the CLI hands ``backup --dry-run`` the options of the backup.
+    Backup options that do not change a plan (workers, the agent and freeze timeouts,
+    compression, the rate limit) are accepted and ignored, so the CLI hands
+    ``backup --dry-run`` the options of the backup.
     """
     options = {
         "connect": connect,
@@ -397,6 +438,7 @@ def _plan_json(
         "repo": os.fspath(repo),
         "mode": mode,
         "full_every": full_every,
+        "ceph_timeout": ceph_timeout,
         "restic": _restic(restic),
     }
     return _native.plan(options)
@@ -593,40 +635,185 @@ def _restore_json(
     return _native.restore(options)
 
 
+def restore_define(
+    domain: str,
+    *,
+    name: str,
+    backup: str | None = None,
+    pool: str | None = None,
+    force: bool = False,
+    repo: str | os.PathLike[str] = DEFAULT_REPO,
+    ceph_conf: str | os.PathLike[str] | None = None,
+    ceph_user: str | None = None,
+    connect: str = DEFAULT_CONNECT,
+) -> DefineReport:
+    """Restore every RBD disk of a backup into new images and define a new domain on them.
+
+    Each RBD disk of the backup is restored (as :func:`restore` does, checksum verified) into
+    the image ``POOL/NAME-TARGET`` (``rbd/web1-copy-vda``); then a domain ``name`` is defined
+    from the domain XML saved with the backup, with a new UUID and new MAC addresses and its
+    disks pointing at the new images. It is defined, not started. Writable disks that are not
+    in the backup (local files) are left out of the new domain, never shared with the original;
+    the report lists them.
+
+    Args:
+        domain: Domain name or UUID, as the repository knows it.
+        name: Name of the new domain (up to 64 letters, digits, ``-``, ``_`` or ``.``); it also
+            names its images.
+        backup: Backup id; ``None`` or ``"latest"``: the newest complete backup.
+        pool: Pool for the new images; ``None``: each disk's own pool.
+        force: Replace existing images of those names.
+        repo: The backup repository directory.
+        ceph_conf: A ceph.conf (with its keyring) to connect with, instead of the monitors and
+            the libvirt secret the domain's saved XML names.
+        ceph_user: The Ceph user with ``ceph_conf`` (default ``admin``).
+        connect: libvirt URI: where the new domain is defined (and the Ceph key read from).
+
+    Returns:
+        The report: the new domain's name and UUID, one restore report per disk, the disks
+        left out.
+
+    Raises:
+        UsageError: A bad name, a domain of that name exists already, an image exists without
+            ``force``, the domain has no backups.
+        RepositoryError: The backup does not exist or its data is damaged.
+        CephError: An image cannot be written.
+        LibvirtError: libvirt cannot be reached, the Ceph key cannot be read, or the domain
+            cannot be defined.
+        KeyboardInterrupt: Ctrl-C; raised only after the partial image was removed (no domain
+            is defined then).
+
+    Example:
+        >>> r = virt_rbd_backup.restore_define("web1", name="web1-copy", repo="/srv/backups")  # doctest: +SKIP
+        >>> [d.target for d in r.disks], r.dropped_disks  # doctest: +SKIP
+        (['rbd:rbd/web1-copy-vda', 'rbd:rbd/web1-copy-vdb'], ('vdc',))
+    """
+    return DefineReport.from_dict(
+        _restore_define_json(
+            domain,
+            name=name,
+            backup=backup,
+            pool=pool,
+            force=force,
+            repo=repo,
+            ceph_conf=ceph_conf,
+            ceph_user=ceph_user,
+            connect=connect,
+        )
+    )
+
+
+def _restore_define_json(
+    domain: str,
+    *,
+    name: str,
+    backup: str | None,
+    pool: str | None,
+    force: bool,
+    repo: str | os.PathLike[str],
+    ceph_conf: str | os.PathLike[str] | None,
+    ceph_user: str | None,
+    connect: str,
+) -> dict[str, Any]:
+    """Run :func:`restore_define` and return the report exactly as the core wrote it (``--json``)."""
+    options = {
+        "repo": os.fspath(repo),
+        "domain": domain,
+        "backup": backup,
+        "name": name,
+        "pool": pool,
+        "force": force,
+        "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
+        "ceph_user": ceph_user,
+        "connect": connect,
+    }
+    return _native.restore_define(options)
+
+
 def verify(
-    domain: str | None = None, *, backup: str | None = None, repo: str | os.PathLike[str] = DEFAULT_REPO
+    domain: str | None = None,
+    *,
+    backup: str | None = None,
+    repo: str | os.PathLike[str] = DEFAULT_REPO,
+    source: bool = False,
+    ceph_conf: str | os.PathLike[str] | None = None,
+    ceph_user: str | None = None,
+    connect: str = DEFAULT_CONNECT,
 ) -> VerifyReport:
-    """Check backups in a repository against their checksums, without Ceph or libvirt.
+    """Check backups in a repository against their checksums and, if asked, against the cluster.
 
     Every stored file is read and checked against the checksum its manifest records, every
     block table against the manifest, every chain for completeness (an incremental whose
     parent is gone cannot be restored). Each file is read once even when several chains share
-    it.
+    it. This needs neither Ceph nor libvirt.
+
+    With ``source``, the latest backup of each domain (or ``backup``) is also compared, block by
+    block, with its snapshot still in the cluster (the base of the next incremental): a
+    difference, or a snapshot that is gone, is a problem; each disk found equal is in
+    :attr:`VerifyReport.source_checked`.
 
     Args:
         domain: Only this domain's backups (name or UUID); ``None``: every domain.
         backup: Only this backup (an id, or ``"latest"``) and the chain it depends on.
         repo: The backup repository directory.
+        source: Also compare with the snapshots in the cluster.
+        ceph_conf: With ``source``: a ceph.conf (with its keyring) to connect with, instead of
+            the monitors and the libvirt secret the domain's saved XML names.
+        ceph_user: The Ceph user with ``ceph_conf`` (default ``admin``).
+        connect: With ``source``: libvirt URI, to read the domain's Ceph key when no
+            ``ceph_conf`` is given.
 
     Returns:
         The report; damage is in :attr:`VerifyReport.problems` and :attr:`VerifyReport.ok`
         tells whether there is none.
 
     Raises:
-        RepositoryError: The repository cannot be read, or the domain or backup does not exist.
+        UsageError: ``ceph_conf`` or ``ceph_user`` without ``source``; the domain or backup does
+            not exist.
+        RepositoryError: The repository cannot be read.
+        CephError: With ``source``: the cluster cannot be reached or read.
+        LibvirtError: With ``source``: the domain's Ceph key cannot be read.
         KeyboardInterrupt: Ctrl-C, at once (verification only reads).
 
     Example:
-        >>> report = virt_rbd_backup.verify("web1", repo="/srv/backups")  # doctest: +SKIP
-        >>> report.ok, len(report.checked)  # doctest: +SKIP
-        (True, 14)
+        >>> report = virt_rbd_backup.verify("web1", repo="/srv/backups", source=True)  # doctest: +SKIP
+        >>> report.ok, len(report.checked), report.source_checked  # doctest: +SKIP
+        (True, 14, (('20261126T100000.000Z', 'vda'),))
     """
-    return VerifyReport.from_dict(_verify_json(domain, backup=backup, repo=repo))
+    return VerifyReport.from_dict(
+        _verify_json(
+            domain,
+            backup=backup,
+            repo=repo,
+            source=source,
+            ceph_conf=ceph_conf,
+            ceph_user=ceph_user,
+            connect=connect,
+        )
+    )
 
 
-def _verify_json(domain: str | None, *, backup: str | None, repo: str | os.PathLike[str]) -> dict[str, Any]:
+def _verify_json(
+    domain: str | None,
+    *,
+    backup: str | None,
+    repo: str | os.PathLike[str],
+    source: bool,
+    ceph_conf: str | os.PathLike[str] | None,
+    ceph_user: str | None,
+    connect: str,
+) -> dict[str, Any]:
     """Run :func:`verify` and return the report exactly as the core wrote it (``--json``)."""
-    return _native.verify(os.fspath(repo), domain, backup)
+    if not source:
+        if ceph_conf is not None or ceph_user is not None:
+            raise UsageError("ceph_conf and ceph_user are for comparing with the cluster: add source (--source)")
+        return _native.verify(os.fspath(repo), domain, backup)
+    options = {
+        "connect": connect,
+        "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
+        "ceph_user": ceph_user,
+    }
+    return _native.verify(os.fspath(repo), domain, backup, options)
 
 
 _DURATION_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -24,9 +24,11 @@ __all__ = [
     "list_backups",
     "list_domains",
     "list_restic",
+    "parse_rate",
     "plan",
     "prune",
     "restore",
+    "restore_define",
     "snapshot_name",
     "verify",
 ]
@@ -67,7 +69,9 @@ def backup(
     ``options`` is a JSON object (str) or a mapping with the fields of ``BackupOptions``
     (``connect``, ``domains``, ``workers``, ``queue_depth``, ``freeze``,
     ``freeze_mountpoints``, ``repo``, ``mode`` (``"auto"`` or ``"full"``), ``full_every``
-    (int or None), ``agent_timeout`` and ``freeze_timeout`` (seconds), ``restic`` (None or
+    (int or None), ``agent_timeout``, ``freeze_timeout`` and ``ceph_timeout`` (seconds),
+    ``compress`` (None, ``"zstd"`` or ``"zstd:LEVEL"``, 1 to 19), ``bwlimit`` (None or bytes per
+    second for the whole run; :func:`parse_rate` reads ``"200M"``), ``restic`` (None or
     ``{"repository": ..., "password_file": ..., "binary": ...}``)); missing fields take their
     defaults and an unknown one is a :class:`UsageError`. ``on_event`` is called with each event
     as a dict, from worker threads; an exception it raises is logged on the ``virt_rbd_backup``
@@ -119,6 +123,14 @@ def snapshot_name(owner: str, unix_time: float) -> str:
     :class:`UsageError`.
     """
 
+def parse_rate(text: str) -> int:
+    """Read a rate such as ``"200M"``, ``"1.5G"``, ``"512K"`` or ``"1048576"`` as bytes per second.
+
+    Units are binary (``K`` is 1024) and may be followed by ``B``, ``iB`` and ``/s``
+    (``"512KiB/s"``). The core's own parser, so ``--bwlimit`` and the ``bwlimit`` option have
+    one definition. Zero, a negative number or an unknown unit is a :class:`UsageError`.
+    """
+
 def list_domains(connect: str, domains: Sequence[str]) -> list[dict[str, Any]]:
     """List domains and what a backup would do with their disks, as a list of dicts.
 
@@ -149,13 +161,38 @@ def restore(options: str | Mapping[str, Any]) -> dict[str, Any]:
     target, and then re-raises that exception.
     """
 
-def verify(repo: str | os.PathLike[str], domain: str | None = None, backup: str | None = None) -> dict[str, Any]:
+def restore_define(options: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Restore every RBD disk of a backup into new images and define a new domain on them.
+
+    ``options`` is a JSON object (str) or a mapping with the fields of ``DefineOptions``:
+    ``repo``, ``domain`` and ``name`` (the new domain; its images are ``POOL/NAME-TARGET``) are
+    required; ``backup`` (an id or ``"latest"``), ``pool`` (default: each disk's own),
+    ``force``, ``ceph_conf``, ``ceph_user`` and ``connect`` are optional; a missing or unknown
+    field is a :class:`UsageError`, and so is a domain of that name that exists already. The
+    new domain gets a new UUID and new MACs and is defined, not started. Returns the report as
+    a dict (``name``, ``uuid``, ``disks``: one restore report each, ``dropped_disks``).
+
+    The GIL is released for the whole call. On Ctrl-C (or any exception from a signal handler)
+    the restore is cancelled, the call waits until the engine has removed the partial image,
+    and then re-raises that exception; no domain is defined then.
+    """
+
+def verify(
+    repo: str | os.PathLike[str],
+    domain: str | None = None,
+    backup: str | None = None,
+    source: str | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Verify the backups in a repository; return the report as a dict.
 
     ``domain`` (name or UUID) limits it to that domain, ``backup`` (an id or ``"latest"``) to
-    that backup and the chain it depends on. Damage is in the report's ``problems``; an
-    exception means the verification could not run. The GIL is released while files are read;
-    Ctrl-C interrupts at once (verification only reads).
+    that backup and the chain it depends on. With ``source`` (a JSON object (str) or a mapping
+    with the fields of ``SourceOptions``: ``connect``, ``ceph_conf``, ``ceph_user``, each
+    optional; an unknown one is a :class:`UsageError`), the latest backup of each domain (or
+    ``backup``) is also compared with its snapshot still in the cluster; the disks found equal
+    are in the report's ``source_checked``. Damage is in the report's ``problems``; an
+    exception means the verification could not run. The GIL is released while files and
+    images are read; Ctrl-C interrupts at once (verification only reads).
     """
 
 def prune(

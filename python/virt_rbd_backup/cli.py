@@ -27,8 +27,12 @@ The other subcommands work on the repository::
     restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force] [--restic-repo REPO]
         Restored DOMAIN disk vda from backup ID (chain: A <- B) to TARGET: N bytes, checksum verified
         Restored DOMAIN disk vda from restic snapshot ID to TARGET: N bytes
-    verify [DOMAIN] [--backup ID|latest]
+    restore DOMAIN --define NAME [--pool POOL] [--backup ID|latest] [--force]
+        Defined NAME (UUID) from backup ID of DOMAIN: vda -> rbd/NAME-vda, vdb -> rbd/NAME-vdb
+        (and on stderr a warning naming the disks the new domain does not get)
+    verify [DOMAIN] [--backup ID|latest] [--source [--ceph-conf PATH] [--ceph-user NAME]]
         OK: N backups verified  |  CORRUPT backup ID disk vda: MESSAGE (one line per problem)
+        SOURCE OK backup ID disk vda: equals rbd snapshot (--source, one line per disk)
     prune [DOMAIN] --keep-daily N ... [--keep-within 7d] [--dry-run]
         keep DOMAIN ID: REASONS  |  remove DOMAIN ID: REASON  |  would remove DOMAIN ID: REASON
 
@@ -59,6 +63,7 @@ from . import (
     BackupPlan,
     BackupReport,
     CancelledError,
+    DefineReport,
     DomainListing,
     PruneReport,
     ResticSnapshot,
@@ -73,9 +78,11 @@ from . import (
     _list_restic_json,
     _plan_json,
     _prune_json,
+    _restore_define_json,
     _restore_json,
     _verify_json,
     parse_duration,
+    parse_rate,
 )
 from .config import BackupConfig, find_config
 from .metrics import write_metrics
@@ -90,6 +97,7 @@ __all__ = [
     "error_status",
     "exit_status",
     "format_backup_listing",
+    "format_define",
     "format_event",
     "format_listing",
     "format_plan",
@@ -169,12 +177,14 @@ def summary_line(report: BackupReport) -> str:
     )
 
 
-def exit_status(report: BackupReport | BackupPlan | RestoreReport | VerifyReport | PruneReport) -> int:
+def exit_status(
+    report: BackupReport | BackupPlan | RestoreReport | DefineReport | VerifyReport | PruneReport,
+) -> int:
     """Return the exit status of a finished command from its report.
 
     1 if a domain failed (backup) or cannot be planned (plan), damage was found (verify) or a
-    domain could not be pruned completely (prune); otherwise, and always for a restore that
-    returned a report, 0.
+    domain could not be pruned completely (prune); otherwise, and always for a restore (also
+    ``--define``) that returned a report, 0.
     """
     if isinstance(report, BackupReport):
         failed = report.any_failed
@@ -333,6 +343,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> int:
+    try:
+        return parse_rate(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _duration(text: str) -> int:
     try:
         return parse_duration(text)
@@ -430,6 +447,28 @@ def _add_backup_options(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=30,
         help="longest a guest may stay frozen: past it a watchdog thaws it and the domain fails (default: 30)",
+    )
+    parser.add_argument(
+        "--ceph-timeout",
+        metavar="S",
+        type=_positive_int,
+        default=60,
+        help="seconds a Ceph monitor or OSD operation may take before the domain fails (default: 60)",
+    )
+    parser.add_argument(
+        "--compress",
+        metavar="zstd[:LEVEL]",
+        default=None,
+        help="compress the stored files with zstd, level 1-19 (zstd alone: level 3); "
+        "'zstd -dc FILE' gives the stock file back (default: uncompressed)",
+    )
+    parser.add_argument(
+        "--bwlimit",
+        metavar="RATE",
+        type=_rate,
+        default=None,
+        help="read at most RATE bytes per second from the cluster, all disks together: "
+        "200M, 1.5G, 512K or a number of bytes (binary units; default: no limit)",
     )
     parser.add_argument(
         "--mode",
@@ -555,20 +594,33 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "restore",
         [configuration, connection, output],
-        help="restore a disk of a backup into a file or an RBD image",
+        help="restore a disk of a backup into a file or an RBD image, or a whole domain",
         description="Restore one disk of a backup (replaying its chain of incrementals) into a "
         "sparse raw file or an RBD image, and check the result against the backup's checksum; "
         "with --restic-repo, from a restic snapshot (restic checks its own data). "
         "The target is written under a temporary name and renamed into place only then. "
-        "Exit status 1 if the restore failed (damaged data, Ceph, restic), 2 on bad options (an "
-        "existing target without --force, several disks without --disk, a bad target).",
+        "With --define NAME instead of --to, every RBD disk is restored into POOL/NAME-DISK and "
+        "a new domain NAME (new UUID and MACs) is defined on them from the saved XML, not started. "
+        "Exit status 1 if the restore failed (damaged data, Ceph, restic, libvirt), 2 on bad "
+        "options (an existing target without --force, several disks without --disk, a bad "
+        "target, an existing domain NAME).",
     )
     restoring.add_argument("domain", metavar="DOMAIN", help="domain name or UUID, as the repository knows it")
-    restoring.add_argument(
+    destination = restoring.add_mutually_exclusive_group(required=True)
+    destination.add_argument(
         "--to",
         metavar="TARGET",
-        required=True,
         help="rbd:POOL/IMAGE, rbd:POOL/NAMESPACE/IMAGE or a file path (./rbd:x for a file named so)",
+    )
+    destination.add_argument(
+        "--define",
+        metavar="NAME",
+        default=None,
+        help="restore every RBD disk into POOL/NAME-DISK and define a new domain NAME on them "
+        "(writable disks not in the backup are left out)",
+    )
+    restoring.add_argument(
+        "--pool", metavar="POOL", default=None, help="with --define: the pool of the new images (default: each disk's)"
     )
     restoring.add_argument("--disk", metavar="DEV", help="the disk, for example vda (needed if the backup has several)")
     restoring.add_argument(
@@ -578,7 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="backup id (with --restic-repo: a restic snapshot id or a prefix of it), or 'latest' "
         "(default: the latest backup)",
     )
-    restoring.add_argument("--force", action="store_true", help="replace an existing target")
+    restoring.add_argument(
+        "--force", action="store_true", help="replace an existing target (with --define: existing images)"
+    )
     restoring.add_argument(
         "--ceph-conf",
         metavar="PATH",
@@ -594,17 +648,34 @@ def build_parser() -> argparse.ArgumentParser:
     verifying = _subparser(
         commands,
         "verify",
-        [configuration, output],
-        help="check backups against their checksums",
+        [configuration, connection, output],
+        help="check backups against their checksums (and with --source against the cluster)",
         description="Read every stored file of the backups and check it against its checksum, "
-        "and every chain for completeness; only the repository is read. Exit status 1 if any "
-        "damage was found or the repository could not be read, 2 on bad options.",
+        "and every chain for completeness; only the repository is read. With --source, also "
+        "compare the latest backup of each domain (or --backup) with its snapshot still in the "
+        "cluster, block by block. Exit status 1 if any damage or difference was found or the "
+        "repository or cluster could not be read, 2 on bad options.",
     )
     verifying.add_argument(
         "domain", metavar="DOMAIN", nargs="?", default=None, help="only this domain (default: every domain)"
     )
     verifying.add_argument(
         "--backup", metavar="ID", default=None, help="only this backup (or 'latest') and the chain it depends on"
+    )
+    verifying.add_argument(
+        "--source",
+        action="store_true",
+        help="also compare the latest backup (or --backup) with its RBD snapshot in the cluster",
+    )
+    verifying.add_argument(
+        "--ceph-conf",
+        metavar="PATH",
+        default=None,
+        help="with --source: connect with this ceph.conf and its keyring instead of the monitors "
+        "and libvirt secret of the domain's saved XML",
+    )
+    verifying.add_argument(
+        "--ceph-user", metavar="NAME", default=None, help="Ceph user with --ceph-conf (default: admin)"
     )
     _add_repo(verifying)
 
@@ -666,6 +737,9 @@ _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
             "freeze_mountpoints",
             "agent_timeout",
             "freeze_timeout",
+            "ceph_timeout",
+            "compress",
+            "bwlimit",
             "repo",
             "mode",
             "full_every",
@@ -678,7 +752,7 @@ _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
     ),
     "list": frozenset({"connect", "restic_password_file", "restic_binary"}),
     "restore": frozenset({"connect", "repo", "restic_repo", "restic_password_file", "restic_binary"}),
-    "verify": frozenset({"repo"}),
+    "verify": frozenset({"connect", "repo"}),
     "prune": frozenset({"repo"}),
 }
 _CONFIG_SETTINGS["plan"] = _CONFIG_SETTINGS["backup"]
@@ -903,14 +977,48 @@ def format_restore(report: RestoreReport) -> str:
     )
 
 
+def format_define(report: DefineReport, domain: str) -> list[tuple[Stream, str]]:
+    """Return the lines ``restore --define`` prints, and where.
+
+    On stdout ``Defined NAME (UUID) from backup ID of DOMAIN: vda -> rbd/NAME-vda, vdb ->
+    rbd/NAME-vdb``; on stderr, if the new domain was defined without some disks of the
+    original (writable disks that are not in the backup), a warning naming them. ``domain`` is
+    the domain as given, named when the report has no disk to take the backup's name from.
+    """
+    first = report.disks[0] if report.disks else None
+    origin = f"backup {first.backup_id} of {first.domain}" if first else f"a backup of {domain}"
+    disks = ", ".join(f"{d.disk} -> {d.target.removeprefix('rbd:')}" for d in report.disks) or "no disk"
+    lines: list[tuple[Stream, str]] = [("out", f"Defined {report.name} ({report.uuid}) from {origin}: {disks}")]
+    if report.dropped_disks:
+        lines.append(
+            (
+                "err",
+                f"warning: {report.name} was defined without {', '.join(report.dropped_disks)}: writable "
+                "disks that are not in the backup are left out, never shared with the original",
+            )
+        )
+    return lines
+
+
 def format_verify(report: VerifyReport, *, quiet: bool = False) -> list[str]:
     """Return the lines ``verify`` prints.
 
-    ``OK: N backups verified`` (nothing when ``quiet``), or one ``CORRUPT backup ID disk DEV:
-    MESSAGE`` line per problem (``CORRUPT backup ID: MESSAGE`` for a manifest that cannot be read).
+    ``OK: N backups verified`` and with ``--source`` one ``SOURCE OK backup ID disk DEV: equals
+    rbd snapshot`` line per disk compared (nothing when ``quiet``), or one ``CORRUPT backup ID
+    disk DEV: MESSAGE`` line per problem (``CORRUPT backup ID: MESSAGE`` for a manifest that
+    cannot be read; a disk that differs from its snapshot, or whose snapshot is gone, is such a
+    problem too).
     """
     if report.ok:
-        return [] if quiet else [f"OK: {len(report.checked)} backups verified"]
+        if quiet:
+            return []
+        return [
+            f"OK: {len(report.checked)} backups verified",
+            *(
+                f"SOURCE OK backup {backup_id} disk {disk}: equals rbd snapshot"
+                for backup_id, disk in report.source_checked
+            ),
+        ]
     return [
         f"CORRUPT backup {p.backup_id} disk {p.disk}: {p.message}"
         if p.disk
@@ -962,6 +1070,9 @@ def _backup_options(args: argparse.Namespace) -> dict[str, Any]:
         "full_every": args.full_every,
         "agent_timeout": args.agent_timeout,
         "freeze_timeout": args.freeze_timeout,
+        "ceph_timeout": args.ceph_timeout,
+        "compress": args.compress,
+        "bwlimit": args.bwlimit,
         "restic": _restic_target(args),
     }
 
@@ -1023,7 +1134,11 @@ def _print_lines(lines: Sequence[str], out: IO[str]) -> None:
     out.flush()
 
 
-def _run_restore(args: argparse.Namespace, out: IO[str]) -> int:
+def _run_restore(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    if args.define is not None:
+        return _run_restore_define(args, out, err)
+    if args.pool is not None:
+        raise UsageError("--pool goes with --define (with --to, the target names its pool: rbd:POOL/IMAGE)")
     raw = _restore_json(
         args.domain,
         to=args.to,
@@ -1044,8 +1159,45 @@ def _run_restore(args: argparse.Namespace, out: IO[str]) -> int:
     return exit_status(report)
 
 
+def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    if args.disk is not None:
+        raise UsageError("--disk does not go with --define: every RBD disk of the backup is restored")
+    if args.restic_repo is not None:
+        raise UsageError(
+            "--define restores from a backup repository (--repo), not from restic: restic keeps no domain XML"
+        )
+    raw = _restore_define_json(
+        args.domain,
+        name=args.define,
+        backup=args.backup,
+        pool=args.pool,
+        force=args.force,
+        repo=args.repo,
+        ceph_conf=args.ceph_conf,
+        ceph_user=args.ceph_user,
+        connect=args.connect,
+    )
+    report = DefineReport.from_dict(raw)
+    if args.json:
+        _print_json(raw, out)
+    for stream, line in format_define(report, args.domain):
+        if stream == "err":
+            _print_lines([line], err)
+        elif not args.json and not args.quiet:
+            _print_lines([line], out)
+    return exit_status(report)
+
+
 def _run_verify(args: argparse.Namespace, out: IO[str]) -> int:
-    raw = _verify_json(args.domain, backup=args.backup, repo=args.repo)
+    raw = _verify_json(
+        args.domain,
+        backup=args.backup,
+        repo=args.repo,
+        source=args.source,
+        ceph_conf=args.ceph_conf,
+        ceph_user=args.ceph_user,
+        connect=args.connect,
+    )
     report = VerifyReport.from_dict(raw)
     if args.json:
         _print_json(raw, out)
@@ -1088,7 +1240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             return _run_list(args, sys.stdout)
         if args.command == "restore":
-            return _run_restore(args, sys.stdout)
+            return _run_restore(args, sys.stdout, sys.stderr)
         if args.command == "verify":
             return _run_verify(args, sys.stdout)
         if args.command == "prune":

@@ -13,6 +13,9 @@ line sets, and the command line overrides them. Two kinds exist:
     freeze_mountpoints = ["/", "/var"]  # default: all
     agent_timeout = 30                  # seconds
     freeze_timeout = 30                 # seconds
+    ceph_timeout = 60                   # seconds per Ceph monitor or OSD operation
+    compress = "zstd:3"                 # zstd or zstd:LEVEL (1-19); default: uncompressed
+    bwlimit = "200M"                    # read rate of the run: "200M", "1.5G", or bytes per second
     repo = "/var/lib/virt-rbd-backup"   # the repository folder
     mode = "auto"                       # auto | full
     full_every = 7                      # a new chain every N backups of a disk
@@ -58,7 +61,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._native import UsageError
+from ._native import UsageError, parse_rate
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -105,6 +108,9 @@ class BackupConfig:
     freeze_mountpoints: tuple[str, ...] | None = None
     agent_timeout: int | None = None
     freeze_timeout: int | None = None
+    ceph_timeout: int | None = None
+    compress: str | None = None
+    bwlimit: int | None = None
     repo: str | None = None
     mode: str | None = None
     full_every: int | None = None
@@ -199,6 +205,18 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _rate(value: object) -> int:
+    # Text is read by the core's parser (as --bwlimit is); a number is bytes per second.
+    if isinstance(value, str):
+        try:
+            return parse_rate(value)
+        except UsageError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError('a rate such as "200M", "1.5G" or "512K", or a whole number of bytes per second')
+
+
 def _choice(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
@@ -219,6 +237,9 @@ _TOP_LEVEL: dict[str, tuple[str, Callable[[object], Any]]] = {
     "freeze_mountpoints": ("freeze_mountpoints", _strings),
     "agent_timeout": ("agent_timeout", _positive),
     "freeze_timeout": ("freeze_timeout", _positive),
+    "ceph_timeout": ("ceph_timeout", _positive),
+    "compress": ("compress", _string),
+    "bwlimit": ("bwlimit", _rate),
     "repo": ("repo", _string),
     "mode": ("mode", _choice("auto", "full")),
     "full_every": ("full_every", _positive),

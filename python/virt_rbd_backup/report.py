@@ -1,6 +1,6 @@
 """Typed, immutable views of what the Rust core returns: reports, plans and listings.
 
-Reports of backup, restore, verify and prune; the plan of a backup (dry run); listings of
+Reports of backup, restore (also ``restore --define``), verify and prune; the plan of a backup (dry run); listings of
 domains, of backups in a repository and of backups in a restic repository.
 
 The core hands back plain JSON-shaped dicts (the ``--json`` report format, which is the core's
@@ -26,6 +26,7 @@ __all__ = [
     "BackupPlan",
     "BackupReport",
     "Consistency",
+    "DefineReport",
     "DiskReport",
     "DomainListing",
     "DomainPruneReport",
@@ -485,6 +486,31 @@ class RestoreReport(_JsonShaped):
             bytes_written=int(data.get("bytes_written", 0)),
             checksum=str(data["checksum"]),
             seconds=float(data.get("seconds", 0.0)),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DefineReport(_JsonShaped):
+    """A new domain on restored images: what ``restore_define()`` returns and ``restore --define --json`` prints."""
+
+    name: str
+    """The new domain's name."""
+    uuid: str
+    """Its UUID (new, made by libvirt)."""
+    disks: tuple[RestoreReport, ...] = ()
+    """One restore per RBD disk of the backup; ``target`` is the new image."""
+    dropped_disks: tuple[str, ...] = ()
+    """Writable disks of the original (targets) that the new domain does not get: they are not
+    in the backup, and sharing them with the original would corrupt them."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DefineReport:
+        """Read what ``_native.restore_define`` returns."""
+        return cls(
+            name=str(data["name"]),
+            uuid=str(data["uuid"]),
+            disks=tuple(RestoreReport.from_dict(d) for d in data.get("disks", ())),
+            dropped_disks=tuple(str(t) for t in data.get("dropped_disks", ())),
         )
 
 

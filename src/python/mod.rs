@@ -8,10 +8,11 @@
 //! - **GIL release and Ctrl-C**: a run happens on its own thread while the calling thread waits
 //!   detached from the interpreter, attaching every [`POLL`] to let Python run its signal
 //!   handlers. What an exception from a handler (KeyboardInterrupt) does depends on what the
-//!   run holds ([`OnInterrupt`]): a backup or a restore is cancelled through its
-//!   [`CancelToken`] and the call keeps waiting until the engine has cleaned up (thawed the
-//!   guests and removed its snapshots, removed a partial restore); a prune, which has no
-//!   cancellation point, is waited for; a read-only call (listings, verify) raises at once;
+//!   run holds ([`OnInterrupt`]): a backup or a restore (also `restore --define`) is cancelled
+//!   through its [`CancelToken`] and the call keeps waiting until the engine has cleaned up
+//!   (thawed the guests and removed its snapshots, removed a partial restore); a prune, which
+//!   has no cancellation point, is waited for; a read-only call (listings, verify, also
+//!   against the source snapshots) raises at once;
 //! - **exception mapping**: [`Error`] becomes one exception of the hierarchy rooted at
 //!   `BackupError`, once, here.
 //!
@@ -38,7 +39,8 @@ use pyo3::types::{PyDict, PyString};
 
 use crate::engine::restic::{self, ResticTarget};
 use crate::engine::{
-    self, BackupEvent, BackupOptions, CancelToken, EventSink, RestoreOptions, RestoreTarget,
+    self, BackupEvent, BackupOptions, CancelToken, DefineOptions, EventSink, RestoreOptions,
+    RestoreTarget, SourceOptions,
 };
 use crate::error::Error;
 use crate::libvirt::HypervisorConnection;
@@ -187,6 +189,22 @@ fn parse_restore_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult
     }
     serde_json::from_value(value)
         .map_err(|e| UsageError::new_err(format!("invalid restore options: {e}")))
+}
+
+/// Reads the options of `restore --define` from a JSON string or a mapping with the fields of
+/// `DefineOptions`; a missing required or unknown field is a `UsageError`.
+fn parse_define_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult<DefineOptions> {
+    let value = options_json(py, options, "define options")?;
+    serde_json::from_value(value)
+        .map_err(|e| UsageError::new_err(format!("invalid define options: {e}")))
+}
+
+/// Reads how verify reaches the cluster (`connect`, `ceph_conf`, `ceph_user`) from a JSON
+/// string or a mapping; an unknown field is a `UsageError`.
+fn parse_source_options(py: Python<'_>, source: &Bound<'_, PyAny>) -> PyResult<SourceOptions> {
+    let value = options_json(py, source, "source options")?;
+    serde_json::from_value(value)
+        .map_err(|e| UsageError::new_err(format!("invalid source options: {e}")))
 }
 
 /// Reads a restic target (`repository`, `password_file`, `binary`) from a JSON string or a
@@ -468,6 +486,15 @@ fn snapshot_name(owner: &str, unix_time: f64) -> PyResult<String> {
     Ok(crate::plan::snapshot_name(owner, &backup_id))
 }
 
+/// Reads a rate such as `200M`, `1.5G`, `512K` or `1048576` as bytes per second (binary units),
+/// with the core's own parser, so that `--bwlimit` has one definition; a bad rate is a
+/// `UsageError`.
+#[pyfunction]
+#[pyo3(signature = (text))]
+fn parse_rate(text: &str) -> PyResult<u64> {
+    crate::plan::parse_rate(text).map_err(UsageError::new_err)
+}
+
 /// Lists domains and what a backup would do with their disks, as a list of dicts.
 #[pyfunction]
 #[pyo3(signature = (connect, domains))]
@@ -519,20 +546,51 @@ fn restore<'py>(py: Python<'py>, options: &Bound<'py, PyAny>) -> PyResult<Bound<
     to_py(py, &report)
 }
 
+/// Restores every RBD disk of a backup into new images `POOL/NAME-TARGET` and defines a new
+/// domain on them (new name, UUID and MACs; defined, not started); returns the report as a dict.
+///
+/// `options` is a JSON object (str) or a mapping with the fields of `DefineOptions`. On Ctrl-C
+/// the restore of the current disk is cancelled and its partial image removed before the
+/// exception is raised; no domain is defined then.
+#[pyfunction]
+#[pyo3(signature = (options))]
+fn restore_define<'py>(
+    py: Python<'py>,
+    options: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let options = parse_define_options(py, options)?;
+    refresh_logging();
+    let cancel = CancelToken::new();
+    let token = cancel.clone();
+    let on_interrupt = OnInterrupt::Cancel(&cancel, "the removal of the partial restore");
+    let result = run_interruptible(py, on_interrupt, move || {
+        engine::restore_define(&options, &token)
+    })?;
+    let report = result.map_err(to_py_err)?;
+    to_py(py, &report)
+}
+
 /// Verifies the backups in a repository (of one domain, or one backup and its chain); returns
 /// the report as a dict. Damage is in the report's `problems`; an exception means the
 /// verification could not run.
+///
+/// With `source` (a JSON object (str) or a mapping with the fields of `SourceOptions`, possibly
+/// empty), each domain's latest backup (or `backup`) is also compared with its snapshot still
+/// in the cluster.
 #[pyfunction]
-#[pyo3(signature = (repo, domain=None, backup=None))]
+#[pyo3(signature = (repo, domain=None, backup=None, source=None))]
 fn verify<'py>(
     py: Python<'py>,
     repo: PathBuf,
     domain: Option<String>,
     backup: Option<String>,
+    source: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let source = source.map(|s| parse_source_options(py, s)).transpose()?;
     refresh_logging();
+    // Read-only, also against the cluster: on Ctrl-C the call raises at once.
     let result = run_interruptible(py, OnInterrupt::Abandon, move || {
-        engine::verify(&repo, domain.as_deref(), backup.as_deref())
+        engine::verify_with_source(&repo, domain.as_deref(), backup.as_deref(), source.as_ref())
     })?;
     let report = result.map_err(to_py_err)?;
     to_py(py, &report)
@@ -578,12 +636,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(list_domains, m)?)?;
     m.add_function(wrap_pyfunction!(list_backups, m)?)?;
     m.add_function(wrap_pyfunction!(restore, m)?)?;
+    m.add_function(wrap_pyfunction!(restore_define, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(list_restic, m)?)?;
     m.add_function(wrap_pyfunction!(ceph_key, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot_name, m)?)?;
+    m.add_function(wrap_pyfunction!(parse_rate, m)?)?;
     m.add("BackupError", py.get_type::<BackupError>())?;
     m.add("UsageError", py.get_type::<UsageError>())?;
     m.add("LibvirtError", py.get_type::<LibvirtError>())?;

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import virt_rbd_backup
-from virt_rbd_backup import BackupReport, PruneReport, RestoreReport, VerifyReport, cli, config
+from virt_rbd_backup import BackupReport, DefineReport, PruneReport, RestoreReport, VerifyReport, cli, config
 
 UUID_A = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 UUID_B = "0b5ac0ff-ee01-4f6e-9c41-5e3c0b1a7a2d"
@@ -468,6 +468,9 @@ def test_bare_command_runs_a_backup_with_the_defaults(
         "full_every": None,
         "agent_timeout": 30,
         "freeze_timeout": 30,
+        "ceph_timeout": 60,
+        "compress": None,
+        "bwlimit": None,
         "restic": None,
     }
     assert capsys.readouterr().out == "Summary: 0 succeeded, 0 failed, 0 skipped\n"
@@ -776,7 +779,7 @@ def fake_repo_core(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
         return call
 
-    for name in ("restore", "verify", "prune"):
+    for name in ("restore", "restore_define", "verify", "prune"):
         monkeypatch.setattr(cli, f"_{name}_json", fake(name))
     return state
 
@@ -843,7 +846,20 @@ def test_restore_failures_exit_status(
 def test_verify_run(fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     fake_repo_core["verify"] = verify_report([])
     assert cli.main(["verify", "web1", "--backup", "latest", "--repo", "/srv/b"]) == 0
-    assert fake_repo_core["calls"] == [("verify", ("web1",), {"backup": "latest", "repo": "/srv/b"})]
+    assert fake_repo_core["calls"] == [
+        (
+            "verify",
+            ("web1",),
+            {
+                "backup": "latest",
+                "repo": "/srv/b",
+                "source": False,
+                "ceph_conf": None,
+                "ceph_user": None,
+                "connect": "qemu:///system",
+            },
+        )
+    ]
     assert capsys.readouterr().out == "OK: 2 backups verified\n"
 
 
@@ -1158,3 +1174,268 @@ def test_restore_from_restic_passes_the_target_and_claims_no_checksum(
         out == f"Restored web1 disk vda from restic snapshot {report_['backup_id']} to /srv/x.raw: 10737418240 bytes\n"
     )
     assert "checksum" not in out
+
+
+# -------------------------------------------------------------------------- compression, rate, Ceph timeout
+
+
+def test_compress_bwlimit_and_ceph_timeout_flags() -> None:
+    args = cli.parse_args([])
+    assert (args.compress, args.bwlimit, args.ceph_timeout) == (None, None, 60)
+    args = cli.parse_args(["backup", "--compress", "zstd:5", "--bwlimit", "1.5G", "--ceph-timeout", "5"])
+    assert (args.compress, args.bwlimit, args.ceph_timeout) == ("zstd:5", 3 << 29, 5)
+    # The rate is read by the core's parser: units K, M, G, binary.
+    assert cli.parse_args(["--bwlimit", "512K"]).bwlimit == 512 << 10
+    assert cli.parse_args(["--bwlimit", "1048576"]).bwlimit == 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bwlimit", "fast"], "bad rate"),
+        (["--bwlimit", "0"], "bad rate"),
+        (["--ceph-timeout", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_rates_and_timeouts_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_backup_passes_compress_bwlimit_and_ceph_timeout(fake_core: dict[str, Any]) -> None:
+    assert cli.main(["--compress", "zstd", "--bwlimit", "8M", "--ceph-timeout", "5"]) == 0
+    options = fake_core["options"]
+    assert (options["compress"], options["bwlimit"], options["ceph_timeout"]) == ("zstd", 8 << 20, 5)
+
+
+@pytest.mark.parametrize("argv", [["plan"], ["backup", "--dry-run"]])
+def test_plan_takes_the_ceph_timeout(argv: list[str], fake_plan: dict[str, Any]) -> None:
+    cli.main([*argv, "--ceph-timeout", "7", "--compress", "zstd", "--bwlimit", "8M"])
+    (options,) = fake_plan["calls"]
+    assert options["ceph_timeout"] == 7
+
+
+# -------------------------------------------------------------------------- verify --source
+
+
+def test_verify_source_flags() -> None:
+    args = cli.parse_args(["verify"])
+    assert (args.source, args.ceph_conf, args.ceph_user, args.connect) == (False, None, None, "qemu:///system")
+    args = cli.parse_args(
+        [
+            "verify",
+            "web1",
+            "--source",
+            "--ceph-conf",
+            "/etc/ceph/backup.conf",
+            "--ceph-user",
+            "backup",
+            "--connect",
+            "qemu+ssh://h/system",
+        ]
+    )
+    assert (args.source, args.ceph_conf, args.ceph_user, args.connect) == (
+        True,
+        "/etc/ceph/backup.conf",
+        "backup",
+        "qemu+ssh://h/system",
+    )
+
+
+def test_verify_source_lines() -> None:
+    data = {**verify_report([], checked=1), "source_checked": [[B_INC1, "vda"], [B_INC1, "vdb"]]}
+    assert cli.format_verify(VerifyReport.from_dict(data)) == [
+        "OK: 1 backups verified",
+        f"SOURCE OK backup {B_INC1} disk vda: equals rbd snapshot",
+        f"SOURCE OK backup {B_INC1} disk vdb: equals rbd snapshot",
+    ]
+    assert cli.format_verify(VerifyReport.from_dict(data), quiet=True) == []
+
+
+def test_verify_source_run_passes_the_cluster_options(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["verify"] = {**verify_report([], checked=1), "source_checked": [[B_INC1, "vda"]]}
+    argv = ["verify", "--source", "--ceph-conf", "/etc/ceph/ceph.conf", "--ceph-user", "backup", "--repo", "/srv/b"]
+    assert cli.main(argv) == 0
+    assert fake_repo_core["calls"][0][2] == {
+        "backup": None,
+        "repo": "/srv/b",
+        "source": True,
+        "ceph_conf": "/etc/ceph/ceph.conf",
+        "ceph_user": "backup",
+        "connect": "qemu:///system",
+    }
+    assert capsys.readouterr().out.splitlines() == [
+        "OK: 1 backups verified",
+        f"SOURCE OK backup {B_INC1} disk vda: equals rbd snapshot",
+    ]
+
+
+def test_a_source_that_differs_is_a_corrupt_line_and_exits_1(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = "differs from its source snapshot rbd/web1-root@virt-rbd-backup-x at offset 4194304"
+    fake_repo_core["verify"] = verify_report([{"backup_id": B_INC1, "disk": "vda", "message": message}])
+    assert cli.main(["verify", "--source"]) == 1
+    assert capsys.readouterr().out == f"CORRUPT backup {B_INC1} disk vda: {message}\n"
+
+
+def test_ceph_options_without_source_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli.main(["verify", "--ceph-conf", "/etc/ceph/ceph.conf", "--repo", str(tmp_path)]) == 2
+    assert "--source" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------- restore --define
+
+UUID_NEW = "3b1f9b7e-8c43-4b71-9a5d-0c2d7f1e6a10"
+
+
+def define_report(dropped: list[str]) -> dict[str, Any]:
+    disks = []
+    for disk in ("vda", "vdb"):
+        r = restore_report([B_FULL, B_INC1], target=f"rbd:rbd/web1-copy-{disk}")
+        r["disk"] = disk
+        disks.append(r)
+    return {"name": "web1-copy", "uuid": UUID_NEW, "disks": disks, "dropped_disks": dropped}
+
+
+def test_restore_define_flags() -> None:
+    args = cli.parse_args(["restore", "web1", "--define", "web1-copy"])
+    assert (args.define, args.to, args.pool, args.backup, args.force) == ("web1-copy", None, None, None, False)
+    args = cli.parse_args(
+        [
+            "restore",
+            "web1",
+            "--define",
+            "web1-copy",
+            "--pool",
+            "fast",
+            "--backup",
+            B_INC1,
+            "--force",
+            "--ceph-conf",
+            "/etc/ceph/ceph.conf",
+            "--ceph-user",
+            "backup",
+            "--connect",
+            "qemu+ssh://h/system",
+            "--repo",
+            "/srv/b",
+            "--json",
+        ]
+    )
+    assert (args.define, args.pool, args.backup, args.force, args.json) == ("web1-copy", "fast", B_INC1, True, True)
+    assert (args.ceph_conf, args.ceph_user, args.connect, args.repo) == (
+        "/etc/ceph/ceph.conf",
+        "backup",
+        "qemu+ssh://h/system",
+        "/srv/b",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["restore", "web1"], "one of the arguments --to --define is required"),
+        (["restore", "web1", "--to", "/x.raw", "--define", "copy"], "not allowed with"),
+    ],
+)
+def test_restore_takes_either_to_or_define(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_define_line_and_warning() -> None:
+    lines = cli.format_define(DefineReport.from_dict(define_report(["vdc", "vdd"])), "web1")
+    assert lines == [
+        (
+            "out",
+            f"Defined web1-copy ({UUID_NEW}) from backup {B_INC1} of web1: "
+            "vda -> rbd/web1-copy-vda, vdb -> rbd/web1-copy-vdb",
+        ),
+        (
+            "err",
+            "warning: web1-copy was defined without vdc, vdd: writable disks that are not in the backup "
+            "are left out, never shared with the original",
+        ),
+    ]
+    assert len(cli.format_define(DefineReport.from_dict(define_report([])), "web1")) == 1
+
+
+def test_restore_define_run_passes_every_option_and_prints_its_lines(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["restore_define"] = define_report(["vdc"])
+    argv = ["restore", "web1", "--define", "web1-copy", "--pool", "fast", "--backup", B_INC1, "--force"]
+    assert cli.main(argv) == 0
+    assert fake_repo_core["calls"] == [
+        (
+            "restore_define",
+            ("web1",),
+            {
+                "name": "web1-copy",
+                "backup": B_INC1,
+                "pool": "fast",
+                "force": True,
+                "repo": "/var/lib/virt-rbd-backup",
+                "ceph_conf": None,
+                "ceph_user": None,
+                "connect": "qemu:///system",
+            },
+        )
+    ]
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"Defined web1-copy ({UUID_NEW}) from backup {B_INC1} of web1: vda -> ")
+    assert captured.err.startswith("warning: web1-copy was defined without vdc")
+
+
+def test_restore_define_json_prints_the_cores_report_and_the_warning_on_stderr(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["restore_define"] = define_report(["vdc"])
+    assert cli.main(["restore", "web1", "--define", "web1-copy", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == define_report(["vdc"])
+    assert "vdc" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["restore", "web1", "--define", "copy", "--disk", "vda"], "--disk does not go with --define"),
+        (["restore", "web1", "--define", "copy", "--restic-repo", "/r"], "not from restic"),
+        (["restore", "web1", "--to", "/x.raw", "--pool", "fast"], "--pool goes with --define"),
+    ],
+)
+def test_restore_flags_that_do_not_fit_exit_2(
+    argv: list[str], message: str, fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert fake_repo_core["calls"] == []
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (virt_rbd_backup.UsageError("a domain named web1-copy exists already; choose another name"), 2),
+        (virt_rbd_backup.UsageError("rbd/web1-copy-vda exists; use --force to replace it"), 2),
+        (virt_rbd_backup.LibvirtError("cannot define web1-copy: invalid XML"), 1),
+        (virt_rbd_backup.CephError("rbd_create failed for rbd/x: Permission denied (errno 13)"), 1),
+        (KeyboardInterrupt(), 130),
+    ],
+    ids=["domain-exists", "image-exists", "define-failed", "ceph", "ctrl-c"],
+)
+def test_restore_define_failures_exit_status(
+    error: BaseException, expected: int, fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_repo_core["restore_define"] = error
+    assert cli.main(["restore", "web1", "--define", "web1-copy"]) == expected
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("interrupted\n" if expected == 130 else f"error: {error}\n")

@@ -26,6 +26,9 @@ freeze = "required"
 freeze_mountpoints = ["/", "/var"]
 agent_timeout = 10
 freeze_timeout = 20
+ceph_timeout = 30
+compress = "zstd:5"
+bwlimit = "200M"
 repo = "/srv/backups"
 mode = "full"
 full_every = 7
@@ -68,6 +71,9 @@ def test_every_key_of_the_toml_file_is_read(tmp_path: Path) -> None:
         "freeze_mountpoints": ["/", "/var"],
         "agent_timeout": 10,
         "freeze_timeout": 20,
+        "ceph_timeout": 30,
+        "compress": "zstd:5",
+        "bwlimit": 200 << 20,
         "repo": "/srv/backups",
         "mode": "full",
         "full_every": 7,
@@ -139,6 +145,12 @@ def test_unknown_keys_are_errors_naming_the_key_and_the_file(tmp_path: Path, tex
         ('connect = ""', "connect", "''"),
         ('restic = "/srv/restic"', "restic", "'/srv/restic' (a string)"),
         ("[restic]\nrepository = 7", "restic.repository", "7 (a whole number)"),
+        ("ceph_timeout = 0", "ceph_timeout", "0 (a whole number)"),
+        ("compress = 5", "compress", "5 (a whole number)"),
+        ('bwlimit = "fast"', "bwlimit", "'fast' (a string)"),
+        ("bwlimit = 0", "bwlimit", "0 (a whole number)"),
+        ("bwlimit = 1.5", "bwlimit", "1.5 (a decimal number)"),
+        ("bwlimit = true", "bwlimit", "True (a boolean)"),
     ],
 )
 def test_wrong_types_are_errors_naming_the_key_and_the_file(tmp_path: Path, text: str, key: str, got: str) -> None:
@@ -361,6 +373,12 @@ def test_an_explicit_py_file_is_the_originals_kind(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------- precedence
 
 
+@pytest.mark.parametrize(("text", "rate"), [('bwlimit = "1.5G"', 3 << 29), ("bwlimit = 1048576", 1 << 20)])
+def test_bwlimit_is_a_rate_or_bytes_per_second(tmp_path: Path, text: str, rate: int) -> None:
+    # Text is read by the core's parser, as --bwlimit is; the setting is then what the flag gives.
+    assert load_toml_config(write(tmp_path / "c.toml", text)).bwlimit == rate
+
+
 def cfg_of(tmp_path: Path, text: str) -> BackupConfig:
     return load_toml_config(write(tmp_path / "c.toml", text))
 
@@ -371,6 +389,7 @@ def test_the_file_overrides_the_defaults(tmp_path: Path) -> None:
     assert args.domains == ["web1", "db1"]
     assert args.freeze_mountpoints == ["/", "/var"]
     assert (args.agent_timeout, args.freeze_timeout, args.mode, args.full_every) == (10, 20, "full", 7)
+    assert (args.ceph_timeout, args.compress, args.bwlimit) == (30, "zstd:5", 200 << 20)
     assert args.repo == "/srv/backups"
     assert args.metrics_file == "/var/lib/node-exporter/virt-rbd-backup.prom"
     assert args.json
@@ -447,6 +466,13 @@ def test_repository_commands_take_the_files_repository(tmp_path: Path) -> None:
     assert cli.parse_args(["verify", "--repo", "/b"], config=cfg).repo == "/b"
 
 
+def test_verify_takes_the_files_libvirt_uri_for_source(tmp_path: Path) -> None:
+    cfg = cfg_of(tmp_path, FULL_TOML)
+    args = cli.parse_args(["verify", "--source"], config=cfg)
+    assert (args.connect, args.repo) == ("qemu+ssh://hv1/system", "/srv/backups")
+    assert cli.parse_args(["plan"], config=cfg).ceph_timeout == 30
+
+
 def test_restore_reads_from_the_configured_restic_repository(tmp_path: Path) -> None:
     args = cli.parse_args(["restore", "web1", "--to", "/x"], config=cfg_of(tmp_path, FULL_TOML))
     assert (args.restic_repo, args.restic_password_file) == ("/srv/restic", "/etc/virt-rbd-backup/restic.pass")
@@ -478,7 +504,8 @@ def test_a_bad_file_exits_2_naming_it(
     for argv in (["--config", str(path)], ["verify", "--config", str(path)]):
         assert cli.main(argv) == 2
         assert capsys.readouterr().err == (
-            f"error: {path}: unknown key 'colour'; known keys: agent_timeout, connect, domains, freeze, "
+            f"error: {path}: unknown key 'colour'; known keys: agent_timeout, bwlimit, ceph_timeout, compress, "
+            "connect, domains, freeze, "
             "freeze_mountpoints, freeze_timeout, full_every, json, metrics_file, mode, queue_depth, repo, "
             "restic, workers\n"
         )

@@ -22,6 +22,7 @@ from virt_rbd_backup import (
     BackupListing,
     BackupPlan,
     BackupReport,
+    DefineReport,
     DiskReport,
     DomainListing,
     DomainPruneReport,
@@ -61,6 +62,7 @@ MIRRORS: dict[type, tuple[str, str]] = {
     MonitorHost: ("libvirt/domain_xml.rs", "MonitorHost"),
     RbdAuth: ("libvirt/domain_xml.rs", "RbdAuth"),
     RestoreReport: ("engine/restore.rs", "RestoreReport"),
+    DefineReport: ("engine/restore.rs", "DefineReport"),
     VerifyReport: ("engine/verify.rs", "VerifyReport"),
     VerifyProblem: ("engine/verify.rs", "VerifyProblem"),
     PruneReport: ("engine/prune.rs", "PruneReport"),
@@ -318,6 +320,29 @@ def test_restore_report_round_trips() -> None:
     r = RestoreReport.from_dict(data)
     assert r.chain == ("20251126T100000.000Z", "20251127T100000.000Z")
     assert json.dumps(r.to_dict()) == json.dumps(data)
+
+
+DEFINE_JSON = """
+{
+  "name": "web1-copy",
+  "uuid": "3b1f9b7e-8c43-4b71-9a5d-0c2d7f1e6a10",
+  "disks": [
+    {"domain": "web1", "backup_id": "20251127T100000.000Z", "disk": "vda",
+     "chain": ["20251126T100000.000Z", "20251127T100000.000Z"], "target": "rbd:rbd/web1-copy-vda",
+     "size": 10737418240, "bytes_written": 2147483648, "checksum": "blake3-4m:00ff", "seconds": 12.25}
+  ],
+  "dropped_disks": ["vdc"]
+}
+"""
+
+
+def test_define_report_round_trips() -> None:
+    data = json.loads(DEFINE_JSON)
+    r = DefineReport.from_dict(data)
+    assert r.disks[0].target == "rbd:rbd/web1-copy-vda"
+    assert r.dropped_disks == ("vdc",)
+    assert json.dumps(r.to_dict()) == json.dumps(data)
+    assert cli.exit_status(r) == 0
 
 
 VERIFY_JSON = """

@@ -76,3 +76,24 @@ def test_cli_restore_of_a_domain_without_backups_exits_2(
     assert captured.err.startswith("error: ")
     assert "web1" in captured.err
     assert not target.exists()
+
+
+# restore --define (restore_define): what the engine refuses before it touches Ceph or libvirt.
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "web/1", "a b", "x" * 65])
+def test_a_name_that_cannot_name_a_domain_and_its_images_is_a_usage_error(name: str, tmp_path: Path) -> None:
+    repo = tmp_path / "never-created"
+    with pytest.raises(virt_rbd_backup.UsageError, match="cannot name the new domain"):
+        virt_rbd_backup.restore_define("web1", name=name, repo=repo, connect="test:///default")
+    assert not repo.exists()
+
+
+def test_define_of_a_domain_without_backups_exits_2(empty_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="web1"):
+        virt_rbd_backup.restore_define("web1", name="web1-copy", repo=empty_repo, connect="test:///default")
+    argv = ["restore", "web1", "--define", "web1-copy", "--repo", str(empty_repo), "--connect", "test:///default"]
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and "web1" in captured.err

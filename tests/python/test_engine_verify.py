@@ -73,3 +73,17 @@ def test_folder_that_is_no_repository_cannot_be_verified(tmp_path: Path, capsys:
         virt_rbd_backup.verify(repo=tmp_path)
     assert cli.main(["verify", "--repo", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_source_of_an_empty_repository_compares_nothing(empty_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # No backup, so no cluster to ask: the options reach the engine and nothing is compared.
+    report = virt_rbd_backup.verify(repo=empty_repo, source=True, ceph_conf="/nonexistent/ceph.conf")
+    assert report.ok
+    assert report.source_checked == ()
+    assert cli.main(["verify", "--source", "--json", "--repo", str(empty_repo)]) == 0
+    assert json.loads(capsys.readouterr().out)["source_checked"] == []
+
+
+def test_ceph_options_without_source_are_a_usage_error(empty_repo: Path) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="source"):
+        virt_rbd_backup.verify(repo=empty_repo, ceph_user="backup")

@@ -60,10 +60,12 @@ def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
         "list_backups",
         "list_restic",
         "restore",
+        "restore_define",
         "verify",
         "prune",
         "ceph_key",
         "snapshot_name",
+        "parse_rate",
     }
     for name in functions:
         assert callable(getattr(_native, name)), name
@@ -124,6 +126,81 @@ def test_mode_and_full_every_are_backup_options() -> None:
     # Accepted by the options parser: the run then stops at the engine's own check of workers.
     with pytest.raises(virt_rbd_backup.UsageError, match="workers"):
         _native.backup({"mode": "full", "full_every": 7, "workers": 0})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"compress": "gzip"}, "unknown compression"),
+        ({"compress": "zstd:20"}, "bad zstd level"),
+        ({"bwlimit": 0}, "bwlimit must be positive"),
+        ({"bwlimit": "200M"}, "invalid type"),
+        ({"ceph_timeout": 0}, "Ceph timeout must be between 1 and 86400"),
+    ],
+    ids=["unknown-compression", "zstd-level", "zero-rate", "rate-as-text", "zero-ceph-timeout"],
+)
+def test_compress_bwlimit_and_ceph_timeout_are_checked_by_the_core(options: dict[str, Any], message: str) -> None:
+    # Refused before libvirt or the repository are touched.
+    with pytest.raises(virt_rbd_backup.UsageError, match=message):
+        _native.backup({**options, "repo": "/nonexistent/never-created"})
+
+
+def test_compress_bwlimit_and_ceph_timeout_are_backup_options() -> None:
+    # Accepted by the options parser: the run then stops at the engine's own check of workers.
+    with pytest.raises(virt_rbd_backup.UsageError, match="workers"):
+        _native.backup({"compress": "zstd:19", "bwlimit": 1 << 20, "ceph_timeout": 5, "workers": 0})
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("200M", 200 << 20), ("1.5G", 3 << 29), ("512K", 512 << 10), ("512KiB/s", 512 << 10), ("1048576", 1 << 20)],
+)
+def test_rates_are_read_by_the_cores_parser(text: str, rate: int) -> None:
+    assert _native.parse_rate(text) == rate
+    assert virt_rbd_backup.parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["0", "-1M", "fast", "10X", ""])
+def test_bad_rates_are_usage_errors(text: str) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="bad rate"):
+        _native.parse_rate(text)
+
+
+def test_a_rate_as_text_reaches_the_core_as_bytes_per_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def backup(options: dict[str, Any], on_event: Any = None) -> dict[str, Any]:
+        seen.append(options)
+        return {"version": 1, "started_at": 0.0, "finished_at": 0.0, "domains": []}
+
+    monkeypatch.setattr(_native, "backup", backup)
+    virt_rbd_backup.backup(bwlimit="8M", compress="zstd", ceph_timeout=5)
+    virt_rbd_backup.backup(bwlimit=4096)
+    assert [(o["bwlimit"], o["compress"], o["ceph_timeout"]) for o in seen] == [(8 << 20, "zstd", 5), (4096, None, 60)]
+    with pytest.raises(virt_rbd_backup.UsageError, match="bad rate"):
+        virt_rbd_backup.backup(bwlimit="8 parsecs")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"domain": "web1", "name": "copy"},
+        {"repo": "/r", "name": "copy"},
+        {"repo": "/r", "domain": "web1"},
+        {"repo": "/r", "domain": "web1", "name": "copy", "to": "/tmp/x.raw"},
+        {"repo": "/r", "domain": "web1", "name": "copy", "force": "yes"},
+    ],
+    ids=["no-repo", "no-domain", "no-name", "unknown-field", "force-not-a-bool"],
+)
+def test_bad_define_options_are_usage_errors(options: dict[str, Any]) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="invalid define options"):
+        _native.restore_define(options)
+
+
+@pytest.mark.parametrize("source", [{"ceph_cnf": "/etc/ceph/ceph.conf"}, {"ceph_user": 7}, '"yes"'])
+def test_bad_source_options_are_usage_errors(source: Any, tmp_path: Path) -> None:
+    with pytest.raises(virt_rbd_backup.UsageError, match="invalid source options"):
+        _native.verify(str(tmp_path), None, None, source)
 
 
 @pytest.mark.parametrize(

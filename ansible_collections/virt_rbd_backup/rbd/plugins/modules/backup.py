@@ -93,6 +93,29 @@ options:
       - Unset, the package's default (30).
       - Needs a version of the package that has the option; the task fails and says so otherwise.
     type: int
+  ceph_timeout:
+    description:
+      - Seconds a Ceph monitor or OSD operation may take before the domain fails, so that a hung
+        monitor or OSD costs that domain and not the whole run.
+      - Unset, the package's default (60).
+      - Needs a version of the package that has the option; the task fails and says so otherwise.
+    type: int
+  compress:
+    description:
+      - Compress the stored files with zstd, V(zstd) (level 3) or C(zstd:LEVEL) with a level
+        from 1 to 19, for example V(zstd:9).
+      - A compressed file is the stock format once decompressed (C(zstd -dc FILE)).
+      - Unset, the files are stored uncompressed.
+      - Needs a version of the package that has the option; the task fails and says so otherwise.
+    type: str
+  bwlimit:
+    description:
+      - The most the whole run reads from the cluster, all disks together, in bytes per second.
+      - A whole number of bytes, or a string with a binary unit, for example V(200M), V(1.5G) or
+        V(512K).
+      - Unset, no limit.
+      - Needs a version of the package that has the option; the task fails and says so otherwise.
+    type: raw
   restic_repo:
     description:
       - Send the disks to this restic repository (C(/srv/restic), C(sftp:...), C(rest:...))
@@ -140,6 +163,13 @@ EXAMPLES = r"""
   virt_rbd_backup.rbd.backup:
     repo: /backup/vms
     full_every: 7
+
+- name: Back up compressed, reading at most 200 MiB/s, a hung cluster failing a domain after 30 s
+  virt_rbd_backup.rbd.backup:
+    repo: /backup/vms
+    compress: "zstd:5"
+    bwlimit: 200M
+    ceph_timeout: 30
 
 - name: Show what a backup would do, without doing it
   virt_rbd_backup.rbd.backup:
@@ -251,7 +281,8 @@ from ansible_collections.virt_rbd_backup.rbd.plugins.module_utils.api import (
 )
 
 # Options that change what a backup does: the task fails when the installed package lacks one
-# that the task sets. The others (workers, queue_depth) only change how fast it goes.
+# that the task sets. The others (workers, queue_depth) only change how fast it goes; bwlimit
+# is here all the same, since it is set to protect the cluster, which ignoring it would not.
 NEEDED = (
     "connect",
     "domains",
@@ -262,6 +293,9 @@ NEEDED = (
     "full_every",
     "agent_timeout",
     "freeze_timeout",
+    "ceph_timeout",
+    "compress",
+    "bwlimit",
     "restic",
 )
 
@@ -282,6 +316,9 @@ def argument_spec():
         full_every=dict(type="int"),
         agent_timeout=dict(type="int"),
         freeze_timeout=dict(type="int"),
+        ceph_timeout=dict(type="int"),
+        compress=dict(type="str"),
+        bwlimit=dict(type="raw"),
         **RESTIC_OPTIONS
     )
 
@@ -301,6 +338,9 @@ def library_options(module):
         full_every=params["full_every"],
         agent_timeout=params["agent_timeout"],
         freeze_timeout=params["freeze_timeout"],
+        ceph_timeout=params["ceph_timeout"],
+        compress=params["compress"],
+        bwlimit=params["bwlimit"],
         restic=restic_target(module),
     )
 
