@@ -66,7 +66,11 @@ pub struct BackupPlan {
 pub fn plan_backup(options: &BackupOptions) -> Result<BackupPlan, Error> {
     let libvirt = HypervisorConnection::open(&options.connect)?;
     // restic backups are always full: no repository to look for a base in.
-    let repo = if options.restic.is_some() { None } else { Repository::open(&options.repo).ok() };
+    let repo = if options.restic.is_some() {
+        None
+    } else {
+        Repository::open(&options.repo).ok()
+    };
     let ceph = ConnectionCache::new(options.ceph_timeouts());
     let mut domains = Vec::new();
     for info in libvirt.list_domains(&options.domains)? {
