@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -842,12 +843,25 @@ def format_backup_listing(listing: BackupListing) -> list[str]:
         return [f"{listing.uuid} {listing.backup_id}: unreadable: {listing.error}"]
     completed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(listing.completed_at))
     consistency = listing.consistency or "-"
+    chain = f" (on {listing.parent})" if listing.parent else ""
+    age = _age(time.time() - listing.completed_at)
     lines = [
-        f"{listing.domain} {listing.uuid} {listing.backup_id} {listing.kind} {consistency} {completed} {listing.path}"
+        f"{listing.domain} {listing.uuid} {listing.backup_id} {listing.kind}{chain} {consistency} "
+        f"{completed} ({age} ago) {listing.path}"
     ]
     for disk in listing.disks:
-        lines.append(f"  {disk.target}: {disk.image} {_size(disk.size)} ({_size(disk.bytes_written)} stored)")
+        link = f"{disk.kind} #{disk.chain_position}" if disk.kind == "incremental" else disk.kind
+        lines.append(f"  {disk.target}: {disk.image} {_size(disk.size)} {link} ({_size(disk.bytes_written)} stored)")
     return lines
+
+
+def _age(seconds: float) -> str:
+    """A short human age: 45s, 12min, 5h, 3d."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def format_restic_listing(snapshot: ResticSnapshot) -> str:
@@ -1252,6 +1266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return error_status(args.command, exc)
+    except BrokenPipeError:
+        # Whoever read our output went away (`| head`): nothing left to tell them. Point stdout
+        # at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -396,6 +396,10 @@ class BackupDiskListing(_JsonShaped):
     """The raw image file."""
     checksum: str
     """Checksum of the content (see the manifest format)."""
+    kind: str = "full"
+    """``full`` or ``incremental``."""
+    chain_position: int = 0
+    """Place in its chain: 0 for a full, the parent's + 1 for an incremental."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BackupDiskListing:
@@ -407,6 +411,8 @@ class BackupDiskListing(_JsonShaped):
             bytes_written=int(data.get("bytes_written", 0)),
             file=str(data.get("file", "")),
             checksum=str(data.get("checksum", "")),
+            kind=str(data.get("kind", "full")),
+            chain_position=int(data.get("chain_position", 0)),
         )
 
 
@@ -432,6 +438,8 @@ class BackupListing(_JsonShaped):
     """Disks."""
     error: str | None = None
     """Why the backup cannot be read, if it cannot."""
+    parent: str | None = None
+    """The backup an incremental builds on."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BackupListing:
@@ -446,6 +454,7 @@ class BackupListing(_JsonShaped):
             consistency=data.get("consistency"),
             disks=tuple(BackupDiskListing.from_dict(d) for d in data.get("disks", ())),
             error=data.get("error"),
+            parent=data.get("parent"),
         )
 
 

@@ -84,6 +84,10 @@ pub struct BackupDiskListing {
     pub file: String,
     /// Content checksum.
     pub checksum: String,
+    /// `full` or `incremental`.
+    pub kind: crate::repo::BackupKind,
+    /// Place in its chain: 0 for a full, parent's + 1 for an incremental.
+    pub chain_position: u32,
 }
 
 /// A backup in the repository.
@@ -107,6 +111,8 @@ pub struct BackupListing {
     pub disks: Vec<BackupDiskListing>,
     /// Why the backup cannot be read, if it cannot.
     pub error: Option<String>,
+    /// The backup an incremental builds on.
+    pub parent: Option<String>,
 }
 
 /// Lists the complete backups in a repository, per domain, oldest first.
@@ -144,9 +150,12 @@ pub fn list_backups(
                             bytes_written: d.bytes_written,
                             file: d.file.clone(),
                             checksum: d.checksum.clone(),
+                            kind: d.kind,
+                            chain_position: d.chain_position,
                         })
                         .collect(),
                     error: None,
+                    parent: m.parent.clone(),
                 },
                 Err(e) => BackupListing {
                     domain: String::new(),
@@ -161,6 +170,7 @@ pub fn list_backups(
                     consistency: None,
                     disks: Vec::new(),
                     error: Some(e.to_string()),
+                    parent: None,
                 },
             };
             if domain.is_none_or(|d| d == listing.domain || d == listing.uuid) {

@@ -287,9 +287,25 @@ BACKUP_LISTING_JSON = """
     "consistency": "shut_off",
     "disks": [
       {"target": "vda", "image": "rbd/web1-root", "size": 1048576, "bytes_written": 4096,
-       "file": "vda.raw", "checksum": "blake3-4m:00ff"}
+       "file": "vda.raw", "checksum": "blake3-4m:00ff", "kind": "full", "chain_position": 0}
     ],
-    "error": null
+    "error": null,
+    "parent": null
+  },
+  {
+    "domain": "web1",
+    "uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f",
+    "backup_id": "20251127T100000Z",
+    "kind": "incremental",
+    "path": "/srv/backups/6695eb01/20251127T100000Z",
+    "completed_at": 1764236442.5,
+    "consistency": "frozen",
+    "disks": [
+      {"target": "vda", "image": "rbd/web1-root", "size": 1048576, "bytes_written": 130,
+       "file": "vda.rbdiff", "checksum": "blake3-4m:00fe", "kind": "incremental", "chain_position": 1}
+    ],
+    "error": null,
+    "parent": "20251126T100000Z"
   }
 ]
 """
