@@ -78,6 +78,41 @@ pub trait ExportProgress {
     fn progress(&self, done: u64, total: u64);
 }
 
+/// The 4 MiB blocks of `image` (`size` bytes) that hold allocated data; the others are
+/// never read.
+pub fn allocated_blocks(
+    image: &RbdImage<'_>,
+    size: u64,
+    use_object_map: bool,
+) -> Result<Vec<u64>, Error> {
+    let extents = image.diff_extents(None, size, use_object_map)?;
+    let ranges: Vec<ByteRange> = extents
+        .iter()
+        .filter(|e| e.exists)
+        .map(|e| ByteRange {
+            offset: e.offset,
+            length: e.length,
+        })
+        .collect();
+    Ok(blocks_to_read(&ranges, size, HASH_BLOCK_SIZE))
+}
+
+/// The block hash table of `image` as it is now, reading one allocated block at a time
+/// (for checks of a result, where speed matters less than simplicity).
+pub fn image_block_table(
+    image: &RbdImage<'_>,
+    size: u64,
+    use_object_map: bool,
+) -> Result<Vec<[u8; 32]>, Error> {
+    let mut hasher = ContentHasher::new(size);
+    for index in allocated_blocks(image, size, use_object_map)? {
+        let buf = vec![0u8; hasher.block_len(index) as usize];
+        let data = image.start_read(index * HASH_BLOCK_SIZE, buf)?.wait()?;
+        hasher.add_block(index, &data);
+    }
+    Ok(hasher.finish_with_hashes().1)
+}
+
 /// Reads `blocks` (ascending) of `image` with `queue_depth` reads in flight and hands each to
 /// `consume(index, data)` in order. Returns the bytes read.
 fn read_blocks(
@@ -138,16 +173,7 @@ pub fn export_full(
     pipeline: &ReadPipeline<'_>,
 ) -> Result<ExportStats, Error> {
     let started = Instant::now();
-    let extents = image.diff_extents(None, size, use_object_map)?;
-    let ranges: Vec<ByteRange> = extents
-        .iter()
-        .filter(|e| e.exists)
-        .map(|e| ByteRange {
-            offset: e.offset,
-            length: e.length,
-        })
-        .collect();
-    let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
+    let blocks = allocated_blocks(image, size, use_object_map)?;
     let mut hasher = ContentHasher::new(size);
     let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
     let bytes_read = read_blocks(image, &blocks, block_len, pipeline, |block, data| {
@@ -267,16 +293,7 @@ pub fn export_stream<W: Write>(
     pipeline: &ReadPipeline<'_>,
 ) -> Result<ExportStats, Error> {
     let started = Instant::now();
-    let extents = image.diff_extents(None, size, use_object_map)?;
-    let ranges: Vec<ByteRange> = extents
-        .iter()
-        .filter(|e| e.exists)
-        .map(|e| ByteRange {
-            offset: e.offset,
-            length: e.length,
-        })
-        .collect();
-    let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
+    let blocks = allocated_blocks(image, size, use_object_map)?;
     let mut hasher = ContentHasher::new(size);
     let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
     let zeros = vec![0u8; HASH_BLOCK_SIZE as usize];
@@ -320,16 +337,7 @@ pub fn export_full_diff<W: Write>(
     pipeline: &ReadPipeline<'_>,
 ) -> Result<(ExportStats, W), Error> {
     let started = Instant::now();
-    let extents = image.diff_extents(None, size, use_object_map)?;
-    let ranges: Vec<ByteRange> = extents
-        .iter()
-        .filter(|e| e.exists)
-        .map(|e| ByteRange {
-            offset: e.offset,
-            length: e.length,
-        })
-        .collect();
-    let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
+    let blocks = allocated_blocks(image, size, use_object_map)?;
     let mut hasher = ContentHasher::new(size);
     let mut diff = RbdDiffWriter::new(out, None, to_snapshot, size)?;
     let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::ceph::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
-use crate::plan::{blocks_to_read, ByteRange, ContentHasher, HASH_BLOCK_SIZE};
+use crate::plan::{ContentHasher, HASH_BLOCK_SIZE};
 use crate::repo::chain::{data_in, verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::image_file::nonzero_runs;
 use crate::repo::manifest::sync_dir;
@@ -27,6 +27,7 @@ use crate::repo::rbd_diff::{DiffRecord, RbdDiffReader};
 use crate::repo::{RepoError, Repository};
 
 use super::ceph_session::cluster_address;
+use super::export::image_block_table;
 use super::restic::{list_restic, ResticTarget};
 use super::CancelToken;
 
@@ -712,25 +713,7 @@ impl BlockSink for RbdSink<'_> {
 
     fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
         self.image.flush()?;
-        let extents = self.image.diff_extents(None, size, false)?;
-        let ranges: Vec<ByteRange> = extents
-            .iter()
-            .filter(|e| e.exists)
-            .map(|e| ByteRange {
-                offset: e.offset,
-                length: e.length,
-            })
-            .collect();
-        let mut hasher = ContentHasher::new(size);
-        for index in blocks_to_read(&ranges, size, HASH_BLOCK_SIZE) {
-            let buf = vec![0u8; hasher.block_len(index) as usize];
-            let data = self
-                .image
-                .start_read(index * HASH_BLOCK_SIZE, buf)?
-                .wait()?;
-            hasher.add_block(index, &data);
-        }
-        Ok(hasher.finish_with_hashes().1)
+        image_block_table(self.image, size, false)
     }
 }
 

@@ -193,7 +193,7 @@ fn compare_with_source(
     report: &mut VerifyReport,
 ) -> Result<(), Error> {
     use crate::ceph::{CephTimeouts, ClusterAddress, RadosCluster, RbdImage};
-    use crate::plan::{blocks_to_read, ByteRange, ContentHasher, HASH_BLOCK_SIZE};
+    use crate::plan::HASH_BLOCK_SIZE;
 
     for disk in &manifest.disks {
         let problem = |message: String| VerifyProblem {
@@ -241,22 +241,7 @@ fn compare_with_source(
             None => continue,
         };
         let info = image.info()?;
-        let extents = image.diff_extents(None, info.size, info.fast_diff_usable())?;
-        let ranges: Vec<ByteRange> = extents
-            .iter()
-            .filter(|e| e.exists)
-            .map(|e| ByteRange {
-                offset: e.offset,
-                length: e.length,
-            })
-            .collect();
-        let mut hasher = ContentHasher::new(info.size);
-        for index in blocks_to_read(&ranges, info.size, HASH_BLOCK_SIZE) {
-            let buf = vec![0u8; hasher.block_len(index) as usize];
-            let data = image.start_read(index * HASH_BLOCK_SIZE, buf)?.wait()?;
-            hasher.add_block(index, &data);
-        }
-        let actual = hasher.finish_with_hashes().1;
+        let actual = super::export::image_block_table(&image, info.size, info.fast_diff_usable())?;
         match (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i)) {
             Some(index) => report.problems.push(problem(format!(
                 "differs from its source snapshot {}@{} at offset {}",
