@@ -144,6 +144,8 @@ class DiskReport(_JsonShaped):
     """Checksum of the content (see the manifest format)."""
     seconds: float = 0.0
     """Seconds spent exporting."""
+    snapshot_create_ms: float | None = None
+    """How long creating the snapshot took (ms); the freeze window is mostly this."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DiskReport:
@@ -160,6 +162,7 @@ class DiskReport(_JsonShaped):
             file=data.get("file"),
             checksum=data.get("checksum"),
             seconds=float(data.get("seconds", 0.0)),
+            snapshot_create_ms=_opt_float(data.get("snapshot_create_ms")),
         )
 
 

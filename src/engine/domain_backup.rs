@@ -181,7 +181,8 @@ fn back_up_to_restic(
         let snap_name = snapshot_name("restic", &backup_id);
         let active = ctx.libvirt.is_active(&job.uuid)?;
         // Dropped at the end of this closure: the snapshots go once restic has everything.
-        let _guards = snapshot_domain(ctx, job, images, &snap_name, active, report)?;
+        let guards = snapshot_domain(ctx, job, images, &snap_name, active, report)?;
+        let create_ms: Vec<f64> = guards.iter().map(|g| g.create_ms()).collect();
         let host = host_name();
         let results: Vec<Result<DiskReport, Error>> = std::thread::scope(|scope| {
             let handles: Vec<_> = job
@@ -189,7 +190,8 @@ fn back_up_to_restic(
                 .iter()
                 .zip(pools)
                 .zip(images)
-                .map(|((disk, pool), image)| {
+                .zip(&create_ms)
+                .map(|(((disk, pool), image), &snapshot_create_ms)| {
                     let snap_name = &snap_name;
                     let host = &host;
                     scope.spawn(move || -> Result<DiskReport, Error> {
@@ -231,6 +233,7 @@ fn back_up_to_restic(
                             file: Some(format!("restic:{restic_snapshot}")),
                             checksum: Some(stats.checksum),
                             seconds: stats.elapsed.as_secs_f64(),
+                            snapshot_create_ms: Some(snapshot_create_ms),
                         })
                     })
                 })
@@ -307,9 +310,16 @@ fn back_up_to_repo(
 
         let active = ctx.libvirt.is_active(&job.uuid)?;
         let guards = snapshot_domain(ctx, job, images, &snap_name, active, report)?;
+        let create_ms: Vec<f64> = guards.iter().map(|g| g.create_ms()).collect();
 
         let mut disk_records = Vec::with_capacity(job.disks.len());
-        for (((disk, pool), image), prep) in job.disks.iter().zip(pools).zip(images).zip(&prepared)
+        for ((((disk, pool), image), prep), &snapshot_create_ms) in job
+            .disks
+            .iter()
+            .zip(pools)
+            .zip(images)
+            .zip(&prepared)
+            .zip(&create_ms)
         {
             let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?;
             let info = snap_image.info()?;
@@ -464,6 +474,7 @@ fn back_up_to_repo(
                 file: Some(record.file.clone()),
                 checksum: Some(stats.checksum),
                 seconds: stats.elapsed.as_secs_f64(),
+                snapshot_create_ms: Some(snapshot_create_ms),
             });
             disk_records.push(record);
         }

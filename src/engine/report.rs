@@ -66,6 +66,8 @@ pub struct DiskReport {
     pub checksum: Option<String>,
     /// Seconds spent exporting.
     pub seconds: f64,
+    /// How long creating the snapshot took (ms); the freeze window is mostly this.
+    pub snapshot_create_ms: Option<f64>,
 }
 
 /// One domain's outcome.

@@ -8,17 +8,26 @@ pub struct SnapshotGuard<'i> {
     image: &'i RbdImage<'i>,
     name: String,
     armed: bool,
+    create_ms: f64,
 }
 
 impl<'i> SnapshotGuard<'i> {
     /// Creates snapshot `name` of `image`.
     pub fn create(image: &'i RbdImage<'i>, name: &str) -> Result<Self, CephError> {
+        let started = std::time::Instant::now();
         image.create_snapshot(name)?;
+        let create_ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok(SnapshotGuard {
             image,
             name: name.to_string(),
             armed: true,
+            create_ms,
         })
+    }
+
+    /// How long the create took, in milliseconds (most of a freeze window is this).
+    pub fn create_ms(&self) -> f64 {
+        self.create_ms
     }
 
     /// Keeps the snapshot (it becomes the base of the next incremental backup).

@@ -168,7 +168,8 @@ REPORT_JSON = """
           "snapshot_timestamp": 1764150001.5,
           "file": "vda.raw",
           "checksum": "blake3-4m:00ff",
-          "seconds": 12.5
+          "seconds": 12.5,
+          "snapshot_create_ms": 41.5
         }
       ],
       "seconds": 40.0
