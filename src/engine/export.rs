@@ -72,6 +72,19 @@ impl BandwidthLimit {
     }
 }
 
+impl ExportStats {
+    /// The stats of an export that read `bytes_read` and hashed into `hasher`.
+    fn new(hasher: ContentHasher, bytes_read: u64, started: Instant) -> Self {
+        let (checksum, block_table) = hasher.finish_with_hashes();
+        ExportStats {
+            bytes_read,
+            checksum,
+            block_table,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
 /// Reports bytes done out of the total to read.
 pub trait ExportProgress {
     /// Called at most a few times a second, and once at the end.
@@ -181,13 +194,7 @@ pub fn export_full(
         writer.write_at(block * HASH_BLOCK_SIZE, data)?;
         Ok(())
     })?;
-    let (checksum, block_table) = hasher.finish_with_hashes();
-    Ok(ExportStats {
-        bytes_read,
-        checksum,
-        block_table,
-        elapsed: started.elapsed(),
-    })
+    Ok(ExportStats::new(hasher, bytes_read, started))
 }
 
 /// The base of an incremental export.
@@ -271,16 +278,7 @@ pub fn export_incremental<W: Write>(
         Ok(())
     })?;
     let out = diff.finish()?;
-    let (checksum, block_table) = hasher.finish_with_hashes();
-    Ok((
-        ExportStats {
-            bytes_read,
-            checksum,
-            block_table,
-            elapsed: started.elapsed(),
-        },
-        out,
-    ))
+    Ok((ExportStats::new(hasher, bytes_read, started), out))
 }
 
 /// Streams the whole image (allocated blocks read, holes sent as zeros) to `out`, in order, for
@@ -316,13 +314,7 @@ pub fn export_stream<W: Write>(
         out.write_all(&zeros[..n]).map_err(broken_pipe)?;
         next_offset += n as u64;
     }
-    let (checksum, block_table) = hasher.finish_with_hashes();
-    Ok(ExportStats {
-        bytes_read,
-        checksum,
-        block_table,
-        elapsed: started.elapsed(),
-    })
+    Ok(ExportStats::new(hasher, bytes_read, started))
 }
 
 /// Full export written as an rbd diff from nothing (only non-zero 4 KiB runs become data
@@ -349,14 +341,5 @@ pub fn export_full_diff<W: Write>(
         Ok(())
     })?;
     let out = diff.finish()?;
-    let (checksum, block_table) = hasher.finish_with_hashes();
-    Ok((
-        ExportStats {
-            bytes_read,
-            checksum,
-            block_table,
-            elapsed: started.elapsed(),
-        },
-        out,
-    ))
+    Ok((ExportStats::new(hasher, bytes_read, started), out))
 }

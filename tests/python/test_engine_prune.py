@@ -19,15 +19,6 @@ BACKUP_ID = "20261126T100000.000Z"
 
 
 @pytest.fixture
-def empty_repo(tmp_path: Path) -> Path:
-    """A repository without backups, made by the engine (a backup of libvirt's test driver,
-    whose only domain has no RBD disk)."""
-    repo = tmp_path / "repo"
-    virt_rbd_backup.backup(connect="test:///default", repo=repo)
-    return repo
-
-
-@pytest.fixture
 def damaged_folder(empty_repo: Path) -> Path:
     """A folder named like a backup whose manifest is damaged: not a backup, so prune removes it."""
     folder = empty_repo / UUID / BACKUP_ID

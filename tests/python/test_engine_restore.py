@@ -17,16 +17,6 @@ SYNTAX = "expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"
 BAD_TARGETS = ["rbd:", "rbd:pool", "rbd:pool/", "rbd:/image", "rbd:pool//image", "rbd:a/b/c/d"]
 
 
-@pytest.fixture
-def empty_repo(tmp_path: Path) -> Path:
-    """A repository without backups, made by the engine (a backup of libvirt's test driver,
-    whose only domain has no RBD disk)."""
-    repo = tmp_path / "repo"
-    report = virt_rbd_backup.backup(connect="test:///default", repo=repo)
-    assert [d.status for d in report.domains] == ["skipped"]
-    return repo
-
-
 @pytest.mark.parametrize("target", BAD_TARGETS)
 def test_bad_rbd_target_is_a_usage_error_naming_it(target: str, tmp_path: Path) -> None:
     repo = tmp_path / "never-created"

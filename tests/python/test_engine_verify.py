@@ -18,15 +18,6 @@ BACKUP_ID = "20261126T100000.000Z"
 
 
 @pytest.fixture
-def empty_repo(tmp_path: Path) -> Path:
-    """A repository without backups, made by the engine (a backup of libvirt's test driver,
-    whose only domain has no RBD disk)."""
-    repo = tmp_path / "repo"
-    virt_rbd_backup.backup(connect="test:///default", repo=repo)
-    return repo
-
-
-@pytest.fixture
 def damaged_repo(empty_repo: Path) -> Path:
     """The repository with one backup folder whose manifest is not JSON."""
     folder = empty_repo / UUID / BACKUP_ID
