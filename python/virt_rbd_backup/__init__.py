@@ -86,6 +86,7 @@ __all__ = [
     "BackupReport",
     "CancelledError",
     "CephError",
+    "ConsistencyPolicy",
     "DefineReport",
     "DiskReport",
     "DomainListing",
@@ -136,6 +137,11 @@ DEFAULT_REPO = "/var/lib/virt-rbd-backup"
 """The backup repository used when none is given."""
 
 FreezePolicy = Literal["auto", "required", "off"]
+ConsistencyPolicy = Literal["auto", "group", "per-disk"]
+"""How a domain's disks get one instant when no guest freeze gives it: ``auto`` takes an RBD
+group snapshot when all disks of a running domain are in one RBD group, ``group`` also puts
+disks that are in no group into a group per domain (``virt-rbd-backup-<uuid>``; this changes
+the images' group membership), ``per-disk`` never uses groups."""
 """How guest filesystems are frozen around the snapshots.
 
 ``auto``: freeze running guests through the QEMU guest agent; if it does not answer, warn and
@@ -212,6 +218,7 @@ def backup(
     queue_depth: int = 8,
     freeze: FreezePolicy = "auto",
     freeze_mountpoints: Iterable[str] = (),
+    consistency: ConsistencyPolicy = "auto",
     repo: str | os.PathLike[str] = DEFAULT_REPO,
     mode: BackupMode = "auto",
     full_every: int | None = None,
@@ -236,6 +243,9 @@ def backup(
         queue_depth: Reads in flight per image.
         freeze: ``"auto"``, ``"required"`` or ``"off"`` (see :data:`FreezePolicy`).
         freeze_mountpoints: Only these guest mountpoints are frozen (empty: all).
+        consistency: Consistency across disks without a freeze: ``"auto"``, ``"group"`` or
+            ``"per-disk"`` (see :data:`ConsistencyPolicy`). A group-consistent backup records
+            ``crash_consistent_group``; restic targets always take per-disk snapshots.
         repo: The backup repository directory.
         mode: ``"auto"`` (incremental when a sound base exists) or ``"full"`` (see
             :data:`BackupMode`).
@@ -295,6 +305,7 @@ def backup(
             queue_depth=queue_depth,
             freeze=freeze,
             freeze_mountpoints=freeze_mountpoints,
+            consistency=consistency,
             repo=repo,
             mode=mode,
             full_every=full_every,
@@ -317,6 +328,7 @@ def _backup_options(
     queue_depth: int,
     freeze: FreezePolicy,
     freeze_mountpoints: Iterable[str],
+    consistency: ConsistencyPolicy,
     repo: str | os.PathLike[str],
     mode: BackupMode,
     full_every: int | None,
@@ -335,6 +347,7 @@ def _backup_options(
         "queue_depth": queue_depth,
         "freeze": freeze,
         "freeze_mountpoints": _names(freeze_mountpoints, "freeze_mountpoints"),
+        "consistency": consistency,
         "repo": os.fspath(repo),
         "mode": mode,
         "full_every": full_every,
@@ -358,6 +371,7 @@ def plan(
     domains: Iterable[str] = (),
     freeze: FreezePolicy = "auto",
     freeze_mountpoints: Iterable[str] = (),
+    consistency: ConsistencyPolicy = "auto",
     repo: str | os.PathLike[str] = DEFAULT_REPO,
     mode: BackupMode = "auto",
     full_every: int | None = None,
@@ -377,6 +391,7 @@ def plan(
         domains: Domain names or UUIDs; empty means every defined domain.
         freeze: The freeze policy (only decides whether the plan says a guest would be frozen).
         freeze_mountpoints: As for :func:`backup` (accepted so that the same options fit both).
+        consistency: As for :func:`backup` (accepted so that the same options fit both).
         repo: The backup repository whose latest backups incrementals would build on.
         mode: ``"auto"`` or ``"full"``.
         full_every: As for :func:`backup`.
@@ -402,6 +417,7 @@ def plan(
             domains=domains,
             freeze=freeze,
             freeze_mountpoints=freeze_mountpoints,
+            consistency=consistency,
             repo=repo,
             mode=mode,
             full_every=full_every,
@@ -417,6 +433,7 @@ def _plan_json(
     domains: Iterable[str],
     freeze: FreezePolicy,
     freeze_mountpoints: Iterable[str],
+    consistency: ConsistencyPolicy,
     repo: str | os.PathLike[str],
     mode: BackupMode,
     full_every: int | None,
@@ -435,6 +452,7 @@ def _plan_json(
         "domains": _names(domains, "domains"),
         "freeze": freeze,
         "freeze_mountpoints": _names(freeze_mountpoints, "freeze_mountpoints"),
+        "consistency": consistency,
         "repo": os.fspath(repo),
         "mode": mode,
         "full_every": full_every,

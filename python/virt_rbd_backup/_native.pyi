@@ -68,7 +68,8 @@ def backup(
 
     ``options`` is a JSON object (str) or a mapping with the fields of ``BackupOptions``
     (``connect``, ``domains``, ``workers``, ``queue_depth``, ``freeze``,
-    ``freeze_mountpoints``, ``repo``, ``mode`` (``"auto"`` or ``"full"``), ``full_every``
+    ``freeze_mountpoints``, ``consistency`` (``"auto"``, ``"group"`` or ``"per-disk"``), ``repo``,
+    ``mode`` (``"auto"`` or ``"full"``), ``full_every``
     (int or None), ``agent_timeout``, ``freeze_timeout`` and ``ceph_timeout`` (seconds),
     ``compress`` (None, ``"zstd"`` or ``"zstd:LEVEL"``, 1 to 19), ``bwlimit`` (None or bytes per
     second for the whole run; :func:`parse_rate` reads ``"200M"``), ``restic`` (None or

@@ -436,6 +436,14 @@ def _add_backup_options(parser: argparse.ArgumentParser) -> None:
         help="freeze only this guest mountpoint; repeat for several (default: all)",
     )
     parser.add_argument(
+        "--consistency",
+        choices=("auto", "group", "per-disk"),
+        default="auto",
+        help="one instant for all disks of a domain when no freeze gives it: auto (an RBD group "
+        "snapshot when all its disks are in one RBD group), group (also put ungrouped disks into "
+        "a group per domain, virt-rbd-backup-UUID) or per-disk (default: auto)",
+    )
+    parser.add_argument(
         "--agent-timeout",
         metavar="S",
         type=_positive_int,
@@ -736,6 +744,7 @@ _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
             "queue_depth",
             "freeze",
             "freeze_mountpoints",
+            "consistency",
             "agent_timeout",
             "freeze_timeout",
             "ceph_timeout",
@@ -1079,6 +1088,7 @@ def _backup_options(args: argparse.Namespace) -> dict[str, Any]:
         "queue_depth": args.queue_depth,
         "freeze": args.freeze,
         "freeze_mountpoints": args.freeze_mountpoints,
+        "consistency": args.consistency,
         "repo": args.repo,
         "mode": args.mode,
         "full_every": args.full_every,

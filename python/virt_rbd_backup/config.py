@@ -106,6 +106,7 @@ class BackupConfig:
     queue_depth: int | None = None
     freeze: str | None = None
     freeze_mountpoints: tuple[str, ...] | None = None
+    consistency: str | None = None
     agent_timeout: int | None = None
     freeze_timeout: int | None = None
     ceph_timeout: int | None = None
@@ -235,6 +236,7 @@ _TOP_LEVEL: dict[str, tuple[str, Callable[[object], Any]]] = {
     "queue_depth": ("queue_depth", _positive),
     "freeze": ("freeze", _choice("auto", "required", "off")),
     "freeze_mountpoints": ("freeze_mountpoints", _strings),
+    "consistency": ("consistency", _choice("auto", "group", "per-disk")),
     "agent_timeout": ("agent_timeout", _positive),
     "freeze_timeout": ("freeze_timeout", _positive),
     "ceph_timeout": ("ceph_timeout", _positive),

@@ -53,9 +53,10 @@ __all__ = [
 DomainStatus: TypeAlias = Literal["succeeded", "failed", "skipped"]
 """Outcome of one domain: ``succeeded``, ``failed`` or ``skipped`` (no RBD disk)."""
 
-Consistency: TypeAlias = Literal["frozen", "crash_consistent_per_disk", "shut_off"]
+Consistency: TypeAlias = Literal["frozen", "crash_consistent_per_disk", "crash_consistent_group", "shut_off"]
 """Consistency of a domain's snapshots: guest filesystems ``frozen``, crash-consistent per disk
-(running guest, no freeze), or ``shut_off`` (the disks were not in use)."""
+(running guest, no freeze), crash-consistent across all disks at one instant (an RBD group
+snapshot), or ``shut_off`` (the disks were not in use)."""
 
 BackupKind: TypeAlias = Literal["full", "incremental"]
 """A full backup (every allocated block) or an incremental one (what changed since the base)."""

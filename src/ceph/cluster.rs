@@ -242,6 +242,17 @@ impl PoolContext<'_> {
     pub fn image_spec(&self, image: &str) -> String {
         format!("{}/{}", self.describe(), image)
     }
+
+    /// The pool's numeric id (what `rbd_get_group` reports a group's pool as).
+    pub fn pool_id(&self) -> i64 {
+        // SAFETY: valid ioctx; a pure accessor.
+        unsafe { ffi::rados_ioctx_get_id(self.io) }
+    }
+
+    /// The namespace, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
 }
 
 impl PoolContext<'_> {

@@ -59,6 +59,31 @@ pub struct rbd_snap_info_t {
     pub name: *const c_char,
 }
 
+/// `rbd_group_info_t`.
+#[repr(C)]
+pub struct rbd_group_info_t {
+    pub name: *mut c_char,
+    pub pool: i64,
+}
+
+/// `rbd_group_snap_info_t` (`state` is the `rbd_group_snap_state_t` enum).
+#[repr(C)]
+pub struct rbd_group_snap_info_t {
+    pub name: *mut c_char,
+    pub state: c_int,
+}
+
+/// `RBD_GROUP_SNAP_STATE_COMPLETE`.
+pub const RBD_GROUP_SNAP_STATE_COMPLETE: c_int = 1;
+
+/// `rbd_snap_group_namespace_t`.
+#[repr(C)]
+pub struct rbd_snap_group_namespace_t {
+    pub group_pool: i64,
+    pub group_name: *mut c_char,
+    pub group_snap_name: *mut c_char,
+}
+
 #[link(name = "rados")]
 extern "C" {
     pub fn rados_create2(
@@ -78,6 +103,7 @@ extern "C" {
     ) -> c_int;
     pub fn rados_ioctx_destroy(io: rados_ioctx_t);
     pub fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
+    pub fn rados_ioctx_get_id(io: rados_ioctx_t) -> i64;
 }
 
 #[link(name = "rbd")]
@@ -156,4 +182,53 @@ extern "C" {
     pub fn rbd_aio_wait_for_complete(c: rbd_completion_t) -> c_int;
     pub fn rbd_aio_get_return_value(c: rbd_completion_t) -> ssize_t;
     pub fn rbd_aio_release(c: rbd_completion_t);
+    pub fn rbd_snap_set_by_id(image: rbd_image_t, snap_id: u64) -> c_int;
+    pub fn rbd_snap_get_group_namespace(
+        image: rbd_image_t,
+        snap_id: u64,
+        group_snap: *mut rbd_snap_group_namespace_t,
+        group_snap_size: size_t,
+    ) -> c_int;
+    pub fn rbd_snap_group_namespace_cleanup(
+        group_snap: *mut rbd_snap_group_namespace_t,
+        group_snap_size: size_t,
+    ) -> c_int;
+    pub fn rbd_get_group(
+        image: rbd_image_t,
+        group_info: *mut rbd_group_info_t,
+        group_info_size: size_t,
+    ) -> c_int;
+    pub fn rbd_group_info_cleanup(
+        group_info: *mut rbd_group_info_t,
+        group_info_size: size_t,
+    ) -> c_int;
+    pub fn rbd_group_create(io: rados_ioctx_t, name: *const c_char) -> c_int;
+    pub fn rbd_group_image_add(
+        group_p: rados_ioctx_t,
+        group_name: *const c_char,
+        image_p: rados_ioctx_t,
+        image_name: *const c_char,
+    ) -> c_int;
+    pub fn rbd_group_snap_create(
+        group_p: rados_ioctx_t,
+        group_name: *const c_char,
+        snap_name: *const c_char,
+    ) -> c_int;
+    pub fn rbd_group_snap_remove(
+        group_p: rados_ioctx_t,
+        group_name: *const c_char,
+        snap_name: *const c_char,
+    ) -> c_int;
+    pub fn rbd_group_snap_list(
+        group_p: rados_ioctx_t,
+        group_name: *const c_char,
+        snaps: *mut rbd_group_snap_info_t,
+        group_snap_info_size: size_t,
+        num_entries: *mut size_t,
+    ) -> c_int;
+    pub fn rbd_group_snap_list_cleanup(
+        snaps: *mut rbd_group_snap_info_t,
+        group_snap_info_size: size_t,
+        num_entries: size_t,
+    ) -> c_int;
 }

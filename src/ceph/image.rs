@@ -96,6 +96,27 @@ impl<'p> RbdImage<'p> {
         Self::open_inner(pool, name, Some(snapshot), true)
     }
 
+    /// Opens `name` read-only at the snapshot with id `snap_id`, whatever its namespace (a
+    /// group snapshot's image snapshots cannot be opened by name).
+    pub fn open_at_snapshot_id(
+        pool: &'p PoolContext<'_>,
+        name: &str,
+        snap_id: u64,
+    ) -> Result<Self, CephError> {
+        let image = Self::open_inner(pool, name, None, true)?;
+        // SAFETY: valid handle.
+        let rc = unsafe { ffi::rbd_snap_set_by_id(image.handle, snap_id) };
+        if rc < 0 {
+            return Err(CephError::OpenImage {
+                image: format!("{} at snapshot id {snap_id}", image.spec),
+                errno: rc,
+                message: errno_message(rc),
+                hint: errno_hint(rc),
+            });
+        }
+        Ok(image)
+    }
+
     /// Opens `name` read-only at its head (to look, never to write).
     pub fn open_read_only(pool: &'p PoolContext<'_>, name: &str) -> Result<Self, CephError> {
         Self::open_inner(pool, name, None, true)
@@ -233,6 +254,75 @@ impl<'p> RbdImage<'p> {
             unsafe { ffi::rbd_snap_list_end(buf.as_mut_ptr()) };
             return Ok(snaps);
         }
+    }
+
+    /// The RBD group the image belongs to, as (pool id, group name).
+    pub fn group(&self) -> Result<Option<(i64, String)>, CephError> {
+        let mut info = ffi::rbd_group_info_t {
+            name: ptr::null_mut(),
+            pool: -1,
+        };
+        let size = std::mem::size_of::<ffi::rbd_group_info_t>();
+        // SAFETY: valid handle; the size argument matches the struct we pass.
+        let rc = unsafe { ffi::rbd_get_group(self.handle, &mut info, size) };
+        if rc < 0 {
+            return Err(self.call_failed("rbd_get_group", rc));
+        }
+        let name = if info.name.is_null() {
+            String::new()
+        } else {
+            // SAFETY: librbd allocated a NUL-terminated name, freed by the cleanup below.
+            unsafe { CStr::from_ptr(info.name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        let pool = info.pool;
+        // SAFETY: frees what rbd_get_group allocated in `info`.
+        unsafe { ffi::rbd_group_info_cleanup(&mut info, size) };
+        Ok((pool >= 0 && !name.is_empty()).then_some((pool, name)))
+    }
+
+    /// The id of this image's snapshot that belongs to snapshot `group_snapshot` of group
+    /// `group` (image snapshots of a group snapshot live in the group namespace, under an
+    /// internal name).
+    pub fn group_snapshot_id(
+        &self,
+        group: &str,
+        group_snapshot: &str,
+    ) -> Result<Option<u64>, CephError> {
+        for snap in self.snapshots()? {
+            if !snap.name.starts_with(".group.") {
+                continue;
+            }
+            // SAFETY: zeroed (null pointers) is a valid value of this plain C struct.
+            let mut ns: ffi::rbd_snap_group_namespace_t = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<ffi::rbd_snap_group_namespace_t>();
+            // SAFETY: valid handle; the size argument matches the struct we pass.
+            let rc =
+                unsafe { ffi::rbd_snap_get_group_namespace(self.handle, snap.id, &mut ns, size) };
+            if rc == -libc::EINVAL || rc == -libc::ENOENT {
+                continue; // not a group snapshot after all, or removed meanwhile
+            }
+            if rc < 0 {
+                return Err(self.call_failed("rbd_snap_get_group_namespace", rc));
+            }
+            let text = |p: *mut c_char| {
+                if p.is_null() {
+                    String::new()
+                } else {
+                    // SAFETY: librbd allocated NUL-terminated strings, freed below.
+                    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+                }
+            };
+            let matches =
+                text(ns.group_name) == group && text(ns.group_snap_name) == group_snapshot;
+            // SAFETY: frees what rbd_snap_get_group_namespace allocated in `ns`.
+            unsafe { ffi::rbd_snap_group_namespace_cleanup(&mut ns, size) };
+            if matches {
+                return Ok(Some(snap.id));
+            }
+        }
+        Ok(None)
     }
 
     /// Creates snapshot `name` of the image head.

@@ -13,8 +13,10 @@
 pub mod cluster;
 pub mod error;
 mod ffi;
+pub mod group;
 pub mod image;
 
 pub use cluster::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster};
 pub use error::CephError;
+pub use group::{GroupSnapshotInfo, RbdGroup};
 pub use image::{Extent, ImageInfo, PendingRead, RbdImage, SnapshotInfo};

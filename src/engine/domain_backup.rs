@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::ceph::{CephError, PoolContext, RbdImage};
+use crate::ceph::{CephError, PoolContext, RbdGroup, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
 use crate::plan::DiskPlan;
@@ -11,6 +11,7 @@ use crate::plan::{backup_id_from_unix, is_owned_snapshot, snapshot_name};
 use crate::repo::block_table::write_block_table;
 use crate::repo::hashing_writer::StoredDiffWriter;
 use crate::repo::layout::safe_component;
+use crate::repo::manifest::GroupSnapshotRecord;
 use crate::repo::{
     BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord,
     SparseImageWriter,
@@ -23,8 +24,9 @@ use super::export::{
     export_full, export_full_diff, export_incremental, export_stream, BandwidthLimit,
     ExportProgress, IncrementalBase, ReadPipeline,
 };
+use super::group_snapshot::{domain_group, GroupSnapshotGuard};
 use super::monitor_quiet::MonitorQuiet;
-use super::options::{parse_compression, BackupOptions, FreezePolicy};
+use super::options::{parse_compression, BackupOptions, ConsistencyPolicy, FreezePolicy};
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 use super::restic::{host_name, ResticTarget};
 use super::snapshot_guard::SnapshotGuard;
@@ -181,8 +183,9 @@ fn back_up_to_restic(
         let snap_name = snapshot_name("restic", &backup_id);
         let active = ctx.libvirt.is_active(&job.uuid)?;
         // Dropped at the end of this closure: the snapshots go once restic has everything.
-        let guards = snapshot_domain(ctx, job, images, &snap_name, active, report)?;
-        let create_ms: Vec<f64> = guards.iter().map(|g| g.create_ms()).collect();
+        // Restic keeps no base, so the per-disk path serves it; see the README on consistency.
+        let snapshots = snapshot_domain(ctx, job, images, &snap_name, active, None, report)?;
+        let create_ms = snapshots.create_ms();
         let host = host_name();
         let results: Vec<Result<DiskReport, Error>> = std::thread::scope(|scope| {
             let handles: Vec<_> = job
@@ -308,20 +311,50 @@ fn back_up_to_repo(
         let snap_name = snapshot_name(repo.id(), &backup_id);
         let staged = lock.stage_backup(&backup_id)?;
 
+        let image_names: Vec<&str> = job.disks.iter().map(|d| d.image.as_str()).collect();
+        let (group, group_warning) = domain_group(
+            ctx.options.consistency,
+            &job.uuid,
+            pools,
+            images,
+            &image_names,
+        )?;
+        if let Some(message) = group_warning {
+            warn(ctx, report, message);
+        }
         let active = ctx.libvirt.is_active(&job.uuid)?;
-        let guards = snapshot_domain(ctx, job, images, &snap_name, active, report)?;
-        let create_ms: Vec<f64> = guards.iter().map(|g| g.create_ms()).collect();
+        // With `per-disk` the group is only known so that its old snapshots are removed.
+        let snapshot_group = group
+            .as_ref()
+            .filter(|_| ctx.options.consistency != ConsistencyPolicy::PerDisk);
+        let snapshots =
+            snapshot_domain(ctx, job, images, &snap_name, active, snapshot_group, report)?;
+        let create_ms = snapshots.create_ms();
 
         let mut disk_records = Vec::with_capacity(job.disks.len());
-        for ((((disk, pool), image), prep), &snapshot_create_ms) in job
+        for (index, ((((disk, pool), image), prep), &snapshot_create_ms)) in job
             .disks
             .iter()
             .zip(pools)
             .zip(images)
             .zip(&prepared)
             .zip(&create_ms)
+            .enumerate()
         {
-            let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?;
+            // A group snapshot's member is read; the marker of the same name is the next base.
+            let group_snapshot =
+                snapshots
+                    .group_member(index)
+                    .map(|(group, id)| GroupSnapshotRecord {
+                        pool: group.pool().describe(),
+                        group: group.name().to_string(),
+                        name: snap_name.clone(),
+                        id,
+                    });
+            let snap_image = match &group_snapshot {
+                Some(g) => RbdImage::open_at_snapshot_id(pool, &disk.image, g.id)?,
+                None => RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?,
+            };
             let info = snap_image.info()?;
             let snap_id = image.snapshot_id(&snap_name)?;
             let timestamp = image.snapshot_timestamp(snap_id).ok();
@@ -358,6 +391,7 @@ fn back_up_to_repo(
                 file_checksum: None,
                 blocks_file: Some(blocks_file.clone()),
                 file_chunks: None,
+                group_snapshot,
             };
             let compress = ctx
                 .options
@@ -519,28 +553,38 @@ fn back_up_to_repo(
         // The new snapshots stay as the base of the next incremental; every other tool snapshot
         // (the previous base, or one left by a killed run) goes now that this backup is complete.
         // This runs after the thaw: a removal makes the monitor commit and would lengthen a freeze.
-        for guard in guards {
-            guard.keep();
-        }
+        snapshots.keep();
         let mut stale = Vec::new();
         for image in images {
             for snap in image.snapshots()? {
                 if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
-                    stale.push((image, snap.name));
+                    stale.push(StaleSnapshot::Image(image, snap.name));
+                }
+            }
+        }
+        if let Some(group) = &group {
+            for snap in group.snapshots()? {
+                if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
+                    stale.push(StaleSnapshot::Group(group, snap.name));
                 }
             }
         }
         if !stale.is_empty() {
-            // Removals make the monitor commit: never while another domain is frozen.
+            // Removals make the monitor commit: never while another domain is frozen. Issued
+            // all at once they share one monitor proposal instead of waiting for one each.
             let _permit = ctx.quiet.removal_permit();
-            for (image, name) in stale {
-                if let Err(e) = image.remove_snapshot(&name) {
-                    warn(
-                        ctx,
-                        report,
-                        format!("backup is complete, but the old snapshot {}@{name} could not be removed: {e}", image.spec()),
-                    );
-                }
+            let failures: Vec<String> = std::thread::scope(|scope| {
+                let handles: Vec<_> = stale
+                    .iter()
+                    .map(|s| scope.spawn(move || s.remove().err()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .filter_map(|h| h.join().unwrap_or_else(|_| Some("panicked".into())))
+                    .collect()
+            });
+            for failure in failures {
+                warn(ctx, report, format!("backup is complete, but {failure}"));
             }
         }
         Ok(())
@@ -580,16 +624,125 @@ fn with_open_images<T>(
     f(&pools, &images)
 }
 
-/// Freezes (per policy), creates every disk's snapshot concurrently, thaws. Returns the
-/// snapshot guards; on error every snapshot already made is removed (after the thaw).
-fn snapshot_domain<'i>(
+/// A tool snapshot to remove once a backup is complete.
+enum StaleSnapshot<'a> {
+    Image(&'a RbdImage<'a>, String),
+    Group(&'a RbdGroup<'a>, String),
+}
+
+impl StaleSnapshot<'_> {
+    /// Removes it; the error says which snapshot could not be removed and how to do it by hand.
+    fn remove(&self) -> Result<(), String> {
+        match self {
+            StaleSnapshot::Image(image, name) => image.remove_snapshot(name).map_err(|e| {
+                format!("the old snapshot {}@{name} could not be removed: {e}; remove it with `rbd snap rm`", image.spec())
+            }),
+            StaleSnapshot::Group(group, name) => group.remove_snapshot(name).map_err(|e| {
+                format!("the old group snapshot {}@{name} could not be removed: {e}; remove it with `rbd group snap rm`", group.spec())
+            }),
+        }
+    }
+}
+
+/// The snapshots a backup of one domain took: one per disk, and with group consistency the
+/// group snapshot whose members were read (the per-disk ones are then markers taken just
+/// before it, the bases of the next incremental). Dropped, they remove themselves.
+struct DomainSnapshots<'i, 'g> {
+    per_disk: Vec<SnapshotGuard<'i>>,
+    group: Option<(GroupSnapshotGuard<'g>, &'g RbdGroup<'g>, Vec<u64>)>,
+}
+
+impl DomainSnapshots<'_, '_> {
+    /// Per disk, the create time of the snapshot that fixed its content.
+    fn create_ms(&self) -> Vec<f64> {
+        match &self.group {
+            Some((guard, _, _)) => vec![guard.create_ms(); self.per_disk.len()],
+            None => self.per_disk.iter().map(|g| g.create_ms()).collect(),
+        }
+    }
+
+    /// The group and the member snapshot id of disk `index`, when a group snapshot was taken.
+    fn group_member(&self, index: usize) -> Option<(&RbdGroup<'_>, u64)> {
+        self.group
+            .as_ref()
+            .and_then(|(_, group, ids)| ids.get(index).map(|&id| (*group, id)))
+    }
+
+    /// Keeps every snapshot: the backup is complete.
+    fn keep(self) {
+        for guard in self.per_disk {
+            guard.keep();
+        }
+        if let Some((guard, _, _)) = self.group {
+            guard.keep();
+        }
+    }
+}
+
+/// Creates snapshot `snap_name` of every image at once (so the creates share a monitor
+/// proposal). The results are returned as they are: inside a freeze, the snapshots of a failed
+/// attempt must be removed only after the thaw.
+fn create_all<'i>(
+    images: &'i [RbdImage<'i>],
+    snap_name: &str,
+) -> Vec<Result<SnapshotGuard<'i>, CephError>> {
+    let results: Vec<Result<SnapshotGuard<'i>, CephError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = images
+            .iter()
+            .map(|image| scope.spawn(move || SnapshotGuard::create(image, snap_name)))
+            .collect();
+        handles
+            .into_iter()
+            .zip(images)
+            .map(|(h, image)| {
+                h.join().unwrap_or_else(|_| {
+                    Err(CephError::Call {
+                        call: "rbd_snap_create",
+                        target: image.spec().to_string(),
+                        errno: -libc::EIO,
+                        message: "panicked".into(),
+                        hint: "",
+                    })
+                })
+            })
+            .collect()
+    });
+    results
+}
+
+/// Takes the group path: per-disk markers first, then the group snapshot (its instant is
+/// after every marker, so a diff from a marker covers everything that changed since it).
+fn snapshot_group<'i, 'g>(
+    images: &'i [RbdImage<'i>],
+    group: &'g RbdGroup<'g>,
+    snap_name: &str,
+) -> Result<DomainSnapshots<'i, 'g>, Error> {
+    let per_disk = create_all(images, snap_name)
+        .into_iter()
+        .collect::<Result<Vec<_>, CephError>>()?;
+    let guard = GroupSnapshotGuard::create(group, snap_name)?;
+    let ids = images
+        .iter()
+        .map(|image| group.image_snapshot_id(image, snap_name))
+        .collect::<Result<Vec<u64>, CephError>>()?;
+    Ok(DomainSnapshots {
+        per_disk,
+        group: Some((guard, group, ids)),
+    })
+}
+
+/// Freezes (per policy), creates every disk's snapshot concurrently, thaws. Without a freeze,
+/// a running domain whose disks share `group` gets a group snapshot instead. On error every
+/// snapshot already made is removed (after the thaw).
+fn snapshot_domain<'i, 'g>(
     ctx: &RunContext<'_>,
     job: &DomainJob,
     images: &'i [RbdImage<'i>],
     snap_name: &str,
     active: bool,
+    group: Option<&'g RbdGroup<'g>>,
     report: &mut DomainReport,
-) -> Result<Vec<SnapshotGuard<'i>>, Error> {
+) -> Result<DomainSnapshots<'i, 'g>, Error> {
     let policy = ctx.options.freeze;
     let mut freeze_guard = None;
     let mut watchdog = None;
@@ -628,28 +781,13 @@ fn snapshot_domain<'i>(
         // No freeze happened (the freeze path thaws a freeze that may be pending itself).
         w.disarm();
     }
+    if let (None, true, Some(group)) = (&freeze_guard, active, group) {
+        let snapshots = snapshot_group(images, group, snap_name)?;
+        report.consistency = Some(Consistency::CrashConsistentGroup);
+        return Ok(snapshots);
+    }
     // Inside the freeze: only the snapshot creates, all at once, so they share a monitor round.
-    let results: Vec<Result<SnapshotGuard<'i>, CephError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = images
-            .iter()
-            .map(|image| scope.spawn(move || SnapshotGuard::create(image, snap_name)))
-            .collect();
-        handles
-            .into_iter()
-            .zip(images)
-            .map(|(h, image)| {
-                h.join().unwrap_or_else(|_| {
-                    Err(CephError::Call {
-                        call: "rbd_snap_create",
-                        target: image.spec().to_string(),
-                        errno: -libc::EIO,
-                        message: "panicked".into(),
-                        hint: "",
-                    })
-                })
-            })
-            .collect()
-    });
+    let results = create_all(images, snap_name);
 
     let consistency = match freeze_guard {
         Some(guard) => {
@@ -681,10 +819,8 @@ fn snapshot_domain<'i>(
         None => Consistency::CrashConsistentPerDisk,
     };
     report.consistency = Some(consistency);
-
-    let mut guards = Vec::with_capacity(results.len());
-    for result in results {
-        guards.push(result?);
-    }
-    Ok(guards)
+    Ok(DomainSnapshots {
+        per_disk: results.into_iter().collect::<Result<Vec<_>, CephError>>()?,
+        group: None,
+    })
 }

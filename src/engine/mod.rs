@@ -32,6 +32,7 @@ mod disk_plan;
 mod domain_backup;
 pub mod events;
 mod export;
+mod group_snapshot;
 pub mod listing;
 mod monitor_quiet;
 pub mod options;
@@ -49,7 +50,7 @@ use std::sync::{Arc, Mutex};
 
 pub use events::{BackupEvent, EventSink, NoEvents};
 pub use listing::{list_backups, list_domains, BackupListing, DomainListing};
-pub use options::{BackupOptions, FreezePolicy};
+pub use options::{BackupOptions, ConsistencyPolicy, FreezePolicy};
 pub use plan_report::{plan_backup, BackupPlan, PlannedDisk, PlannedDomain};
 pub use prune::{prune, DomainPruneReport, KeptBackup, PruneReport, PruneStatus, RemovedBackup};
 pub use report::{BackupReport, Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};

@@ -31,6 +31,21 @@ impl std::str::FromStr for FreezePolicy {
     }
 }
 
+/// How a domain's disks get one instant when no guest freeze gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsistencyPolicy {
+    /// An RBD group snapshot when all of a running domain's images are in one group and no
+    /// freeze happened; otherwise per-disk snapshots.
+    #[default]
+    Auto,
+    /// As `Auto`, and images in no group are put into a group per domain
+    /// (`virt-rbd-backup-<uuid>`); images split over groups fail the domain.
+    Group,
+    /// Never group snapshots.
+    PerDisk,
+}
+
 /// Options of a backup run. Deserialized from the Python layer's keyword arguments.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -47,6 +62,8 @@ pub struct BackupOptions {
     pub freeze: FreezePolicy,
     /// Only these guest mountpoints are frozen (empty: all).
     pub freeze_mountpoints: Vec<String>,
+    /// Consistency across disks without a freeze.
+    pub consistency: ConsistencyPolicy,
     /// Backup repository directory.
     pub repo: PathBuf,
     /// `auto` (incremental when a sound base exists) or `full`.
@@ -84,6 +101,7 @@ impl Default for BackupOptions {
             queue_depth: 8,
             freeze: FreezePolicy::Auto,
             freeze_mountpoints: Vec::new(),
+            consistency: ConsistencyPolicy::Auto,
             repo: PathBuf::from("/var/lib/virt-rbd-backup"),
             mode: crate::plan::BackupMode::Auto,
             full_every: None,

@@ -22,6 +22,8 @@ pub enum Consistency {
     Frozen,
     /// No freeze; each disk's snapshot is crash-consistent on its own.
     CrashConsistentPerDisk,
+    /// No freeze; all disks were snapshotted at one instant by an RBD group snapshot.
+    CrashConsistentGroup,
     /// The domain was shut off: its disks were not in use.
     ShutOff,
 }

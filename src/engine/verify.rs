@@ -219,13 +219,28 @@ fn compare_with_source(
         };
         let cluster = RadosCluster::connect(&address, key.as_ref(), CephTimeouts::default())?;
         let pool = cluster.open_pool(&disk.pool, disk.namespace.as_deref())?;
-        let image = match RbdImage::open_at_snapshot(&pool, &disk.image, &disk.snapshot.name) {
+        // A group-consistent backup was read from the group snapshot's member, not the marker.
+        let (opened, source_name) = match &disk.group_snapshot {
+            Some(g) => (
+                RbdImage::open_at_snapshot_id(&pool, &disk.image, g.id),
+                format!(
+                    "{} (member of group snapshot {}/{}@{})",
+                    disk.image_spec(),
+                    g.pool,
+                    g.group,
+                    g.name
+                ),
+            ),
+            None => (
+                RbdImage::open_at_snapshot(&pool, &disk.image, &disk.snapshot.name),
+                format!("{}@{}", disk.image_spec(), disk.snapshot.name),
+            ),
+        };
+        let image = match opened {
             Ok(image) => image,
             Err(e) if e.errno() == Some(-libc::ENOENT) => {
                 report.problems.push(problem(format!(
-                    "cannot compare with the source: snapshot {}@{} is gone ({e})",
-                    disk.image_spec(),
-                    disk.snapshot.name
+                    "cannot compare with the source: snapshot {source_name} is gone ({e})"
                 )));
                 continue;
             }
@@ -244,9 +259,7 @@ fn compare_with_source(
         let actual = super::export::image_block_table(&image, info.size, info.fast_diff_usable())?;
         match (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i)) {
             Some(index) => report.problems.push(problem(format!(
-                "differs from its source snapshot {}@{} at offset {}",
-                disk.image_spec(),
-                disk.snapshot.name,
+                "differs from its source snapshot {source_name} at offset {}",
                 index as u64 * HASH_BLOCK_SIZE
             ))),
             None => report

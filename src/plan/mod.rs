@@ -2,6 +2,7 @@
 //! to read, how a content checksum is formed, how backups and snapshots are named.
 
 pub mod blocks;
+pub mod consistency;
 pub mod incremental;
 pub mod naming;
 pub mod rate;
@@ -10,6 +11,7 @@ pub mod retention;
 pub use blocks::{
     blocks_to_read, checksum_of_table, ByteRange, ContentHasher, StreamHasher, HASH_BLOCK_SIZE,
 };
+pub use consistency::{choose_group, domain_group_name, GroupChoice, GroupMembership};
 pub use incremental::{plan_disk, BackupMode, BaseCandidate, DiskPlan, ImageState};
 pub use naming::{
     backup_id_from_unix, is_owned_snapshot, is_tool_snapshot, snapshot_name, SNAPSHOT_PREFIX,

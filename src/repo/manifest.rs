@@ -22,6 +22,11 @@
 //!     incremental and used by verify and restore to name a bad offset.
 //!   - `file_checksum`: `blake3-4m` of the stored file's bytes (for `"raw"` it equals
 //!     `checksum`), and for diff files `file_chunks`: that checksum's 4 MiB chunk table.
+//!   - `group_snapshot` (only when `consistency` is `"crash_consistent_group"`): {`pool`,
+//!     `group`, `name`, `id`}: the RBD group snapshot the content was read from, `id` being this
+//!     image's member snapshot. `snapshot` is then a marker taken just before the group
+//!     snapshot: the start of the next incremental's diff (librbd diffs only from snapshots it
+//!     can name, and group member snapshots have internal names), a superset of what changed.
 //!
 //! Fields added in later versions get serde defaults so older manifests keep reading.
 //! A manifest is only ever written by `write_manifest` (temporary file, fsync, rename).
@@ -131,6 +136,22 @@ pub struct DiskRecord {
     /// Table of the stored file's chunk hashes (diff files only).
     #[serde(default)]
     pub file_chunks: Option<String>,
+    /// The group snapshot the content was read from (group-consistent backups only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_snapshot: Option<GroupSnapshotRecord>,
+}
+
+/// A disk's snapshot within an RBD group snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupSnapshotRecord {
+    /// Pool (and namespace) of the group.
+    pub pool: String,
+    /// Group name.
+    pub group: String,
+    /// Group snapshot name.
+    pub name: String,
+    /// Id of this image's member snapshot.
+    pub id: u64,
 }
 
 impl DiskRecord {
@@ -339,6 +360,7 @@ pub(crate) mod tests {
                 file_checksum: None,
                 blocks_file: Some("vda.blocks".into()),
                 file_chunks: None,
+                group_snapshot: None,
             }],
         }
     }

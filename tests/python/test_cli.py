@@ -463,6 +463,7 @@ def test_bare_command_runs_a_backup_with_the_defaults(
         "queue_depth": 8,
         "freeze": "auto",
         "freeze_mountpoints": [],
+        "consistency": "auto",
         "repo": "/var/lib/virt-rbd-backup",
         "mode": "auto",
         "full_every": None,

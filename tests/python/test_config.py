@@ -505,7 +505,7 @@ def test_a_bad_file_exits_2_naming_it(
         assert cli.main(argv) == 2
         assert capsys.readouterr().err == (
             f"error: {path}: unknown key 'colour'; known keys: agent_timeout, bwlimit, ceph_timeout, compress, "
-            "connect, domains, freeze, "
+            "connect, consistency, domains, freeze, "
             "freeze_mountpoints, freeze_timeout, full_every, json, metrics_file, mode, queue_depth, repo, "
             "restic, workers\n"
         )

@@ -61,6 +61,15 @@ options:
     type: list
     elements: str
     default: []
+  consistency:
+    description:
+      - One instant for all disks of a domain when no freeze gives it.
+      - V(auto) takes an RBD group snapshot when all disks of a running domain are in one RBD group.
+      - V(group) also puts disks that are in no group into a group per domain (C(virt-rbd-backup-UUID)).
+      - V(per-disk) never uses group snapshots.
+    type: str
+    choices: [auto, group, per-disk]
+    default: auto
   repo:
     description:
       - The backup repository folder on the managed host.
@@ -288,6 +297,7 @@ NEEDED = (
     "domains",
     "freeze",
     "freeze_mountpoints",
+    "consistency",
     "repo",
     "mode",
     "full_every",
@@ -311,6 +321,7 @@ def argument_spec():
         queue_depth=dict(type="int", default=8),
         freeze=dict(type="str", choices=["auto", "required", "off"], default="auto"),
         freeze_mountpoints=dict(type="list", elements="str", default=[]),
+        consistency=dict(type="str", choices=["auto", "group", "per-disk"], default="auto"),
         repo=dict(type="path", default="/var/lib/virt-rbd-backup"),
         mode=dict(type="str", choices=["auto", "full"], default="auto"),
         full_every=dict(type="int"),
@@ -333,6 +344,7 @@ def library_options(module):
         queue_depth=params["queue_depth"],
         freeze=params["freeze"],
         freeze_mountpoints=params["freeze_mountpoints"],
+        consistency=params["consistency"],
         repo=params["repo"],
         mode=params["mode"],
         full_every=params["full_every"],
@@ -375,7 +387,8 @@ def run_backup(module, options):
 
 def listing_plan(module, options):
     """A plan from the domain listing, for a package that has no plan(): which domains and disks,
-    not whether full or incremental. Read-only as well."""
+    not whether full or incremental. Read-only as well.
+    """
     kwargs = call_options(module, virt_rbd_backup.list_domains, options)
     domains = []
     for listing in virt_rbd_backup.list_domains(**kwargs):
