@@ -9,11 +9,23 @@ use super::error::RepoError;
 /// Granularity of hole detection: a filesystem block.
 const ZERO_CHECK: usize = 4096;
 
+/// Writeback is started for every this many bytes of the file behind the write position.
+const WRITEBACK_WINDOW: u64 = 32 << 20;
+
 /// A raw image file being written. Created with its final size as one hole.
+///
+/// Blocks arrive in ascending order, so the writer asks the kernel to start writing back each
+/// 32 MiB window as soon as the export moved past it and waits for the window before that:
+/// the final fsync then has little left to do (it was 0.47 s for 1 GiB when everything was left
+/// to it), and dirty page cache stays bounded whatever the image size.
 pub struct SparseImageWriter {
     file: File,
     path: PathBuf,
     bytes_written: u64,
+    /// Start of the window whose writeback has not been started yet.
+    writeback_from: u64,
+    /// Window whose writeback was started and not yet waited for.
+    in_writeback: Option<(u64, u64)>,
 }
 
 impl SparseImageWriter {
@@ -38,7 +50,44 @@ impl SparseImageWriter {
             file,
             path: path.to_path_buf(),
             bytes_written: 0,
+            writeback_from: 0,
+            in_writeback: None,
         })
+    }
+
+    /// Starts writeback of the finished windows before `written_to` and waits for the one
+    /// before them. Only a hint to the kernel: failures are left for the final fsync to report.
+    fn start_writeback(&mut self, written_to: u64) {
+        use std::os::fd::AsRawFd;
+        if written_to < self.writeback_from + WRITEBACK_WINDOW {
+            return;
+        }
+        let fd = self.file.as_raw_fd();
+        if let Some((from, len)) = self.in_writeback.take() {
+            // SAFETY: plain syscall on a file descriptor we own; no memory is passed.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    from as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                )
+            };
+        }
+        let (from, len) = (self.writeback_from, written_to - self.writeback_from);
+        // SAFETY: as above.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                from as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        self.in_writeback = Some((from, len));
+        self.writeback_from = written_to;
     }
 
     /// Writes the non-zero 4 KiB runs of `data` at `offset`; zero runs stay holes.
@@ -53,6 +102,7 @@ impl SparseImageWriter {
                 })?;
             self.bytes_written += (end - start) as u64;
         }
+        self.start_writeback(offset + data.len() as u64);
         Ok(())
     }
 
