@@ -20,6 +20,16 @@ pub enum Error {
     /// The snapshots cannot be trusted to be consistent (the freeze outlived its timeout).
     #[error("inconsistent: {0}")]
     Inconsistent(String),
+    /// A snapshot this run created was removed (or replaced) by someone else before its export
+    /// ended: reads at a removed snapshot are not guaranteed to return its data (the OSDs trim
+    /// its objects), so what was read cannot be trusted.
+    #[error("snapshot {image}@{snapshot} was removed while this backup read it (`rbd snap rm` or `rbd snap purge` by someone else, or the image was deleted); what was read cannot be trusted, so this backup of the domain is discarded and no snapshot of it is kept; run the backup again")]
+    SnapshotRemoved {
+        /// pool/image.
+        image: String,
+        /// The snapshot's name.
+        snapshot: String,
+    },
     /// restic failed.
     #[error("{0}")]
     Restic(String),

@@ -195,9 +195,12 @@ fn back_up_to_restic(
                     let snap_name = &snap_name;
                     let host = &host;
                     scope.spawn(move || -> Result<DiskReport, Error> {
-                        let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, snap_name)?;
+                        let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, snap_name)
+                            .map_err(|e| snapshot_gone(e, image, snap_name))?;
                         let info = snap_image.info()?;
-                        let snap_id = image.snapshot_id(snap_name)?;
+                        let snap_id = image
+                            .snapshot_id(snap_name)
+                            .map_err(|e| snapshot_gone(e, image, snap_name))?;
                         let timestamp = image.snapshot_timestamp(snap_id).ok();
                         let tags = vec![
                             "virt-rbd-backup".to_string(),
@@ -220,6 +223,8 @@ fn back_up_to_restic(
                             upload.input()?,
                             &ctx.pipeline(&progress),
                         )?;
+                        // Before restic records its snapshot: dropping the upload aborts it.
+                        snapshot_still_there(image, snap_name, snap_id)?;
                         let restic_snapshot = upload.finish()?;
                         Ok(DiskReport {
                             target: disk.target.clone(),
@@ -321,9 +326,12 @@ fn back_up_to_repo(
             .zip(&prepared)
             .zip(&create_ms)
         {
-            let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?;
+            let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)
+                .map_err(|e| snapshot_gone(e, image, &snap_name))?;
             let info = snap_image.info()?;
-            let snap_id = image.snapshot_id(&snap_name)?;
+            let snap_id = image
+                .snapshot_id(&snap_name)
+                .map_err(|e| snapshot_gone(e, image, &snap_name))?;
             let timestamp = image.snapshot_timestamp(snap_id).ok();
             let progress = DiskProgress {
                 ctx,
@@ -459,6 +467,7 @@ fn back_up_to_repo(
                     stats
                 }
             };
+            snapshot_still_there(image, &snap_name, snap_id)?;
             write_block_table(&staged.file_path(&blocks_file), &stats.block_table)?;
             record.checksum = stats.checksum.clone();
             record.bytes_read = stats.bytes_read;
@@ -545,6 +554,34 @@ fn back_up_to_repo(
         }
         Ok(())
     })
+}
+
+/// `SnapshotRemoved` when `error` says our snapshot `snap_name` of `image` does not exist
+/// (someone removed it after we created it), else `error` as it is.
+fn snapshot_gone(error: CephError, image: &RbdImage<'_>, snap_name: &str) -> Error {
+    if error.errno() == Some(-libc::ENOENT) {
+        Error::SnapshotRemoved {
+            image: image.spec().to_string(),
+            snapshot: snap_name.to_string(),
+        }
+    } else {
+        error.into()
+    }
+}
+
+/// Checks, once a disk's export read everything, that its snapshot still exists as the one we
+/// created (same id). librbd and the OSDs do not fail every read at a snapshot removed
+/// meanwhile: reads may return data of its trimmed clones or the head, and the export would
+/// look fine. A removal after this check does not matter: every byte was read before it.
+fn snapshot_still_there(image: &RbdImage<'_>, snap_name: &str, snap_id: u64) -> Result<(), Error> {
+    match image.snapshot_id(snap_name) {
+        Ok(id) if id == snap_id => Ok(()),
+        Ok(_) => Err(Error::SnapshotRemoved {
+            image: image.spec().to_string(),
+            snapshot: snap_name.to_string(),
+        }),
+        Err(e) => Err(snapshot_gone(e, image, snap_name)),
+    }
 }
 
 /// Connects, opens every pool and image of the domain and hands them to `f`. Everything that
