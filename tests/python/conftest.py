@@ -55,27 +55,34 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             entry["fault"] = value
 
 
-def _cell(value: Any, width: int) -> str:
+def _cell(value: Any, limit: int) -> str:
     text = "-" if value is None or value == "" else " ".join(str(value).split())
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """With --fault-report: one row per test that used the `fault` fixture, from what it recorded."""
     if not config.getoption("--fault-report"):
         return
-    rows = [(nodeid.split("::", 1)[-1], e["test"], e["fault"]) for nodeid, e in _FAULT_RESULTS.items() if "fault" in e]
-    widths = (62, 8, 60, 70, 5, 32)
     header = ("case", "test", "injected", "outcome", "leaks", "data lost")
+    limits = (110, 12, 80, 110, 5, 40)
+    rows = []
+    for nodeid, entry in _FAULT_RESULTS.items():
+        if "fault" not in entry:
+            continue
+        f = entry["fault"]
+        case = nodeid.split("::", 1)[-1].removeprefix("test_")
+        values = (case, entry["test"], f["injected"], f["outcome"], f["leaks"], f["data_lost"])
+        rows.append(tuple(_cell(v, n) for v, n in zip(values, limits, strict=True)))
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     write = terminalreporter.write_line
     terminalreporter.section("fault report")
-    write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for case, test, f in rows:
-        cells = (case, test, f["injected"], f["outcome"], f["leaks"], f["data_lost"])
-        write("  ".join(_cell(c, w).ljust(w) for c, w in zip(cells, widths, strict=True)))
-    measured = [f for _, _, f in rows if f["leaks"] is not None]
-    leaks = sum(f["leaks"] for f in measured)
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    measured = [e["fault"] for e in _FAULT_RESULTS.values() if "fault" in e and e["fault"]["leaks"] is not None]
     lost = [f for f in measured if not str(f["data_lost"]).startswith("none")]
+    passed = sum(1 for e in _FAULT_RESULTS.values() if "fault" in e and e["test"] == "passed")
     write(
-        f"{len(rows)} fault cases, {sum(t == 'passed' for _, t, _ in rows)} passed; "
-        f"leaked snapshots: {leaks} (in {len(measured)} measured); cases with data lost: {len(lost)}"
+        f"{len(rows)} fault cases, {passed} passed; leaked snapshots: {sum(f['leaks'] for f in measured)} "
+        f"(measured in {len(measured)}); cases with data lost: {len(lost)}"
     )

@@ -256,7 +256,7 @@ def assert_restores_to_its_snapshots(repo: Path, dom: dict[str, Any], tmp: Path)
 
 
 def test_guest_destroyed_mid_export_completes_the_backup_of_its_snapshots(
-    running_scratch: ScratchDomain, tmp_path: Path, fault: FaultRecord
+    fault: FaultRecord, running_scratch: ScratchDomain, tmp_path: Path
 ) -> None:
     scratch = running_scratch
     repo = tmp_path / "repo"
@@ -300,7 +300,7 @@ def test_guest_destroyed_mid_export_completes_the_backup_of_its_snapshots(
     ],
 )
 def test_snapshot_removed_mid_export_fails_instead_of_committing_a_backup_read_from_it(
-    scratch: ScratchDomain, tmp_path: Path, fault: FaultRecord, command: str, disk: int
+    fault: FaultRecord, scratch: ScratchDomain, tmp_path: Path, command: str, disk: int
 ) -> None:
     repo = tmp_path / "repo"
     first = backup(repo, scratch.name)
@@ -353,7 +353,7 @@ def test_snapshot_removed_mid_export_fails_instead_of_committing_a_backup_read_f
 
 @pytest.mark.parametrize("new_size_mib", [96, 40], ids=["grow", "shrink"])
 def test_image_resized_mid_export_backs_up_the_snapshot_and_the_next_incremental_follows(
-    scratch: ScratchDomain, tmp_path: Path, fault: FaultRecord, new_size_mib: int
+    fault: FaultRecord, scratch: ScratchDomain, tmp_path: Path, new_size_mib: int
 ) -> None:
     repo = tmp_path / "repo"
     first = backup(repo, scratch.name)
