@@ -30,6 +30,13 @@ pub enum Error {
         /// The snapshot's name.
         snapshot: String,
     },
+    /// The domain stopped (shut down, destroyed, crashed) while its filesystems were frozen for
+    /// the snapshots: there is nothing left to thaw, and the snapshots are discarded.
+    #[error("domain {domain} stopped (shut down, destroyed or crashed) while its filesystems were frozen for the snapshots; nothing is left frozen, and this run's snapshots were removed; run the backup again (a shut-off domain is backed up without a freeze)")]
+    DomainStoppedWhileFrozen {
+        /// The domain's name.
+        domain: String,
+    },
     /// restic failed.
     #[error("{0}")]
     Restic(String),

@@ -691,7 +691,22 @@ fn snapshot_domain<'i>(
     let consistency = match freeze_guard {
         Some(guard) => {
             let outcome = guard.outcome();
-            let thawed_at = guard.thaw()?;
+            let thawed_at = match guard.thaw() {
+                Ok(at) => at,
+                // A thaw fails when the guest is gone: say that, not "thaw it by hand".
+                // Otherwise the watchdog, dropped armed, tries the thaw once more.
+                Err(e) => {
+                    if let Ok(false) = ctx.libvirt.is_active(&job.uuid) {
+                        if let Some(w) = watchdog.take() {
+                            w.disarm();
+                        }
+                        return Err(Error::DomainStoppedWhileFrozen {
+                            domain: job.name.clone(),
+                        });
+                    }
+                    return Err(e.into());
+                }
+            };
             if let Some(w) = watchdog.take() {
                 w.disarm();
             }

@@ -177,13 +177,13 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 
 
 class PausedBackup:
-    """`virt-rbd-backup backup --json` of one domain, as its own process, paused at `exporting`."""
+    """`virt-rbd-backup backup --json` of one domain, as its own process, paused at `phase`."""
 
-    def __init__(self, tmp: Path, repo: Path, domain: str) -> None:
+    def __init__(self, tmp: Path, repo: Path, domain: str, phase: str = "exporting") -> None:
         self.out = (tmp / "paused.out").open("w+")
         self.err_path = tmp / "paused.err"
         self.err = self.err_path.open("w+")
-        env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=f"exporting:{PAUSE}")
+        env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=f"{phase}:{PAUSE}")
         args = ["backup", "--json", "--queue-depth", "1", "--domain", domain, "--repo", str(repo)]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "virt_rbd_backup", *args],
@@ -285,6 +285,41 @@ def test_guest_destroyed_mid_export_completes_the_backup_of_its_snapshots(
     next_dom = domain_report(again.json(), scratch.name)
     assert next_dom["kind"] == "incremental", next_dom
     assert next_dom["consistency"] == "shut_off"
+    fault.measure(repo, scratch.images)
+    assert fault.leaks == 0
+    assert fault.data_lost is not None and fault.data_lost.startswith("none"), fault.data_lost
+
+
+# Regression: a guest destroyed while frozen failed the domain with "cannot thaw ... domain is not
+# running; ... thaw by hand with `virsh domfsthaw`", sending the operator to thaw a guest that is gone.
+def test_guest_destroyed_while_frozen_fails_saying_it_stopped_not_asking_to_thaw_it(
+    fault: FaultRecord, running_scratch: ScratchDomain, tmp_path: Path
+) -> None:
+    scratch = running_scratch
+    repo = tmp_path / "repo"
+    paused = PausedBackup(tmp_path, repo, scratch.name, phase="frozen")
+    paused.wait_paused()
+    virsh("destroy", scratch.name)
+    fault.injected = "virsh destroy of the running guest while frozen, before its snapshots"
+    result = paused.finish()
+    fault.outcome = domain_outcome(result, scratch.name)
+
+    # The guest did not live to be thawed after the snapshots: the run fails and says why.
+    assert result.returncode == 1, result.stdout + result.stderr
+    dom = domain_report(result.json(), scratch.name)
+    assert dom["status"] == "failed"
+    assert f"domain {scratch.name} stopped" in dom["error"] and "run the backup again" in dom["error"], dom
+    assert "domfsthaw" not in dom["error"], dom["error"]
+    assert {image: repo_snapshots(image, repo) for image in scratch.images} == {image: [] for image in scratch.images}
+    assert not partials(repo)
+    assert listed_backups(repo) == []
+
+    # The next run backs the shut-off domain up.
+    again = backup(repo, scratch.name)
+    assert again.returncode == 0, again.stdout + again.stderr
+    next_dom = domain_report(again.json(), scratch.name)
+    assert next_dom["consistency"] == "shut_off"
+    assert_restores_to_its_snapshots(repo, next_dom, tmp_path)
     fault.measure(repo, scratch.images)
     assert fault.leaks == 0
     assert fault.data_lost is not None and fault.data_lost.startswith("none"), fault.data_lost
