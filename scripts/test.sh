@@ -21,4 +21,5 @@ printf '\n== Rust tests (unit, and integration against the lab)\n'
 cargo test
 
 printf '\n== Python tests (unit and lab)\n'
-"$PY" -m pytest tests/python -v -rs ${PYTEST_ARGS:-}
+# --fault-report: the table of tests/faults.sh, from the fault tests this run includes.
+"$PY" -m pytest tests/python -v -rs --fault-report ${PYTEST_ARGS:-}

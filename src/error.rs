@@ -20,6 +20,23 @@ pub enum Error {
     /// The snapshots cannot be trusted to be consistent (the freeze outlived its timeout).
     #[error("inconsistent: {0}")]
     Inconsistent(String),
+    /// A snapshot this run created was removed (or replaced) by someone else before its export
+    /// ended: reads at a removed snapshot are not guaranteed to return its data (the OSDs trim
+    /// its objects), so what was read cannot be trusted.
+    #[error("snapshot {image}@{snapshot} was removed while this backup read it (`rbd snap rm` or `rbd snap purge` by someone else, or the image was deleted); what was read cannot be trusted, so this backup of the domain is discarded and no snapshot of it is kept; run the backup again")]
+    SnapshotRemoved {
+        /// pool/image.
+        image: String,
+        /// The snapshot's name.
+        snapshot: String,
+    },
+    /// The domain stopped (shut down, destroyed, crashed) while its filesystems were frozen for
+    /// the snapshots: there is nothing left to thaw, and the snapshots are discarded.
+    #[error("domain {domain} stopped (shut down, destroyed or crashed) while its filesystems were frozen for the snapshots; nothing is left frozen, and this run's snapshots were removed; run the backup again (a shut-off domain is backed up without a freeze)")]
+    DomainStoppedWhileFrozen {
+        /// The domain's name.
+        domain: String,
+    },
     /// restic failed.
     #[error("{0}")]
     Restic(String),

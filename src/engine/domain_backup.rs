@@ -198,9 +198,12 @@ fn back_up_to_restic(
                     let snap_name = &snap_name;
                     let host = &host;
                     scope.spawn(move || -> Result<DiskReport, Error> {
-                        let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, snap_name)?;
+                        let snap_image = RbdImage::open_at_snapshot(pool, &disk.image, snap_name)
+                            .map_err(|e| snapshot_gone(e, image, snap_name))?;
                         let info = snap_image.info()?;
-                        let snap_id = image.snapshot_id(snap_name)?;
+                        let snap_id = image
+                            .snapshot_id(snap_name)
+                            .map_err(|e| snapshot_gone(e, image, snap_name))?;
                         let timestamp = image.snapshot_timestamp(snap_id).ok();
                         let tags = vec![
                             "virt-rbd-backup".to_string(),
@@ -223,6 +226,8 @@ fn back_up_to_restic(
                             upload.input()?,
                             &ctx.pipeline(&progress),
                         )?;
+                        // Before restic records its snapshot: dropping the upload aborts it.
+                        snapshot_still_there(image, snap_name, snap_id)?;
                         let restic_snapshot = upload.finish()?;
                         Ok(DiskReport {
                             target: disk.target.clone(),
@@ -352,11 +357,14 @@ fn back_up_to_repo(
                         id,
                     });
             let snap_image = match &group_snapshot {
-                Some(g) => RbdImage::open_at_snapshot_id(pool, &disk.image, g.id)?,
-                None => RbdImage::open_at_snapshot(pool, &disk.image, &snap_name)?,
-            };
+                Some(g) => RbdImage::open_at_snapshot_id(pool, &disk.image, g.id),
+                None => RbdImage::open_at_snapshot(pool, &disk.image, &snap_name),
+            }
+            .map_err(|e| snapshot_gone(e, image, &snap_name))?;
             let info = snap_image.info()?;
-            let snap_id = image.snapshot_id(&snap_name)?;
+            let snap_id = image
+                .snapshot_id(&snap_name)
+                .map_err(|e| snapshot_gone(e, image, &snap_name))?;
             let timestamp = image.snapshot_timestamp(snap_id).ok();
             let progress = DiskProgress {
                 ctx,
@@ -493,6 +501,10 @@ fn back_up_to_repo(
                     stats
                 }
             };
+            snapshot_still_there(image, &snap_name, snap_id)?;
+            if let Some(g) = &record.group_snapshot {
+                group_member_still_there(image, g)?;
+            }
             write_block_table(&staged.file_path(&blocks_file), &stats.block_table)?;
             record.checksum = stats.checksum.clone();
             record.bytes_read = stats.bytes_read;
@@ -589,6 +601,48 @@ fn back_up_to_repo(
         }
         Ok(())
     })
+}
+
+/// `SnapshotRemoved` when `error` says our snapshot `snap_name` of `image` does not exist
+/// (someone removed it after we created it), else `error` as it is.
+fn snapshot_gone(error: CephError, image: &RbdImage<'_>, snap_name: &str) -> Error {
+    if error.errno() == Some(-libc::ENOENT) {
+        Error::SnapshotRemoved {
+            image: image.spec().to_string(),
+            snapshot: snap_name.to_string(),
+        }
+    } else {
+        error.into()
+    }
+}
+
+/// Checks, once a disk's export read everything, that its snapshot still exists as the one we
+/// created (same id). librbd and the OSDs do not fail every read at a snapshot removed
+/// meanwhile: reads may return data of its trimmed clones or the head, and the export would
+/// look fine. A removal after this check does not matter: every byte was read before it.
+fn snapshot_still_there(image: &RbdImage<'_>, snap_name: &str, snap_id: u64) -> Result<(), Error> {
+    match image.snapshot_id(snap_name) {
+        Ok(id) if id == snap_id => Ok(()),
+        Ok(_) => Err(Error::SnapshotRemoved {
+            image: image.spec().to_string(),
+            snapshot: snap_name.to_string(),
+        }),
+        Err(e) => Err(snapshot_gone(e, image, snap_name)),
+    }
+}
+
+/// As `snapshot_still_there`, for the group snapshot member a group-consistent export read.
+fn group_member_still_there(image: &RbdImage<'_>, g: &GroupSnapshotRecord) -> Result<(), Error> {
+    match image.group_snapshot_id(&g.group, &g.name)? {
+        Some(id) if id == g.id => Ok(()),
+        _ => Err(Error::SnapshotRemoved {
+            image: image.spec().to_string(),
+            snapshot: format!(
+                "{} (member of group snapshot {}/{}@{})",
+                g.name, g.pool, g.group, g.name
+            ),
+        }),
+    }
 }
 
 /// Connects, opens every pool and image of the domain and hands them to `f`. Everything that
@@ -792,7 +846,22 @@ fn snapshot_domain<'i, 'g>(
     let consistency = match freeze_guard {
         Some(guard) => {
             let outcome = guard.outcome();
-            let thawed_at = guard.thaw()?;
+            let thawed_at = match guard.thaw() {
+                Ok(at) => at,
+                // A thaw fails when the guest is gone: say that, not "thaw it by hand".
+                // Otherwise the watchdog, dropped armed, tries the thaw once more.
+                Err(e) => {
+                    if let Ok(false) = ctx.libvirt.is_active(&job.uuid) {
+                        if let Some(w) = watchdog.take() {
+                            w.disarm();
+                        }
+                        return Err(Error::DomainStoppedWhileFrozen {
+                            domain: job.name.clone(),
+                        });
+                    }
+                    return Err(e.into());
+                }
+            };
             if let Some(w) = watchdog.take() {
                 w.disarm();
             }

@@ -165,6 +165,7 @@ fn read_blocks(
         consume(block, &data)?;
         if done == 0 {
             super::thaw_guard::test_pause("exported");
+            super::thaw_guard::test_pause("exporting");
         }
         done += data.len() as u64;
         free_buffers.push(data);

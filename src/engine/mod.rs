@@ -15,7 +15,9 @@
 //!    one monitor proposal), then thaw at once. Each snapshot is a `SnapshotGuard` that removes
 //!    it on drop, so every later error path cleans up.
 //! 5. After the thaw: export each snapshot (allocated blocks only, `queue_depth` reads in
-//!    flight) into `.partial-<id>/`.
+//!    flight) into `.partial-<id>/`, then check the snapshot still exists with the id it was
+//!    created with: one removed meanwhile by someone else fails the domain (reads at a removed
+//!    snapshot may return other data). A guest that stops after the snapshots does not matter.
 //! 6. Write the manifest, fsync, rename the folder into place: only now is it a backup.
 //! 7. Keep the new snapshots as the base of the next incremental and remove every other
 //!    snapshot of this repository on the disks (the previous base, leftovers of killed runs),

@@ -40,12 +40,19 @@ impl<'i> SnapshotGuard<'i> {
 impl Drop for SnapshotGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(e) = self.image.remove_snapshot(&self.name) {
-                log::error!(
+            match self.image.remove_snapshot(&self.name) {
+                Ok(()) => {}
+                // Someone else removed it (the backup fails for that reason): nothing is left.
+                Err(e) if e.errno() == Some(-libc::ENOENT) => log::info!(
+                    "snapshot {}@{} was already removed by someone else",
+                    self.image.spec(),
+                    self.name
+                ),
+                Err(e) => log::error!(
                     "could not remove snapshot {}@{}: {e}; remove it with `rbd snap rm`",
                     self.image.spec(),
                     self.name
-                );
+                ),
             }
         }
     }

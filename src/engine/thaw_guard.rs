@@ -66,8 +66,10 @@ impl Drop for ThawWatchdog {
 }
 
 /// Test hook: `VIRT_RBD_BACKUP_TEST_PAUSE=PHASE:SECONDS` makes a run sleep at `PHASE`
-/// (`frozen`, `exported`, `committing`) so fault-injection tests can kill it there. It is read
-/// from the environment of the backup process only and does nothing unless set.
+/// (`frozen`, `exported` after the first block of each disk, `exporting` after the first block
+/// of the first disk only, `committing`) so fault-injection tests can kill it there or change
+/// the cluster under it. It is read from the environment of the backup process only and does
+/// nothing unless set.
 pub fn test_pause(phase: &str) {
     let Ok(spec) = std::env::var("VIRT_RBD_BACKUP_TEST_PAUSE") else {
         return;
@@ -75,7 +77,13 @@ pub fn test_pause(phase: &str) {
     let Some((wanted, seconds)) = spec.split_once(':') else {
         return;
     };
-    if wanted == phase {
+    // `exporting` pauses once per process: a test injects one fault at one point.
+    static EXPORTING_PAUSED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+    if wanted == phase
+        && !(phase == "exporting"
+            && EXPORTING_PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst))
+    {
         if let Ok(seconds) = seconds.parse::<u64>() {
             log::warn!("test hook: pausing {seconds} s at {phase}");
             std::thread::sleep(Duration::from_secs(seconds));

@@ -132,7 +132,9 @@ fn to_py_err(err: Error) -> PyErr {
         Error::Ceph(_) => CephError::new_err(message),
         Error::Repo(_) => RepositoryError::new_err(message),
         Error::Restic(_) => ResticError::new_err(message),
-        Error::Inconsistent(_) => InconsistentError::new_err(message),
+        Error::Inconsistent(_) | Error::SnapshotRemoved { .. } => {
+            InconsistentError::new_err(message)
+        }
         Error::Cancelled => CancelledError::new_err(message),
         _ => BackupError::new_err(message),
     }

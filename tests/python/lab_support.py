@@ -119,3 +119,44 @@ def domain_report(report: dict[str, Any], name: str) -> dict[str, Any]:
         if d["name"] == name:
             return d  # type: ignore[no-any-return]
     raise AssertionError(f"domain {name} not in report: {[d['name'] for d in report['domains']]}")
+
+
+def domain_outcome(result: CliRun, name: str) -> str:
+    """The run's exit status and the domain's status (and error), as a fault report shows them."""
+    try:
+        dom = domain_report(result.json(), name)
+    except (ValueError, AssertionError):
+        return f"exit {result.returncode}: {(result.stderr.strip().splitlines() or [''])[-1]}"
+    text = f"exit {result.returncode}, {dom['status']}"
+    return f"{text}: {dom['error']}" if dom.get("error") else text
+
+
+@dataclass
+class FaultRecord:
+    """What one fault test injected and what it measured, for the fault report
+    (`pytest --fault-report`, tests/faults.sh). Tests fill it through the `fault` fixture."""
+
+    injected: str = ""
+    outcome: str = ""
+    leaks: int | None = None
+    data_lost: str | None = None
+
+    def measure(self, repo: Path, images: Sequence[str]) -> None:
+        """Leaks: snapshots of repository `repo` on `images` (as `rbd snap ls` lists them) that are
+        not the recorded snapshot of a complete backup (read from the manifests). Data lost: whether
+        every complete backup of `repo` still verifies (`verify` re-reads every stored byte)."""
+        recorded: set[str] = set()
+        manifests = list(repo.glob("*/*/manifest.json"))
+        for manifest in manifests:
+            for disk in json.loads(manifest.read_text())["disks"]:
+                recorded.add(f"{disk['pool']}/{disk['image']}@{disk['snapshot']['name']}")
+        self.leaks = sum(1 for image in images for s in repo_snapshots(image, repo) if f"{image}@{s}" not in recorded)
+        if not manifests:
+            self.data_lost = "none (no backup to lose)"
+            return
+        verified = cli("verify", "--repo", str(repo))
+        self.data_lost = (
+            f"none ({len(manifests)} backups verify)"
+            if verified.returncode == 0
+            else f"verify exit {verified.returncode}: {verified.stdout.strip()[-200:]}"
+        )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lab_support import cli, domain_report, require_lab, virsh
+from lab_support import FaultRecord, cli, domain_outcome, domain_report, require_lab, virsh
 
 pytestmark = pytest.mark.lab
 
@@ -60,13 +60,15 @@ def restart_libvirtd() -> None:
         time.sleep(0.2)
 
 
-def test_a_hung_monitor_fails_the_domain_within_the_ceph_timeout(tmp_path: Path) -> None:
+def test_a_hung_monitor_fails_the_domain_within_the_ceph_timeout(tmp_path: Path, fault: FaultRecord) -> None:
     require_lab()
     repo = tmp_path / "repo"
     with stopped("ceph-mon"):
         started = time.monotonic()
         result = cli("backup", "--repo", str(repo), "--json", "--ceph-timeout", "5", "--domain", "lab-off")
         elapsed = time.monotonic() - started
+    fault.injected = "ceph-mon SIGSTOPped during the run (--ceph-timeout 5)"
+    fault.outcome = f"after {elapsed:.0f} s: {domain_outcome(result, 'lab-off')}"
     assert result.returncode == 1, result.stdout + result.stderr
     dom = domain_report(result.json(), "lab-off")
     assert dom["status"] == "failed"
@@ -74,9 +76,11 @@ def test_a_hung_monitor_fails_the_domain_within_the_ceph_timeout(tmp_path: Path)
     assert elapsed < 30, elapsed
     again = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
     assert again.returncode == 0, again.stderr
+    fault.measure(repo, ["rbd/lab-off-a"])
+    assert fault.leaks == 0
 
 
-def test_libvirtd_gone_is_a_clear_run_error_and_the_next_run_works(tmp_path: Path) -> None:
+def test_libvirtd_gone_is_a_clear_run_error_and_the_next_run_works(tmp_path: Path, fault: FaultRecord) -> None:
     require_lab()
     daemons = pids("libvirtd")
     assert daemons
@@ -87,6 +91,8 @@ def test_libvirtd_gone_is_a_clear_run_error_and_the_next_run_works(tmp_path: Pat
         while pids("libvirtd") and time.monotonic() < deadline:
             time.sleep(0.2)
         result = cli("backup", "--repo", str(tmp_path / "repo"), "--domain", "lab-off")
+        fault.injected = "libvirtd stopped (SIGTERM) before the run"
+        fault.outcome = domain_outcome(result, "lab-off")
         assert result.returncode == 2, result.stdout + result.stderr
         assert "libvirt" in result.stderr and "libvirtd" in result.stderr, result.stderr
     finally:
@@ -100,3 +106,5 @@ def test_libvirtd_gone_is_a_clear_run_error_and_the_next_run_works(tmp_path: Pat
     assert "running" in virsh("domstate", "lab-guest").stdout
     again = cli("backup", "--repo", str(tmp_path / "repo"), "--domain", "lab-off")
     assert again.returncode == 0, again.stderr
+    fault.measure(tmp_path / "repo", ["rbd/lab-off-a"])
+    assert fault.leaks == 0

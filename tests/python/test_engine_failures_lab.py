@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from lab_support import (
+    FaultRecord,
     agent,
     cli,
+    domain_outcome,
     domain_report,
     guest_exec,
     rbd,
@@ -77,7 +79,7 @@ def broken_domains(tmp_path: Path) -> Iterator[None]:
         virsh("secret-undefine", secret_uuid, check=False)
 
 
-def test_wrong_key_and_deleted_image_fail_alone(broken_domains: None, tmp_path: Path) -> None:
+def test_wrong_key_and_deleted_image_fail_alone(fault: FaultRecord, broken_domains: None, tmp_path: Path) -> None:
     before = tool_snapshots("rbd/lab-off-a")
     result = cli(
         "backup",
@@ -91,6 +93,8 @@ def test_wrong_key_and_deleted_image_fail_alone(broken_domains: None, tmp_path: 
         "--domain",
         "lab-gone",
     )
+    fault.injected = "a wrong Ceph key (lab-badkey) and a deleted image (lab-gone) next to a good domain"
+    fault.outcome = "; ".join(f"{d}: {domain_outcome(result, d)}" for d in ("lab-badkey", "lab-gone", "lab-off"))
     assert result.returncode == 1, result.stderr
     report = result.json()
     bad = domain_report(report, "lab-badkey")
@@ -108,6 +112,8 @@ def test_wrong_key_and_deleted_image_fail_alone(broken_domains: None, tmp_path: 
     # Failed domains leave nothing in the repository that looks like a backup.
     failed_dirs = [p for p in (tmp_path / "r").glob("*/*") if p.is_dir()]
     assert all(str(p).startswith(ok["path"]) for p in failed_dirs), failed_dirs
+    fault.measure(tmp_path / "r", ["rbd/lab-off-a"])
+    assert fault.leaks == 0
 
 
 def test_failed_domain_prints_the_original_failure_line(broken_domains: None, tmp_path: Path) -> None:
@@ -118,7 +124,9 @@ def test_failed_domain_prints_the_original_failure_line(broken_domains: None, tm
     ), result.stdout
 
 
-def test_unresponsive_agent_with_freeze_required_fails_and_leaves_guest_thawed(tmp_path: Path) -> None:
+def test_unresponsive_agent_with_freeze_required_fails_and_leaves_guest_thawed(
+    tmp_path: Path, fault: FaultRecord
+) -> None:
     require_lab()
     before = {img: tool_snapshots(img) for img in ("rbd/lab-guest-a", "rbd/lab-guest-b")}
     # Stop the agent for 15 s from inside the guest (it resumes by itself); the tool waits 5 s for it.
@@ -142,6 +150,8 @@ def test_unresponsive_agent_with_freeze_required_fails_and_leaves_guest_thawed(t
             "lab-guest",
         )
         elapsed = time.monotonic() - started
+        fault.injected = "guest agent SIGSTOPped in the guest, --freeze required --agent-timeout 5"
+        fault.outcome = f"after {elapsed:.0f} s: {domain_outcome(result, 'lab-guest')}"
         assert result.returncode == 1, result.stdout + result.stderr
         dom = domain_report(result.json(), "lab-guest")
         assert dom["status"] == "failed"
@@ -149,6 +159,8 @@ def test_unresponsive_agent_with_freeze_required_fails_and_leaves_guest_thawed(t
         assert elapsed < 60, f"the failed freeze took {elapsed:.0f} s"
         # No snapshot was created or leaked.
         assert {img: tool_snapshots(img) for img in before} == before
+        fault.measure(tmp_path / "r", list(before))
+        assert fault.leaks == 0
     finally:
         # Whatever happened, wait until the agent is back, so later tests find it answering.
         deadline = time.monotonic() + 40

@@ -13,14 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from lab_support import agent, cli, domain_report, domain_uuid, rbd_json, repo_snapshots, require_lab, tool_snapshots
+from lab_support import (
+    FaultRecord,
+    agent,
+    cli,
+    domain_outcome,
+    domain_report,
+    domain_uuid,
+    rbd_json,
+    repo_snapshots,
+    require_lab,
+    tool_snapshots,
+)
 
 pytestmark = pytest.mark.lab
 
 
-def start_paused(repo: Path, phase: str, domain: str) -> subprocess.Popen[bytes]:
+def start_paused(repo: Path, phase: str, domain: str, seconds: int = 60) -> subprocess.Popen[bytes]:
     """Starts a full backup (a full always reads, so it reaches every phase) paused at `phase`."""
-    env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=f"{phase}:60")
+    env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=f"{phase}:{seconds}")
     return subprocess.Popen(
         [
             sys.executable,
@@ -64,7 +75,7 @@ def complete_backups(repo: Path, domain: str) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def test_sigkill_while_frozen_thaws_the_guest_within_seconds(tmp_path: Path) -> None:
+def test_sigkill_while_frozen_thaws_the_guest_within_seconds(tmp_path: Path, fault: FaultRecord) -> None:
     require_lab()
     repo = tmp_path / "repo"
     before = watchers("rbd/lab-guest-a")
@@ -76,7 +87,9 @@ def test_sigkill_while_frozen_thaws_the_guest_within_seconds(tmp_path: Path) -> 
         proc.wait()
     started = time.monotonic()
     wait_for(lambda: agent("lab-guest", "guest-fsfreeze-status") == "thawed", 10, "the watchdog to thaw the guest")
-    print(f"thawed {time.monotonic() - started:.2f} s after SIGKILL")
+    thawed_after = time.monotonic() - started
+    print(f"thawed {thawed_after:.2f} s after SIGKILL")
+    fault.injected = "SIGKILL of the backup while the guest is frozen"
     assert partials(repo, "lab-guest"), "the killed run should have left its partial folder"
     # The killed process still has a watch on the images until the OSD times it out (30 s);
     # a snapshot create waits for every watcher, so the next run waits for that too.
@@ -90,10 +103,15 @@ def test_sigkill_while_frozen_thaws_the_guest_within_seconds(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     assert any("interrupted run" in w for w in domain_report(result.json(), "lab-guest")["warnings"])
     assert not partials(repo, "lab-guest")
+    fault.outcome = f"guest thawed {thawed_after:.1f} s after the kill; next run {domain_outcome(result, 'lab-guest')}"
+    fault.measure(repo, ["rbd/lab-guest-a", "rbd/lab-guest-b"])
+    assert fault.leaks == 0
 
 
 @pytest.mark.parametrize("phase", ["exported", "committing"])
-def test_sigkill_after_the_snapshot_leaves_no_backup_and_no_leak(tmp_path: Path, phase: str) -> None:
+def test_sigkill_after_the_snapshot_leaves_no_backup_and_no_leak(
+    tmp_path: Path, phase: str, fault: FaultRecord
+) -> None:
     require_lab()
     repo = tmp_path / "repo"
     good = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
@@ -109,6 +127,7 @@ def test_sigkill_after_the_snapshot_leaves_no_backup_and_no_leak(tmp_path: Path,
     finally:
         proc.kill()
         proc.wait()
+    fault.injected = f"SIGKILL of the backup at {phase}, after a good backup"
     # Nothing of the killed run counts: the listing and verify see the good backup only.
     listed = json.loads(cli("list", "--repo", str(repo), "--json").stdout)
     assert [b["backup_id"] for b in listed] == complete_backups(repo, "lab-off")
@@ -122,24 +141,36 @@ def test_sigkill_after_the_snapshot_leaves_no_backup_and_no_leak(tmp_path: Path,
     assert not partials(repo, "lab-off")
     assert repo_snapshots("rbd/lab-off-a", repo) == [dom["disks"][0]["snapshot"]]
     assert base not in repo_snapshots("rbd/lab-off-a", repo)
+    fault.outcome = f"killed run not listed, verify exit 0; next run {domain_outcome(result, 'lab-off')}"
+    fault.measure(repo, ["rbd/lab-off-a"])
+    assert fault.leaks == 0
 
 
-def test_a_second_run_on_the_same_domain_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+def test_a_second_run_on_the_same_domain_is_refused_while_the_first_runs(tmp_path: Path, fault: FaultRecord) -> None:
     require_lab()
     repo = tmp_path / "repo"
-    proc = start_paused(repo, "exported", "lab-off")
+    # Paused long enough for the second run (it is refused in about a second), then goes on.
+    proc = start_paused(repo, "exported", "lab-off", seconds=12)
     try:
         wait_for(lambda: bool(partials(repo, "lab-off")), 60, "the first run to start writing")
         second = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-off")
+        fault.injected = "a second run of the same domain while the first runs"
+        assert proc.poll() is None, "the first run ended before the second was refused"
         assert second.returncode == 1
         dom = domain_report(second.json(), "lab-off")
         assert "another virt-rbd-backup run" in dom["error"], dom["error"]
+        # The first run was not disturbed: it completes.
+        assert proc.wait(timeout=120) == 0
     finally:
         proc.kill()
         proc.wait()
+    fault.outcome = f"first run exit {proc.returncode}; second run {domain_outcome(second, 'lab-off')}"
+    assert len(complete_backups(repo, "lab-off")) == 1
+    fault.measure(repo, ["rbd/lab-off-a"])
+    assert fault.leaks == 0
 
 
-def test_full_target_fails_the_domain_cleanly_and_keeps_older_backups(tmp_path: Path) -> None:
+def test_full_target_fails_the_domain_cleanly_and_keeps_older_backups(tmp_path: Path, fault: FaultRecord) -> None:
     require_lab()
     mount = tmp_path / "small"
     mount.mkdir()
@@ -153,6 +184,8 @@ def test_full_target_fails_the_domain_cleanly_and_keeps_older_backups(tmp_path: 
         free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
         (mount / "filler").write_bytes(b"x" * max(0, free - 64 * 1024))
         full = cli("backup", "--repo", str(repo), "--json", "--mode", "full", "--domain", "lab-off")
+        fault.injected = "target full (6 MiB tmpfs, 64 KiB free) during a full backup"
+        fault.outcome = domain_outcome(full, "lab-off")
         assert full.returncode == 1, full.stdout + full.stderr
         dom = domain_report(full.json(), "lab-off")
         assert dom["status"] == "failed"
@@ -165,5 +198,7 @@ def test_full_target_fails_the_domain_cleanly_and_keeps_older_backups(tmp_path: 
         out = tmp_path / "restored.raw"
         restored = cli("restore", "lab-off", "--repo", str(repo), "--to", str(out))
         assert restored.returncode == 0, restored.stderr
+        fault.measure(repo, ["rbd/lab-off-a"])
+        assert fault.leaks == 0
     finally:
         subprocess.run(["umount", str(mount)], check=False)

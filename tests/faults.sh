@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The fault report (issue 6): runs every fault-injection test against the lab (kills at each
+# phase, concurrent runs, full target, hung monitor, libvirtd gone, wrong key, deleted image,
+# unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup) and prints
+# a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
+# column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
+#
+#   bash tests/faults.sh [PYTEST-ARGS...]     e.g. -k destroyed, -x
+#
+# The lab must be up (bash lab/lab.sh up). Python: $PYTHON, else the venv of scripts/setup.sh.
+# scripts/test.sh does not call this: its one pytest run includes these tests and prints the
+# same table (--fault-report), so CI runs each fault test once.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+PY=${PYTHON:-${VRB_VENV:-/opt/virt-rbd-backup/venv}/bin/python}
+bash lab/lab.sh status >/dev/null || { echo "faults.sh: the lab is not up: bash lab/lab.sh up" >&2; exit 1; }
+eval "$(bash lab/lab.sh env)"
+export VRB_LAB=1
+exec "$PY" -m pytest --fault-report -v -rs "$@" \
+    tests/python/test_engine_faults_lab.py \
+    tests/python/test_engine_cluster_faults_lab.py \
+    tests/python/test_engine_failures_lab.py \
+    tests/python/test_engine_midrun_faults_lab.py
