@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::ptr;
 use std::time::Duration;
 
-use super::error::{errno_hint, errno_message, CephError};
+use super::error::{cstring, errno_hint, errno_message, CephError};
 use super::ffi;
 use crate::secret::SecretString;
 
@@ -49,13 +49,6 @@ impl Default for CephTimeouts {
             osd: Duration::from_secs(120),
         }
     }
-}
-
-fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
-    CString::new(value).map_err(|_| CephError::NulByte {
-        what,
-        value: value.to_string(),
-    })
 }
 
 /// A connected `rados_t`; shut down on drop. Thread-safe, shared by the workers.

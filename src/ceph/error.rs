@@ -1,5 +1,7 @@
 //! Errors of the Ceph layer: which call, on what, the errno, and what the operator can do.
 
+use std::ffi::CString;
+
 use thiserror::Error;
 
 /// What went wrong talking to Ceph.
@@ -84,4 +86,12 @@ pub(crate) fn errno_hint(rc: i32) -> &'static str {
         libc::EBUSY => "; it is in use",
         _ => "",
     }
+}
+
+/// `value` as a C string for librados/librbd; `what` names it in the error if it holds a NUL.
+pub(super) fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
+    CString::new(value).map_err(|_| CephError::NulByte {
+        what,
+        value: value.to_string(),
+    })
 }

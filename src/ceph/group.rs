@@ -7,7 +7,7 @@
 use std::ffi::{CStr, CString};
 
 use super::cluster::PoolContext;
-use super::error::{errno_hint, errno_message, CephError};
+use super::error::{cstring, errno_hint, errno_message, CephError};
 use super::ffi;
 use super::image::RbdImage;
 
@@ -25,13 +25,6 @@ pub struct RbdGroup<'p> {
     pool: &'p PoolContext<'p>,
     name: String,
     name_c: CString,
-}
-
-fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
-    CString::new(value).map_err(|_| CephError::NulByte {
-        what,
-        value: value.to_string(),
-    })
 }
 
 impl<'p> RbdGroup<'p> {

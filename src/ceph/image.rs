@@ -1,12 +1,12 @@
 //! An open RBD image: its facts, its snapshots, its allocated extents and pipelined reads.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::marker::PhantomData;
 use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
 
 use super::cluster::PoolContext;
-use super::error::{errno_hint, errno_message, CephError};
+use super::error::{cstring, errno_hint, errno_message, CephError};
 use super::ffi;
 
 /// A byte range of an image, as `rbd_diff_iterate2` reports it.
@@ -73,13 +73,6 @@ pub struct RbdImage<'p> {
 unsafe impl Send for RbdImage<'_> {}
 // SAFETY: see above.
 unsafe impl Sync for RbdImage<'_> {}
-
-fn cstring(what: &'static str, value: &str) -> Result<CString, CephError> {
-    CString::new(value).map_err(|_| CephError::NulByte {
-        what,
-        value: value.to_string(),
-    })
-}
 
 impl<'p> RbdImage<'p> {
     /// Opens `name` for writing metadata (snapshot create/remove) at its head.

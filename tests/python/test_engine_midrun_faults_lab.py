@@ -179,12 +179,14 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 class PausedBackup:
     """`virt-rbd-backup backup --json` of one domain, as its own process, paused at `phase`."""
 
-    def __init__(self, tmp: Path, repo: Path, domain: str, phase: str = "exporting") -> None:
+    def __init__(
+        self, tmp: Path, repo: Path, domain: str, phase: str = "exporting", extra: tuple[str, ...] = ()
+    ) -> None:
         self.out = (tmp / "paused.out").open("w+")
         self.err_path = tmp / "paused.err"
         self.err = self.err_path.open("w+")
         env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=f"{phase}:{PAUSE}")
-        args = ["backup", "--json", "--queue-depth", "1", "--domain", domain, "--repo", str(repo)]
+        args = ["backup", "--json", "--queue-depth", "1", "--domain", domain, "--repo", str(repo), *extra]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "virt_rbd_backup", *args],
             env=env,
@@ -432,3 +434,40 @@ def test_image_resized_mid_export_backs_up_the_snapshot_and_the_next_incremental
     fault.measure(repo, scratch.images)
     assert fault.leaks == 0
     assert fault.data_lost is not None and fault.data_lost.startswith("none"), fault.data_lost
+
+
+def ceph(*args: str) -> None:
+    run(["ceph", "--conf", os.environ["CEPH_CONF"], *args])
+
+
+def test_osd_io_paused_mid_export_fails_the_domain_within_the_ceph_timeout(
+    fault: FaultRecord, scratch: ScratchDomain, tmp_path: Path
+) -> None:
+    """A hung OSD without touching the lab's only OSD (its data lives in its memory): the cluster
+    flags `pauserd,pausewr` (`ceph osd pause`) hold every client read and write, as an OSD that
+    stopped answering would. The run must fail after --ceph-timeout, not hang; the snapshot it
+    could not remove meanwhile is removed by the next run."""
+    repo = tmp_path / "repo"
+    paused = PausedBackup(tmp_path, repo, scratch.name, extra=("--ceph-timeout", "5", "--mode", "full"))
+    paused.wait_paused()
+    ceph("osd", "pause")
+    try:
+        started = time.monotonic()
+        result = paused.finish()
+        elapsed = time.monotonic() - started
+    finally:
+        ceph("osd", "unpause")
+    fault.injected = "OSD reads and writes paused (`ceph osd pause`) mid-export, --ceph-timeout 5"
+    fault.outcome = f"after {elapsed:.0f} s: {domain_outcome(result, scratch.name)}"
+    assert result.returncode == 1, result.stdout + result.stderr
+    dom = domain_report(result.json(), scratch.name)
+    assert dom["status"] == "failed"
+    assert "timed out" in dom["error"].lower(), dom["error"]
+    assert elapsed < 60, elapsed
+    assert partials(repo) == []
+    assert listed_backups(repo) == []
+
+    again = backup(repo, scratch.name)
+    assert again.returncode == 0, again.stdout + again.stderr
+    fault.measure(repo, scratch.images)
+    assert fault.leaks == 0
