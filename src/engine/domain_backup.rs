@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::ceph::{CephError, PoolContext, RbdGroup, RbdImage};
+use std::sync::Arc;
+
+use crate::ceph::{CephError, PoolContext, RadosCluster, RbdGroup, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
 use crate::plan::DiskPlan;
@@ -30,6 +32,7 @@ use super::options::{parse_compression, BackupOptions, ConsistencyPolicy, Freeze
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
 use super::restic::{host_name, ResticTarget};
 use super::snapshot_guard::SnapshotGuard;
+use super::stale_snapshots::{StaleSnapshot, StaleSnapshots, StaleTarget};
 use super::thaw_guard::{test_pause, ThawWatchdog};
 use super::CancelToken;
 
@@ -46,10 +49,14 @@ pub(super) struct RunContext<'a> {
     pub ceph: &'a ConnectionCache,
     pub events: &'a dyn EventSink,
     pub cancel: &'a CancelToken,
+    /// Old snapshots, removed at the end of the run.
+    pub stale: &'a StaleSnapshots,
 }
 
 /// A domain with RBD disks to back up.
 pub(super) struct DomainJob {
+    /// Position of the domain's report in the run's report.
+    pub report_index: usize,
     pub name: String,
     pub uuid: String,
     pub xml: String,
@@ -175,7 +182,7 @@ fn back_up_to_restic(
     report: &mut DomainReport,
     restic: &ResticTarget,
 ) -> Result<(), Error> {
-    with_open_images(ctx, job, |pools, images| {
+    with_open_images(ctx, job, |_clusters, pools, images| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -257,6 +264,11 @@ fn back_up_to_restic(
                 })
                 .collect()
         });
+        // The snapshots go now (restic keeps no base); removals make the monitor commit, so
+        // they wait until no other domain of the run is freezing.
+        let permit = ctx.quiet.removal_permit();
+        drop(snapshots);
+        drop(permit);
         for result in results {
             report.disks.push(result?);
         }
@@ -282,7 +294,7 @@ fn back_up_to_repo(
         );
     }
 
-    with_open_images(ctx, job, |pools, images| {
+    with_open_images(ctx, job, |clusters, pools, images| {
         let (previous, unreadable) = previous_backup(repo, &job.uuid)?;
         for message in unreadable {
             warn(ctx, report, message);
@@ -566,39 +578,42 @@ fn back_up_to_repo(
         // (the previous base, or one left by a killed run) goes now that this backup is complete.
         // This runs after the thaw: a removal makes the monitor commit and would lengthen a freeze.
         snapshots.keep();
+        // The other snapshots of this repository on these disks go at the end of the run,
+        // together with every other domain's (`stale_snapshots`).
         let mut stale = Vec::new();
-        for image in images {
+        for ((image, disk), cluster) in images.iter().zip(&job.disks).zip(clusters) {
             for snap in image.snapshots()? {
                 if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
-                    stale.push(StaleSnapshot::Image(image, snap.name));
+                    stale.push(StaleSnapshot {
+                        cluster: Arc::clone(cluster),
+                        pool: disk.pool.clone(),
+                        namespace: disk.namespace.clone(),
+                        target: StaleTarget::Image(disk.image.clone()),
+                        snapshot: snap.name,
+                        domain: job.report_index,
+                    });
                 }
             }
         }
         if let Some(group) = &group {
+            let pool_index = pools
+                .iter()
+                .position(|p| std::ptr::eq(p, group.pool()))
+                .unwrap_or(0);
             for snap in group.snapshots()? {
                 if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
-                    stale.push(StaleSnapshot::Group(group, snap.name));
+                    stale.push(StaleSnapshot {
+                        cluster: Arc::clone(&clusters[pool_index]),
+                        pool: job.disks[pool_index].pool.clone(),
+                        namespace: job.disks[pool_index].namespace.clone(),
+                        target: StaleTarget::Group(group.name().to_string()),
+                        snapshot: snap.name,
+                        domain: job.report_index,
+                    });
                 }
             }
         }
-        if !stale.is_empty() {
-            // Removals make the monitor commit: never while another domain is frozen. Issued
-            // all at once they share one monitor proposal instead of waiting for one each.
-            let _permit = ctx.quiet.removal_permit();
-            let failures: Vec<String> = std::thread::scope(|scope| {
-                let handles: Vec<_> = stale
-                    .iter()
-                    .map(|s| scope.spawn(move || s.remove().err()))
-                    .collect();
-                handles
-                    .into_iter()
-                    .filter_map(|h| h.join().unwrap_or_else(|_| Some("panicked".into())))
-                    .collect()
-            });
-            for failure in failures {
-                warn(ctx, report, format!("backup is complete, but {failure}"));
-            }
-        }
+        ctx.stale.add(stale);
         Ok(())
     })
 }
@@ -650,7 +665,7 @@ fn group_member_still_there(image: &RbdImage<'_>, g: &GroupSnapshotRecord) -> Re
 fn with_open_images<T>(
     ctx: &RunContext<'_>,
     job: &DomainJob,
-    f: impl FnOnce(&[PoolContext<'_>], &[RbdImage<'_>]) -> Result<T, Error>,
+    f: impl FnOnce(&[Arc<RadosCluster>], &[PoolContext<'_>], &[RbdImage<'_>]) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut clusters = Vec::with_capacity(job.disks.len());
     for disk in &job.disks {
@@ -675,27 +690,7 @@ fn with_open_images<T>(
         .zip(&job.disks)
         .map(|(p, d)| RbdImage::open(p, &d.image))
         .collect::<Result<_, _>>()?;
-    f(&pools, &images)
-}
-
-/// A tool snapshot to remove once a backup is complete.
-enum StaleSnapshot<'a> {
-    Image(&'a RbdImage<'a>, String),
-    Group(&'a RbdGroup<'a>, String),
-}
-
-impl StaleSnapshot<'_> {
-    /// Removes it; the error says which snapshot could not be removed and how to do it by hand.
-    fn remove(&self) -> Result<(), String> {
-        match self {
-            StaleSnapshot::Image(image, name) => image.remove_snapshot(name).map_err(|e| {
-                format!("the old snapshot {}@{name} could not be removed: {e}; remove it with `rbd snap rm`", image.spec())
-            }),
-            StaleSnapshot::Group(group, name) => group.remove_snapshot(name).map_err(|e| {
-                format!("the old group snapshot {}@{name} could not be removed: {e}; remove it with `rbd group snap rm`", group.spec())
-            }),
-        }
-    }
+    f(&clusters, &pools, &images)
 }
 
 /// The snapshots a backup of one domain took: one per disk, and with group consistency the

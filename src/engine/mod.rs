@@ -19,12 +19,16 @@
 //!    created with: one removed meanwhile by someone else fails the domain (reads at a removed
 //!    snapshot may return other data). A guest that stops after the snapshots does not matter.
 //! 6. Write the manifest, fsync, rename the folder into place: only now is it a backup.
-//! 7. Keep the new snapshots as the base of the next incremental and remove every other
-//!    snapshot of this repository on the disks (the previous base, leftovers of killed runs),
-//!    waiting until no other domain of the run is freezing. A failure here is a warning: the
-//!    backup is complete. So at any time a repository's only snapshots are the recorded bases
-//!    of its complete backups, plus those of a run in progress. Snapshots carry the
-//!    repository's id: other repositories' snapshots are never touched.
+//! 7. Keep the new snapshots as the base of the next incremental. Every other snapshot of this
+//!    repository on the disks (the previous base, leftovers of killed runs) is collected and
+//!    removed at the end of the run, all domains' at once (`stale_snapshots`: concurrent
+//!    removals share one monitor proposal, and no domain's snapshot create waits behind another
+//!    domain's removal). A failure there is a warning in the domain's report: the backup is
+//!    complete. So at any time a repository's only snapshots are the recorded bases of its
+//!    complete backups, plus those of a run in progress or killed (the next run removes them).
+//!    Snapshots carry the repository's id: other repositories' snapshots are never touched.
+//!    (restic targets keep no base: their snapshots are removed when the domain is done,
+//!    waiting until no other domain of the run is freezing, `monitor_quiet`.)
 //!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
@@ -44,6 +48,7 @@ pub mod report;
 pub mod restic;
 pub mod restore;
 mod snapshot_guard;
+mod stale_snapshots;
 mod thaw_guard;
 pub mod verify;
 
@@ -203,6 +208,7 @@ pub fn run_backup(
             jobs.push((
                 index,
                 DomainJob {
+                    report_index: index,
                     name: info.name,
                     uuid: info.uuid,
                     xml,
@@ -215,6 +221,7 @@ pub fn run_backup(
     let ceph = ConnectionCache::new(options.ceph_timeouts());
     let limit = options.bwlimit.map(export::BandwidthLimit::new);
     let quiet = monitor_quiet::MonitorQuiet::new(monitor_quiet::PROPOSE_INTERVAL);
+    let stale = stale_snapshots::StaleSnapshots::default();
     let ctx = RunContext {
         quiet: &quiet,
         limit: limit.as_ref(),
@@ -224,6 +231,7 @@ pub fn run_backup(
         ceph: &ceph,
         events,
         cancel,
+        stale: &stale,
     };
     let workers = options.workers.min(jobs.len()).max(1);
     let (sender, receiver) = crossbeam_channel::unbounded();
@@ -254,6 +262,15 @@ pub fn run_backup(
     });
     for (index, report) in finished.into_inner().unwrap_or_else(|p| p.into_inner()) {
         reports[index] = Some(report);
+    }
+    // After every domain: no freeze can be waiting behind these monitor commits any more.
+    for (index, message) in stale.remove_all() {
+        log::warn!("{message}");
+        if let Some(Some(report)) = reports.get_mut(index) {
+            report
+                .warnings
+                .push(format!("backup is complete, but {message}"));
+        }
     }
     Ok(BackupReport {
         version: REPORT_VERSION,
