@@ -375,6 +375,17 @@ impl<'p> RbdImage<'p> {
         length: u64,
         whole_object: bool,
     ) -> Result<Vec<Extent>, CephError> {
+        self.diff_extents_in(from_snapshot, 0, length, whole_object)
+    }
+
+    /// As `diff_extents`, within `[offset, offset + length)`.
+    pub fn diff_extents_in(
+        &self,
+        from_snapshot: Option<&str>,
+        offset: u64,
+        length: u64,
+        whole_object: bool,
+    ) -> Result<Vec<Extent>, CephError> {
         unsafe extern "C" fn collect(
             offset: u64,
             len: libc::size_t,
@@ -401,7 +412,7 @@ impl<'p> RbdImage<'p> {
             ffi::rbd_diff_iterate2(
                 self.handle,
                 from_ptr,
-                0,
+                offset,
                 length,
                 1,
                 u8::from(whole_object),

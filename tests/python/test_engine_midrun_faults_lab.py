@@ -21,10 +21,7 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,7 @@ import pytest
 from lab_support import (
     CliRun,
     FaultRecord,
-    agent,
+    ScratchDomain,
     cli,
     domain_outcome,
     domain_report,
@@ -42,9 +39,10 @@ from lab_support import (
     rbd_export_sha256,
     rbd_json,
     repo_snapshots,
-    require_lab,
     run,
+    scratch_domain,
     virsh,
+    wait_for,
 )
 
 pytestmark = pytest.mark.lab
@@ -57,96 +55,6 @@ PAUSE = 8
 RUN_TIMEOUT = 180
 
 
-@dataclass
-class ScratchDomain:
-    name: str
-    images: list[str]  # pool/image, in disk order (vda, vdb)
-
-
-def make_image(image: str, tmp: Path, size_mib: int = 64, data_mib: int = 20) -> None:
-    """rbd `image`: an ext2 filesystem holding `data_mib` MiB of random data (several 4 MiB blocks
-    to read after the pause), imported sparse."""
-    root = tmp / f"{image.replace('/', '_')}.d"
-    root.mkdir()
-    (root / "random.bin").write_bytes(os.urandom(data_mib * MIB))
-    raw = tmp / f"{image.replace('/', '_')}.raw"
-    run(["mke2fs", "-q", "-F", "-t", "ext2", "-b", "4096", "-d", str(root), str(raw), f"{size_mib}M"])
-    rbd("import", "--no-progress", str(raw), image)
-    raw.unlink()
-
-
-def domain_xml(name: str, images: list[str], running: bool) -> str:
-    disks = "".join(
-        f"""
-    <disk type='network' device='disk'>
-      <driver name='qemu' type='raw' cache='writeback'/>
-      <auth username='{os.environ.get("LAB_CEPH_USER", "libvirt")}'><secret type='ceph' uuid='{os.environ["LAB_SECRET_UUID"]}'/></auth>
-      <source protocol='rbd' name='{image}'><host name='127.0.0.1' port='6789'/></source>
-      <target dev='vd{"ab"[i]}' bus='virtio'/>
-    </disk>"""
-        for i, image in enumerate(images)
-    )
-    guest = Path(os.environ.get("LAB_DIR", "/var/lib/virt-rbd-backup-lab")) / "guest"
-    # The lab's guest kernel and initramfs (lab/lab.sh): mounts vda and vdb, runs the agent.
-    boot = (
-        f"<kernel>{guest}/vmlinuz</kernel><initrd>{guest}/initrd.img</initrd>"
-        "<cmdline>console=ttyS0 lab_mounts=vda,vdb</cmdline>"
-        if running
-        else ""
-    )
-    return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <description>virt-rbd-backup fault test scratch domain ({__name__})</description>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>{disks}
-    <controller type='usb' model='none'/>
-    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
-
-
-def remove_image(image: str) -> None:
-    """Removes `image` and its snapshots; waits (bounded) for watchers of a just-destroyed guest."""
-    deadline = time.monotonic() + 60
-    while rbd("info", image, check=False).returncode == 0:
-        rbd("snap", "purge", "--no-progress", image, check=False)
-        if rbd("rm", "--no-progress", image, check=False).returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-
-
-@contextmanager
-def scratch_domain(tmp_path: Path, running: bool) -> Iterator[ScratchDomain]:
-    """A domain of our own with two RBD disks, running (the lab's guest kernel, agent answering)
-    or shut off; removed with its images at the end."""
-    require_lab()
-    name = f"vrb-fault-{uuid.uuid4().hex[:8]}"
-    images = [f"rbd/{name}-a", f"rbd/{name}-b"]
-    xml = tmp_path / f"{name}.xml"
-    try:
-        for image in images:
-            make_image(image, tmp_path)
-        xml.write_text(domain_xml(name, images, running))
-        virsh("define", str(xml))
-        if running:
-            virsh("start", name)
-            wait_for(lambda: agent_answers(name), 90, f"{name}'s guest agent")
-        yield ScratchDomain(name, images)
-    finally:
-        virsh("destroy", name, check=False)
-        virsh("undefine", name, check=False)
-        for image in images:
-            remove_image(image)
-
-
 @pytest.fixture
 def scratch(tmp_path: Path) -> Iterator[ScratchDomain]:
     with scratch_domain(tmp_path, running=False) as domain:
@@ -157,23 +65,6 @@ def scratch(tmp_path: Path) -> Iterator[ScratchDomain]:
 def running_scratch(tmp_path: Path) -> Iterator[ScratchDomain]:
     with scratch_domain(tmp_path, running=True) as domain:
         yield domain
-
-
-def agent_answers(name: str) -> bool:
-    try:
-        agent(name, "guest-ping")
-        return True
-    except (AssertionError, subprocess.TimeoutExpired):
-        return False
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class PausedBackup:
