@@ -386,3 +386,47 @@ pub fn export_full_diff<W: Write>(
     let out = diff.finish()?;
     Ok((ExportStats::new(hasher, bytes_read, started), out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extent(offset: u64, length: u64, exists: bool) -> Extent {
+        Extent {
+            offset,
+            length,
+            exists,
+        }
+    }
+
+    #[test]
+    fn clipping_drops_empty_extents_cuts_at_the_size_and_sorts() {
+        let clipped = clip_extents(
+            vec![
+                extent(8, 4, true),
+                extent(0, 0, true),
+                extent(2, 4, false),
+                extent(10, 8, true),
+                extent(12, 1, true),
+            ],
+            11,
+        );
+        assert_eq!(
+            clipped,
+            vec![extent(2, 4, false), extent(8, 3, true), extent(10, 1, true)]
+        );
+    }
+
+    #[test]
+    fn changed_runs_merge_adjacent_changed_objects_and_skip_removed_ones() {
+        let runs = changed_runs(&[
+            extent(0, 4, true),
+            extent(4, 4, true),
+            extent(8, 4, false),
+            extent(12, 4, true),
+            extent(20, 4, true),
+        ]);
+        let pairs: Vec<(u64, u64)> = runs.iter().map(|r| (r.offset, r.length)).collect();
+        assert_eq!(pairs, vec![(0, 8), (12, 4), (20, 4)]);
+    }
+}
