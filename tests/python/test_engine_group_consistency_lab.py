@@ -34,14 +34,19 @@ pytestmark = pytest.mark.lab
 DOMAIN = "lab-guest"
 DISKS = {"vda": "lab-guest-a", "vdb": "lab-guest-b"}
 
-START_WRITER = (
-    "for d in a b; do dd if=/dev/zero of=/mnt/$d/seq bs=4096 count=1 conv=fsync 2>/dev/null; done; "
-    "rm -f /tmp/stop-seq; "
-    "(i=0; while [ ! -e /tmp/stop-seq ]; do i=$((i+1)); "
-    'printf "%010d" $i | dd of=/mnt/a/seq bs=4096 count=1 conv=notrunc,sync,fsync 2>/dev/null; '
-    'printf "%010d" $i | dd of=/mnt/b/seq bs=4096 count=1 conv=notrunc,sync,fsync 2>/dev/null; '
-    "done) </dev/null >/dev/null 2>&1 &"
-)
+
+def start_writer(first: int = 1) -> str:
+    """The guest shell command that starts the writer, counting from `first`."""
+    return (
+        "for d in a b; do dd if=/dev/zero of=/mnt/$d/seq bs=4096 count=1 conv=fsync 2>/dev/null; done; "
+        "rm -f /tmp/stop-seq; "
+        f"(i={first - 1}; while [ ! -e /tmp/stop-seq ]; do i=$((i+1)); "
+        'printf "%010d" $i | dd of=/mnt/a/seq bs=4096 count=1 conv=notrunc,sync,fsync 2>/dev/null; '
+        'printf "%010d" $i | dd of=/mnt/b/seq bs=4096 count=1 conv=notrunc,sync,fsync 2>/dev/null; '
+        "done) </dev/null >/dev/null 2>&1 &"
+    )
+
+
 STOP_WRITER = "touch /tmp/stop-seq; sleep 0.5; sync"
 
 
@@ -63,7 +68,7 @@ def writer() -> Iterator[None]:
     require_lab()
     name = group_name()
     remove_group(name)
-    guest_exec(DOMAIN, START_WRITER)
+    guest_exec(DOMAIN, start_writer())
     time.sleep(1)
     try:
         yield
@@ -105,7 +110,7 @@ def test_group_snapshots_give_all_disks_one_instant_and_chain_incrementally(writ
     assert first["consistency"] == "crash_consistent_group"
     members = json.loads(rbd("group", "image", "ls", f"rbd/{name}", "--format", "json").stdout)
     assert sorted(m["image"] for m in members) == sorted(DISKS.values())
-    seq_first = assert_one_instant(repo, first, tmp_path)
+    assert assert_one_instant(repo, first, tmp_path) < 1_000_000
 
     # Idle guest: the group snapshot and the marker before it hold the same data, so the
     # incremental (diffed from the first marker to the second group snapshot) must restore to
@@ -128,12 +133,13 @@ def test_group_snapshots_give_all_disks_one_instant_and_chain_incrementally(writ
     assert len(verify.json()["source_checked"]) == 2
 
     # Default consistency (auto) uses the group now that the disks are in one.
-    guest_exec(DOMAIN, START_WRITER)
+    # The writer starts again from a million: the third backup must see its writes.
+    guest_exec(DOMAIN, start_writer(1_000_000))
     time.sleep(1)
     third = backup(repo)
     assert third["kind"] == "incremental"
     assert third["consistency"] == "crash_consistent_group"
-    assert assert_one_instant(repo, third, tmp_path) != seq_first
+    assert assert_one_instant(repo, third, tmp_path) > 1_000_000
 
     # Only the latest backup's snapshots stay: one marker per image, one group snapshot.
     for image in DISKS.values():
