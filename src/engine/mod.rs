@@ -13,7 +13,11 @@
 //!    snapshots when the agent does not answer; `required` fails the domain.
 //! 4. Create every disk's snapshot concurrently (one thread per disk: concurrent creates share
 //!    one monitor proposal), then thaw at once. Each snapshot is a `SnapshotGuard` that removes
-//!    it on drop, so every later error path cleans up.
+//!    it on drop, so every later error path cleans up. A running domain that was not frozen
+//!    (freeze off, or no agent) and whose disks share an RBD group (`--consistency`) gets
+//!    per-disk marker snapshots first and then one group snapshot (`group_snapshot`): its
+//!    members are what is read, the markers are the next incremental's bases (librbd diffs
+//!    only from snapshots it can name; group members have internal names).
 //! 5. After the thaw: export each snapshot (allocated blocks only, `queue_depth` reads in
 //!    flight) into `.partial-<id>/`, then check the snapshot still exists with the id it was
 //!    created with: one removed meanwhile by someone else fails the domain (reads at a removed
