@@ -27,6 +27,7 @@ from lab_support import (
     repo_snapshots,
     require_lab,
     run,
+    scratch_domain,
 )
 
 pytestmark = pytest.mark.lab
@@ -154,3 +155,38 @@ def test_group_snapshots_give_all_disks_one_instant_and_chain_incrementally(writ
     assert per_disk["consistency"] == "crash_consistent_per_disk"
     # The group snapshot of the third backup went with it.
     assert json.loads(rbd("group", "snap", "ls", f"rbd/{name}", "--format", "json").stdout) == []
+
+
+def test_disks_split_over_groups_fail_group_consistency_and_warn_in_auto_mode(tmp_path: Path) -> None:
+    """A group snapshot covers a group, not a domain: with one disk in a group and the other in
+    none, `--consistency group` must refuse and say how to regroup; `auto` backs up per disk and
+    says why it did not use the group."""
+    with scratch_domain(tmp_path, running=False) as scratch:
+        group = f"rbd/{scratch.name}-grp"
+        rbd("group", "create", group)
+        try:
+            rbd("group", "image", "add", group, scratch.images[0])
+            repo = tmp_path / "repo"
+            args = ("backup", "--repo", str(repo), "--json", "--domain", scratch.name)
+
+            required = cli(*args, "--consistency", "group")
+            assert required.returncode == 1, required.stdout + required.stderr
+            dom = domain_report(required.json(), scratch.name)
+            assert dom["status"] == "failed"
+            for image in scratch.images:
+                assert image in dom["error"], dom["error"]
+            assert "rbd group image add" in dom["error"], dom["error"]
+            assert repo_snapshots(scratch.images[0], repo) == []
+
+            auto = cli(*args)
+            assert auto.returncode == 0, auto.stdout + auto.stderr
+            dom = domain_report(auto.json(), scratch.name)
+            assert dom["status"] == "succeeded"
+            assert any("not all in one RBD group" in w for w in dom["warnings"]), dom["warnings"]
+
+            per_disk = cli(*args, "--consistency", "per-disk")
+            assert per_disk.returncode == 0, per_disk.stdout + per_disk.stderr
+            assert domain_report(per_disk.json(), scratch.name)["warnings"] == []
+        finally:
+            rbd("group", "image", "rm", group, scratch.images[0], check=False)
+            rbd("group", "rm", group, check=False)
