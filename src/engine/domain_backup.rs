@@ -14,6 +14,7 @@ use crate::repo::block_table::write_block_table;
 use crate::repo::hashing_writer::StoredDiffWriter;
 use crate::repo::layout::safe_component;
 use crate::repo::manifest::GroupSnapshotRecord;
+use crate::repo::StagedBackup;
 use crate::repo::{
     BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord,
     SparseImageWriter,
@@ -348,6 +349,18 @@ fn back_up_to_repo(
             snapshot_domain(ctx, job, images, &snap_name, active, snapshot_group, report)?;
         let create_ms = snapshots.create_ms();
 
+        let compress = ctx
+            .options
+            .compress
+            .as_deref()
+            .map(parse_compression)
+            .transpose()
+            .map_err(Error::Usage)?;
+        let diff_format = if compress.is_some() {
+            "rbd-diff-v1+zstd"
+        } else {
+            "rbd-diff-v1"
+        };
         let mut disk_records = Vec::with_capacity(job.disks.len());
         for (index, ((((disk, pool), image), prep), &snapshot_create_ms)) in job
             .disks
@@ -413,18 +426,6 @@ fn back_up_to_repo(
                 file_chunks: None,
                 group_snapshot,
             };
-            let compress = ctx
-                .options
-                .compress
-                .as_deref()
-                .map(parse_compression)
-                .transpose()
-                .map_err(Error::Usage)?;
-            let diff_format = if compress.is_some() {
-                "rbd-diff-v1+zstd"
-            } else {
-                "rbd-diff-v1"
-            };
             let stats = match (&prep.plan, &prep.parent) {
                 (
                     DiskPlan::Incremental {
@@ -454,9 +455,7 @@ fn back_up_to_repo(
                         out,
                         &ctx.pipeline(&progress),
                     )?;
-                    let stored = out.finish()?;
-                    let chunks_file = format!("{file}.b3");
-                    write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
+                    record_diff_file(&mut record, &staged, file, out, diff_format)?;
                     record.kind = BackupKind::Incremental;
                     record.chain_position = *chain_position;
                     record.parent_backup = Some(parent_backup.clone());
@@ -465,12 +464,6 @@ fn back_up_to_repo(
                         id: *base_snapshot_id,
                         timestamp: None,
                     });
-                    record.format = diff_format.into();
-                    record.file = file;
-                    record.file_size = stored.size;
-                    record.bytes_written = stored.size;
-                    record.file_checksum = Some(stored.checksum);
-                    record.file_chunks = Some(chunks_file);
                     stats
                 }
                 _ if compress.is_some() => {
@@ -484,15 +477,7 @@ fn back_up_to_repo(
                         out,
                         &ctx.pipeline(&progress),
                     )?;
-                    let stored = out.finish()?;
-                    let chunks_file = format!("{file}.b3");
-                    write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
-                    record.format = diff_format.into();
-                    record.file = file;
-                    record.file_size = stored.size;
-                    record.bytes_written = stored.size;
-                    record.file_checksum = Some(stored.checksum);
-                    record.file_chunks = Some(chunks_file);
+                    record_diff_file(&mut record, &staged, file, out, diff_format)?;
                     stats
                 }
                 _ => {
@@ -616,6 +601,27 @@ fn back_up_to_repo(
         ctx.stale.add(stale);
         Ok(())
     })
+}
+
+/// Finishes a diff file written into the staged backup, writes the chunk table of its stored
+/// bytes next to it (`FILE.b3`) and records both in the disk's record.
+fn record_diff_file(
+    record: &mut DiskRecord,
+    staged: &StagedBackup<'_>,
+    file: String,
+    out: StoredDiffWriter,
+    format: &str,
+) -> Result<(), Error> {
+    let stored = out.finish()?;
+    let chunks_file = format!("{file}.b3");
+    write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
+    record.format = format.into();
+    record.file = file;
+    record.file_size = stored.size;
+    record.bytes_written = stored.size;
+    record.file_checksum = Some(stored.checksum);
+    record.file_chunks = Some(chunks_file);
+    Ok(())
 }
 
 /// `SnapshotRemoved` when `error` says our snapshot `snap_name` of `image` does not exist

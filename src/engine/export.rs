@@ -249,26 +249,6 @@ pub fn export_incremental<W: Write>(
         image.diff_extents(Some(base.snapshot), size, use_object_map)?,
         size,
     );
-    // What is read: whole changed blocks (each block's hash is recomputed from all of it). What
-    // is written: with the object map the diff above names whole objects, so each run of
-    // changed objects is asked again for its exact extents (one OSD op per object): a 64 KiB
-    // write then costs 64 KiB in the repository, not the 4 MiB object around it.
-    let written = if use_object_map {
-        let mut exact = Vec::new();
-        for range in changed_runs(&extents) {
-            exact.extend(image.diff_extents_in(
-                Some(base.snapshot),
-                range.offset,
-                range.length,
-                false,
-            )?);
-        }
-        exact.extend(extents.iter().filter(|e| !e.exists).copied());
-        clip_extents(exact, size)
-    } else {
-        extents.clone()
-    };
-
     let mut ranges: Vec<ByteRange> = extents
         .iter()
         .map(|e| ByteRange {
@@ -287,6 +267,26 @@ pub fn export_incremental<W: Write>(
             }
         }
     }
+    // What is read: whole changed blocks (each block's hash is recomputed from all of it). What
+    // is written: with the object map the diff above names whole objects, so each run of
+    // changed objects is asked again for its exact extents (one OSD op per object): a 64 KiB
+    // write then costs 64 KiB in the repository, not the 4 MiB object around it.
+    let written = if use_object_map {
+        let mut exact = Vec::new();
+        for range in changed_runs(&extents) {
+            exact.extend(image.diff_extents_in(
+                Some(base.snapshot),
+                range.offset,
+                range.length,
+                false,
+            )?);
+        }
+        exact.extend(extents.iter().filter(|e| !e.exists).copied());
+        clip_extents(exact, size)
+    } else {
+        extents
+    };
+
     let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
     let mut hasher = ContentHasher::from_parent(size, base.block_table, base.size);
     let mut diff = RbdDiffWriter::new(out, Some(base.snapshot), to_snapshot, size)?;

@@ -331,7 +331,7 @@ def ceph(*args: str) -> None:
     run(["ceph", "--conf", os.environ["CEPH_CONF"], *args])
 
 
-def test_osd_io_paused_mid_export_fails_the_domain_within_the_ceph_timeout(
+def test_osd_io_paused_mid_export_fails_the_domain_in_bounded_time(
     fault: FaultRecord, scratch: ScratchDomain, tmp_path: Path
 ) -> None:
     """A hung OSD without touching the lab's only OSD (its data lives in its memory): the cluster
