@@ -13,6 +13,7 @@ use crate::plan::{backup_id_from_unix, is_owned_snapshot, snapshot_name};
 use crate::repo::block_table::write_block_table;
 use crate::repo::hashing_writer::StoredDiffWriter;
 use crate::repo::layout::safe_component;
+use crate::repo::leaf_table::{BaseLeaves, LeafTable, LeafTableWriter};
 use crate::repo::manifest::GroupSnapshotRecord;
 use crate::repo::StagedBackup;
 use crate::repo::{
@@ -21,7 +22,7 @@ use crate::repo::{
 };
 
 use super::ceph_session::{cluster_address, ConnectionCache};
-use super::disk_plan::{prepare_disk, previous_backup};
+use super::disk_plan::{prepare_disk, previous_backup, PreviousBackup};
 use super::events::{BackupEvent, EventSink};
 use super::export::{
     export_full, export_full_diff, export_incremental, export_stream, BandwidthLimit,
@@ -398,6 +399,8 @@ fn back_up_to_repo(
             };
             let stem = safe_component(&disk.target);
             let blocks_file = format!("{stem}.blocks");
+            let leaves_file = format!("{stem}.leaves");
+            let mut leaves_out = LeafTableWriter::create(&staged.file_path(&leaves_file))?;
             let mut record = DiskRecord {
                 target: disk.target.clone(),
                 pool: disk.pool.clone(),
@@ -424,6 +427,7 @@ fn back_up_to_repo(
                 file_checksum: None,
                 blocks_file: Some(blocks_file.clone()),
                 file_chunks: None,
+                leaves_file: Some(leaves_file),
                 group_snapshot,
             };
             let stats = match (&prep.plan, &prep.parent) {
@@ -441,10 +445,12 @@ fn back_up_to_repo(
                         if compress.is_some() { ".zst" } else { "" }
                     );
                     let out = StoredDiffWriter::create(&staged.file_path(&file), compress)?;
+                    let leaves = base_leaves(repo, &job.uuid, previous.as_ref(), &disk.target);
                     let base = IncrementalBase {
                         snapshot: base_snapshot,
                         size: parent.size,
                         block_table: table,
+                        leaves: &leaves,
                     };
                     let (stats, out) = export_incremental(
                         &snap_image,
@@ -453,6 +459,7 @@ fn back_up_to_repo(
                         &base,
                         info.fast_diff_usable(),
                         out,
+                        Some(&mut leaves_out),
                         &ctx.pipeline(&progress),
                     )?;
                     record_diff_file(&mut record, &staged, file, out, diff_format)?;
@@ -475,6 +482,7 @@ fn back_up_to_repo(
                         info.size,
                         info.fast_diff_usable(),
                         out,
+                        Some(&mut leaves_out),
                         &ctx.pipeline(&progress),
                     )?;
                     record_diff_file(&mut record, &staged, file, out, diff_format)?;
@@ -489,6 +497,7 @@ fn back_up_to_repo(
                         info.size,
                         info.fast_diff_usable(),
                         &mut writer,
+                        Some(&mut leaves_out),
                         &ctx.pipeline(&progress),
                     )?;
                     record.bytes_written = writer.finish()?;
@@ -503,6 +512,7 @@ fn back_up_to_repo(
                 group_member_still_there(image, g)?;
             }
             write_block_table(&staged.file_path(&blocks_file), &stats.block_table)?;
+            leaves_out.finish()?;
             record.checksum = stats.checksum.clone();
             record.bytes_read = stats.bytes_read;
             report.disks.push(DiskReport {
@@ -605,6 +615,32 @@ fn back_up_to_repo(
 
 /// Finishes a diff file written into the staged backup, writes the chunk table of its stored
 /// bytes next to it (`FILE.b3`) and records both in the disk's record.
+/// The leaf tables of the chain the previous backup of disk `target` ends, newest first. Any
+/// problem (a broken chain, a table of an older version or a damaged one) only leaves tables
+/// out: the blocks they would have served are then read whole.
+fn base_leaves(
+    repo: &Repository,
+    uuid: &str,
+    previous: Option<&PreviousBackup>,
+    target: &str,
+) -> BaseLeaves {
+    let Some((folder, manifest)) = previous else {
+        return BaseLeaves::none();
+    };
+    let Ok(chain) = repo.disk_chain(uuid, folder, manifest, target) else {
+        return BaseLeaves::none();
+    };
+    let tables = chain
+        .iter()
+        .rev()
+        .filter_map(|link| {
+            let name = link.disk.leaves_file.as_ref()?;
+            LeafTable::open(&link.folder.join(name)).ok()
+        })
+        .collect();
+    BaseLeaves::new(tables)
+}
+
 fn record_diff_file(
     record: &mut DiskRecord,
     staged: &StagedBackup<'_>,

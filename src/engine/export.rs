@@ -2,10 +2,11 @@
 //! written as they arrive.
 //!
 //! A full export reads every 4 MiB block that holds allocated data and writes it into a sparse
-//! raw file. An incremental reads every block that changed since the base snapshot and writes
-//! the changed extents as an rbd diff (`rbd export-diff` format); the block hashes of unchanged
-//! blocks are carried over from the parent's table, so the new content checksum costs only
-//! what changed. Memory is bounded by `queue_depth` blocks, whatever the image size: buffers
+//! raw file. An incremental writes the changed extents as an rbd diff (`rbd export-diff`
+//! format) and re-hashes only the blocks they touch: it reads the 64 KiB leaves around the
+//! changed extents and merges their new chaining values with the base's (`plan::leaves`), or the
+//! whole block when the base's leaves are not known. The block hashes of unchanged blocks are
+//! carried over from the parent's table, so the new content checksum costs only what changed. Memory is bounded by `queue_depth` blocks, whatever the image size: buffers
 //! are recycled, and a block is consumed before its slot is reused.
 
 use std::collections::VecDeque;
@@ -14,7 +15,11 @@ use std::time::{Duration, Instant};
 
 use crate::ceph::{Extent, PendingRead, RbdImage};
 use crate::error::Error;
-use crate::plan::{blocks_to_read, ByteRange, ContentHasher, TokenBucket, HASH_BLOCK_SIZE};
+use crate::plan::{
+    block_leaves, blocks_to_read, leaf_cv, leaf_runs, root_of, BlockLeaves, ByteRange,
+    ContentHasher, TokenBucket, HASH_BLOCK_SIZE, LEAF_SIZE,
+};
+use crate::repo::leaf_table::{BaseLeaves, LeafTableWriter};
 use crate::repo::rbd_diff::RbdDiffWriter;
 use crate::repo::SparseImageWriter;
 
@@ -126,43 +131,67 @@ pub fn image_block_table(
     Ok(hasher.finish_with_hashes().1)
 }
 
-/// Reads `blocks` (ascending) of `image` with `queue_depth` reads in flight and hands each to
-/// `consume(index, data)` in order. Returns the bytes read.
-fn read_blocks(
+/// A byte range of one block to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Piece {
+    block: u64,
+    offset: u64,
+    length: u64,
+}
+
+/// Every byte of each of `blocks` of an image of `size` bytes, one piece a block.
+fn whole_blocks(blocks: &[u64], size: u64) -> Vec<Piece> {
+    blocks
+        .iter()
+        .map(|&block| whole_block(block, size))
+        .collect()
+}
+
+fn whole_block(block: u64, size: u64) -> Piece {
+    let offset = block * HASH_BLOCK_SIZE;
+    Piece {
+        block,
+        offset,
+        length: (size - offset).min(HASH_BLOCK_SIZE),
+    }
+}
+
+/// Reads `pieces` (ascending) of `image` with `queue_depth` reads in flight and hands each to
+/// `consume(piece, data)` in order. Returns the bytes read.
+fn read_pieces(
     image: &RbdImage<'_>,
-    blocks: &[u64],
-    block_len: impl Fn(u64) -> u64,
+    pieces: &[Piece],
     pipeline: &ReadPipeline<'_>,
-    mut consume: impl FnMut(u64, &[u8]) -> Result<(), Error>,
+    mut consume: impl FnMut(Piece, &[u8]) -> Result<(), Error>,
 ) -> Result<u64, Error> {
-    let total: u64 = blocks.iter().map(|&b| block_len(b)).sum();
+    let total: u64 = pieces.iter().map(|p| p.length).sum();
     let queue_depth = pipeline.queue_depth.max(1);
     let (cancel, progress) = (pipeline.cancel, pipeline.progress);
     let mut free_buffers: Vec<Vec<u8>> = Vec::with_capacity(queue_depth);
-    let mut in_flight: VecDeque<(u64, PendingRead<'_>)> = VecDeque::with_capacity(queue_depth);
-    let mut next = blocks.iter().copied();
+    let mut in_flight: VecDeque<(Piece, PendingRead<'_>)> = VecDeque::with_capacity(queue_depth);
+    let mut next = pieces.iter().copied();
     let mut done = 0u64;
     let mut last_report = Instant::now();
     loop {
         // Keep the queue full.
         while in_flight.len() < queue_depth {
-            let Some(block) = next.next() else { break };
+            let Some(piece) = next.next() else { break };
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
             if let Some(limit) = pipeline.limit {
-                limit.acquire(block_len(block));
+                limit.acquire(piece.length);
             }
             let mut buf = free_buffers.pop().unwrap_or_default();
-            buf.resize(block_len(block) as usize, 0);
-            in_flight.push_back((block, image.start_read(block * HASH_BLOCK_SIZE, buf)?));
+            buf.resize(piece.length as usize, 0);
+            in_flight.push_back((piece, image.start_read(piece.offset, buf)?));
         }
         // Complete the oldest read; the others keep the cluster busy meanwhile.
-        let Some((block, read)) = in_flight.pop_front() else {
+        let Some((piece, read)) = in_flight.pop_front() else {
             break;
         };
         let data = read.wait()?;
-        consume(block, &data)?;
+        consume(piece, &data)?;
         if done == 0 {
             super::thaw_guard::test_pause("exported");
             super::thaw_guard::test_pause("exporting");
@@ -178,21 +207,41 @@ fn read_blocks(
     Ok(done)
 }
 
+/// Hashes a whole block into `hasher` and, for a full block, records its leaves in `leaves_out`.
+fn hash_whole_block(
+    hasher: &mut ContentHasher,
+    leaves_out: &mut Option<&mut LeafTableWriter>,
+    block: u64,
+    data: &[u8],
+) -> Result<(), Error> {
+    match block_leaves(data) {
+        Some(leaves) => {
+            hasher.add_block_hash(block, root_of(&leaves));
+            if let Some(out) = leaves_out {
+                out.add(block, &leaves)?;
+            }
+        }
+        None => hasher.add_block(block, data),
+    }
+    Ok(())
+}
+
 /// Full export of `image` (open at the snapshot, `size` bytes) into a sparse raw file.
 pub fn export_full(
     image: &RbdImage<'_>,
     size: u64,
     use_object_map: bool,
     writer: &mut SparseImageWriter,
+    mut leaves_out: Option<&mut LeafTableWriter>,
     pipeline: &ReadPipeline<'_>,
 ) -> Result<ExportStats, Error> {
     let started = Instant::now();
     let blocks = allocated_blocks(image, size, use_object_map)?;
     let mut hasher = ContentHasher::new(size);
-    let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
-    let bytes_read = read_blocks(image, &blocks, block_len, pipeline, |block, data| {
-        hasher.add_block(block, data);
-        writer.write_at(block * HASH_BLOCK_SIZE, data)?;
+    let pieces = whole_blocks(&blocks, size);
+    let bytes_read = read_pieces(image, &pieces, pipeline, |piece, data| {
+        hash_whole_block(&mut hasher, &mut leaves_out, piece.block, data)?;
+        writer.write_at(piece.offset, data)?;
         Ok(())
     })?;
     Ok(ExportStats::new(hasher, bytes_read, started))
@@ -231,10 +280,88 @@ pub struct IncrementalBase<'a> {
     pub size: u64,
     /// Block hash table of the content at the base (verified against its manifest).
     pub block_table: &'a [[u8; 32]],
+    /// Leaves of the base's blocks (the chain's leaf tables).
+    pub leaves: &'a BaseLeaves,
+}
+
+/// How a block an incremental touches gets its new hash.
+enum Rehash {
+    /// From the base's leaves, the touched ones recomputed from what is read.
+    Leaves(Box<BlockLeaves>),
+    /// From the whole block, read.
+    Whole,
+}
+
+/// The pieces an incremental reads, and how each touched block is re-hashed: only the leaves
+/// around `changed` where the base's leaves of a block are known, else the whole block.
+/// Blocks in `blocks` that `changed` does not touch keep their hash and are not read.
+fn plan_rehash(
+    blocks: &[u64],
+    changed: &[ByteRange],
+    size: u64,
+    base: &IncrementalBase<'_>,
+) -> (Vec<Piece>, Vec<(u64, Rehash)>) {
+    let mut changed_in: std::collections::BTreeMap<u64, Vec<ByteRange>> = Default::default();
+    for range in changed.iter().filter(|r| r.length > 0) {
+        let first = range.offset / HASH_BLOCK_SIZE;
+        let last = (range.offset + range.length - 1) / HASH_BLOCK_SIZE;
+        for block in first..=last {
+            changed_in.entry(block).or_default().push(*range);
+        }
+    }
+    let base_len = |b: u64| {
+        base.size
+            .saturating_sub(b * HASH_BLOCK_SIZE)
+            .min(HASH_BLOCK_SIZE)
+    };
+    let mut pieces = Vec::new();
+    let mut plans = Vec::new();
+    for &block in blocks {
+        let whole = whole_block(block, size);
+        let known = (whole.length == HASH_BLOCK_SIZE && base_len(block) == HASH_BLOCK_SIZE)
+            .then(|| base.block_table.get(block as usize))
+            .flatten()
+            .and_then(|hash| base.leaves.find(block, hash));
+        match known {
+            Some(leaves) => {
+                let runs = leaf_runs(block, changed_in.get(&block).map_or(&[], |v| v));
+                if runs.is_empty() {
+                    continue;
+                }
+                pieces.extend(runs.iter().map(|r| Piece {
+                    block,
+                    offset: r.offset,
+                    length: r.length,
+                }));
+                plans.push((block, Rehash::Leaves(leaves)));
+            }
+            None => {
+                pieces.push(whole);
+                plans.push((block, Rehash::Whole));
+            }
+        }
+    }
+    (pieces, plans)
+}
+
+/// Forms the hash of a block re-hashed from its leaves, and records the leaves.
+fn finish_leaves_block(
+    open: Option<(u64, Box<BlockLeaves>)>,
+    hasher: &mut ContentHasher,
+    leaves_out: &mut Option<&mut LeafTableWriter>,
+) -> Result<(), Error> {
+    if let Some((block, leaves)) = open {
+        hasher.add_block_hash(block, root_of(&leaves));
+        if let Some(out) = leaves_out {
+            out.add(block, &leaves)?;
+        }
+    }
+    Ok(())
 }
 
 /// Incremental export of `image` (open at the new snapshot `to_snapshot`, `size` bytes) against
-/// `base`, written as an rbd diff.
+/// `base`, written as an rbd diff; the leaves of every block re-hashed go to `leaves_out`.
+#[allow(clippy::too_many_arguments)]
 pub fn export_incremental<W: Write>(
     image: &RbdImage<'_>,
     to_snapshot: &str,
@@ -242,6 +369,7 @@ pub fn export_incremental<W: Write>(
     base: &IncrementalBase<'_>,
     use_object_map: bool,
     out: W,
+    mut leaves_out: Option<&mut LeafTableWriter>,
     pipeline: &ReadPipeline<'_>,
 ) -> Result<(ExportStats, W), Error> {
     let started = Instant::now();
@@ -257,18 +385,19 @@ pub fn export_incremental<W: Write>(
         })
         .collect();
     // A block whose length changed with a resize must be re-hashed even if no byte changed.
+    let mut edges = Vec::new();
     if size != base.size {
         for edge in [base.size.min(size), size] {
             if edge > 0 {
-                ranges.push(ByteRange {
+                edges.push(ByteRange {
                     offset: edge - 1,
                     length: 1,
                 });
             }
         }
     }
-    // What is read: whole changed blocks (each block's hash is recomputed from all of it). What
-    // is written: with the object map the diff above names whole objects, so each run of
+    ranges.extend(&edges);
+    // What is written: with the object map the diff above names whole objects, so each run of
     // changed objects is asked again for its exact extents (one OSD op per object): a 64 KiB
     // write then costs 64 KiB in the repository, not the 4 MiB object around it.
     let written = if use_object_map {
@@ -286,32 +415,63 @@ pub fn export_incremental<W: Write>(
     } else {
         extents
     };
-
+    // What is read: the leaves around the exact extents (data or zeroed), to re-hash.
+    let mut changed: Vec<ByteRange> = written
+        .iter()
+        .map(|e| ByteRange {
+            offset: e.offset,
+            length: e.length,
+        })
+        .collect();
+    changed.extend(&edges);
     let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
+    let (pieces, plans) = plan_rehash(&blocks, &changed, size, base);
+    let data_to_write: u64 = written.iter().filter(|e| e.exists).map(|e| e.length).sum();
+
     let mut hasher = ContentHasher::from_parent(size, base.block_table, base.size);
     let mut diff = RbdDiffWriter::new(out, Some(base.snapshot), to_snapshot, size)?;
-    let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
-    let mut cursor = 0usize; // first extent that may still overlap the current block
-    let bytes_read = read_blocks(image, &blocks, block_len, pipeline, |block, data| {
-        hasher.add_block(block, data);
-        let block_start = block * HASH_BLOCK_SIZE;
-        let block_end = block_start + data.len() as u64;
+    let mut plans = plans.into_iter().peekable();
+    // The block being re-hashed from its leaves, finished when the pieces move past it.
+    let mut open: Option<(u64, Box<BlockLeaves>)> = None;
+    let mut data_written = 0u64;
+    let mut cursor = 0usize; // first extent that may still overlap the current piece
+    let bytes_read = read_pieces(image, &pieces, pipeline, |piece, data| {
+        if open.as_ref().is_none_or(|(block, _)| *block != piece.block) {
+            finish_leaves_block(open.take(), &mut hasher, &mut leaves_out)?;
+            match plans.next() {
+                Some((block, Rehash::Leaves(leaves))) if block == piece.block => {
+                    open = Some((block, leaves));
+                }
+                Some((block, Rehash::Whole)) if block == piece.block => {
+                    hash_whole_block(&mut hasher, &mut leaves_out, block, data)?;
+                }
+                _ => unreachable!("pieces come in the order of their blocks' plans"),
+            }
+        }
+        if let Some((_, leaves)) = open.as_mut() {
+            let first_leaf = ((piece.offset % HASH_BLOCK_SIZE) / LEAF_SIZE) as usize;
+            for (i, leaf) in data.chunks_exact(LEAF_SIZE as usize).enumerate() {
+                leaves[first_leaf + i] = leaf_cv(first_leaf + i, leaf);
+            }
+        }
+        let piece_end = piece.offset + piece.length;
         while cursor < written.len()
-            && written[cursor].offset + written[cursor].length <= block_start
+            && written[cursor].offset + written[cursor].length <= piece.offset
         {
             cursor += 1;
         }
         let mut i = cursor;
-        while i < written.len() && written[i].offset < block_end {
+        while i < written.len() && written[i].offset < piece_end {
             let e = written[i];
-            let start = e.offset.max(block_start);
-            let end = (e.offset + e.length).min(block_end);
+            let start = e.offset.max(piece.offset);
+            let end = (e.offset + e.length).min(piece_end);
             if start < end {
                 if e.exists {
                     diff.write_data(
                         start,
-                        &data[(start - block_start) as usize..(end - block_start) as usize],
+                        &data[(start - piece.offset) as usize..(end - piece.offset) as usize],
                     )?;
+                    data_written += end - start;
                 } else {
                     diff.write_zero(start, end - start)?;
                 }
@@ -320,6 +480,15 @@ pub fn export_incremental<W: Write>(
         }
         Ok(())
     })?;
+    finish_leaves_block(open.take(), &mut hasher, &mut leaves_out)?;
+    // Every changed byte lies in a piece read; a gap would be a diff that restores wrong data.
+    if data_written != data_to_write {
+        return Err(Error::Inconsistent(format!(
+            "incremental export of {}: {data_written} of {data_to_write} changed bytes were \
+             written; refusing to store an incomplete diff (a bug in virt-rbd-backup, please report it)",
+            image.spec()
+        )));
+    }
     let out = diff.finish()?;
     Ok((ExportStats::new(hasher, bytes_read, started), out))
 }
@@ -336,12 +505,12 @@ pub fn export_stream<W: Write>(
     let started = Instant::now();
     let blocks = allocated_blocks(image, size, use_object_map)?;
     let mut hasher = ContentHasher::new(size);
-    let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
     let zeros = vec![0u8; HASH_BLOCK_SIZE as usize];
     let broken_pipe = |e: std::io::Error| Error::Restic(format!("writing to restic failed: {e}"));
     let mut next_offset = 0u64;
-    let bytes_read = read_blocks(image, &blocks, block_len, pipeline, |block, data| {
-        let offset = block * HASH_BLOCK_SIZE;
+    let pieces = whole_blocks(&blocks, size);
+    let bytes_read = read_pieces(image, &pieces, pipeline, |piece, data| {
+        let (block, offset) = (piece.block, piece.offset);
         while next_offset < offset {
             let n = (offset - next_offset).min(HASH_BLOCK_SIZE) as usize;
             out.write_all(&zeros[..n]).map_err(broken_pipe)?;
@@ -369,17 +538,18 @@ pub fn export_full_diff<W: Write>(
     size: u64,
     use_object_map: bool,
     out: W,
+    mut leaves_out: Option<&mut LeafTableWriter>,
     pipeline: &ReadPipeline<'_>,
 ) -> Result<(ExportStats, W), Error> {
     let started = Instant::now();
     let blocks = allocated_blocks(image, size, use_object_map)?;
     let mut hasher = ContentHasher::new(size);
     let mut diff = RbdDiffWriter::new(out, None, to_snapshot, size)?;
-    let block_len = |b: u64| (size - b * HASH_BLOCK_SIZE).min(HASH_BLOCK_SIZE);
-    let bytes_read = read_blocks(image, &blocks, block_len, pipeline, |block, data| {
-        hasher.add_block(block, data);
+    let pieces = whole_blocks(&blocks, size);
+    let bytes_read = read_pieces(image, &pieces, pipeline, |piece, data| {
+        hash_whole_block(&mut hasher, &mut leaves_out, piece.block, data)?;
         for (start, end) in crate::repo::image_file::nonzero_runs(data, 4096) {
-            diff.write_data(block * HASH_BLOCK_SIZE + start as u64, &data[start..end])?;
+            diff.write_data(piece.offset + start as u64, &data[start..end])?;
         }
         Ok(())
     })?;

@@ -4,6 +4,7 @@
 pub mod blocks;
 pub mod consistency;
 pub mod incremental;
+pub mod leaves;
 pub mod naming;
 pub mod rate;
 pub mod retention;
@@ -13,6 +14,10 @@ pub use blocks::{
 };
 pub use consistency::{choose_group, domain_group_name, GroupChoice, GroupMembership};
 pub use incremental::{plan_disk, BackupMode, BaseCandidate, DiskPlan, ImageState};
+pub use leaves::{
+    block_leaves, leaf_cv, leaf_runs, root_of, zero_block_root, zero_leaves, BlockLeaves,
+    LEAF_SIZE, LEAVES_PER_BLOCK,
+};
 pub use naming::{
     backup_id_from_unix, is_owned_snapshot, is_tool_snapshot, snapshot_name, SNAPSHOT_PREFIX,
 };

@@ -22,6 +22,9 @@
 //!     incremental and used by verify and restore to name a bad offset.
 //!   - `file_checksum`: `blake3-4m` of the stored file's bytes (for `"raw"` it equals
 //!     `checksum`), and for diff files `file_chunks`: that checksum's 4 MiB chunk table.
+//!   - `leaves_file` (optional): the 64 KiB leaf chaining values of the blocks this backup
+//!     hashed (`repo::leaf_table`), so the next incremental reads only the changed leaves.
+//!     Never trusted on its own: each record must merge to the block hash it stands for.
 //!   - `group_snapshot` (only when `consistency` is `"crash_consistent_group"`): {`pool`,
 //!     `group`, `name`, `id`}: the RBD group snapshot the content was read from, `id` being this
 //!     image's member snapshot. `snapshot` is then a marker taken just before the group
@@ -136,6 +139,10 @@ pub struct DiskRecord {
     /// Table of the stored file's chunk hashes (diff files only).
     #[serde(default)]
     pub file_chunks: Option<String>,
+    /// Leaf table of the blocks this backup hashed (`repo::leaf_table`); an optimisation for
+    /// the next incremental, absent in backups of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaves_file: Option<String>,
     /// The group snapshot the content was read from (group-consistent backups only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_snapshot: Option<GroupSnapshotRecord>,
@@ -219,6 +226,7 @@ impl BackupManifest {
                 Some(&disk.file),
                 disk.blocks_file.as_ref(),
                 disk.file_chunks.as_ref(),
+                disk.leaves_file.as_ref(),
             ];
             for name in names.into_iter().flatten() {
                 if !is_plain_file_name(name) {
@@ -360,6 +368,7 @@ pub(crate) mod tests {
                 file_checksum: None,
                 blocks_file: Some("vda.blocks".into()),
                 file_chunks: None,
+                leaves_file: Some("vda.leaves".into()),
                 group_snapshot: None,
             }],
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod hashing_writer;
 pub mod image_file;
 pub mod layout;
+pub mod leaf_table;
 pub mod manifest;
 pub mod rbd_diff;
 
