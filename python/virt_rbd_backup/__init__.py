@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -297,72 +298,37 @@ def backup(
         >>> report.any_failed  # doctest: +SKIP
         False
     """
-    return BackupReport.from_dict(
-        _backup_json(
-            connect=connect,
-            domains=domains,
-            workers=workers,
-            queue_depth=queue_depth,
-            freeze=freeze,
-            freeze_mountpoints=freeze_mountpoints,
-            consistency=consistency,
-            repo=repo,
-            mode=mode,
-            full_every=full_every,
-            agent_timeout=agent_timeout,
-            freeze_timeout=freeze_timeout,
-            ceph_timeout=ceph_timeout,
-            compress=compress,
-            bwlimit=bwlimit,
-            restic=restic,
-            on_event=on_event,
-        )
-    )
+    # Every parameter, by name: the list of options is written once, in the signature above.
+    return BackupReport.from_dict(_backup_json(**locals()))
 
 
-def _backup_options(
-    *,
-    connect: str,
-    domains: Iterable[str],
-    workers: int,
-    queue_depth: int,
-    freeze: FreezePolicy,
-    freeze_mountpoints: Iterable[str],
-    consistency: ConsistencyPolicy,
-    repo: str | os.PathLike[str],
-    mode: BackupMode,
-    full_every: int | None,
-    agent_timeout: int,
-    freeze_timeout: int,
-    ceph_timeout: int,
-    compress: str | None,
-    bwlimit: int | str | None,
-    restic: ResticTarget | str | None,
-) -> dict[str, Any]:
-    """The core's ``BackupOptions`` as JSON."""
-    return {
-        "connect": connect,
-        "domains": _names(domains, "domains"),
-        "workers": workers,
-        "queue_depth": queue_depth,
-        "freeze": freeze,
-        "freeze_mountpoints": _names(freeze_mountpoints, "freeze_mountpoints"),
-        "consistency": consistency,
-        "repo": os.fspath(repo),
-        "mode": mode,
-        "full_every": full_every,
-        "agent_timeout": agent_timeout,
-        "freeze_timeout": freeze_timeout,
-        "ceph_timeout": ceph_timeout,
-        "compress": compress,
-        "bwlimit": _rate(bwlimit),
-        "restic": _restic(restic),
-    }
+_OPTION_TO_NATIVE: dict[str, Callable[[Any], Any]] = {
+    "domains": lambda value: _names(value, "domains"),
+    "freeze_mountpoints": lambda value: _names(value, "freeze_mountpoints"),
+    "repo": os.fspath,
+    "bwlimit": _rate,
+    "restic": _restic,
+}
+"""How the value of a backup (or plan) option is given to the core, where it is not as it is."""
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+def _native_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The core's ``BackupOptions`` as JSON (a plan reads them too), from keyword arguments of :func:`backup`.
+
+    The one place where backup options are converted: the keys stay the parameter names and
+    keep their order (so a bad value is reported for the first bad option, as given); the core
+    rejects a name it does not know.
+    """
+    return {name: _OPTION_TO_NATIVE.get(name, _unchanged)(value) for name, value in options.items()}
 
 
 def _backup_json(*, on_event: EventCallback | None, **options: Any) -> dict[str, Any]:
     """Run :func:`backup` and return the report exactly as the core wrote it (``--json``)."""
-    return _native.backup(_backup_options(**options), on_event)
+    return _native.backup(_native_options(options), on_event)
 
 
 def plan(
@@ -411,55 +377,22 @@ def plan(
         >>> [(d.target, d.kind, d.estimated_bytes) for d in p.domains[0].disks]  # doctest: +SKIP
         [('vda', 'incremental', 41943040)]
     """
-    return BackupPlan.from_dict(
-        _plan_json(
-            connect=connect,
-            domains=domains,
-            freeze=freeze,
-            freeze_mountpoints=freeze_mountpoints,
-            consistency=consistency,
-            repo=repo,
-            mode=mode,
-            full_every=full_every,
-            ceph_timeout=ceph_timeout,
-            restic=restic,
-        )
-    )
+    # Every parameter, by name, as in backup().
+    return BackupPlan.from_dict(_plan_json(**locals()))
 
 
-def _plan_json(
-    *,
-    connect: str,
-    domains: Iterable[str],
-    freeze: FreezePolicy,
-    freeze_mountpoints: Iterable[str],
-    consistency: ConsistencyPolicy,
-    repo: str | os.PathLike[str],
-    mode: BackupMode,
-    full_every: int | None,
-    ceph_timeout: int,
-    restic: ResticTarget | str | None,
-    **_ignored: Any,
-) -> dict[str, Any]:
+_PLAN_OPTIONS = frozenset(inspect.signature(plan).parameters)
+"""The backup options a plan takes: the parameters of :func:`plan`."""
+
+
+def _plan_json(**options: Any) -> dict[str, Any]:
     """Run :func:`plan` and return the plan exactly as the core wrote it (``plan --json``).
 
     Backup options that do not change a plan (workers, the agent and freeze timeouts,
     compression, the rate limit) are accepted and ignored, so the CLI hands
     ``backup --dry-run`` the options of the backup.
     """
-    options = {
-        "connect": connect,
-        "domains": _names(domains, "domains"),
-        "freeze": freeze,
-        "freeze_mountpoints": _names(freeze_mountpoints, "freeze_mountpoints"),
-        "consistency": consistency,
-        "repo": os.fspath(repo),
-        "mode": mode,
-        "full_every": full_every,
-        "ceph_timeout": ceph_timeout,
-        "restic": _restic(restic),
-    }
-    return _native.plan(options)
+    return _native.plan(_native_options({name: value for name, value in options.items() if name in _PLAN_OPTIONS}))
 
 
 def list_domains(*, connect: str = DEFAULT_CONNECT, domains: Iterable[str] = ()) -> list[DomainListing]:

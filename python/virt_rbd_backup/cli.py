@@ -53,8 +53,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import IO, Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any, Literal, TypeVar
 
 from . import (
     DEFAULT_CONNECT,
@@ -1079,6 +1079,24 @@ def _print_json(value: Any, out: IO[str]) -> None:
     out.flush()
 
 
+_Report = TypeVar("_Report", BackupPlan, RestoreReport, VerifyReport, PruneReport)
+
+
+def _print_report(
+    raw: dict[str, Any],
+    report: _Report,
+    lines: Callable[[_Report], Sequence[str]],
+    args: argparse.Namespace,
+    out: IO[str],
+) -> int:
+    """Print a command's report, the core's own JSON with ``--json``, else its ``lines``; return the exit status."""
+    if args.json:
+        _print_json(raw, out)
+    else:
+        _print_lines(lines(report), out)
+    return exit_status(report)
+
+
 def _backup_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of a backup (and of its plan) from the options."""
     return {
@@ -1103,12 +1121,7 @@ def _backup_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_plan(args: argparse.Namespace, out: IO[str]) -> int:
     raw = _plan_json(**_backup_options(args))
-    plan = BackupPlan.from_dict(raw)
-    if args.json:
-        _print_json(raw, out)
-    else:
-        _print_lines(format_plan(plan, quiet=args.quiet), out)
-    return exit_status(plan)
+    return _print_report(raw, BackupPlan.from_dict(raw), lambda plan: format_plan(plan, quiet=args.quiet), args, out)
 
 
 def _write_metrics(path: str, report: BackupReport | None, err: IO[str]) -> bool:
@@ -1175,12 +1188,9 @@ def _run_restore(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         connect=args.connect,
         restic=_restic_target(args),
     )
-    report = RestoreReport.from_dict(raw)
-    if args.json:
-        _print_json(raw, out)
-    elif not args.quiet:
-        _print_lines([format_restore(report)], out)
-    return exit_status(report)
+    return _print_report(
+        raw, RestoreReport.from_dict(raw), lambda report: [] if args.quiet else [format_restore(report)], args, out
+    )
 
 
 def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
@@ -1222,12 +1232,9 @@ def _run_verify(args: argparse.Namespace, out: IO[str]) -> int:
         ceph_user=args.ceph_user,
         connect=args.connect,
     )
-    report = VerifyReport.from_dict(raw)
-    if args.json:
-        _print_json(raw, out)
-    else:
-        _print_lines(format_verify(report, quiet=args.quiet), out)
-    return exit_status(report)
+    return _print_report(
+        raw, VerifyReport.from_dict(raw), lambda report: format_verify(report, quiet=args.quiet), args, out
+    )
 
 
 def _run_prune(args: argparse.Namespace, out: IO[str]) -> int:
@@ -1241,12 +1248,9 @@ def _run_prune(args: argparse.Namespace, out: IO[str]) -> int:
         "within_seconds": args.keep_within,
     }
     raw = _prune_json(args.domain, keep=keep, dry_run=args.dry_run, repo=args.repo)
-    report = PruneReport.from_dict(raw)
-    if args.json:
-        _print_json(raw, out)
-    else:
-        _print_lines(format_prune(report, quiet=args.quiet), out)
-    return exit_status(report)
+    return _print_report(
+        raw, PruneReport.from_dict(raw), lambda report: format_prune(report, quiet=args.quiet), args, out
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
