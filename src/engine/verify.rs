@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::repo::chain::{verify_stored_file, ChainLink, RawBlockReader};
+use crate::repo::leaf_table::verify_leaf_table;
 use crate::repo::Repository;
 
 /// One problem found.
@@ -165,6 +166,15 @@ pub fn verify_with_source(
 }
 
 fn verify_link(link: &ChainLink) -> Result<(), String> {
+    verify_link_data(link)?;
+    if let Some(name) = &link.disk.leaves_file {
+        let table = link.block_table().map_err(|e| e.to_string())?;
+        verify_leaf_table(&link.folder.join(name), &table).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn verify_link_data(link: &ChainLink) -> Result<(), String> {
     match link.disk.format.as_str() {
         "raw" => {
             let mut reader = RawBlockReader::open(link).map_err(|e| e.to_string())?;

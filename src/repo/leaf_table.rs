@@ -166,6 +166,49 @@ impl LeafTable {
     }
 }
 
+/// Checks every record of the leaf table at `path` against `block_table`, the verified block
+/// hashes of the same backup.
+pub fn verify_leaf_table(path: &Path, block_table: &[[u8; 32]]) -> Result<(), RepoError> {
+    let table = LeafTable::open(path)?;
+    let corrupt = |block: u64, message: String| RepoError::Corrupt {
+        path: path.to_path_buf(),
+        offset: Some(block * crate::plan::HASH_BLOCK_SIZE),
+        message,
+    };
+    for &block in table.blocks() {
+        let leaves = table
+            .get(block)
+            .map_err(|source| RepoError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            })?
+            .expect("a block of the index has a record");
+        match block_table.get(block as usize) {
+            Some(hash) if *hash == root_of(&leaves) => {}
+            Some(_) => {
+                return Err(corrupt(
+                    block,
+                    "the leaves of this block do not merge to its hash; restores are not \
+                     affected (the leaf table only spares reads), the next incremental reads \
+                     such blocks whole"
+                        .into(),
+                ))
+            }
+            None => {
+                return Err(corrupt(
+                    block,
+                    format!(
+                        "records a block beyond the image's {} blocks",
+                        block_table.len()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Where the leaves of the base of an incremental come from: the leaf tables of its chain,
 /// newest first, each record checked against the base's verified block hash.
 #[derive(Default)]
@@ -257,6 +300,23 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             assert!(LeafTable::open(&path).is_err(), "{name}");
         }
+    }
+
+    #[test]
+    fn verify_finds_leaves_that_do_not_belong_to_the_block_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vda.leaves");
+        let (a, b) = (leaves_of(1), leaves_of(2));
+        let mut w = LeafTableWriter::create(&path).unwrap();
+        w.add(0, &a).unwrap();
+        w.add(2, &b).unwrap();
+        w.finish().unwrap();
+        let table = [root_of(&a), zero_block_root(), root_of(&b)];
+        verify_leaf_table(&path, &table).unwrap();
+        let wrong = [root_of(&a), zero_block_root(), root_of(&a)];
+        let err = verify_leaf_table(&path, &wrong).unwrap_err().to_string();
+        assert!(err.contains("at offset 8388608"), "{err}");
+        assert!(verify_leaf_table(&path, &table[..2]).is_err());
     }
 
     #[test]
