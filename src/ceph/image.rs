@@ -5,6 +5,8 @@ use std::marker::PhantomData;
 use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
 
+use crate::buffer::AlignedBuf;
+
 use super::cluster::PoolContext;
 use super::error::{cstring, errno_hint, errno_message, CephError};
 use super::ffi;
@@ -482,7 +484,11 @@ impl<'p> RbdImage<'p> {
     }
 
     /// Starts reading `buf.len()` bytes at `offset`; the buffer is handed back by `wait`.
-    pub fn start_read(&self, offset: u64, mut buf: Vec<u8>) -> Result<PendingRead<'_>, CephError> {
+    pub fn start_read(
+        &self,
+        offset: u64,
+        mut buf: AlignedBuf,
+    ) -> Result<PendingRead<'_>, CephError> {
         let mut completion: ffi::rbd_completion_t = ptr::null_mut();
         // SAFETY: out-pointer to a local; no callback.
         let rc = unsafe { ffi::rbd_aio_create_completion(ptr::null_mut(), None, &mut completion) };
@@ -491,7 +497,8 @@ impl<'p> RbdImage<'p> {
         }
         let len = buf.len();
         // SAFETY: valid handle; the buffer's heap memory stays put and alive until the
-        // completion finished: `PendingRead` owns both and waits before releasing either.
+        // completion finished: `PendingRead` owns both and waits before releasing either, and an
+        // `AlignedBuf` is not resized while it is owned there.
         let rc = unsafe {
             ffi::rbd_aio_read2(
                 self.handle,
@@ -531,7 +538,7 @@ impl Drop for RbdImage<'_> {
 /// buffer until the completion fires.
 pub struct PendingRead<'i> {
     completion: ffi::rbd_completion_t,
-    buf: Option<Vec<u8>>,
+    buf: Option<AlignedBuf>,
     offset: u64,
     image: &'i RbdImage<'i>,
 }
@@ -547,7 +554,7 @@ impl PendingRead<'_> {
     }
 
     /// Waits for the read and returns the filled buffer.
-    pub fn wait(mut self) -> Result<Vec<u8>, CephError> {
+    pub fn wait(mut self) -> Result<AlignedBuf, CephError> {
         let rc = self.finish();
         let buf = self.buf.take().unwrap_or_default();
         if rc < 0 {

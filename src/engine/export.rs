@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use crate::buffer::AlignedBuf;
 use crate::ceph::{Extent, PendingRead, RbdImage};
 use crate::error::Error;
 use crate::plan::{
@@ -124,7 +125,7 @@ pub fn image_block_table(
 ) -> Result<Vec<[u8; 32]>, Error> {
     let mut hasher = ContentHasher::new(size);
     for index in allocated_blocks(image, size, use_object_map)? {
-        let buf = vec![0u8; hasher.block_len(index) as usize];
+        let buf = AlignedBuf::zeroed(hasher.block_len(index) as usize);
         let data = image.start_read(index * HASH_BLOCK_SIZE, buf)?.wait()?;
         hasher.add_block(index, &data);
     }
@@ -164,26 +165,51 @@ fn read_pieces(
     pipeline: &ReadPipeline<'_>,
     mut consume: impl FnMut(Piece, &[u8]) -> Result<(), Error>,
 ) -> Result<u64, Error> {
+    read_pieces_into(image, pieces, pipeline, |piece, data| {
+        consume(piece, &data)?;
+        Ok(Some(data))
+    })
+}
+
+/// `read_pieces`, where `consume` takes each buffer and hands back one to reuse, if it has one
+/// (a writer keeps the buffers it is writing and hands them back later).
+fn read_pieces_into(
+    image: &RbdImage<'_>,
+    pieces: &[Piece],
+    pipeline: &ReadPipeline<'_>,
+    mut consume: impl FnMut(Piece, AlignedBuf) -> Result<Option<AlignedBuf>, Error>,
+) -> Result<u64, Error> {
     let total: u64 = pieces.iter().map(|p| p.length).sum();
     let queue_depth = pipeline.queue_depth.max(1);
     let (cancel, progress) = (pipeline.cancel, pipeline.progress);
-    let mut free_buffers: Vec<Vec<u8>> = Vec::with_capacity(queue_depth);
+    let mut free_buffers: Vec<AlignedBuf> = Vec::with_capacity(queue_depth);
+    // Buffers a consumer keeps (being written) count against memory too: at most two more
+    // than the reads in flight, unless nothing is in flight (then one more is allocated).
+    let max_buffers = queue_depth + 2;
+    let mut buffers = 0usize;
     let mut in_flight: VecDeque<(Piece, PendingRead<'_>)> = VecDeque::with_capacity(queue_depth);
-    let mut next = pieces.iter().copied();
+    let mut next = pieces.iter().copied().peekable();
     let mut done = 0u64;
     let mut last_report = Instant::now();
     loop {
-        // Keep the queue full.
-        while in_flight.len() < queue_depth {
-            let Some(piece) = next.next() else { break };
+        // Keep the queue full, as far as buffers allow.
+        while in_flight.len() < queue_depth && next.peek().is_some() {
+            let mut buf = match free_buffers.pop() {
+                Some(buf) => buf,
+                None if buffers < max_buffers || in_flight.is_empty() => {
+                    buffers += 1;
+                    AlignedBuf::default()
+                }
+                None => break,
+            };
+            let piece = next.next().expect("peeked");
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
             if let Some(limit) = pipeline.limit {
                 limit.acquire(piece.length);
             }
-            let mut buf = free_buffers.pop().unwrap_or_default();
-            buf.resize(piece.length as usize, 0);
+            buf.resize(piece.length as usize);
             in_flight.push_back((piece, image.start_read(piece.offset, buf)?));
         }
         // Complete the oldest read; the others keep the cluster busy meanwhile.
@@ -191,13 +217,15 @@ fn read_pieces(
             break;
         };
         let data = read.wait()?;
-        consume(piece, &data)?;
+        let length = data.len() as u64;
+        if let Some(spare) = consume(piece, data)? {
+            free_buffers.push(spare);
+        }
         if done == 0 {
             super::thaw_guard::test_pause("exported");
             super::thaw_guard::test_pause("exporting");
         }
-        done += data.len() as u64;
-        free_buffers.push(data);
+        done += length;
         if last_report.elapsed() >= Duration::from_millis(250) {
             progress.progress(done, total);
             last_report = Instant::now();
@@ -239,10 +267,9 @@ pub fn export_full(
     let blocks = allocated_blocks(image, size, use_object_map)?;
     let mut hasher = ContentHasher::new(size);
     let pieces = whole_blocks(&blocks, size);
-    let bytes_read = read_pieces(image, &pieces, pipeline, |piece, data| {
-        hash_whole_block(&mut hasher, &mut leaves_out, piece.block, data)?;
-        writer.write_at(piece.offset, data)?;
-        Ok(())
+    let bytes_read = read_pieces_into(image, &pieces, pipeline, |piece, data| {
+        hash_whole_block(&mut hasher, &mut leaves_out, piece.block, &data)?;
+        Ok(writer.write_block(piece.offset, data)?)
     })?;
     Ok(ExportStats::new(hasher, bytes_read, started))
 }

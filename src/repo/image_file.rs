@@ -3,24 +3,166 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use super::error::RepoError;
+use crate::buffer::{AlignedBuf, ALIGN};
 
 /// Granularity of hole detection: a filesystem block.
 const ZERO_CHECK: usize = 4096;
 
-/// Writeback is started for every this many bytes of the file behind the write position.
+/// Writeback is started for every this many bytes of the file behind the write position
+/// (buffered files only).
 const WRITEBACK_WINDOW: u64 = 32 << 20;
 
-/// A raw image file being written. Created with its final size as one hole.
+/// Threads writing a direct file: two writes in flight gave 1.4 GB/s on the lab's virtio disk
+/// against 0.95 for one, four no more than two.
+const DIRECT_WRITERS: usize = 2;
+
+/// A raw image file being written. Created with its final size as one hole; only the non-zero
+/// 4 KiB runs of each block are written.
 ///
-/// Blocks arrive in ascending order, so the writer asks the kernel to start writing back each
-/// 32 MiB window as soon as the export moved past it and waits for the window before that:
-/// the final fsync then has little left to do (it was 0.47 s for 1 GiB when everything was left
-/// to it), and dirty page cache stays bounded whatever the image size.
+/// Where the filesystem allows it the file is opened with O_DIRECT and blocks are written by
+/// two threads straight from the buffers they were read into: no copy into the page cache
+/// (most of a full backup's system CPU before: an export of 1 GiB took 1.0 to 1.26 s with
+/// buffered writes and 0.47 to 0.53 s with writes left out), and zero detection off the
+/// reading thread. Elsewhere (tmpfs, some FUSE filesystems) writes are buffered, and the writer
+/// starts writeback of each 32 MiB window as the export moves past it, so the final fsync has
+/// little left and dirty page cache stays bounded.
 pub struct SparseImageWriter {
-    file: File,
     path: PathBuf,
+    mode: WriteMode,
+}
+
+enum WriteMode {
+    Direct(DirectWriter),
+    Buffered(BufferedWriter),
+}
+
+impl SparseImageWriter {
+    /// Creates `path` (mode 0600, must not exist) with `size` bytes, all a hole.
+    pub fn create(path: &Path, size: u64) -> Result<Self, RepoError> {
+        Self::create_with(path, size, true)
+    }
+
+    /// `create`, trying O_DIRECT only if `direct`.
+    fn create_with(path: &Path, size: u64, direct: bool) -> Result<Self, RepoError> {
+        let io = |action: &'static str| {
+            let path = path.to_path_buf();
+            move |source| RepoError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let open = |flags: i32| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let mode = match open(if direct { libc::O_DIRECT } else { 0 }) {
+            Ok(file) if !direct => {
+                file.set_len(size).map_err(io("set size of"))?;
+                WriteMode::Buffered(BufferedWriter::new(file))
+            }
+            Ok(file) => {
+                file.set_len(size).map_err(io("set size of"))?;
+                WriteMode::Direct(DirectWriter::start(file, path, size))
+            }
+            // The filesystem does not do direct I/O.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let file = open(0).map_err(io("create image file"))?;
+                file.set_len(size).map_err(io("set size of"))?;
+                WriteMode::Buffered(BufferedWriter::new(file))
+            }
+            Err(e) => return Err(io("create image file")(e)),
+        };
+        Ok(SparseImageWriter {
+            path: path.to_path_buf(),
+            mode,
+        })
+    }
+
+    /// Whether writes bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        matches!(self.mode, WriteMode::Direct(_))
+    }
+
+    /// Stores `data` at `offset` (a multiple of 4 KiB): its non-zero 4 KiB runs are written,
+    /// zero runs stay holes. Hands back a buffer the writer is done with, if any, for reuse.
+    pub fn write_block(
+        &mut self,
+        offset: u64,
+        data: AlignedBuf,
+    ) -> Result<Option<AlignedBuf>, RepoError> {
+        match &mut self.mode {
+            WriteMode::Direct(direct) => direct.write(offset, data),
+            WriteMode::Buffered(buffered) => {
+                buffered.write_at(&self.path, offset, &data)?;
+                Ok(Some(data))
+            }
+        }
+    }
+
+    /// Writes the non-zero 4 KiB runs of `data` at `offset`; zero runs stay holes.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), RepoError> {
+        let mut buf = AlignedBuf::zeroed(data.len());
+        buf.copy_from_slice(data);
+        self.write_block(offset, buf).map(|_| ())
+    }
+
+    /// Bytes of data written so far.
+    pub fn bytes_written(&self) -> u64 {
+        match &self.mode {
+            WriteMode::Direct(direct) => direct.shared.bytes_written.load(Ordering::Relaxed),
+            WriteMode::Buffered(buffered) => buffered.bytes_written,
+        }
+    }
+
+    /// Waits for every write and flushes the file to stable storage. Returns the bytes of
+    /// data written.
+    pub fn finish(self) -> Result<u64, RepoError> {
+        let written = self.bytes_written();
+        let fsync = |file: &File| {
+            file.sync_all().map_err(|source| RepoError::Io {
+                action: "fsync",
+                path: self.path.clone(),
+                source,
+            })
+        };
+        match self.mode {
+            WriteMode::Direct(mut direct) => {
+                direct.stop()?;
+                let written = direct.shared.bytes_written.load(Ordering::Relaxed);
+                if let Some(buffered) = direct
+                    .shared
+                    .buffered_fallback
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    fsync(buffered)?;
+                }
+                fsync(&direct.shared.file)?;
+                Ok(written)
+            }
+            WriteMode::Buffered(buffered) => {
+                fsync(&buffered.file)?;
+                Ok(written)
+            }
+        }
+    }
+}
+
+/// Buffered writes on the caller's thread, with early writeback.
+struct BufferedWriter {
+    file: File,
     bytes_written: u64,
     /// Start of the window whose writeback has not been started yet.
     writeback_from: u64,
@@ -28,31 +170,29 @@ pub struct SparseImageWriter {
     in_writeback: Option<(u64, u64)>,
 }
 
-impl SparseImageWriter {
-    /// Creates `path` (mode 0600, must not exist) with `size` bytes, all a hole.
-    pub fn create(path: &Path, size: u64) -> Result<Self, RepoError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| RepoError::Io {
-                action: "create image file",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        file.set_len(size).map_err(|source| RepoError::Io {
-            action: "set size of",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(SparseImageWriter {
+impl BufferedWriter {
+    fn new(file: File) -> Self {
+        BufferedWriter {
             file,
-            path: path.to_path_buf(),
             bytes_written: 0,
             writeback_from: 0,
             in_writeback: None,
-        })
+        }
+    }
+
+    fn write_at(&mut self, path: &Path, offset: u64, data: &[u8]) -> Result<(), RepoError> {
+        for (start, end) in nonzero_runs(data, ZERO_CHECK) {
+            self.file
+                .write_all_at(&data[start..end], offset + start as u64)
+                .map_err(|source| RepoError::Io {
+                    action: "write",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            self.bytes_written += (end - start) as u64;
+        }
+        self.start_writeback(offset + data.len() as u64);
+        Ok(())
     }
 
     /// Starts writeback of the finished windows before `written_to` and waits for the one
@@ -89,37 +229,180 @@ impl SparseImageWriter {
         self.in_writeback = Some((from, len));
         self.writeback_from = written_to;
     }
+}
 
-    /// Writes the non-zero 4 KiB runs of `data` at `offset`; zero runs stay holes.
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), RepoError> {
-        for (start, end) in nonzero_runs(data, ZERO_CHECK) {
-            self.file
-                .write_all_at(&data[start..end], offset + start as u64)
-                .map_err(|source| RepoError::Io {
-                    action: "write",
-                    path: self.path.clone(),
-                    source,
-                })?;
-            self.bytes_written += (end - start) as u64;
+/// What the direct writer threads share with the owner.
+struct DirectShared {
+    /// Opened with O_DIRECT.
+    file: File,
+    path: PathBuf,
+    size: u64,
+    bytes_written: AtomicU64,
+    /// Buffers written, for reuse.
+    spare: Mutex<Vec<AlignedBuf>>,
+    /// The first write error; later blocks are not written.
+    error: Mutex<Option<std::io::Error>>,
+    /// A buffered descriptor, opened if the filesystem refuses a direct write after all.
+    buffered_fallback: Mutex<Option<File>>,
+}
+
+/// O_DIRECT writes on `DIRECT_WRITERS` threads, fed through a short queue (which bounds the
+/// memory held by blocks waiting to be written).
+struct DirectWriter {
+    shared: Arc<DirectShared>,
+    jobs: Option<SyncSender<(u64, AlignedBuf)>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DirectWriter {
+    fn start(file: File, path: &Path, size: u64) -> Self {
+        let shared = Arc::new(DirectShared {
+            file,
+            path: path.to_path_buf(),
+            size,
+            bytes_written: AtomicU64::new(0),
+            spare: Mutex::new(Vec::new()),
+            error: Mutex::new(None),
+            buffered_fallback: Mutex::new(None),
+        });
+        let (jobs, queue) = sync_channel::<(u64, AlignedBuf)>(DIRECT_WRITERS);
+        let queue = Arc::new(Mutex::new(queue));
+        let threads = (0..DIRECT_WRITERS)
+            .map(|_| {
+                let (shared, queue) = (Arc::clone(&shared), Arc::clone(&queue));
+                std::thread::spawn(move || write_queued_blocks(&shared, &queue))
+            })
+            .collect();
+        DirectWriter {
+            shared,
+            jobs: Some(jobs),
+            threads,
         }
-        self.start_writeback(offset + data.len() as u64);
+    }
+
+    fn first_error(&self) -> Option<RepoError> {
+        let error = self.shared.error.lock().unwrap_or_else(|p| p.into_inner());
+        error.as_ref().map(|e| RepoError::Io {
+            action: "write",
+            path: self.shared.path.clone(),
+            source: std::io::Error::new(e.kind(), e.to_string()),
+        })
+    }
+
+    fn write(&mut self, offset: u64, data: AlignedBuf) -> Result<Option<AlignedBuf>, RepoError> {
+        if let Some(error) = self.first_error() {
+            return Err(error);
+        }
+        let jobs = self.jobs.as_ref().expect("jobs are open until stop");
+        if jobs.send((offset, data)).is_err() {
+            // Every thread ended, which they only do after an error... or a panic.
+            return Err(self.first_error().unwrap_or_else(|| RepoError::Io {
+                action: "write",
+                path: self.shared.path.clone(),
+                source: std::io::Error::other("the writer threads stopped"),
+            }));
+        }
+        Ok(self
+            .shared
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop())
+    }
+
+    /// Closes the queue and waits for the threads; reports the first write error.
+    fn stop(&mut self) -> Result<(), RepoError> {
+        self.jobs = None;
+        let mut panicked = false;
+        for thread in self.threads.drain(..) {
+            panicked |= thread.join().is_err();
+        }
+        if let Some(error) = self.first_error() {
+            return Err(error);
+        }
+        if panicked {
+            return Err(RepoError::Io {
+                action: "write",
+                path: self.shared.path.clone(),
+                source: std::io::Error::other("a writer thread panicked"),
+            });
+        }
         Ok(())
     }
+}
 
-    /// Bytes of data written so far.
-    pub fn bytes_written(&self) -> u64 {
-        self.bytes_written
+impl Drop for DirectWriter {
+    fn drop(&mut self) {
+        // No thread outlives the writer, also when an export fails midway.
+        let _ = self.stop();
     }
+}
 
-    /// Flushes the file to stable storage.
-    pub fn finish(self) -> Result<u64, RepoError> {
-        self.file.sync_all().map_err(|source| RepoError::Io {
-            action: "fsync",
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(self.bytes_written)
+/// A writer thread: takes blocks off the queue until it is closed, writes their non-zero runs.
+fn write_queued_blocks(shared: &DirectShared, queue: &Mutex<Receiver<(u64, AlignedBuf)>>) {
+    loop {
+        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((offset, data)) = job else { return };
+        let failed = shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if !failed {
+            if let Err(e) = write_direct_runs(shared, offset, &data) {
+                shared
+                    .error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+            }
+        }
+        shared
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(data);
     }
+}
+
+/// Writes the non-zero 4 KiB runs of `data` at `offset` through the direct descriptor.
+fn write_direct_runs(shared: &DirectShared, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    for (start, end) in nonzero_runs(data, ZERO_CHECK) {
+        let at = offset + start as u64;
+        let run = &data[start..end];
+        let result = if run.len() % ALIGN == 0 {
+            shared.file.write_all_at(run, at)
+        } else {
+            // The image's last bytes, shorter than a page: a direct write must be whole pages,
+            // and writing past the end would change the file's size.
+            write_buffered(shared, run, at)
+        };
+        match result {
+            // A filesystem that accepted O_DIRECT at open but not for this write.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => write_buffered(shared, run, at)?,
+            other => other?,
+        }
+        shared
+            .bytes_written
+            .fetch_add(run.len() as u64, Ordering::Relaxed);
+    }
+    debug_assert!(offset + data.len() as u64 <= shared.size);
+    Ok(())
+}
+
+/// Writes through a second, buffered descriptor of the same file (fsynced at the end).
+fn write_buffered(shared: &DirectShared, run: &[u8], at: u64) -> std::io::Result<()> {
+    let mut fallback = shared
+        .buffered_fallback
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if fallback.is_none() {
+        *fallback = Some(OpenOptions::new().write(true).open(&shared.path)?);
+    }
+    fallback
+        .as_ref()
+        .expect("opened above")
+        .write_all_at(run, at)
 }
 
 /// `[start, end)` byte ranges of `data` made of `granule`-sized pieces that are not all zero,
@@ -200,6 +483,48 @@ mod tests {
             .iter()
             .all(|&b| b == 0xab));
         assert_eq!(content.iter().filter(|&&b| b != 0).count(), 4096);
+    }
+
+    #[test]
+    fn direct_and_buffered_writes_store_every_block_and_a_short_tail() {
+        for direct in [true, false] {
+            blocks_and_a_short_tail_are_stored(direct);
+        }
+    }
+
+    fn blocks_and_a_short_tail_are_stored(direct: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vda.raw");
+        // Three blocks of 1 MiB and a tail of 100 bytes, written in any order.
+        let size = (3 << 20) + 100;
+        let mut w = SparseImageWriter::create_with(&path, size, direct).unwrap();
+        // Direct where the temporary folder's filesystem allows it (ext4, xfs, tmpfs since 6.6).
+        assert!(direct || !w.is_direct());
+        let mut expected = vec![0u8; size as usize];
+        for (offset, len, fill) in [
+            (1u64 << 20, 1usize << 20, 1u8),
+            (3 << 20, 100, 3),
+            (0, 1 << 20, 0),
+            (2 << 20, 1 << 20, 2),
+        ] {
+            let mut buf = AlignedBuf::zeroed(len);
+            buf.fill(fill);
+            if fill == 2 {
+                buf[..4096].fill(0); // a hole inside a block
+            }
+            expected[offset as usize..offset as usize + len].copy_from_slice(&buf);
+            w.write_block(offset, buf).unwrap();
+        }
+        let data_bytes = expected.iter().filter(|&&b| b != 0).count() as u64;
+        assert_eq!(w.finish().unwrap(), data_bytes);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), size);
+        assert!(
+            meta.blocks() * 512 <= (2 << 20) + 8192 + 8192,
+            "not sparse: {}",
+            meta.blocks()
+        );
     }
 
     #[test]
