@@ -2,33 +2,20 @@
 //! nothing else. BLAKE3 of a table's bytes is the `blake3-4m` checksum it belongs to, so a
 //! table is verified against the manifest before it is trusted.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::error::RepoError;
+use super::{create_new_file, io_err};
 use crate::plan::checksum_of_table;
 
 /// Writes a table (new file, mode 0600, fsynced).
 pub fn write_block_table(path: &Path, table: &[[u8; 32]]) -> Result<(), RepoError> {
-    let io = |action: &'static str| {
-        let path = path.to_path_buf();
-        move |source| RepoError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io("create"))?;
+    let mut file = create_new_file(path)?;
     let bytes: Vec<u8> = table.iter().flatten().copied().collect();
-    file.write_all(&bytes).map_err(io("write"))?;
-    file.sync_all().map_err(io("fsync"))
+    file.write_all(&bytes).map_err(io_err("write", path))?;
+    file.sync_all().map_err(io_err("fsync", path))
 }
 
 /// Reads a table and checks it against `checksum` and the expected number of blocks.

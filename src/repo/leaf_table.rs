@@ -12,9 +12,9 @@
 //! used only when its leaves merge to the block hash of the verified block table it is
 //! needed for, so a damaged or missing table costs a whole-block read, never a wrong hash.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::error::RepoError;
@@ -35,16 +35,7 @@ pub struct LeafTableWriter {
 impl LeafTableWriter {
     /// Creates `path` (mode 0600, must not exist).
     pub fn create(path: &Path) -> Result<Self, RepoError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| RepoError::Io {
-                action: "create",
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = super::create_new_file(path)?;
         Ok(LeafTableWriter {
             out: BufWriter::with_capacity(256 * 1024, file),
             path: path.to_path_buf(),

@@ -56,7 +56,20 @@ fn new_repo_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RepoError {
+/// Creates a new private file (mode 0600); an existing file is an error, never overwritten.
+pub(crate) fn create_new_file(path: &Path) -> Result<File, RepoError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("create", path))
+}
+
+pub(crate) fn io_err(
+    action: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> RepoError {
     let path = path.to_path_buf();
     move |source| RepoError::Io {
         action,

@@ -283,6 +283,12 @@ LEAF = 64 * KIB
 BLOCK = 4 * 1024 * KIB
 
 
+def write_4k(image: str, total: str, pattern: str) -> None:
+    """`total` bytes of 4 KiB writes with `rbd bench`: at random offsets, or from offset 0 on."""
+    threads = ["--io-threads", "1"] if pattern == "seq" else []
+    rbd("bench", "--io-type", "write", "--io-size", "4K", "--io-total", total, "--io-pattern", pattern, *threads, image)
+
+
 def restore_equals_snapshot(repo: Path, dom: str, backup_id: str, image: str, snapshot: str, out: Path) -> None:
     restored = cli("restore", dom, "--repo", str(repo), "--disk", "vda", "--to", str(out), "--backup", backup_id)
     assert restored.returncode == 0, restored.stderr
@@ -305,32 +311,8 @@ def test_incrementals_read_only_the_leaves_around_small_writes(tmp_path: Path) -
         assert (Path(first["path"]) / disk(first, "vda")["leaves_file"]).is_file()
         writes = 16
         # 16 random 4 KiB writes, and 4 KiB at offset 0 (block 0, leaf 0).
-        rbd(
-            "bench",
-            "--io-type",
-            "write",
-            "--io-size",
-            "4K",
-            "--io-total",
-            f"{writes * 4}K",
-            "--io-pattern",
-            "rand",
-            image,
-        )
-        rbd(
-            "bench",
-            "--io-type",
-            "write",
-            "--io-size",
-            "4K",
-            "--io-total",
-            "4K",
-            "--io-pattern",
-            "seq",
-            "--io-threads",
-            "1",
-            image,
-        )
+        write_4k(image, f"{writes * 4}K", "rand")
+        write_4k(image, "4K", "seq")
         second = backup(repo, domain=scratch.name)
         record = disk(second, "vda")
         assert record["kind"] == "incremental"
@@ -340,20 +322,7 @@ def test_incrementals_read_only_the_leaves_around_small_writes(tmp_path: Path) -
         )
 
         # Block 0 changed in the second backup: its leaves now come from the second's table.
-        rbd(
-            "bench",
-            "--io-type",
-            "write",
-            "--io-size",
-            "4K",
-            "--io-total",
-            "8K",
-            "--io-pattern",
-            "seq",
-            "--io-threads",
-            "1",
-            image,
-        )
+        write_4k(image, "8K", "seq")
         third = backup(repo, domain=scratch.name)
         record = disk(third, "vda")
         assert record["kind"] == "incremental" and record["chain_position"] == 2
@@ -377,20 +346,7 @@ def test_incrementals_read_only_the_leaves_around_small_writes(tmp_path: Path) -
             for d in m["disks"]:
                 (path.parent / d.pop("leaves_file")).unlink()
             path.write_text(json.dumps(m))
-        rbd(
-            "bench",
-            "--io-type",
-            "write",
-            "--io-size",
-            "4K",
-            "--io-total",
-            "4K",
-            "--io-pattern",
-            "seq",
-            "--io-threads",
-            "1",
-            image,
-        )
+        write_4k(image, "4K", "seq")
         fourth = backup(repo, domain=scratch.name)
         record = disk(fourth, "vda")
         assert record["kind"] == "incremental"
