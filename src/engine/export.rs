@@ -6,8 +6,9 @@
 //! format) and re-hashes only the blocks they touch: it reads the 64 KiB leaves around the
 //! changed extents and merges their new chaining values with the base's (`plan::leaves`), or the
 //! whole block when the base's leaves are not known. The block hashes of unchanged blocks are
-//! carried over from the parent's table, so the new content checksum costs only what changed. Memory is bounded by `queue_depth` blocks, whatever the image size: buffers
-//! are recycled, and a block is consumed before its slot is reused.
+//! carried over from the parent's table, so the new content checksum costs only what changed.
+//! Memory is bounded by `queue_depth` + 2 buffers per image (reads in flight and blocks being
+//! written), whatever the image size: buffers are recycled.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -612,6 +613,57 @@ mod tests {
             clipped,
             vec![extent(2, 4, false), extent(8, 3, true), extent(10, 1, true)]
         );
+    }
+
+    #[test]
+    fn rehash_reads_leaves_where_the_base_is_known_and_whole_blocks_elsewhere() {
+        const B: u64 = HASH_BLOCK_SIZE;
+        let zero = crate::plan::zero_block_root();
+        // Base: 3.5 blocks; blocks 0 and 1 all zeros (their leaves are known without a table),
+        // block 2 holds data no table knows, block 3 is short.
+        let table = [zero, zero, [7u8; 32], zero];
+        let leaves = BaseLeaves::none();
+        let base = IncrementalBase {
+            snapshot: "base",
+            size: 3 * B + B / 2,
+            block_table: &table,
+            leaves: &leaves,
+        };
+        let r = |offset, length| ByteRange { offset, length };
+        let changed = [
+            r(10, 4096),
+            r(B + 3 * LEAF_SIZE, 2),
+            r(2 * B + 5, 1),
+            r(3 * B, 1),
+        ];
+        // Block 3 was short and is now full, block 4 is new: the image grew to 5 blocks.
+        let (pieces, plans) = plan_rehash(&[0, 1, 2, 3, 4], &changed, 5 * B, &base);
+        let got: Vec<(u64, u64, u64)> = pieces
+            .iter()
+            .map(|p| (p.block, p.offset, p.length))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0, LEAF_SIZE),
+                (1, B + 3 * LEAF_SIZE, LEAF_SIZE),
+                (2, 2 * B, B),
+                (3, 3 * B, B),
+                (4, 4 * B, B),
+            ]
+        );
+        let kinds: Vec<(u64, bool)> = plans
+            .iter()
+            .map(|(b, p)| (*b, matches!(p, Rehash::Leaves(_))))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![(0, true), (1, true), (2, false), (3, false), (4, false)]
+        );
+        // A block the object-level diff names but no exact extent touches is not read.
+        let (pieces, plans) = plan_rehash(&[0, 1], &[r(10, 1)], 5 * B, &base);
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(plans.len(), 1);
     }
 
     #[test]
