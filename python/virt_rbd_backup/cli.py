@@ -642,16 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     restoring.add_argument(
         "--force", action="store_true", help="replace an existing target (with --define: existing images)"
     )
-    restoring.add_argument(
-        "--ceph-conf",
-        metavar="PATH",
-        default=None,
-        help="for an RBD target: connect with this ceph.conf and its keyring instead of the "
-        "monitors and libvirt secret of the domain's saved XML (needed with --restic-repo)",
-    )
-    restoring.add_argument(
-        "--ceph-user", metavar="NAME", default=None, help="Ceph user with --ceph-conf (default: admin)"
-    )
+    _add_ceph_conf(restoring, "for an RBD target", " (needed with --restic-repo)")
     _add_target(restoring)
 
     verifying = _subparser(
@@ -676,16 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also compare the latest backup (or --backup) with its RBD snapshot in the cluster",
     )
-    verifying.add_argument(
-        "--ceph-conf",
-        metavar="PATH",
-        default=None,
-        help="with --source: connect with this ceph.conf and its keyring instead of the monitors "
-        "and libvirt secret of the domain's saved XML",
-    )
-    verifying.add_argument(
-        "--ceph-user", metavar="NAME", default=None, help="Ceph user with --ceph-conf (default: admin)"
-    )
+    _add_ceph_conf(verifying, "with --source")
     _add_repo(verifying)
 
     pruning = _subparser(
@@ -721,6 +703,18 @@ def build_parser() -> argparse.ArgumentParser:
     pruning.add_argument("--dry-run", action="store_true", help="remove nothing; print what would be removed")
     _add_repo(pruning)
     return parser
+
+
+def _add_ceph_conf(parser: argparse.ArgumentParser, when: str, note: str = "") -> None:
+    """``--ceph-conf`` and ``--ceph-user``: reach the cluster without the domain's saved XML."""
+    parser.add_argument(
+        "--ceph-conf",
+        metavar="PATH",
+        default=None,
+        help=f"{when}: connect with this ceph.conf and its keyring instead of the monitors and "
+        f"libvirt secret of the domain's saved XML{note}",
+    )
+    parser.add_argument("--ceph-user", metavar="NAME", default=None, help="Ceph user with --ceph-conf (default: admin)")
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:
