@@ -21,3 +21,20 @@ pub use engine::{
     list_backups, list_domains, run_backup, BackupOptions, BackupReport, CancelToken,
 };
 pub use error::{Error, Result};
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// `len` deterministic bytes that differ everywhere and do not compress (xorshift).
+    pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+}

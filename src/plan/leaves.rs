@@ -114,18 +114,7 @@ mod tests {
     const B: usize = HASH_BLOCK_SIZE as usize;
     const L: usize = LEAF_SIZE as usize;
 
-    /// Deterministic bytes that differ everywhere.
-    fn pattern(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_support::noise as pattern;
 
     #[test]
     fn root_of_the_leaves_is_the_standard_blake3_of_the_block() {

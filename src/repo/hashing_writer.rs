@@ -268,18 +268,7 @@ impl Write for StoredDiffWriter {
 mod tests {
     use super::*;
 
-    /// Bytes that do not compress (xorshift).
-    fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::test_support::noise as random;
 
     fn stored(parts: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
