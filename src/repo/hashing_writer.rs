@@ -182,10 +182,12 @@ impl Write for AdaptiveZstd {
         let take = buf.len().min(ROUTE_CHUNK - self.pending.len());
         self.pending.extend_from_slice(&buf[..take]);
         if self.pending.len() == ROUTE_CHUNK {
-            let piece = std::mem::replace(&mut self.pending, Vec::with_capacity(ROUTE_CHUNK));
-            self.route(&piece)?;
+            // Taken out for `route` to borrow `self`, then put back: one buffer for the run.
+            let piece = std::mem::take(&mut self.pending);
+            let routed = self.route(&piece);
             self.pending = piece;
             self.pending.clear();
+            routed?;
         }
         Ok(take)
     }
