@@ -22,21 +22,22 @@ pub(super) struct PreparedDisk {
     pub parent: Option<(DiskRecord, Vec<[u8; 32]>)>,
 }
 
-/// The previous complete backup of the domain, if any, and messages about unreadable manifests
-/// (they are not backups, and are skipped).
-pub(super) fn previous_backup(
+/// The complete backups of the domain whose manifests read, oldest first (the last is the
+/// previous backup), and messages about unreadable manifests (they are not backups, and are
+/// skipped).
+pub(super) fn readable_backups(
     repo: &Repository,
     uuid: &str,
-) -> Result<(Option<PreviousBackup>, Vec<String>), Error> {
-    let mut latest = None;
+) -> Result<(Vec<PreviousBackup>, Vec<String>), Error> {
+    let mut readable = Vec::new();
     let mut unreadable = Vec::new();
     for (path, manifest) in repo.backups_of(uuid)? {
         match manifest {
-            Ok(m) => latest = Some((path, m)),
+            Ok(m) => readable.push((path, m)),
             Err(e) => unreadable.push(format!("ignoring {}: {e}", path.display())),
         }
     }
-    Ok((latest, unreadable))
+    Ok((readable, unreadable))
 }
 
 /// Checks that the previous backup of a disk can serve as a base and loads its block table.

@@ -22,7 +22,7 @@ use crate::repo::{
 };
 
 use super::ceph_session::{cluster_address, ConnectionCache};
-use super::disk_plan::{prepare_disk, previous_backup, PreviousBackup};
+use super::disk_plan::{prepare_disk, readable_backups, PreviousBackup};
 use super::events::{BackupEvent, EventSink};
 use super::export::{
     export_full, export_full_diff, export_incremental, export_stream, BandwidthLimit,
@@ -297,13 +297,14 @@ fn back_up_to_repo(
     }
 
     with_open_images(ctx, job, |clusters, pools, images| {
-        let (previous, unreadable) = previous_backup(repo, &job.uuid)?;
+        let (backups, unreadable) = readable_backups(repo, &job.uuid)?;
+        let previous = backups.last();
         for message in unreadable {
             warn(ctx, report, message);
         }
         let mut prepared = Vec::with_capacity(images.len());
         for (image, disk) in images.iter().zip(&job.disks) {
-            let disk_plan = prepare_disk(ctx.options, image, disk, previous.as_ref())?;
+            let disk_plan = prepare_disk(ctx.options, image, disk, previous)?;
             if let DiskPlan::Full {
                 reason: Some(reason),
             } = &disk_plan.plan
@@ -445,7 +446,7 @@ fn back_up_to_repo(
                         if compress.is_some() { ".zst" } else { "" }
                     );
                     let out = StoredDiffWriter::create(&staged.file_path(&file), compress)?;
-                    let leaves = base_leaves(repo, &job.uuid, previous.as_ref(), &disk.target);
+                    let leaves = base_leaves(&backups, &disk.target);
                     let base = IncrementalBase {
                         snapshot: base_snapshot,
                         size: parent.size,
@@ -545,7 +546,7 @@ fn back_up_to_repo(
                 BackupKind::Full
             },
             parent: if incremental {
-                previous.as_ref().map(|(_, m)| m.backup_id.clone())
+                previous.map(|(_, m)| m.backup_id.clone())
             } else {
                 None
             },
@@ -615,29 +616,34 @@ fn back_up_to_repo(
 
 /// Finishes a diff file written into the staged backup, writes the chunk table of its stored
 /// bytes next to it (`FILE.b3`) and records both in the disk's record.
-/// The leaf tables of the chain the previous backup of disk `target` ends, newest first. Any
+/// The leaf tables of the chain that the last of `backups` (oldest first, as read for this
+/// run) ends for disk `target`, newest first; walked on the manifests already read. Any
 /// problem (a broken chain, a table of an older version or a damaged one) only leaves tables
 /// out: the blocks they would have served are then read whole.
-fn base_leaves(
-    repo: &Repository,
-    uuid: &str,
-    previous: Option<&PreviousBackup>,
-    target: &str,
-) -> BaseLeaves {
-    let Some((folder, manifest)) = previous else {
-        return BaseLeaves::none();
-    };
-    let Ok(chain) = repo.disk_chain(uuid, folder, manifest, target) else {
-        return BaseLeaves::none();
-    };
-    let tables = chain
-        .iter()
-        .rev()
-        .filter_map(|link| {
-            let name = link.disk.leaves_file.as_ref()?;
-            LeafTable::open(&link.folder.join(name)).ok()
-        })
-        .collect();
+fn base_leaves(backups: &[PreviousBackup], target: &str) -> BaseLeaves {
+    let mut tables = Vec::new();
+    let mut link = backups.last();
+    // A chain is at most as long as the list: this also ends a loop in tampered manifests.
+    for _ in 0..backups.len() {
+        let Some((folder, manifest)) = link else {
+            break;
+        };
+        let Some(disk) = manifest.disks.iter().find(|d| d.target == target) else {
+            break;
+        };
+        if let Some(name) = &disk.leaves_file {
+            if let Ok(table) = LeafTable::open(&folder.join(name)) {
+                tables.push(table);
+            }
+        }
+        if disk.kind != BackupKind::Incremental {
+            break;
+        }
+        link = disk
+            .parent_backup
+            .as_ref()
+            .and_then(|id| backups.iter().find(|(_, m)| &m.backup_id == id));
+    }
     BaseLeaves::new(tables)
 }
 

@@ -109,10 +109,7 @@ pub fn allocated_blocks(
     let ranges: Vec<ByteRange> = extents
         .iter()
         .filter(|e| e.exists)
-        .map(|e| ByteRange {
-            offset: e.offset,
-            length: e.length,
-        })
+        .map(byte_range)
         .collect();
     Ok(blocks_to_read(&ranges, size, HASH_BLOCK_SIZE))
 }
@@ -275,6 +272,14 @@ pub fn export_full(
     Ok(ExportStats::new(hasher, bytes_read, started))
 }
 
+/// The bytes an extent covers.
+fn byte_range(extent: &Extent) -> ByteRange {
+    ByteRange {
+        offset: extent.offset,
+        length: extent.length,
+    }
+}
+
 /// `extents` without empty ones, cut at `size`, in order of offset.
 fn clip_extents(mut extents: Vec<Extent>, size: u64) -> Vec<Extent> {
     extents.retain(|e| e.length > 0 && e.offset < size);
@@ -405,13 +410,7 @@ pub fn export_incremental<W: Write>(
         image.diff_extents(Some(base.snapshot), size, use_object_map)?,
         size,
     );
-    let mut ranges: Vec<ByteRange> = extents
-        .iter()
-        .map(|e| ByteRange {
-            offset: e.offset,
-            length: e.length,
-        })
-        .collect();
+    let mut ranges: Vec<ByteRange> = extents.iter().map(byte_range).collect();
     // A block whose length changed with a resize must be re-hashed even if no byte changed.
     let mut edges = Vec::new();
     if size != base.size {
@@ -444,13 +443,7 @@ pub fn export_incremental<W: Write>(
         extents
     };
     // What is read: the leaves around the exact extents (data or zeroed), to re-hash.
-    let mut changed: Vec<ByteRange> = written
-        .iter()
-        .map(|e| ByteRange {
-            offset: e.offset,
-            length: e.length,
-        })
-        .collect();
+    let mut changed: Vec<ByteRange> = written.iter().map(byte_range).collect();
     changed.extend(&edges);
     let blocks = blocks_to_read(&ranges, size, HASH_BLOCK_SIZE);
     let (pieces, plans) = plan_rehash(&blocks, &changed, size, base);

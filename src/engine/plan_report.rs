@@ -11,7 +11,7 @@ use crate::plan::{blocks_to_read, ByteRange, DiskPlan, HASH_BLOCK_SIZE};
 use crate::repo::{BackupKind, Repository};
 
 use super::ceph_session::{cluster_address, ConnectionCache};
-use super::disk_plan::{prepare_disk, previous_backup};
+use super::disk_plan::{prepare_disk, readable_backups};
 use super::listing::SkippedDisk;
 use super::options::{BackupOptions, FreezePolicy};
 
@@ -141,7 +141,7 @@ fn plan_disks(
     out: &mut Vec<PlannedDisk>,
 ) -> Result<(), Error> {
     let previous = match repo {
-        Some(repo) => previous_backup(repo, uuid)?.0,
+        Some(repo) => readable_backups(repo, uuid)?.0.pop(),
         None => None,
     };
     for disk in disks {

@@ -119,7 +119,6 @@ pub struct ContentHasher {
     image_size: u64,
     block: u64,
     hashes: Vec<Option<[u8; 32]>>,
-    zero_full: Option<[u8; 32]>,
 }
 
 impl ContentHasher {
@@ -130,7 +129,6 @@ impl ContentHasher {
             image_size,
             block,
             hashes: vec![None; image_size.div_ceil(block) as usize],
-            zero_full: None,
         }
     }
 
@@ -199,9 +197,7 @@ impl ContentHasher {
     fn zero_hash(&mut self, index: u64) -> [u8; 32] {
         let len = self.block_len(index);
         if len == self.block {
-            *self
-                .zero_full
-                .get_or_insert_with(|| *blake3::hash(&vec![0u8; len as usize]).as_bytes())
+            super::leaves::zero_block_root()
         } else {
             *blake3::hash(&vec![0u8; len as usize]).as_bytes()
         }

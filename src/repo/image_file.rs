@@ -92,13 +92,6 @@ impl SparseImageWriter {
         }
     }
 
-    /// Writes the non-zero 4 KiB runs of `data` at `offset`; zero runs stay holes.
-    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), RepoError> {
-        let mut buf = AlignedBuf::zeroed(data.len());
-        buf.copy_from_slice(data);
-        self.write_block(offset, buf).map(|_| ())
-    }
-
     /// Bytes of data written so far.
     pub fn bytes_written(&self) -> u64 {
         match &self.mode {
@@ -490,9 +483,9 @@ mod tests {
         let path = dir.path().join("vda.raw");
         let size = 64 << 20;
         let mut w = SparseImageWriter::create(&path, size).unwrap();
-        let mut block = vec![0u8; 1 << 20];
+        let mut block = AlignedBuf::zeroed(1 << 20);
         block[..4096].fill(0xab);
-        w.write_at(32 << 20, &block).unwrap();
+        w.write_block(32 << 20, block).unwrap();
         assert_eq!(w.finish().unwrap(), 4096);
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), size);
