@@ -301,6 +301,11 @@ mod tests {
         let noise = random(10 << 20, 7);
         let (input, bytes) = stored(&[&noise, &text, &noise[..5 << 20], &text[..100]]);
         assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), input);
+        // The noise opens the file as a frame of raw blocks (window 128 KiB, first block a full
+        // raw one), not as an encoder's frame (its window is larger).
+        let first_block = u32::from_le_bytes([bytes[6], bytes[7], bytes[8], 0]);
+        assert_eq!(&bytes[4..6], &[0x00, 7 << 3]);
+        assert_eq!(first_block, (RAW_BLOCK as u32) << 3);
         // Raw frames cost their headers, 3 bytes per 128 KiB block; the text compresses.
         assert!(
             bytes.len() < (15 << 20) + (15 << 20) / RAW_BLOCK * 3 + 4096,
