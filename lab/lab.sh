@@ -7,6 +7,11 @@
 #   lab.sh down    remove everything the lab made and stop its processes
 #   lab.sh status  show what runs; exit 0 only when the lab is fully up
 #   lab.sh env     print `export` lines for tests: eval "$(lab/lab.sh env)"
+#   lab.sh disk-osd up [GIB] | down
+#                  add (remove) osd.1, a BlueStore OSD on a sparse file of GIB
+#                  GiB (default 40) in $LAB_DIR, serving only pool rbd-disk:
+#                  for benchmarks at sizes memstore cannot hold (bench/run.py
+#                  --disk). Tests never use it.
 #
 # Everything lives in $LAB_DIR (default /var/lib/virt-rbd-backup-lab), except
 # the downloaded kernel package, cached in $LAB_CACHE so CI re-runs need no
@@ -185,7 +190,10 @@ mon_pid() { cat "$RUN/mon.a.pid" 2>/dev/null || true; }
 osd_pid() { cat "$RUN/osd.0.pid" 2>/dev/null || true; }
 
 ceph_mon_answers() { ceph_ mon stat; }
-ceph_osd_up() { ceph_ osd stat -f json | grep -q '"num_up_osds": *1[,}]'; }
+# osd.0 is up (osd.1 of `disk-osd` may be up too, or not there at all).
+ceph_osd_up() { ceph_ osd dump -f json | python3 -c '
+import json, sys
+sys.exit(not any(o["osd"] == 0 and o["up"] for o in json.load(sys.stdin)["osds"]))'; }
 ceph_healthy() {
     [[ -e $CONF ]] || return 1
     pid_matches "$(mon_pid)" ceph-mon "$CONF" || return 1
@@ -824,7 +832,7 @@ cmd_status() {
     # Short timeouts: status must answer quickly even when the cluster hangs.
     if [[ -e $CONF ]] && pid_matches "$pid" ceph-osd "$CONF" &&
         line=$(timeout 10 ceph --conf "$CONF" --connect-timeout 5 osd stat 2>/dev/null) &&
-        [[ $line == *"1 up"* ]]; then
+        ceph_osd_up; then
         report ok "osdmap: $line"
         if timeout 10 ceph --conf "$CONF" --connect-timeout 5 osd pool ls 2>/dev/null | grep -qx "$POOL"; then
             report ok "pool $POOL: images $(timeout 10 rbd --conf "$CONF" ls "$POOL" 2>/dev/null | tr '\n' ' ')"
@@ -833,6 +841,16 @@ cmd_status() {
         fi
     else
         report FAIL "cluster does not answer or osd.0 is down"
+    fi
+    # Optional (lab.sh disk-osd up): reported, never required.
+    pid=$(disk_osd_pid)
+    if [[ -n $pid ]]; then
+        if pid_matches "$pid" ceph-osd "$CONF"; then
+            report ok "ceph-osd $DISK_OSD_ID (pid $pid, BlueStore, pool $DISK_POOL)"
+        else
+            # Not a FAIL: tests never use it.
+            printf '%-4s %s\n' warn "ceph-osd $DISK_OSD_ID (disk-osd) not running: lab.sh disk-osd down, then up"
+        fi
     fi
     for d in virtlogd libvirtd; do
         pid=$(cat "/run/$d.pid" 2>/dev/null || true)
@@ -870,6 +888,113 @@ cmd_status() {
         fi
     done
     return $ok
+}
+
+# ---------------------------------------------------------------- disk-backed OSD
+
+DISK_OSD_ID=1
+DISK_POOL=rbd-disk
+DISK_OSD_DIR=$CEPH_DIR/osd-$DISK_OSD_ID
+DISK_OSD_BLOCK=$LAB_DIR/disk-osd.block
+
+lab_ceph_up() {
+    if [[ ! -e $MARKER ]] || ! ceph_healthy; then die "the lab is not up (bash lab/lab.sh up)"; fi
+}
+
+disk_osd_pid() { cat "$RUN/osd.$DISK_OSD_ID.pid" 2>/dev/null || true; }
+disk_osd_up() { ceph_ osd dump -f json | python3 -c '
+import json, sys
+sys.exit(not any(o["osd"] == '"$DISK_OSD_ID"' and o["up"] for o in json.load(sys.stdin)["osds"]))'; }
+
+# The caps of the lab's client: every pool the lab serves images from.
+client_caps() {
+    local caps="profile rbd pool=$POOL"
+    if ceph_ osd pool ls | grep -qx "$DISK_POOL"; then caps+=", profile rbd pool=$DISK_POOL"; fi
+    quiet ceph_ auth caps "client.$CEPH_USER" mon 'profile rbd' osd "$caps"
+}
+
+# BlueStore on a sparse file: reads and writes go through the kernel to the
+# machine's disk (BlueStore opens its block file O_DIRECT), as on a real OSD;
+# memstore answers from RAM and holds only what the lab's RAM allows. Its own
+# CRUSH root and rule keep pool rbd on osd.0 and pool rbd-disk on osd.1 alone.
+cmd_disk_osd_up() {
+    local gib=${1:-40} uuid t0 free_gib
+    t0=$(now_ms)
+    [[ $gib =~ ^[0-9]+$ && $gib -ge 4 ]] || die "disk-osd size must be a whole number of GiB >= 4, not '$gib'"
+    lab_ceph_up
+    if pid_matches "$(disk_osd_pid)" ceph-osd "$CONF" && disk_osd_up 2>/dev/null; then
+        log "osd.$DISK_OSD_ID already up, pool $DISK_POOL"
+        return 0
+    fi
+    if [[ -e $DISK_OSD_DIR ]]; then
+        die "osd.$DISK_OSD_ID exists but is not running; remove it first: lab.sh disk-osd down"
+    fi
+    free_gib=$(($(df --output=avail -B1G "$LAB_DIR" | tail -n1)))
+    # The file starts sparse but fills up to its full size as the benchmark
+    # writes, deletes and writes again (BlueStore neither punches holes in it
+    # nor reuses freed space compactly): it must fit, with room to spare.
+    ((free_gib >= gib + 8)) ||
+        die "$free_gib GiB free under $LAB_DIR: not enough for a $gib GiB OSD file plus 8 GiB spare (lab.sh disk-osd up GIB)"
+    uuid=$(cat /proc/sys/kernel/random/uuid)
+    local id
+    id=$(ceph_ osd new "$uuid")
+    [[ $id == "$DISK_OSD_ID" ]] || die "expected osd id $DISK_OSD_ID, got '$id'"
+    mkdir -p "$DISK_OSD_DIR"
+    ( umask 077; ceph-authtool --create-keyring "$DISK_OSD_DIR/keyring" --gen-key -n "osd.$DISK_OSD_ID" >/dev/null )
+    quiet ceph_ auth add "osd.$DISK_OSD_ID" osd 'allow *' mon 'allow profile osd' -i "$DISK_OSD_DIR/keyring"
+    local opts=(
+        --conf "$CONF" -i "$DISK_OSD_ID"
+        --osd-objectstore bluestore
+        --bluestore-block-path "$DISK_OSD_BLOCK" --bluestore-block-size "${gib}G" --bluestore-block-create true
+        # Keep it out of the default CRUSH root (osd.0's), placed by hand below.
+        --osd-crush-update-on-start false
+        # A small, fixed cache: the host's page cache is bypassed, and the
+        # benchmark should read from the disk, not from OSD memory.
+        --osd-memory-target 1G --bluestore-cache-autotune false --bluestore-cache-size 256M
+    )
+    ceph-osd "${opts[@]}" --mkfs --osd-uuid "$uuid" >"$LOGS/osd-$DISK_OSD_ID-mkfs.log" 2>&1 ||
+        die "ceph-osd --mkfs of osd.$DISK_OSD_ID failed, see $LOGS/osd-$DISK_OSD_ID-mkfs.log"
+    ceph-osd "${opts[@]}" >>"$LOGS/osd-$DISK_OSD_ID-start.log" 2>&1 9>&- ||
+        die "osd.$DISK_OSD_ID failed to start, see $LOGS/osd.$DISK_OSD_ID.log"
+    wait_until 60 "osd.$DISK_OSD_ID to be up (see $LOGS/osd.$DISK_OSD_ID.log)" disk_osd_up
+    quiet ceph_ osd crush add-bucket disk-root root
+    quiet ceph_ osd crush add-bucket disk-host host
+    quiet ceph_ osd crush move disk-host root=disk-root
+    quiet ceph_ osd crush add "osd.$DISK_OSD_ID" 1.0 host=disk-host
+    quiet ceph_ osd crush rule create-replicated disk-rule disk-root osd
+    quiet ceph_ osd pool create "$DISK_POOL" 32 32 replicated disk-rule
+    timeout 120 rbd --conf "$CONF" pool init "$DISK_POOL" ||
+        die "rbd pool init $DISK_POOL timed out or failed (PGs not active?), see $LOGS/osd.$DISK_OSD_ID.log"
+    client_caps
+    log "osd.$DISK_OSD_ID (BlueStore, ${gib} GiB sparse file $DISK_OSD_BLOCK) up in $(secs_since "$t0") s, pool $DISK_POOL"
+}
+
+cmd_disk_osd_down() {
+    lab_ceph_up
+    if ceph_ osd pool ls | grep -qx "$DISK_POOL"; then
+        quiet ceph_ tell mon.\* injectargs --mon-allow-pool-delete=true
+        quiet ceph_ osd pool rm "$DISK_POOL" "$DISK_POOL" --yes-i-really-really-mean-it
+        quiet ceph_ tell mon.\* injectargs --mon-allow-pool-delete=false
+    fi
+    client_caps
+    local pid
+    pid=$(disk_osd_pid)
+    if pid_matches "$pid" ceph-osd "$CONF"; then stop_pids 15 "$pid:ceph-osd:TERM"; fi
+    if ceph_ osd ls | grep -qx "$DISK_OSD_ID"; then
+        # Not `osd purge`: without a ceph-mgr (the lab runs none) it hangs.
+        quiet ceph_ osd down "$DISK_OSD_ID"
+        quiet ceph_ osd crush remove "osd.$DISK_OSD_ID"
+        quiet ceph_ auth del "osd.$DISK_OSD_ID"
+        quiet ceph_ osd rm "$DISK_OSD_ID"
+    fi
+    if ceph_ osd crush rule ls | grep -qx disk-rule; then quiet ceph_ osd crush rule rm disk-rule; fi
+    # Host first: a bucket is removed only when empty.
+    local bucket
+    for bucket in disk-host disk-root; do
+        if ceph_ osd crush ls "$bucket" >/dev/null 2>&1; then quiet ceph_ osd crush rm "$bucket"; fi
+    done
+    rm -rf "$DISK_OSD_DIR" "$DISK_OSD_BLOCK" "$RUN/osd.$DISK_OSD_ID.pid" "$RUN/osd.$DISK_OSD_ID.asok"
+    log "osd.$DISK_OSD_ID and pool $DISK_POOL removed"
 }
 
 cmd_env() {
@@ -910,6 +1035,13 @@ case ${1:-} in
     down) need_root; lab_lock; cmd_down ;;
     status) cmd_status || exit 1 ;;
     env) cmd_env ;;
+    disk-osd)
+        need_root; lab_lock
+        case ${2:-} in
+            up) cmd_disk_osd_up "${3:-40}" ;;
+            down) cmd_disk_osd_down ;;
+            *) usage ;;
+        esac ;;
     -h|--help|help) usage ;;
     *) usage ;;
 esac
