@@ -1171,12 +1171,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_disk_room(size: int, target: Path) -> None:
+def check_disk_room(size: int, backup: int, target: Path) -> None:
     """Stop early unless the lab's BlueStore pool is there and the disk can hold a `--disk` run.
 
     The OSD's sparse file fills up to its full size over a run (BlueStore does not reuse freed
     space compactly, nor punch holes in its file), and the target folder holds one full backup
-    or `rbd export` (1 x size) at a time.
+    or `rbd export` (`backup` bytes of data) at a time.
     """
     if DISK_POOL not in pools():
         sys.exit(f"pool {DISK_POOL} is missing: bring up the lab's BlueStore OSD first (bash lab/lab.sh disk-osd up)")
@@ -1186,14 +1186,20 @@ def check_disk_room(size: int, target: Path) -> None:
     probe = target if target.exists() else target.parent
     while not probe.exists():
         probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    needed = growth + size + 2 * GIB
-    if free < needed:
-        sys.exit(
-            f"--disk {size // GIB} needs about {needed // GIB} GiB free on the disk of {probe} "
-            f"({growth // GIB} GiB for {block} to fill, one backup, 2 GiB spare), {free // GIB} GiB are: "
-            "use a smaller --disk, or a smaller OSD (lab.sh disk-osd down; lab.sh disk-osd up GIB)"
-        )
+    # Per filesystem: the OSD file's and the target's may be one.
+    needs = {st.st_dev: (block.parent, growth)}
+    folder, before = needs.get(probe.stat().st_dev, (probe, 0))
+    needs[probe.stat().st_dev] = (folder, before + backup)
+    for folder, needed in needs.values():
+        needed += 2 * GIB
+        free = shutil.disk_usage(folder).free
+        if free < needed:
+            sys.exit(
+                f"--disk {size // GIB} needs about {needed // GIB} GiB free on the filesystem of {folder} "
+                f"({growth // GIB} GiB for {block} to fill, {backup // GIB} GiB for a backup in {probe}, "
+                f"2 GiB spare), {free // GIB} GiB are: use a smaller --disk, or a smaller OSD "
+                "(lab.sh disk-osd down; lab.sh disk-osd up GIB)"
+            )
     space = osd_space(DISK_OSD)
     if space is not None and space[1] * NEARFULL_RATIO < size * 5 // 4:
         sys.exit(
@@ -1237,7 +1243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             lab.close()
         return 0
     if args.disk is not None:
-        check_disk_room(args.disk * GIB, Path(args.target))
+        # Only full-25-disk: a backup holds a quarter of the image.
+        backup = args.disk * GIB // (4 if args.case and set(args.case) == {"full-25-disk"} else 1)
+        check_disk_room(args.disk * GIB, backup, Path(args.target))
     try:
         with target_folder(Path(args.target)) as target:
             runner = Runner(target, args.queue_depth)
