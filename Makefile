@@ -12,7 +12,8 @@ PIP := $(PYTHON) -m pip
 PYTEST_ARGS ?=
 DIST := dist
 PY_PACKAGE := python/virt_rbd_backup
-PY_SOURCES := $(PY_PACKAGE) tests/python
+PY_SOURCES := $(PY_PACKAGE) tests/python bench
+SHELL_SOURCES := lab/*.sh scripts/*.sh tests/*.sh .ci/run
 
 .PHONY: help
 help: ## Show this help
@@ -37,7 +38,7 @@ develop: ## Build the extension in place and install the package editable (in a 
 	fi
 
 .PHONY: lint
-lint: lint-rust lint-python stubtest ## All linters: rustfmt, clippy, ruff, mypy --strict, stubtest
+lint: lint-rust lint-python lint-shell stubtest ## All linters: rustfmt, clippy, ruff, mypy --strict, shellcheck, stubtest
 
 .PHONY: lint-rust
 lint-rust: ## cargo fmt --check and clippy -D warnings, with and without the python feature
@@ -46,10 +47,15 @@ lint-rust: ## cargo fmt --check and clippy -D warnings, with and without the pyt
 	cargo clippy --all-targets --features python -- -D warnings
 
 .PHONY: lint-python
-lint-python: ## ruff check, ruff format --check and mypy --strict on the package and tests
+lint-python: ## ruff check and ruff format --check on the package, tests and bench; mypy --strict on the package and bench
 	$(PYTHON) -m ruff check $(PY_SOURCES)
 	$(PYTHON) -m ruff format --check $(PY_SOURCES)
 	$(PYTHON) -m mypy --strict $(PY_PACKAGE)
+	$(PYTHON) -m mypy --strict bench/run.py bench/freeze_window.py
+
+.PHONY: lint-shell
+lint-shell: ## shellcheck on the lab, setup, test and CI scripts
+	shellcheck $(SHELL_SOURCES)
 
 .PHONY: stubtest
 stubtest: build ## Check _native.pyi against the built module (mypy stubtest)

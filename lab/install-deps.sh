@@ -15,6 +15,7 @@ PACKAGES=(
     libvirt-dev libvirt-daemon-system libvirt-daemon-driver-storage-rbd
     qemu-system-x86 qemu-block-extra qemu-guest-agent qemu-utils
     busybox-static cpio restic e2fsprogs pkg-config zstd
+    shellcheck
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }

@@ -22,4 +22,6 @@ cargo test
 
 printf '\n== Python tests (unit and lab)\n'
 # --fault-report: the table of tests/faults.sh, from the fault tests this run includes.
-"$PY" -m pytest tests/python -v -rs --fault-report ${PYTEST_ARGS:-}
+# PYTEST_ARGS: extra arguments, split on whitespace.
+read -ra pytest_args <<<"${PYTEST_ARGS:-}"
+"$PY" -m pytest tests/python -v -rs --fault-report "${pytest_args[@]}"
