@@ -20,9 +20,15 @@ filesystem. On the lab cluster (`bash lab/lab.sh up`) this script:
 How the two sides read the same change in the incremental case: after our full backup (snapshot
 S1) the script takes its own snapshot B of the unchanged image, writes the change, and runs our
 incremental (which creates S2 and then removes S1). `rbd export-diff --from-snap B rbd/IMG@S2`
-then reads exactly the change our tool read from S1 to S2.
+then reads exactly the change our tool read from S1 to S2. The same change is then also taken
+with Ceph's tools alone (`rbd snap create` of S3, `rbd export-diff --from-snap B`, `rbd snap rm`
+of B), which pays the monitor commits our incremental pays.
 
-Usage: `python3 bench/run.py [--quick] [--repeat N] [--json out.json]`.
+The lab's memstore OSD holds a few GiB in RAM; `--disk` runs its own cases on 24 GiB images in
+the pool of a BlueStore OSD that `lab.sh disk-osd up` adds, where a run's fixed costs no longer
+dominate.
+
+Usage: `python3 bench/run.py [--quick] [--repeat N] [--json out.json] [--disk [GIB]]`.
 """
 
 from __future__ import annotations
