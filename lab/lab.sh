@@ -65,6 +65,17 @@ log() {
 die() { printf 'lab: error: %s\n' "$*" >&2; exit 1; }
 trap 'printf "lab: failed (exit %s) at line %s: %s\n" "$?" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
+# prints_line LINE CMD...: CMD succeeds and one line of its output is LINE.
+# Not `CMD | grep -qx LINE`: grep exits at the first match, CMD may then die of
+# SIGPIPE while still writing, and pipefail turns that into a failure (seen
+# with `busybox --list`).
+prints_line() {
+    local line=$1 out
+    shift
+    out=$("$@") || return 1
+    grep -qxF -- "$line" <<<"$out"
+}
+
 # quiet CMD...: run CMD, show its output only when it fails.
 quiet() {
     local out
@@ -151,7 +162,7 @@ need_tools() {
         qemu-system-x86_64 qemu-img qemu-ga mke2fs cpio gzip dpkg-deb apt-get apt-cache python3; do
         command -v "$t" >/dev/null || missing+=("$t")
     done
-    [[ -x /bin/busybox ]] && /bin/busybox --list 2>/dev/null | grep -qx insmod || missing+=(busybox-static)
+    [[ -x /bin/busybox ]] && prints_line insmod /bin/busybox --list || missing+=(busybox-static)
     ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]} (run lab/install-deps.sh as root)"
 }
 
@@ -199,7 +210,7 @@ ceph_healthy() {
     pid_matches "$(mon_pid)" ceph-mon "$CONF" || return 1
     pid_matches "$(osd_pid)" ceph-osd "$CONF" || return 1
     ceph_osd_up 2>/dev/null || return 1
-    ceph_ osd pool ls 2>/dev/null | grep -qx "$POOL"
+    prints_line "$POOL" ceph_ osd pool ls 2>/dev/null
 }
 
 write_ceph_conf() {
@@ -697,7 +708,9 @@ wait_guest() {
     if [[ -n $t0 ]]; then log "$name: guest agent answered $(secs_since "$t0") s after domain start"; fi
     # A test that died between freeze and thaw leaves the guest frozen, and a
     # frozen agent refuses guest-exec.
-    if virsh_ qemu-agent-command "$name" '{"execute":"guest-fsfreeze-status"}' 2>/dev/null | grep -q frozen; then
+    local status
+    status=$(virsh_ qemu-agent-command "$name" '{"execute":"guest-fsfreeze-status"}' 2>/dev/null || true)
+    if [[ $status == *frozen* ]]; then
         log "$name: filesystems were frozen, thawing"
         virsh_ domfsthaw "$name" >/dev/null
     fi
@@ -834,7 +847,7 @@ cmd_status() {
         line=$(timeout 10 ceph --conf "$CONF" --connect-timeout 5 osd stat 2>/dev/null) &&
         ceph_osd_up; then
         report ok "osdmap: $line"
-        if timeout 10 ceph --conf "$CONF" --connect-timeout 5 osd pool ls 2>/dev/null | grep -qx "$POOL"; then
+        if prints_line "$POOL" timeout 10 ceph --conf "$CONF" --connect-timeout 5 osd pool ls 2>/dev/null; then
             report ok "pool $POOL: images $(timeout 10 rbd --conf "$CONF" ls "$POOL" 2>/dev/null | tr '\n' ' ')"
         else
             report FAIL "pool $POOL missing"
@@ -909,7 +922,7 @@ sys.exit(not any(o["osd"] == '"$DISK_OSD_ID"' and o["up"] for o in json.load(sys
 # The caps of the lab's client: every pool the lab serves images from.
 client_caps() {
     local caps="profile rbd pool=$POOL"
-    if ceph_ osd pool ls | grep -qx "$DISK_POOL"; then caps+=", profile rbd pool=$DISK_POOL"; fi
+    if prints_line "$DISK_POOL" ceph_ osd pool ls; then caps+=", profile rbd pool=$DISK_POOL"; fi
     quiet ceph_ auth caps "client.$CEPH_USER" mon 'profile rbd' osd "$caps"
 }
 
@@ -971,7 +984,7 @@ cmd_disk_osd_up() {
 
 cmd_disk_osd_down() {
     lab_ceph_up
-    if ceph_ osd pool ls | grep -qx "$DISK_POOL"; then
+    if prints_line "$DISK_POOL" ceph_ osd pool ls; then
         quiet ceph_ tell mon.\* injectargs --mon-allow-pool-delete=true
         quiet ceph_ osd pool rm "$DISK_POOL" "$DISK_POOL" --yes-i-really-really-mean-it
         quiet ceph_ tell mon.\* injectargs --mon-allow-pool-delete=false
@@ -980,14 +993,14 @@ cmd_disk_osd_down() {
     local pid
     pid=$(disk_osd_pid)
     if pid_matches "$pid" ceph-osd "$CONF"; then stop_pids 15 "$pid:ceph-osd:TERM"; fi
-    if ceph_ osd ls | grep -qx "$DISK_OSD_ID"; then
+    if prints_line "$DISK_OSD_ID" ceph_ osd ls; then
         # Not `osd purge`: without a ceph-mgr (the lab runs none) it hangs.
         quiet ceph_ osd down "$DISK_OSD_ID"
         quiet ceph_ osd crush remove "osd.$DISK_OSD_ID"
         quiet ceph_ auth del "osd.$DISK_OSD_ID"
         quiet ceph_ osd rm "$DISK_OSD_ID"
     fi
-    if ceph_ osd crush rule ls | grep -qx disk-rule; then quiet ceph_ osd crush rule rm disk-rule; fi
+    if prints_line disk-rule ceph_ osd crush rule ls; then quiet ceph_ osd crush rule rm disk-rule; fi
     # Host first: a bucket is removed only when empty.
     local bucket
     for bucket in disk-host disk-root; do
