@@ -58,6 +58,8 @@ POOL = "rbd"
 DISK_POOL = "rbd-disk"
 """Pool of the lab's BlueStore OSD (`lab.sh disk-osd up`), used by the `--disk` cases."""
 DISK_OSD = "osd.1"
+MEMSTORE_OSD = "osd.0"
+"""The lab's own OSD, which holds pool POOL."""
 NAME_PREFIX = "vrb-bench-"
 """Every image, domain and snapshot the benchmark creates starts with this."""
 DATA_BUDGET = 3 * GIB
@@ -197,7 +199,7 @@ class ImageSpec:
     @property
     def osd(self) -> str:
         """The OSD that holds the image (the lab has one per pool)."""
-        return DISK_OSD if self.pool == DISK_POOL else "osd.0"
+        return DISK_OSD if self.pool == DISK_POOL else MEMSTORE_OSD
 
     @property
     def allocated(self) -> int:
@@ -230,7 +232,7 @@ class Lab:
     def remove(self, key: str) -> None:
         """Undefine the domain and delete the image with all its snapshots."""
         spec = self.images.pop(key)
-        remove_image_and_domain(spec.name)
+        remove_image_and_domain(spec.name, [spec.pool])
 
     def close(self) -> None:
         """Remove everything still there."""
@@ -241,16 +243,16 @@ class Lab:
                 log(f"clean-up of {key}: {err}")
 
 
-def pools() -> list[str]:
+def lab_pools() -> list[str]:
     """The pools benchmark images can be in: POOL, and DISK_POOL while the lab has it."""
     return [POOL, *([DISK_POOL] if DISK_POOL in run(["ceph", "osd", "pool", "ls"]).split() else [])]
 
 
-def remove_image_and_domain(name: str) -> None:
-    """Undefine domain `name` and delete image `name` with its snapshots from each pool that has it."""
+def remove_image_and_domain(name: str, pools: Sequence[str]) -> None:
+    """Undefine domain `name` and delete image `name` with its snapshots from those of `pools` that have it."""
     with contextlib.suppress(RuntimeError):
         virsh("undefine", name)
-    for pool in pools():
+    for pool in pools:
         with contextlib.suppress(RuntimeError):
             run(["rbd", "snap", "purge", "--no-progress", f"{pool}/{name}"])
         with contextlib.suppress(RuntimeError):
@@ -266,7 +268,7 @@ def osd_space(osd: str) -> tuple[int, int] | None:
         return None
 
 
-def ensure_space(needed: int, osd: str = "osd.0", patience: float = 180.0) -> None:
+def ensure_space(needed: int, osd: str = MEMSTORE_OSD, patience: float = 180.0) -> None:
     """Wait until `needed` more bytes keep the OSD below its nearfull ratio, or give up.
 
     The lab's memstore OSD is shared with the test suite; a full OSD blocks every client. Freed
@@ -289,7 +291,7 @@ def ensure_space(needed: int, osd: str = "osd.0", patience: float = 180.0) -> No
 
 def leftovers() -> list[str]:
     """Names of benchmark images and domains left by an earlier run."""
-    images = [name for pool in pools() for name in run(["rbd", "ls", pool]).split()]
+    images = [name for pool in lab_pools() for name in run(["rbd", "ls", pool]).split()]
     domains = virsh("list", "--all", "--name").split()
     return sorted({n for n in images + domains if n.startswith(NAME_PREFIX)})
 
@@ -926,6 +928,10 @@ def data_path(case: CaseSummary) -> str:
     return "-" if case.data_path_speedup is None else f"x{case.data_path_speedup:.2f}"
 
 
+POOL_VARIANTS = (("", ""), ("-disk", " [disk OSD]"))
+"""(case name suffix, label in target lines): the memstore cases and their `--disk` twins."""
+
+
 def full_targets(full: CaseSummary | None, sparse: CaseSummary | None, where: str) -> list[Target]:
     """Targets of the full backups of one fully and one 25% allocated image."""
     targets: list[Target] = []
@@ -985,7 +991,7 @@ def check_targets(cases: dict[str, CaseSummary]) -> list[Target]:
     snapshot creation, start-up and commit left out, as they are on rbd's side).
     """
     targets: list[Target] = []
-    for suffix, where in (("", ""), ("-disk", " [disk OSD]")):
+    for suffix, where in POOL_VARIANTS:
         targets += full_targets(cases.get(f"full-100{suffix}"), cases.get(f"full-25{suffix}"), where)
     singles = [c for name in ("full-100", "large") if (c := cases.get(name))]
     mixed = cases.get("mixed-w4")
@@ -1029,7 +1035,7 @@ def check_targets(cases: dict[str, CaseSummary]) -> list[Target]:
                 1 / zstd.speedup <= 1.25,
             )
         )
-    for suffix, where in (("", ""), ("-disk", " [disk OSD]")):
+    for suffix, where in POOL_VARIANTS:
         if (incr := cases.get(f"incr-1{suffix}")) and incr.ours_full_wall:
             targets += incremental_targets(incr, where)
     return targets
@@ -1184,19 +1190,20 @@ def check_disk_room(size: int, backup: int, target: Path) -> None:
     space compactly, nor punch holes in its file), and the target folder holds one full backup
     or `rbd export` (`backup` bytes of data) at a time.
     """
-    if DISK_POOL not in pools():
+    if DISK_POOL not in lab_pools():
         sys.exit(f"pool {DISK_POOL} is missing: bring up the lab's BlueStore OSD first (bash lab/lab.sh disk-osd up)")
-    block = Path(os.environ["LAB_DIR"]) / "disk-osd.block"
+    block = Path(os.environ["LAB_DISK_OSD_BLOCK"])
     st = block.stat()
     growth = max(st.st_size - st.st_blocks * 512, 0)
-    probe = target if target.exists() else target.parent
+    probe = target
     while not probe.exists():
         probe = probe.parent
-    # Per filesystem: the OSD file's and the target's may be one.
-    needs = {st.st_dev: (block.parent, growth)}
-    folder, before = needs.get(probe.stat().st_dev, (probe, 0))
-    needs[probe.stat().st_dev] = (folder, before + backup)
-    for folder, needed in needs.values():
+    # The OSD file's filesystem and the target's may be one.
+    if probe.stat().st_dev == st.st_dev:
+        needs = [(block.parent, growth + backup)]
+    else:
+        needs = [(block.parent, growth), (probe, backup)]
+    for folder, needed in needs:
         needed += 2 * GIB
         free = shutil.disk_usage(folder).free
         if free < needed:
@@ -1230,9 +1237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     load_lab_env()
     if args.cleanup:
+        pools = lab_pools()
         for name in leftovers():
             log(f"removing {name}")
-            remove_image_and_domain(name)
+            remove_image_and_domain(name, pools)
         shutil.rmtree(args.target, ignore_errors=True)
         return 0
     if found := leftovers():

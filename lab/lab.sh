@@ -201,10 +201,32 @@ mon_pid() { cat "$RUN/mon.a.pid" 2>/dev/null || true; }
 osd_pid() { cat "$RUN/osd.0.pid" 2>/dev/null || true; }
 
 ceph_mon_answers() { ceph_ mon stat; }
-# osd.0 is up (osd.1 of `disk-osd` may be up too, or not there at all).
-ceph_osd_up() { ceph_ osd dump -f json | python3 -c '
+# osd_up ID: osd.ID is up in the osdmap (whatever other OSDs there are).
+osd_up() { ceph_ osd dump -f json | python3 -c '
 import json, sys
-sys.exit(not any(o["osd"] == 0 and o["up"] for o in json.load(sys.stdin)["osds"]))'; }
+sys.exit(not any(o["osd"] == int(sys.argv[1]) and o["up"] for o in json.load(sys.stdin)["osds"]))' "$1"; }
+ceph_osd_up() { osd_up 0; }
+
+# osd_add ID [CEPH-OSD-OPTION...]: create osd.ID (it must get that id), its
+# key, its store, start it and wait until it is up. Options override the
+# [osd] section of the lab's ceph.conf (osd.0 takes it as it is).
+osd_add() {
+    local id=$1 uuid got
+    shift
+    local opts=(--conf "$CONF" -i "$id" "$@")
+    uuid=$(cat /proc/sys/kernel/random/uuid)
+    got=$(ceph_ osd new "$uuid")
+    [[ $got == "$id" ]] || die "expected osd id $id, got '$got'"
+    mkdir -p "$CEPH_DIR/osd-$id"
+    ( umask 077; ceph-authtool --create-keyring "$CEPH_DIR/osd-$id/keyring" --gen-key -n "osd.$id" >/dev/null )
+    quiet ceph_ auth add "osd.$id" osd 'allow *' mon 'allow profile osd' -i "$CEPH_DIR/osd-$id/keyring"
+    ceph-osd "${opts[@]}" --mkfs --osd-uuid "$uuid" >"$LOGS/osd-$id-mkfs.log" 2>&1 ||
+        die "ceph-osd --mkfs of osd.$id failed, see $LOGS/osd-$id-mkfs.log and $LOGS/osd.$id.log"
+    # 9>&-: daemons must not inherit the lab lock (see lab_lock).
+    ceph-osd "${opts[@]}" >>"$LOGS/osd-$id-start.log" 2>&1 9>&- ||
+        die "osd.$id failed to start, see $LOGS/osd.$id.log"
+    wait_until 60 "osd.$id to be up (see $LOGS/osd.$id.log)" osd_up "$id"
+}
 ceph_healthy() {
     [[ -e $CONF ]] || return 1
     pid_matches "$(mon_pid)" ceph-mon "$CONF" || return 1
@@ -264,7 +286,7 @@ EOF
 }
 
 ceph_up() {
-    local t0 fsid osd_uuid osd_id
+    local t0 fsid
     t0=$(now_ms)
     fsid=$(cat /proc/sys/kernel/random/uuid)
     write_ceph_conf "$fsid"
@@ -282,16 +304,7 @@ ceph_up() {
     ceph-mon --conf "$CONF" -i a >>"$LOGS/mon-start.log" 2>&1 9>&- || die "ceph-mon failed to start, see $LOGS/mon.a.log"
     wait_until 30 "the monitor on $MON_HOST (see $LOGS/mon.a.log)" ceph_mon_answers
 
-    osd_uuid=$(cat /proc/sys/kernel/random/uuid)
-    osd_id=$(ceph_ osd new "$osd_uuid")
-    [[ $osd_id == 0 ]] || die "expected osd id 0, got '$osd_id'"
-    mkdir -p "$CEPH_DIR/osd-0"
-    ( umask 077; ceph-authtool --create-keyring "$CEPH_DIR/osd-0/keyring" --gen-key -n osd.0 >/dev/null )
-    quiet ceph_ auth add osd.0 osd 'allow *' mon 'allow profile osd' -i "$CEPH_DIR/osd-0/keyring"
-    ceph-osd --conf "$CONF" -i 0 --mkfs --osd-uuid "$osd_uuid" >"$LOGS/osd-mkfs.log" 2>&1 ||
-        die "ceph-osd --mkfs failed, see $LOGS/osd-mkfs.log and $LOGS/osd.0.log"
-    ceph-osd --conf "$CONF" -i 0 >>"$LOGS/osd-start.log" 2>&1 9>&- || die "ceph-osd failed to start, see $LOGS/osd.0.log"
-    wait_until 60 "osd.0 to be up (see $LOGS/osd.0.log)" ceph_osd_up
+    osd_add 0
 
     quiet ceph_ osd pool create "$POOL" 32 32
     timeout 60 rbd --conf "$CONF" pool init "$POOL" || die "rbd pool init $POOL timed out or failed (PGs not active?), see $LOGS/"
@@ -906,6 +919,7 @@ cmd_status() {
 # ---------------------------------------------------------------- disk-backed OSD
 
 DISK_OSD_ID=1
+DISK_OSD_GIB=40
 DISK_POOL=rbd-disk
 DISK_OSD_DIR=$CEPH_DIR/osd-$DISK_OSD_ID
 DISK_OSD_BLOCK=$LAB_DIR/disk-osd.block
@@ -915,9 +929,6 @@ lab_ceph_up() {
 }
 
 disk_osd_pid() { cat "$RUN/osd.$DISK_OSD_ID.pid" 2>/dev/null || true; }
-disk_osd_up() { ceph_ osd dump -f json | python3 -c '
-import json, sys
-sys.exit(not any(o["osd"] == '"$DISK_OSD_ID"' and o["up"] for o in json.load(sys.stdin)["osds"]))'; }
 
 # The caps of the lab's client: every pool the lab serves images from.
 client_caps() {
@@ -931,11 +942,11 @@ client_caps() {
 # memstore answers from RAM and holds only what the lab's RAM allows. Its own
 # CRUSH root and rule keep pool rbd on osd.0 and pool rbd-disk on osd.1 alone.
 cmd_disk_osd_up() {
-    local gib=${1:-40} uuid t0 free_gib
+    local gib=$1 t0 free_gib
     t0=$(now_ms)
     [[ $gib =~ ^[0-9]+$ && $gib -ge 4 ]] || die "disk-osd size must be a whole number of GiB >= 4, not '$gib'"
     lab_ceph_up
-    if pid_matches "$(disk_osd_pid)" ceph-osd "$CONF" && disk_osd_up 2>/dev/null; then
+    if pid_matches "$(disk_osd_pid)" ceph-osd "$CONF" && osd_up "$DISK_OSD_ID" 2>/dev/null; then
         log "osd.$DISK_OSD_ID already up, pool $DISK_POOL"
         return 0
     fi
@@ -948,15 +959,7 @@ cmd_disk_osd_up() {
     # nor reuses freed space compactly): it must fit, with room to spare.
     ((free_gib >= gib + 8)) ||
         die "$free_gib GiB free under $LAB_DIR: not enough for a $gib GiB OSD file plus 8 GiB spare (lab.sh disk-osd up GIB)"
-    uuid=$(cat /proc/sys/kernel/random/uuid)
-    local id
-    id=$(ceph_ osd new "$uuid")
-    [[ $id == "$DISK_OSD_ID" ]] || die "expected osd id $DISK_OSD_ID, got '$id'"
-    mkdir -p "$DISK_OSD_DIR"
-    ( umask 077; ceph-authtool --create-keyring "$DISK_OSD_DIR/keyring" --gen-key -n "osd.$DISK_OSD_ID" >/dev/null )
-    quiet ceph_ auth add "osd.$DISK_OSD_ID" osd 'allow *' mon 'allow profile osd' -i "$DISK_OSD_DIR/keyring"
     local opts=(
-        --conf "$CONF" -i "$DISK_OSD_ID"
         --osd-objectstore bluestore
         --bluestore-block-path "$DISK_OSD_BLOCK" --bluestore-block-size "${gib}G" --bluestore-block-create true
         # Keep it out of the default CRUSH root (osd.0's), placed by hand below.
@@ -965,11 +968,7 @@ cmd_disk_osd_up() {
         # benchmark should read from the disk, not from OSD memory.
         --osd-memory-target 1G --bluestore-cache-autotune false --bluestore-cache-size 256M
     )
-    ceph-osd "${opts[@]}" --mkfs --osd-uuid "$uuid" >"$LOGS/osd-$DISK_OSD_ID-mkfs.log" 2>&1 ||
-        die "ceph-osd --mkfs of osd.$DISK_OSD_ID failed, see $LOGS/osd-$DISK_OSD_ID-mkfs.log"
-    ceph-osd "${opts[@]}" >>"$LOGS/osd-$DISK_OSD_ID-start.log" 2>&1 9>&- ||
-        die "osd.$DISK_OSD_ID failed to start, see $LOGS/osd.$DISK_OSD_ID.log"
-    wait_until 60 "osd.$DISK_OSD_ID to be up (see $LOGS/osd.$DISK_OSD_ID.log)" disk_osd_up
+    osd_add "$DISK_OSD_ID" "${opts[@]}"
     quiet ceph_ osd crush add-bucket disk-root root
     quiet ceph_ osd crush add-bucket disk-host host
     quiet ceph_ osd crush move disk-host root=disk-root
@@ -1025,7 +1024,8 @@ cmd_env() {
         "LAB_GUEST_CONSOLE_LOG=$LAB_DIR/lab-guest.console.log" \
         "LAB_GUEST4_CONSOLE_LOG=$LAB_DIR/lab-guest4.console.log" \
         "LAB_OFF_CONSOLE_LOG=$LAB_DIR/lab-off.console.log" \
-        "LAB_LOCAL_CONSOLE_LOG=$LAB_DIR/lab-local.console.log"; do
+        "LAB_LOCAL_CONSOLE_LOG=$LAB_DIR/lab-local.console.log" \
+        "LAB_DISK_OSD_BLOCK=$DISK_OSD_BLOCK"; do
         printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"
     done
 }
@@ -1051,7 +1051,7 @@ case ${1:-} in
     disk-osd)
         need_root; lab_lock
         case ${2:-} in
-            up) cmd_disk_osd_up "${3:-40}" ;;
+            up) cmd_disk_osd_up "${3:-$DISK_OSD_GIB}" ;;
             down) cmd_disk_osd_down ;;
             *) usage ;;
         esac ;;
