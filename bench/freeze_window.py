@@ -7,10 +7,8 @@ due to filesystem freeze` .. `logging re-enabled due to filesystem unfreeze`, qe
 timestamps), next to the window the tool reports. Conditions:
 
 - quiet: the monitor committed nothing for about two seconds before the backup (the best
-  case). The lab runs no ceph-mgr, so its monitor commits a new mgrmap every 5 s on its own
-  (`ceph log last 8 debug cluster`); the bench waits for one of those commits (the mgrmap
-  epoch moves), then 2 s (the cluster log entry about it is committed in the proposal after),
-  and starts the backup in the quiet seconds before the next;
+  case): the lab's monitor commits a new mgrmap every 5 s on its own, and the bench starts the
+  backup in the quiet seconds before the next (`lab_monitor.wait_for_quiet_monitor`);
 - busy: another client creates and removes snapshots of a scratch image all the time, so the
   monitor commits continuously and every snapshot create waits for the next proposal (the
   worst case Ceph allows with the default paxos_propose_interval of 1 s).
@@ -34,44 +32,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lab_monitor import LAB_DIR, wait_for_quiet_monitor
+
 FREEZE = re.compile(rb"^(\d+\.\d+): \w+: disabling logging due to filesystem freeze", re.M)
 THAW = re.compile(rb"^(\d+\.\d+): \w+: logging re-enabled due to filesystem unfreeze", re.M)
-LAB_DIR = Path(os.environ.get("LAB_DIR", "/var/lib/virt-rbd-backup-lab"))
 
 
 def rbd(*args: str) -> None:
     """Runs the rbd tool on the lab cluster."""
     subprocess.run(["rbd", "--conf", str(LAB_DIR / "ceph.conf"), *args], check=True, capture_output=True)
-
-
-def mgrmap_epoch() -> int | None:
-    """The monitor's mgrmap epoch, if it can be read."""
-    out = subprocess.run(
-        ["ceph", "--conf", str(LAB_DIR / "ceph.conf"), "mgr", "stat", "-f", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    try:
-        return int(json.loads(out.stdout)["epoch"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def wait_for_quiet_monitor() -> None:
-    """Waits for a quiet monitor.
-
-    Returns about 2 s after the monitor's periodic mgrmap commit (after 3 s of sleep when the
-    epoch cannot be read or does not move within 7 s).
-    """
-    first = mgrmap_epoch()
-    deadline = time.monotonic() + 7
-    while first is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-        if mgrmap_epoch() != first:
-            time.sleep(2.0)
-            return
-    time.sleep(3)
 
 
 def guest_window(log: Path, since: int) -> float | None:

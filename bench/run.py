@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -44,11 +45,14 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from lab_monitor import wait_for_quiet_monitor
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -66,6 +70,10 @@ DATA_BUDGET = 3 * GIB
 """Most allocated data alive at once: the lab's memstore OSD holds ~6 GiB in RAM."""
 NEARFULL_RATIO = 0.85
 """Ceph's default `mon_osd_nearfull_ratio`: the benchmark never fills the OSD past it."""
+TOOL_QUEUE_DEPTH = 8
+"""The tool's default `--queue-depth` (reads in flight per image)."""
+TOOL_DIRECT_WRITERS = 2
+"""Threads the tool writes a raw file with (`DIRECT_WRITERS` in src/repo/image_file.rs)."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPORT_VERSION = 1
 
@@ -318,6 +326,8 @@ class Sample:
     """Theirs: seconds to fsync the output after `rbd` exited (`rbd` does not; we do)."""
     bytes_read: int | None = None
     """Ours: bytes read from the cluster, as reported."""
+    snapshot_create: float | None = None
+    """Ours: seconds of the snapshot create (disks[].snapshot_create_ms; the longest)."""
 
 
 @dataclass
@@ -367,21 +377,24 @@ def merge(finished: Sequence[Finished], started: float, ended: float) -> Sample:
     return Sample(wall=ended - started, cpu=sum(f.cpu for f in finished), rss_mib=max(f.rss_mib for f in finished))
 
 
-MONITOR_SETTLE = 1.5
-"""Seconds without a monitor commit of ours before each timed run (see `let_monitor_settle`)."""
+PAUSE = 1.5
+"""Seconds of idle before a timed run that commits nothing on the monitor."""
 
 
 def let_monitor_settle() -> None:
-    """Wait until the monitor has had nothing from us for longer than its propose interval.
+    """Start in a quiet moment of the monitor (`lab_monitor.wait_for_quiet_monitor`).
 
     A snapshot create or remove waits for the monitor's next proposal, at most one
     `paxos_propose_interval` (1 s) after its last commit. A nightly run starts on a monitor
-    that is quiet; a benchmark that just removed a snapshot would make our first create pay up
-    to a second that no real run pays. Both sides wait alike (theirs does not touch the
-    monitor). What a busy monitor costs is measured apart: `rbd snap create` / `rm` right after
-    a commit, printed under the table.
+    that is quiet; a benchmark that just removed a snapshot, or a create that lands right after
+    the lab monitor's own commits every 5 s, would make our create pay up to a second that no
+    work of ours explains. Runs that commit on the monitor (ours, and the incremental with
+    Ceph's tools alone) start in such a moment; `rbd export` and `export-diff` of existing
+    snapshots commit nothing and do not wait. What a busy monitor costs is measured apart:
+    `rbd snap create` / `rm` right after a commit, printed under the table, and our create's
+    own time is in the table (`snap s`).
     """
-    time.sleep(MONITOR_SETTLE)
+    wait_for_quiet_monitor()
 
 
 def fsync_files(paths: Sequence[Path]) -> float:
@@ -394,6 +407,43 @@ def fsync_files(paths: Sequence[Path]) -> float:
         finally:
             os.close(fd)
     return time.perf_counter() - started
+
+
+@dataclass
+class IoFloor:
+    """What moving a case's data costs on this machine at the least, whatever the tool."""
+
+    read: float
+    """Seconds for `rbd bench` to read the data through the OSD, nothing written."""
+    read_write: float
+    """Seconds to read it so while the same amount is written with O_DIRECT into the target."""
+
+
+def write_direct(path: Path, size: int, writers: int) -> None:
+    """Write `size` bytes of random data to a new file with O_DIRECT, 4 MiB at a time.
+
+    As the tool stores a raw file: the file is sized first, and `writers` threads write
+    interleaved blocks from one page-aligned buffer (an mmap), then the file is fsynced.
+    """
+    buffer = mmap.mmap(-1, BLOCK)
+    buffer.write(os.urandom(BLOCK))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
+    try:
+        os.ftruncate(fd, size)
+
+        def write_blocks(first: int) -> None:
+            for offset in range(first * BLOCK, size, writers * BLOCK):
+                os.pwrite(fd, buffer, offset)
+
+        threads = [threading.Thread(target=write_blocks, args=(k,)) for k in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        buffer.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,6 +520,7 @@ class Runner:
         report = json.loads(finished.stdout)
         snapshots: dict[str, str] = {}
         exports: list[float] = []
+        creates: list[float] = []
         bytes_read = 0
         for domain in report["domains"]:
             if domain["status"] != "succeeded":
@@ -479,6 +530,7 @@ class Runner:
                     raise RuntimeError(f"expected a {kind} backup of {disk['image']}, got {disk['kind']}")
                 snapshots[disk["image"].split("/")[-1]] = disk["snapshot"]
                 exports.append(float(disk["seconds"]))
+                creates.append(float(disk["snapshot_create_ms"]) / 1000)
                 bytes_read += int(disk["bytes_read"])
         sample = Sample(
             wall=finished.wall,
@@ -486,6 +538,7 @@ class Runner:
             rss_mib=finished.rss_mib,
             engine=float(report["finished_at"]) - float(report["started_at"]),
             export=max(exports),
+            snapshot_create=max(creates),
             bytes_read=bytes_read,
         )
         return OurRun(sample, snapshots)
@@ -519,15 +572,50 @@ class Runner:
             ["rbd", "export-diff", "--no-progress", "--from-snap", base, f"{spec.image}@{nxt}", str(out)],
             ["rbd", "snap", "rm", "--no-progress", f"{spec.image}@{base}"],
         ]
-        sample = self._theirs(argvs, [out], 1)
+        sample = self._theirs(argvs, [out], 1, commits=True)
         run(["rbd", "snap", "rm", "--no-progress", f"{spec.image}@{nxt}"])
         return sample
 
-    def _theirs(self, argvs: Sequence[Sequence[str]], outputs: Sequence[Path], concurrency: int) -> Sample:
+    def io_floor(self, floor: ImageSpec) -> IoFloor:
+        """This machine's I/O floor for reading `floor`'s data (all of it allocated) and storing it.
+
+        `rbd bench --io-type read` reads the image in 4 MiB requests, as many in flight as our
+        queue depth, and throws the data away: no tool gets the data out of the OSD faster. The
+        second measurement runs it while the same amount is written into the target folder the
+        way the tool writes (`write_direct`): no tool that stores the data on this machine's disk
+        finishes sooner. Ours, which also hashes and checks for zeros, is compared with it.
+        """
+        depth = self.queue_depth or TOOL_QUEUE_DEPTH
+        argv = ["rbd", "bench", "--io-type", "read", "--io-size", str(BLOCK), "--io-threads", str(depth)]
+        argv += ["--io-total", str(floor.size), "--io-pattern", "seq", floor.image]
+        out = self.target / "floor.raw"
+        times = []
+        for store in (False, True):
+            out.unlink(missing_ok=True)
+            os.sync()
+            time.sleep(PAUSE)
+            started = time.perf_counter()
+            reader = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            if store:
+                write_direct(out, floor.size, TOOL_DIRECT_WRITERS)
+            _, stderr = reader.communicate()
+            times.append(time.perf_counter() - started)
+            if reader.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)} failed ({reader.returncode}): {stderr.decode(errors='replace')}")
+        out.unlink()
+        return IoFloor(read=times[0], read_write=times[1])
+
+    def _theirs(
+        self, argvs: Sequence[Sequence[str]], outputs: Sequence[Path], concurrency: int, commits: bool = False
+    ) -> Sample:
+        """Run Ceph's commands measured; `commits`: they commit on the monitor (see `let_monitor_settle`)."""
         for out in outputs:
             out.unlink(missing_ok=True)
         os.sync()
-        let_monitor_settle()
+        if commits:
+            let_monitor_settle()
+        else:
+            time.sleep(PAUSE)
         started = time.perf_counter()
         finished = run_measured(argvs, concurrency, self.scratch)
         sample = merge(finished, started, time.perf_counter())
@@ -561,6 +649,8 @@ class CaseResult:
     """Seconds of `rbd snap create` run by the benchmark right after our full (a monitor round trip)."""
     stock: list[Sample] = field(default_factory=list)
     """Incremental cases: the same incremental with Ceph's tools (`Runner.stock_incremental`)."""
+    floor: list[IoFloor] = field(default_factory=list)
+    """Full cases with a floor image: this machine's I/O floor, once per repeat."""
 
 
 @dataclass(frozen=True)
@@ -617,6 +707,9 @@ def disk_specs(size: int) -> dict[str, ImageSpec]:
         ImageSpec("disk-full", size, blocks_of(size), DISK_POOL),
         ImageSpec("disk-sparse", size, round(blocks_of(size) * Scale.sparse_fraction), DISK_POOL),
     ]
+    # Fully allocated, as big as disk-sparse's data: what reading that data costs at the least.
+    floor = specs[1].allocated_blocks * BLOCK
+    specs.append(ImageSpec("disk-floor", floor, blocks_of(floor), DISK_POOL))
     return {s.key: s for s in specs}
 
 
@@ -638,8 +731,12 @@ class Bench:
             return [
                 (
                     "full-25-disk",
-                    ["disk-sparse"],
-                    lambda: [self.full_case("full-25-disk", "disk-sparse", "25% allocated image, BlueStore OSD")],
+                    ["disk-sparse", "disk-floor"],
+                    lambda: [
+                        self.full_case(
+                            "full-25-disk", "disk-sparse", "25% allocated image, BlueStore OSD", floor_key="disk-floor"
+                        )
+                    ],
                 ),
                 (
                     "full-100-disk",
@@ -698,12 +795,18 @@ class Bench:
         self.runner.drop_repo(repo)
         return result.snapshots
 
-    def full_case(self, name: str, key: str, description: str) -> CaseResult:
-        """Our full backup of one image against `rbd export` of the same snapshot."""
+    def full_case(self, name: str, key: str, description: str, floor_key: str | None = None) -> CaseResult:
+        """Our full backup of one image against `rbd export` of the same snapshot.
+
+        With `floor_key` (a fully allocated image as big as this one's data), each repeat also
+        measures this machine's I/O floor for the case (`Runner.io_floor`).
+        """
         spec = self.specs[key]
         result = CaseResult(name, description, spec.allocated, spec.size, "rbd export")
         snaps = self.warm_up([spec])
         for i in range(self.repeat):
+            if floor_key is not None:
+                result.floor.append(self.runner.io_floor(self.specs[floor_key]))
             # Alternate the order: noise that drifts over time then hits both sides alike.
             for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
                 if side == "ours":
@@ -826,6 +929,7 @@ class SideSummary:
     engine: float | None
     export: float | None
     fsync: float | None
+    snapshot_create: float | None
 
 
 def summarize(samples: Sequence[Sample], data_bytes: int, logical_bytes: int) -> SideSummary:
@@ -840,6 +944,7 @@ def summarize(samples: Sequence[Sample], data_bytes: int, logical_bytes: int) ->
         engine=median([s.engine for s in samples]),
         export=median([s.export for s in samples]),
         fsync=median([s.fsync for s in samples]),
+        snapshot_create=median([s.snapshot_create for s in samples]),
     )
 
 
@@ -880,6 +985,8 @@ class CaseSummary:
     """Median seconds of the benchmark's own `rbd snap create` (same kind of work as ours)."""
     stock_wall: float | None
     """Incremental cases: median wall of the same incremental with Ceph's tools alone."""
+    floor: IoFloor | None
+    """Full cases with a floor image: medians of this machine's I/O floor (`Runner.io_floor`)."""
     samples: dict[str, list[dict[str, Any]]]
 
 
@@ -905,6 +1012,12 @@ def summarize_case(case: CaseResult) -> CaseSummary:
         ours_full_export=median([s.export for s in case.ours_full]),
         snapshot_ops={op: statistics.median(times) for op, times in case.snapshot_ops.items()},
         stock_wall=statistics.median(s.wall for s in case.stock) if case.stock else None,
+        floor=IoFloor(
+            read=statistics.median(f.read for f in case.floor),
+            read_write=statistics.median(f.read_write for f in case.floor),
+        )
+        if case.floor
+        else None,
         samples={
             "ours": [asdict(s) for s in case.ours],
             "theirs": [asdict(s) for s in case.theirs],
@@ -952,10 +1065,11 @@ def full_targets(full: CaseSummary | None, sparse: CaseSummary | None, where: st
             )
         )
     if sparse:
+        best = "" if sparse.floor is None else f"; at best x{sparse.theirs.wall / sparse.floor.read_write:.2f} here"
         targets.append(
             Target(
                 f"full, 25% allocated{where}: at least 2x faster than rbd export",
-                f"wall x{sparse.speedup:.2f}, data path {data_path(sparse)}",
+                f"wall x{sparse.speedup:.2f}, data path {data_path(sparse)}{best}",
                 sparse.speedup >= 2.0,
             )
         )
@@ -1050,7 +1164,7 @@ def table(cases: Sequence[CaseSummary]) -> str:
     """The results table (medians), one row per side and one of ratios per case."""
     header = (
         f"{'case':<13} {'tool':<16} {'wall s':>7} {'data MiB/s':>10} {'logical MiB/s':>13} "
-        f"{'CPU s':>6} {'peak RSS MiB':>12} {'export s':>8} {'fsync s':>7}"
+        f"{'CPU s':>6} {'peak RSS MiB':>12} {'snap s':>6} {'export s':>8} {'fsync s':>7}"
     )
     lines = [header, "-" * len(header)]
     for c in cases:
@@ -1058,7 +1172,7 @@ def table(cases: Sequence[CaseSummary]) -> str:
             lines.append(
                 f"{c.name:<13} {label:<16} {side.wall:>7.2f} {side.data_mib_s:>10.0f} "
                 f"{side.logical_mib_s:>13.0f} {side.cpu:>6.2f} {side.rss_mib:>12.0f} "
-                f"{fmt(side.export, '.2f'):>8} {fmt(side.fsync, '.2f'):>7}"
+                f"{fmt(side.snapshot_create, '.2f'):>6} {fmt(side.export, '.2f'):>8} {fmt(side.fsync, '.2f'):>7}"
             )
         path = "" if c.data_path_speedup is None else f", data path x{c.data_path_speedup:.2f}"
         lines.append(
@@ -1279,6 +1393,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if c.snapshot_ops:
             ops = ", ".join(f"{op} {t:.2f} s" for op, t in c.snapshot_ops.items())
             print(f"monitor round trips measured in {c.name}: {ops} (right after our full's commit)")
+        if c.floor is not None:
+            floor = c.floor.read_write
+            above = f", ours {c.ours.wall / floor:.2f}x (export phase {(c.ours.export or 0.0) / floor:.2f}x)"
+            print(
+                f"I/O floor of {c.name}: {c.data_bytes // MIB} MiB read by `rbd bench` while as much is written "
+                f"with O_DIRECT: {floor:.2f} s (reading alone {c.floor.read:.2f} s); rbd export "
+                f"{c.theirs.wall:.2f} s is x{c.theirs.wall / floor:.2f} of it{above}"
+            )
         if c.stock_wall is not None:
             print(
                 f"{c.name} with Ceph's tools alone (rbd snap create, export-diff, snap rm of the old base): "
