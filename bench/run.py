@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import mmap
 import os
 import platform
 import shutil
@@ -45,7 +44,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -70,10 +68,6 @@ DATA_BUDGET = 3 * GIB
 """Most allocated data alive at once: the lab's memstore OSD holds ~6 GiB in RAM."""
 NEARFULL_RATIO = 0.85
 """Ceph's default `mon_osd_nearfull_ratio`: the benchmark never fills the OSD past it."""
-TOOL_QUEUE_DEPTH = 8
-"""The tool's default `--queue-depth` (reads in flight per image)."""
-TOOL_DIRECT_WRITERS = 2
-"""Threads the tool writes a raw file with (`DIRECT_WRITERS` in src/repo/image_file.rs)."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REPORT_VERSION = 1
 
@@ -409,43 +403,6 @@ def fsync_files(paths: Sequence[Path]) -> float:
     return time.perf_counter() - started
 
 
-@dataclass
-class IoFloor:
-    """What moving a case's data costs on this machine at the least, whatever the tool."""
-
-    read: float
-    """Seconds for `rbd bench` to read the data through the OSD, nothing written."""
-    read_write: float
-    """Seconds to read it so while the same amount is written with O_DIRECT into the target."""
-
-
-def write_direct(path: Path, size: int, writers: int) -> None:
-    """Write `size` bytes of random data to a new file with O_DIRECT, 4 MiB at a time.
-
-    As the tool stores a raw file: the file is sized first, and `writers` threads write
-    interleaved blocks from one page-aligned buffer (an mmap), then the file is fsynced.
-    """
-    buffer = mmap.mmap(-1, BLOCK)
-    buffer.write(os.urandom(BLOCK))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o600)
-    try:
-        os.ftruncate(fd, size)
-
-        def write_blocks(first: int) -> None:
-            for offset in range(first * BLOCK, size, writers * BLOCK):
-                os.pwrite(fd, buffer, offset)
-
-        threads = [threading.Thread(target=write_blocks, args=(k,)) for k in range(writers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        buffer.close()
-
-
 # --------------------------------------------------------------------------------------------
 # The two sides.
 
@@ -576,35 +533,6 @@ class Runner:
         run(["rbd", "snap", "rm", "--no-progress", f"{spec.image}@{nxt}"])
         return sample
 
-    def io_floor(self, floor: ImageSpec) -> IoFloor:
-        """This machine's I/O floor for reading `floor`'s data (all of it allocated) and storing it.
-
-        `rbd bench --io-type read` reads the image in 4 MiB requests, as many in flight as our
-        queue depth, and throws the data away: no tool gets the data out of the OSD faster. The
-        second measurement runs it while the same amount is written into the target folder the
-        way the tool writes (`write_direct`): no tool that stores the data on this machine's disk
-        finishes sooner. Ours, which also hashes and checks for zeros, is compared with it.
-        """
-        depth = self.queue_depth or TOOL_QUEUE_DEPTH
-        argv = ["rbd", "bench", "--io-type", "read", "--io-size", str(BLOCK), "--io-threads", str(depth)]
-        argv += ["--io-total", str(floor.size), "--io-pattern", "seq", floor.image]
-        out = self.target / "floor.raw"
-        times = []
-        for store in (False, True):
-            out.unlink(missing_ok=True)
-            os.sync()
-            time.sleep(PAUSE)
-            started = time.perf_counter()
-            reader = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if store:
-                write_direct(out, floor.size, TOOL_DIRECT_WRITERS)
-            _, stderr = reader.communicate()
-            times.append(time.perf_counter() - started)
-            if reader.returncode != 0:
-                raise RuntimeError(f"{' '.join(argv)} failed ({reader.returncode}): {stderr.decode(errors='replace')}")
-        out.unlink()
-        return IoFloor(read=times[0], read_write=times[1])
-
     def _theirs(
         self, argvs: Sequence[Sequence[str]], outputs: Sequence[Path], concurrency: int, commits: bool = False
     ) -> Sample:
@@ -649,8 +577,6 @@ class CaseResult:
     """Seconds of `rbd snap create` run by the benchmark right after our full (a monitor round trip)."""
     stock: list[Sample] = field(default_factory=list)
     """Incremental cases: the same incremental with Ceph's tools (`Runner.stock_incremental`)."""
-    floor: list[IoFloor] = field(default_factory=list)
-    """Full cases with a floor image: this machine's I/O floor, once per repeat."""
 
 
 @dataclass(frozen=True)
@@ -707,9 +633,6 @@ def disk_specs(size: int) -> dict[str, ImageSpec]:
         ImageSpec("disk-full", size, blocks_of(size), DISK_POOL),
         ImageSpec("disk-sparse", size, round(blocks_of(size) * Scale.sparse_fraction), DISK_POOL),
     ]
-    # Fully allocated, as big as disk-sparse's data: what reading that data costs at the least.
-    floor = specs[1].allocated_blocks * BLOCK
-    specs.append(ImageSpec("disk-floor", floor, blocks_of(floor), DISK_POOL))
     return {s.key: s for s in specs}
 
 
@@ -731,12 +654,8 @@ class Bench:
             return [
                 (
                     "full-25-disk",
-                    ["disk-sparse", "disk-floor"],
-                    lambda: [
-                        self.full_case(
-                            "full-25-disk", "disk-sparse", "25% allocated image, BlueStore OSD", floor_key="disk-floor"
-                        )
-                    ],
+                    ["disk-sparse"],
+                    lambda: [self.full_case("full-25-disk", "disk-sparse", "25% allocated image, BlueStore OSD")],
                 ),
                 (
                     "full-100-disk",
@@ -795,18 +714,12 @@ class Bench:
         self.runner.drop_repo(repo)
         return result.snapshots
 
-    def full_case(self, name: str, key: str, description: str, floor_key: str | None = None) -> CaseResult:
-        """Our full backup of one image against `rbd export` of the same snapshot.
-
-        With `floor_key` (a fully allocated image as big as this one's data), each repeat also
-        measures this machine's I/O floor for the case (`Runner.io_floor`).
-        """
+    def full_case(self, name: str, key: str, description: str) -> CaseResult:
+        """Our full backup of one image against `rbd export` of the same snapshot."""
         spec = self.specs[key]
         result = CaseResult(name, description, spec.allocated, spec.size, "rbd export")
         snaps = self.warm_up([spec])
         for i in range(self.repeat):
-            if floor_key is not None:
-                result.floor.append(self.runner.io_floor(self.specs[floor_key]))
             # Alternate the order: noise that drifts over time then hits both sides alike.
             for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
                 if side == "ours":
@@ -985,8 +898,6 @@ class CaseSummary:
     """Median seconds of the benchmark's own `rbd snap create` (same kind of work as ours)."""
     stock_wall: float | None
     """Incremental cases: median wall of the same incremental with Ceph's tools alone."""
-    floor: IoFloor | None
-    """Full cases with a floor image: medians of this machine's I/O floor (`Runner.io_floor`)."""
     samples: dict[str, list[dict[str, Any]]]
 
 
@@ -1012,12 +923,6 @@ def summarize_case(case: CaseResult) -> CaseSummary:
         ours_full_export=median([s.export for s in case.ours_full]),
         snapshot_ops={op: statistics.median(times) for op, times in case.snapshot_ops.items()},
         stock_wall=statistics.median(s.wall for s in case.stock) if case.stock else None,
-        floor=IoFloor(
-            read=statistics.median(f.read for f in case.floor),
-            read_write=statistics.median(f.read_write for f in case.floor),
-        )
-        if case.floor
-        else None,
         samples={
             "ours": [asdict(s) for s in case.ours],
             "theirs": [asdict(s) for s in case.theirs],
@@ -1065,11 +970,10 @@ def full_targets(full: CaseSummary | None, sparse: CaseSummary | None, where: st
             )
         )
     if sparse:
-        best = "" if sparse.floor is None else f"; at best x{sparse.theirs.wall / sparse.floor.read_write:.2f} here"
         targets.append(
             Target(
                 f"full, 25% allocated{where}: at least 2x faster than rbd export",
-                f"wall x{sparse.speedup:.2f}, data path {data_path(sparse)}{best}",
+                f"wall x{sparse.speedup:.2f}, data path {data_path(sparse)}",
                 sparse.speedup >= 2.0,
             )
         )
@@ -1393,14 +1297,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if c.snapshot_ops:
             ops = ", ".join(f"{op} {t:.2f} s" for op, t in c.snapshot_ops.items())
             print(f"monitor round trips measured in {c.name}: {ops} (right after our full's commit)")
-        if c.floor is not None:
-            floor = c.floor.read_write
-            above = f", ours {c.ours.wall / floor:.2f}x (export phase {(c.ours.export or 0.0) / floor:.2f}x)"
-            print(
-                f"I/O floor of {c.name}: {c.data_bytes // MIB} MiB read by `rbd bench` while as much is written "
-                f"with O_DIRECT: {floor:.2f} s (reading alone {c.floor.read:.2f} s); rbd export "
-                f"{c.theirs.wall:.2f} s is x{c.theirs.wall / floor:.2f} of it{above}"
-            )
         if c.stock_wall is not None:
             print(
                 f"{c.name} with Ceph's tools alone (rbd snap create, export-diff, snap rm of the old base): "
