@@ -27,10 +27,19 @@ AFTER_TICK = 2.0
 """Seconds after the mgrmap commit: its cluster log entry's commit and a propose interval."""
 
 
+def lab_ceph_conf() -> str:
+    """The lab's ceph.conf, looked up at each call.
+
+    `CEPH_CONF` as `lab.sh env` exports it (bench/run.py loads that after importing this
+    module), else the one in LAB_DIR.
+    """
+    return os.environ.get("CEPH_CONF", str(LAB_DIR / "ceph.conf"))
+
+
 def mgrmap_epoch() -> int | None:
     """The monitor's mgrmap epoch, if it can be read."""
     out = subprocess.run(
-        ["ceph", "--conf", str(LAB_DIR / "ceph.conf"), "mgr", "stat", "-f", "json"],
+        ["ceph", "--conf", lab_ceph_conf(), "mgr", "stat", "-f", "json"],
         capture_output=True,
         text=True,
         check=False,
