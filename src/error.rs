@@ -37,6 +37,14 @@ pub enum Error {
         /// The domain's name.
         domain: String,
     },
+    /// The host's freeze records (`engine::freeze_ledger`) could not be read.
+    #[error("cannot read the freeze records under {}: {source}; guests left frozen by a killed run cannot be found (check the folder's permissions, or set VIRT_RBD_BACKUP_RUNTIME_DIR as the backup runs had it)", dir.display())]
+    FreezeLedger {
+        /// The folder of the records.
+        dir: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
     /// restic failed.
     #[error("{0}")]
     Restic(String),

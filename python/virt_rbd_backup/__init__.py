@@ -63,6 +63,7 @@ from .report import (
     FreezeReport,
     KeptBackup,
     MonitorHost,
+    OrphanThaw,
     PlannedDisk,
     PlannedDomain,
     PruneReport,
@@ -100,6 +101,7 @@ __all__ = [
     "KeptBackup",
     "LibvirtError",
     "MonitorHost",
+    "OrphanThaw",
     "PlannedDisk",
     "PlannedDomain",
     "PruneReport",
@@ -126,6 +128,7 @@ __all__ = [
     "prune",
     "restore",
     "restore_define",
+    "thaw_orphans",
     "verify",
 ]
 
@@ -224,7 +227,7 @@ def backup(
     mode: BackupMode = "auto",
     full_every: int | None = None,
     agent_timeout: int = 30,
-    freeze_timeout: int = 30,
+    freeze_timeout: int = 60,
     ceph_timeout: int = 60,
     compress: str | None = None,
     bwlimit: int | str | None = None,
@@ -253,7 +256,8 @@ def backup(
         full_every: Take a full backup (a new chain) of a disk every this many backups of it;
             ``None``: only when no incremental is possible.
         agent_timeout: Seconds to wait for the guest agent to answer a freeze or thaw.
-        freeze_timeout: Longest a guest may stay frozen, in seconds: past it a watchdog thaws
+        freeze_timeout: Longest a guest may stay frozen, in seconds, counted from before the
+            freeze call (so it must be longer than ``agent_timeout``): past it a watchdog thaws
             it and the domain fails as inconsistent.
         ceph_timeout: Seconds a Ceph monitor or OSD operation may take before the domain fails
             (a hung monitor or OSD then costs one domain, not the run).
@@ -393,6 +397,25 @@ def _plan_json(**options: Any) -> dict[str, Any]:
     ``backup --dry-run`` the options of the backup.
     """
     return _native.plan(_native_options({name: value for name, value in options.items() if name in _PLAN_OPTIONS}))
+
+
+def thaw_orphans() -> list[OrphanThaw]:
+    """Thaw guests left frozen by backup runs of this host that died with their thaw watchdog.
+
+    Each run writes a record before it freezes a guest (under ``$VIRT_RBD_BACKUP_RUNTIME_DIR``,
+    default ``/run/virt-rbd-backup``) and removes it once the guest is thawed. When systemd
+    kills the unit's whole cgroup, the run's out-of-process thaw watchdog dies with it; the
+    unit's ``ExecStopPost=virt-rbd-backup thaw-orphans`` then calls this. A guest is thawed
+    only when every record of it belongs to a process that is gone, so a live run's freeze is
+    never undone. Every backup run does the same before its first freeze.
+
+    Returns:
+        One entry per domain with a record of a dead run (an empty list: nothing to do).
+
+    Raises:
+        BackupError: the records cannot be read.
+    """
+    return [OrphanThaw.from_dict(o) for o in _native.thaw_orphans()]
 
 
 def list_domains(*, connect: str = DEFAULT_CONNECT, domains: Iterable[str] = ()) -> list[DomainListing]:

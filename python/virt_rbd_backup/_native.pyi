@@ -30,6 +30,7 @@ __all__ = [
     "restore",
     "restore_define",
     "snapshot_name",
+    "thaw_orphans",
     "verify",
 ]
 
@@ -130,6 +131,16 @@ def parse_rate(text: str) -> int:
     Units are binary (``K`` is 1024) and may be followed by ``B``, ``iB`` and ``/s``
     (``"512KiB/s"``). The core's own parser, so ``--bwlimit`` and the ``bwlimit`` option have
     one definition. Zero, a negative number or an unknown unit is a :class:`UsageError`.
+    """
+
+def thaw_orphans() -> list[dict[str, Any]]:
+    """Thaw guests left frozen by runs of this host that died with their thaw watchdog.
+
+    Reads the freeze records under ``$VIRT_RBD_BACKUP_RUNTIME_DIR`` (default
+    ``/run/virt-rbd-backup``); a domain is thawed only when every record of it belongs to a
+    process that is gone. One dict per domain with a dead record: ``domain``, ``uuid``,
+    ``pids``, ``outcome`` (``thawed``, ``not_running``, ``waiting``, ``failed``) and
+    ``filesystems`` (thawed) or ``error`` (failed). Ctrl-C waits for the thaws to finish.
     """
 
 def list_domains(connect: str, domains: Sequence[str]) -> list[dict[str, Any]]:

@@ -35,13 +35,19 @@ The other subcommands work on the repository::
         SOURCE OK backup ID disk vda: equals rbd snapshot (--source, one line per disk)
     prune [DOMAIN] --keep-daily N ... [--keep-within 7d] [--dry-run]
         keep DOMAIN ID: REASONS  |  remove DOMAIN ID: REASON  |  would remove DOMAIN ID: REASON
+    thaw-orphans
+        Thawed domain NAME (UUID), left frozen by a run that died (pid N): 2 filesystems
+
+SIGTERM and SIGHUP do what Ctrl-C does (cancel, thaw, remove this run's snapshots, then exit
+128 + the signal's number), so ``systemctl stop`` and a closed terminal clean up too.
 
 Exit status: 0 success; 1 some domain failed (``backup``), the restore failed, verify found
 damage, prune had problems; 2 bad flags or options (an existing restore target without
 ``--force``, no keep option), and for ``backup`` and ``list`` anything that stops the run before
 it starts (unusable repository, libvirt unreachable, restic without a password, a bad
-configuration file); 130 interrupted (after clean-up). ``plan`` exits 1 when a domain cannot
-be planned. A metrics file that cannot be written makes a backup exit 1.
+configuration file); 130 interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (after
+clean-up). ``plan`` exits 1 when a domain cannot be planned. A metrics file that cannot be
+written makes a backup exit 1.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -66,6 +73,7 @@ from . import (
     CancelledError,
     DefineReport,
     DomainListing,
+    OrphanThaw,
     PruneReport,
     ResticSnapshot,
     ResticTarget,
@@ -84,6 +92,7 @@ from . import (
     _verify_json,
     parse_duration,
     parse_rate,
+    thaw_orphans,
 )
 from .config import BackupConfig, find_config
 from .metrics import write_metrics
@@ -118,9 +127,10 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 """Bad flags or options; for ``backup`` and ``list`` also an unusable repository or no libvirt."""
 EXIT_INTERRUPTED = 130
-"""Interrupted by Ctrl-C, after clean-up (128 + SIGINT, as shells report it)."""
+"""Interrupted by Ctrl-C, after clean-up (128 + SIGINT, as shells report it); SIGTERM and
+SIGHUP give 128 + their number (143, 129)."""
 
-SUBCOMMANDS = ("backup", "plan", "list", "restore", "verify", "prune")
+SUBCOMMANDS = ("backup", "plan", "list", "restore", "verify", "prune", "thaw-orphans")
 """Subcommands; ``backup`` is assumed when the first argument is none of them."""
 
 Stream = Literal["out", "err"]
@@ -454,8 +464,9 @@ def _add_backup_options(parser: argparse.ArgumentParser) -> None:
         "--freeze-timeout",
         metavar="S",
         type=_positive_int,
-        default=30,
-        help="longest a guest may stay frozen: past it a watchdog thaws it and the domain fails (default: 30)",
+        default=60,
+        help="longest a guest may stay frozen, counted from before the freeze call and longer than "
+        "--agent-timeout: past it a watchdog thaws it and the domain fails (default: 60)",
     )
     parser.add_argument(
         "--ceph-timeout",
@@ -702,6 +713,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pruning.add_argument("--dry-run", action="store_true", help="remove nothing; print what would be removed")
     _add_repo(pruning)
+
+    _subparser(
+        commands,
+        "thaw-orphans",
+        [output],
+        help="thaw guests left frozen by backup runs that died (the unit's ExecStopPost=)",
+        description="Thaw guests that a backup run of this host froze and could not thaw because "
+        "it was killed together with its thaw watchdog (systemd kills the unit's whole cgroup). "
+        "Each run records its freezes under $VIRT_RBD_BACKUP_RUNTIME_DIR (default "
+        "/run/virt-rbd-backup); a guest is thawed only when every record of it belongs to a "
+        "process that is gone. Every backup run does this too before it freezes. Exit status 1 "
+        "if a thaw failed (its record stays for the next try).",
+    )
     return parser
 
 
@@ -1247,11 +1271,86 @@ def _run_prune(args: argparse.Namespace, out: IO[str]) -> int:
     )
 
 
+class Terminated(Exception):
+    """SIGTERM or SIGHUP arrived: handled as Ctrl-C is (the run cancels and cleans up first)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _terminate_like_ctrl_c() -> dict[int, Any]:
+    """Make SIGTERM and SIGHUP stop a run as Ctrl-C does.
+
+    SIGTERM (systemd's stop, ``kill``) and SIGHUP (a closed terminal or ssh session) raise
+    :class:`Terminated` in the main thread, which the core handles as it handles Ctrl-C:
+    cancel, thaw, remove this run's snapshots, then return. Python's default would end the
+    process at once, the thaw left to the watchdog and the snapshots to the next run.
+
+    Returns the handlers replaced, for :func:`signal.signal` to put back.
+    """
+    replaced: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return replaced  # only the main thread may set handlers; a caller's thread keeps its own
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        previous = signal.getsignal(signum)
+        # SIG_IGN inherited (nohup) stays ignored, as a shell's job would.
+        if previous is not signal.SIG_IGN:
+            replaced[signum] = previous
+            signal.signal(signum, _raise_terminated)
+    return replaced
+
+
+def format_orphan(orphan: OrphanThaw) -> str:
+    """One line for ``thaw-orphans``."""
+    pids = ", ".join(str(p) for p in orphan.pids)
+    who = f"domain {orphan.domain} ({orphan.uuid}), left frozen by a run that died (pid {pids})"
+    if orphan.outcome == "thawed":
+        if orphan.filesystems == 0:
+            return f"Checked {who}: it was not frozen any more"
+        return f"Thawed {who}: {orphan.filesystems} filesystems"
+    if orphan.outcome == "not_running":
+        return f"Dropped the record of {who}: it does not run here any more"
+    if orphan.outcome == "waiting":
+        return f"Waiting with {who}: another run of this host holds a freeze of it now"
+    return f"FAILED to thaw {who}: {orphan.error}"
+
+
+def _run_thaw_orphans(args: argparse.Namespace, out: IO[str]) -> int:
+    orphans = thaw_orphans()
+    if args.json:
+        _print_json([o.to_dict() for o in orphans], out)
+    else:
+        for orphan in orphans:
+            if not args.quiet or orphan.outcome == "failed":
+                print(format_orphan(orphan), file=out)
+    return EXIT_FAILED if any(o.outcome == "failed" for o in orphans) else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status (argparse errors exit with 2 themselves)."""
     args = parse_args(argv)
     _configure_logging(args)
+    replaced = _terminate_like_ctrl_c()
     try:
+        return _run_command(args, argv)
+    except Terminated as terminated:
+        # Inside a core call, raised once the run has cancelled and cleaned up, as Ctrl-C is.
+        print(f"terminated by {terminated}", file=sys.stderr)
+        return 128 + terminated.signum
+    finally:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
+
+
+def _run_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    try:
+        if args.command == "thaw-orphans":
+            return _run_thaw_orphans(args, sys.stdout)
         config = find_config(args.config)
         if config is not None:
             kind = "the original tool's configuration" if config.legacy else "configuration"

@@ -35,6 +35,7 @@ __all__ = [
     "FreezeReport",
     "KeptBackup",
     "MonitorHost",
+    "OrphanThaw",
     "PlannedDisk",
     "PlannedDomain",
     "PruneReport",
@@ -253,6 +254,42 @@ class BackupReport(_JsonShaped):
     def count(self, status: DomainStatus) -> int:
         """Count the domains with ``status``."""
         return sum(1 for d in self.domains if d.status == status)
+
+
+OrphanOutcome: TypeAlias = Literal["thawed", "not_running", "waiting", "failed"]
+"""What ``thaw-orphans`` did with a domain a dead run left a freeze record for."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OrphanThaw(_JsonShaped):
+    """A domain whose freeze records were left by runs that died (``thaw-orphans``)."""
+
+    domain: str
+    """The domain's name, as recorded."""
+    uuid: str
+    """The domain's UUID."""
+    pids: tuple[int, ...] = ()
+    """The dead processes that froze it."""
+    outcome: OrphanOutcome = "thawed"
+    """``thawed``, ``not_running`` (nothing to thaw), ``waiting`` (another live run holds a
+    freeze of it) or ``failed`` (the records stay for the next try)."""
+    filesystems: int | None = None
+    """With ``thawed``: the filesystems the agent thawed (0: it was not frozen any more)."""
+    error: str | None = None
+    """With ``failed``: why."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OrphanThaw:
+        """Read one entry of ``thaw-orphans --json``."""
+        filesystems = data.get("filesystems")
+        return cls(
+            domain=str(data["domain"]),
+            uuid=str(data["uuid"]),
+            pids=tuple(int(p) for p in data.get("pids", ())),
+            outcome=cast("OrphanOutcome", data.get("outcome", "thawed")),
+            filesystems=None if filesystems is None else int(filesystems),
+            error=data.get("error"),
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -28,6 +28,7 @@ use super::export::{
     export_full, export_full_diff, export_incremental, export_stream, BandwidthLimit,
     ExportProgress, IncrementalBase, ReadPipeline,
 };
+use super::freeze_ledger::{self, FreezeRecordFile};
 use super::group_snapshot::{domain_group, GroupSnapshotGuard};
 use super::monitor_quiet::MonitorQuiet;
 use super::options::{parse_compression, BackupOptions, ConsistencyPolicy, FreezePolicy};
@@ -843,17 +844,28 @@ fn snapshot_domain<'i, 'g>(
     let policy = ctx.options.freeze;
     let mut freeze_guard = None;
     let mut watchdog = None;
+    let mut freeze_record = None;
     // Held until this function returns, after the thaw: no removal of another domain runs
     // meanwhile, and none ran in the propose interval before.
     let mut _freeze_permit = None;
     let freeze_timeout = Duration::from_secs(u64::from(ctx.options.freeze_timeout));
+    // The one instant both freeze-timeout clocks count from: taken before the watchdog starts
+    // its own `read -t`, so snapshots that end within the timeout of it ended before the
+    // watchdog can have thawed.
+    let mut freeze_started = None;
     if active && policy != FreezePolicy::Off {
         _freeze_permit = Some(ctx.quiet.freeze_permit());
         report.freeze.attempted = true;
-        // Started before the freeze: a process spawn inside the window would lengthen it.
+        // Both started before the freeze: a process spawn or a file write inside the window
+        // would lengthen it.
+        freeze_started = Some(Instant::now());
         match ThawWatchdog::start(ctx.libvirt.uri(), &job.uuid, freeze_timeout) {
             Ok(w) => watchdog = Some(w),
             Err(e) => warn(ctx, report, format!("cannot start the thaw watchdog (bash, virsh): {e}; if this process is killed while the guest is frozen, thaw it with `virsh domfsthaw {}`", job.name)),
+        }
+        match FreezeRecordFile::write(&freeze_ledger::runtime_dir(), ctx.libvirt.uri(), &job.uuid, &job.name) {
+            Ok(r) => freeze_record = Some(r),
+            Err(e) => warn(ctx, report, format!("cannot write the freeze record under {} ({e}); if this run's whole cgroup is killed while the guest is frozen (systemd stop), thaw it with `virsh domfsthaw {}`", freeze_ledger::runtime_dir().display(), job.name)),
         }
         match FreezeGuard::freeze_with_timeout(
             ctx.libvirt,
@@ -863,20 +875,30 @@ fn snapshot_domain<'i, 'g>(
             Duration::from_secs(u64::from(ctx.options.agent_timeout)),
         ) {
             Ok(guard) => freeze_guard = Some(guard),
-            Err(e) if policy == FreezePolicy::Required => return Err(e.into()),
-            Err(e) => warn(
-                ctx,
-                report,
-                format!("{e}; taking crash-consistent snapshots instead"),
-            ),
+            Err(e) => {
+                // Our freeze did not take: the guest is not frozen by us (a freeze that may
+                // still land was thawed by the freeze path). Neither the watchdog nor the
+                // record may thaw it later: it may be someone else's freeze.
+                if let Some(w) = watchdog.take() {
+                    w.disarm();
+                }
+                if let Some(r) = freeze_record.take() {
+                    r.release();
+                }
+                if policy == FreezePolicy::Required {
+                    return Err(e.into());
+                }
+                warn(
+                    ctx,
+                    report,
+                    format!("{e}; taking crash-consistent snapshots instead"),
+                );
+            }
         }
     }
 
     if freeze_guard.is_some() {
         test_pause("frozen");
-    } else if let Some(w) = watchdog.take() {
-        // No freeze happened (the freeze path thaws a freeze that may be pending itself).
-        w.disarm();
     }
     if let (None, true, Some(group)) = (&freeze_guard, active, group) {
         let snapshots = snapshot_group(images, group, snap_name)?;
@@ -892,11 +914,15 @@ fn snapshot_domain<'i, 'g>(
             let thawed_at = match guard.thaw() {
                 Ok(at) => at,
                 // A thaw fails when the guest is gone: say that, not "thaw it by hand".
-                // Otherwise the watchdog, dropped armed, tries the thaw once more.
+                // Otherwise the watchdog, dropped armed, tries the thaw once more, and the
+                // record stays for `thaw-orphans` once this process is gone.
                 Err(e) => {
                     if let Ok(false) = ctx.libvirt.is_active(&job.uuid) {
                         if let Some(w) = watchdog.take() {
                             w.disarm();
+                        }
+                        if let Some(r) = freeze_record.take() {
+                            r.release();
                         }
                         return Err(Error::DomainStoppedWhileFrozen {
                             domain: job.name.clone(),
@@ -908,16 +934,23 @@ fn snapshot_domain<'i, 'g>(
             if let Some(w) = watchdog.take() {
                 w.disarm();
             }
-            if thawed_at.duration_since(outcome.frozen_at) >= freeze_timeout {
+            if let Some(r) = freeze_record.take() {
+                r.release();
+            }
+            let window = thawed_at.duration_since(outcome.frozen_at);
+            // Measured on the watchdog's clock, not from when the freeze returned: past the
+            // timeout the watchdog may have thawed before the snapshots were taken.
+            let since_watchdog = freeze_started.map(|start| thawed_at.duration_since(start));
+            if since_watchdog.is_some_and(|elapsed| elapsed >= freeze_timeout) {
                 return Err(Error::Inconsistent(format!(
-                    "the guest stayed frozen {:.1} s, longer than the freeze timeout of {} s (snapshots took too long: is the cluster healthy?); it was thawed and this backup is discarded",
-                    thawed_at.duration_since(outcome.frozen_at).as_secs_f64(),
+                    "the guest stayed frozen {:.1} s, and {:.1} s passed since the thaw watchdog started, past the freeze timeout of {} s (the freeze or the snapshots took too long: is the agent or the cluster slow?); the watchdog may have thawed before the snapshots, so this backup is discarded",
+                    window.as_secs_f64(),
+                    since_watchdog.unwrap_or_default().as_secs_f64(),
                     freeze_timeout.as_secs()
                 )));
             }
             report.freeze.frozen_filesystems = outcome.frozen_filesystems;
-            report.freeze.window_ms =
-                Some(thawed_at.duration_since(outcome.frozen_at).as_secs_f64() * 1000.0);
+            report.freeze.window_ms = Some(window.as_secs_f64() * 1000.0);
             report.freeze.frozen_at = Some(instant_to_unix(outcome.frozen_at));
             report.freeze.thawed_at = Some(instant_to_unix(thawed_at));
             if outcome.frozen_filesystems == 0 {

@@ -8,8 +8,11 @@
 //!    outside the freeze is done inside it.
 //! 3. If the domain runs and the freeze policy allows: wait for the monitor to be quiet
 //!    (`monitor_quiet`: no other domain's snapshot removal running or in the last propose
-//!    interval), start the out-of-process thaw watchdog, then freeze the guest filesystems
-//!    (`FreezeGuard`, which thaws on drop). Policy `auto` falls back to crash-consistent
+//!    interval), start the out-of-process thaw watchdog and write the freeze record
+//!    (`freeze_ledger`: what lets `thaw-orphans` thaw the guest when systemd kills the whole
+//!    cgroup, watchdog included), then freeze the guest filesystems (`FreezeGuard`, which thaws
+//!    on drop). A freeze that does not take disarms both: it may be someone else's. The freeze
+//!    timeout counts from the watchdog's start. Policy `auto` falls back to crash-consistent
 //!    snapshots when the agent does not answer; `required` fails the domain.
 //! 4. Create every disk's snapshot concurrently (one thread per disk: concurrent creates share
 //!    one monitor proposal), then thaw at once. Each snapshot is a `SnapshotGuard` that removes
@@ -34,6 +37,9 @@
 //!    (restic targets keep no base: their snapshots are removed when the domain is done,
 //!    waiting until no other domain of the run is freezing, `monitor_quiet`.)
 //!
+//! Before any domain, the run thaws guests that earlier runs of this host left frozen
+//! (`freeze_ledger::thaw_orphans`) and says so in those domains' reports.
+//!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
 
@@ -42,6 +48,7 @@ mod disk_plan;
 mod domain_backup;
 pub mod events;
 mod export;
+pub mod freeze_ledger;
 mod group_snapshot;
 pub mod listing;
 mod monitor_quiet;
@@ -125,6 +132,15 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
             options.freeze_timeout
         )));
     }
+    if options.agent_timeout >= options.freeze_timeout {
+        return Err(Error::Usage(format!(
+            "the agent timeout ({} s) must be shorter than the freeze timeout ({} s): the freeze \
+             timeout counts from before the freeze call, so the thaw watchdog would fire while \
+             the freeze may still be waiting for the agent; raise --freeze-timeout or lower \
+             --agent-timeout",
+            options.agent_timeout, options.freeze_timeout
+        )));
+    }
     if let Some(c) = &options.compress {
         options::parse_compression(c).map_err(Error::Usage)?;
     }
@@ -148,6 +164,35 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
     Ok(())
 }
 
+/// Thaws guests left frozen by runs of this host that died together with their thaw watchdog
+/// (`freeze_ledger`): what `virt-rbd-backup thaw-orphans` runs after systemd stopped the unit.
+pub fn thaw_orphans() -> Result<Vec<freeze_ledger::OrphanThaw>, Error> {
+    let dir = freeze_ledger::runtime_dir();
+    freeze_ledger::thaw_orphans(&dir).map_err(|source| Error::FreezeLedger {
+        dir: freeze_ledger::ledger_dir(&dir),
+        source,
+    })
+}
+
+/// Runs [`freeze_ledger::thaw_orphans`] and logs what it did; returns a warning per domain
+/// for its report. A ledger that cannot be read costs a warning, not the run.
+fn thaw_orphans_before_run() -> std::collections::HashMap<String, String> {
+    let outcomes = match thaw_orphans() {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            log::warn!("{e}");
+            return Default::default();
+        }
+    };
+    let mut warnings = std::collections::HashMap::new();
+    for orphan in outcomes {
+        let message = orphan.describe();
+        log::warn!("{message}");
+        warnings.insert(orphan.uuid, message);
+    }
+    warnings
+}
+
 /// Runs a backup. Per-domain failures are in the report; `Err` means the run could not start
 /// (bad options, libvirt unreachable, repository unusable, a named domain that does not exist).
 pub fn run_backup(
@@ -159,6 +204,8 @@ pub fn run_backup(
     let started_at = unix_now();
     let libvirt = HypervisorConnection::open(&options.connect)?;
     let domains = libvirt.list_domains(&options.domains)?;
+    // Before any freeze of ours: guests left frozen by a run that died with its watchdog.
+    let orphan_warnings = thaw_orphans_before_run();
     // The repository is created only once the run can start: a typo in a domain name must
     // not leave an empty repository behind.
     let repo = match &options.restic {
@@ -274,6 +321,11 @@ pub fn run_backup(
             report
                 .warnings
                 .push(format!("backup is complete, but {message}"));
+        }
+    }
+    for report in reports.iter_mut().flatten() {
+        if let Some(warning) = orphan_warnings.get(&report.uuid) {
+            report.warnings.insert(0, warning.clone());
         }
     }
     Ok(BackupReport {

@@ -106,7 +106,7 @@ impl Default for BackupOptions {
             mode: crate::plan::BackupMode::Auto,
             full_every: None,
             agent_timeout: 30,
-            freeze_timeout: 30,
+            freeze_timeout: 60,
             restic: None,
             bwlimit: None,
             compress: None,

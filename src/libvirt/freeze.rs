@@ -226,6 +226,18 @@ impl Drop for FreezeGuard<'_> {
     }
 }
 
+/// Thaws every frozen filesystem of a running domain, for a freeze this process does not hold
+/// a guard for (one left by a run that died: `engine::freeze_ledger`). Returns how many
+/// filesystems the agent thawed (0 when none was frozen).
+pub fn thaw_domain(conn: &HypervisorConnection, domain_uuid: &str) -> Result<u32, LibvirtError> {
+    let domain = conn.lookup_uuid(domain_uuid)?;
+    let name = domain.name().unwrap_or_else(|_| domain_uuid.to_string());
+    thaw_with_retries(&domain).map_err(|e| LibvirtError::Thaw {
+        domain: name,
+        message: e.message().to_string(),
+    })
+}
+
 /// Whether a failed freeze may still take effect in the guest: libvirt stopped waiting for
 /// the agent (it then reports "agent unresponsive"/"command timeout"), as opposed to the agent
 /// refusing, or the agent not being connected at all (nothing was sent).

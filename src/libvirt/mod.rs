@@ -19,4 +19,4 @@ pub use domain_xml::{
     parse_domain_xml, DiskEntry, DomainDescription, MonitorHost, RbdAuth, RbdDiskSpec, SkipReason,
 };
 pub use error::LibvirtError;
-pub use freeze::{FreezeGuard, FreezeOutcome, DEFAULT_AGENT_TIMEOUT};
+pub use freeze::{thaw_domain, FreezeGuard, FreezeOutcome, DEFAULT_AGENT_TIMEOUT};

@@ -513,6 +513,22 @@ fn list_domains<'py>(
     to_py(py, &listings)
 }
 
+/// Thaws guests left frozen by runs that died with their thaw watchdog (the unit's
+/// `ExecStopPost=`); returns what was done per domain, as a list of dicts.
+#[pyfunction]
+#[pyo3(signature = ())]
+fn thaw_orphans<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    refresh_logging();
+    // A thaw must not be abandoned halfway: wait for it, as for a prune.
+    let result = run_interruptible(
+        py,
+        OnInterrupt::Finish("the thaw of orphaned freezes"),
+        engine::thaw_orphans,
+    )?;
+    let outcomes = result.map_err(to_py_err)?;
+    to_py(py, &outcomes)
+}
+
 /// Lists the complete backups in a repository (oldest first per domain), as a list of dicts;
 /// `domain` (name or UUID) keeps only that domain's.
 #[pyfunction]
@@ -641,6 +657,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(restore_define, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
+    m.add_function(wrap_pyfunction!(thaw_orphans, m)?)?;
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(list_restic, m)?)?;
     m.add_function(wrap_pyfunction!(ceph_key, m)?)?;

@@ -64,15 +64,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     """With --fault-report: one row per test that used the `fault` fixture, from what it recorded."""
     if not config.getoption("--fault-report"):
         return
-    header = ("case", "test", "injected", "outcome", "leaks", "data lost")
-    limits = (110, 12, 80, 110, 5, 40)
+    header = ("case", "test", "injected", "outcome", "leaks", "frozen", "data lost")
+    limits = (110, 12, 80, 110, 5, 6, 40)
     rows = []
     for nodeid, entry in _FAULT_RESULTS.items():
         if "fault" not in entry:
             continue
         f = entry["fault"]
         case = nodeid.split("::", 1)[-1].removeprefix("test_")
-        values = (case, entry["test"], f["injected"], f["outcome"], f["leaks"], f["data_lost"])
+        values = (case, entry["test"], f["injected"], f["outcome"], f["leaks"], f.get("frozen"), f["data_lost"])
         rows.append(tuple(_cell(v, n) for v, n in zip(values, limits, strict=True)))
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     write = terminalreporter.write_line
@@ -84,5 +84,6 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     passed = sum(1 for e in _FAULT_RESULTS.values() if "fault" in e and e["test"] == "passed")
     write(
         f"{len(rows)} fault cases, {passed} passed; leaked snapshots: {sum(f['leaks'] for f in measured)} "
-        f"(measured in {len(measured)}); cases with data lost: {len(lost)}"
+        f"(measured in {len(measured)}); guests left frozen: {sum(f.get('frozen') or 0 for f in measured)}; "
+        f"cases with data lost: {len(lost)}"
     )

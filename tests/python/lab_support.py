@@ -143,11 +143,14 @@ class FaultRecord:
     outcome: str = ""
     leaks: int | None = None
     data_lost: str | None = None
+    frozen: int | None = None
 
     def measure(self, repo: Path, images: Sequence[str]) -> None:
         """Leaks: snapshots of repository `repo` on `images` (as `rbd snap ls` lists them) that are
         not the recorded snapshot of a complete backup (read from the manifests). Data lost: whether
-        every complete backup of `repo` still verifies (`verify` re-reads every stored byte)."""
+        every complete backup of `repo` still verifies (`verify` re-reads every stored byte).
+        Frozen: running lab guests whose agent says their filesystems are frozen."""
+        self.frozen = len(frozen_guests())
         recorded: set[str] = set()
         manifests = list(repo.glob("*/*/manifest.json"))
         for manifest in manifests:
@@ -260,6 +263,19 @@ def scratch_domain(tmp_path: Path, running: bool) -> Iterator[ScratchDomain]:
         virsh("undefine", name, check=False)
         for image in images:
             remove_image(image)
+
+
+def frozen_guests() -> list[str]:
+    """The running domains whose guest agent reports frozen filesystems."""
+    names = virsh("list", "--name", "--state-running").stdout.split()
+    frozen = []
+    for name in names:
+        try:
+            if agent(name, "guest-fsfreeze-status") == "frozen":
+                frozen.append(name)
+        except (AssertionError, subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, KeyError):
+            continue  # no agent: nothing it can have frozen
+    return frozen
 
 
 def agent_answers(name: str) -> bool:

@@ -468,7 +468,7 @@ def test_bare_command_runs_a_backup_with_the_defaults(
         "mode": "auto",
         "full_every": None,
         "agent_timeout": 30,
-        "freeze_timeout": 30,
+        "freeze_timeout": 60,
         "ceph_timeout": 60,
         "compress": None,
         "bwlimit": None,
@@ -948,7 +948,7 @@ def test_backup_timeouts_and_restic_flags() -> None:
     )
     assert (args.agent_timeout, args.freeze_timeout) == (5, 12)
     assert (args.restic_repo, args.restic_password_file, args.restic_binary) == ("/srv/restic", "/etc/pw", "restic")
-    assert (cli.parse_args([]).agent_timeout, cli.parse_args([]).freeze_timeout) == (30, 30)
+    assert (cli.parse_args([]).agent_timeout, cli.parse_args([]).freeze_timeout) == (30, 60)
 
 
 def test_backup_into_restic_passes_the_target(fake_core: dict[str, Any]) -> None:

@@ -66,6 +66,7 @@ def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
         "ceph_key",
         "snapshot_name",
         "parse_rate",
+        "thaw_orphans",
     }
     for name in functions:
         assert callable(getattr(_native, name)), name
@@ -136,8 +137,21 @@ def test_mode_and_full_every_are_backup_options() -> None:
         ({"bwlimit": 0}, "bwlimit must be positive"),
         ({"bwlimit": "200M"}, "invalid type"),
         ({"ceph_timeout": 0}, "Ceph timeout must be between 1 and 86400"),
+        (
+            {"agent_timeout": 30, "freeze_timeout": 30},
+            r"agent timeout \(30 s\) must be shorter than the freeze timeout",
+        ),
+        ({"agent_timeout": 90}, r"agent timeout \(90 s\) must be shorter than the freeze timeout \(60 s\)"),
     ],
-    ids=["unknown-compression", "zstd-level", "zero-rate", "rate-as-text", "zero-ceph-timeout"],
+    ids=[
+        "unknown-compression",
+        "zstd-level",
+        "zero-rate",
+        "rate-as-text",
+        "zero-ceph-timeout",
+        "agent-equals-freeze-timeout",
+        "agent-exceeds-default-freeze-timeout",
+    ],
 )
 def test_compress_bwlimit_and_ceph_timeout_are_checked_by_the_core(options: dict[str, Any], message: str) -> None:
     # Refused before libvirt or the repository are touched.

@@ -98,8 +98,8 @@ options:
   freeze_timeout:
     description:
       - Longest a guest may stay frozen, in seconds; past it a watchdog thaws it and the domain
-        fails.
-      - Unset, the package's default (30).
+        fails. Counted from before the freeze call, so it must be longer than I(agent_timeout).
+      - Unset, the package's default (60).
       - Needs a version of the package that has the option; the task fails and says so otherwise.
     type: int
   ceph_timeout:
