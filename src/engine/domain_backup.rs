@@ -867,6 +867,8 @@ fn snapshot_domain<'i, 'g>(
             Ok(r) => freeze_record = Some(r),
             Err(e) => warn(ctx, report, format!("cannot write the freeze record under {} ({e}); if this run's whole cgroup is killed while the guest is frozen (systemd stop), thaw it with `virsh domfsthaw {}`", freeze_ledger::runtime_dir().display(), job.name)),
         }
+        // Stands for a slow freeze call (an agent flushing a busy guest) in the lab tests.
+        test_pause("freezing");
         match FreezeGuard::freeze_with_timeout(
             ctx.libvirt,
             &job.uuid,

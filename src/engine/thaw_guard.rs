@@ -66,7 +66,7 @@ impl Drop for ThawWatchdog {
 }
 
 /// Test hook: `VIRT_RBD_BACKUP_TEST_PAUSE=PHASE:SECONDS` makes a run sleep at `PHASE`
-/// (`frozen`, `exported` after the first block of each disk, `exporting` after the first block
+/// (`freezing` after the thaw watchdog started and before the freeze call, `frozen`, `exported` after the first block of each disk, `exporting` after the first block
 /// of the first disk only, `committing`) so fault-injection tests can kill it there or change
 /// the cluster under it. It is read from the environment of the backup process only and does
 /// nothing unless set.

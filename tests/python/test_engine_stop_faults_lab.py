@@ -285,3 +285,26 @@ def test_a_failed_freeze_never_thaws_someone_elses_freeze(
     fault.measure(repo, IMAGES)
     assert fault.leaks == 0
     assert fault.frozen == 0
+
+
+def test_a_freeze_call_slower_than_the_freeze_timeout_discards_the_backup(
+    tmp_path: Path, fault: FaultRecord, guest_thawed_afterwards: None
+) -> None:
+    """The freeze timeout counts from the watchdog's start, not from when the freeze returned:
+    a freeze call that takes longer than the timeout may have been thawed by the watchdog
+    before the snapshots, so such a backup must not be recorded as `frozen`."""
+    require_lab()
+    repo = tmp_path / "repo"
+    proc = start_in(None, repo, "freezing:4", "--agent-timeout", "1", "--freeze-timeout", "3")
+    out, err = proc.communicate(timeout=120)
+    fault.injected = "freeze call held 4 s (test hook) with --freeze-timeout 3"
+    dom = domain_report(json.loads(out), GUEST)
+    assert proc.returncode == 1, err
+    assert dom["status"] == "failed" and "inconsistent" in (dom["error"] or ""), dom
+    assert "since the thaw watchdog started" in dom["error"]
+    assert freeze_status() == "thawed"
+    assert not any(repo_snapshots(image, repo) for image in IMAGES)
+    fault.outcome = f"exit {proc.returncode}, failed as inconsistent; thawed, snapshots removed"
+    fault.measure(repo, IMAGES)
+    assert fault.leaks == 0
+    assert fault.frozen == 0
