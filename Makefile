@@ -29,6 +29,12 @@ build: ## Build the release wheel into dist/ and install it (pip --force-reinsta
 	$(PYTHON) -m maturin build --release --out $(DIST)
 	$(PIP) install --no-deps --force-reinstall $(DIST)/virt_rbd_backup-*.whl
 
+.PHONY: wheel
+wheel: ## Build the release wheel into dist/ for a fleet (tag cp311-abi3-linux_x86_64; links the host's librbd1, librados2, libvirt0)
+	rm -f $(DIST)/virt_rbd_backup-*.whl
+	$(PYTHON) -m maturin build --release --out $(DIST)
+	@ls $(DIST)/virt_rbd_backup-*.whl
+
 .PHONY: develop
 develop: ## Build the extension in place and install the package editable (in a venv: maturin develop)
 	@if [ -n "$${VIRTUAL_ENV:-}$${CONDA_PREFIX:-}" ]; then \

@@ -21,6 +21,7 @@ __all__ = [
     "__version__",
     "backup",
     "ceph_key",
+    "library_versions",
     "list_backups",
     "list_domains",
     "list_restic",
@@ -131,6 +132,13 @@ def parse_rate(text: str) -> int:
     Units are binary (``K`` is 1024) and may be followed by ``B``, ``iB`` and ``/s``
     (``"512KiB/s"``). The core's own parser, so ``--bwlimit`` and the ``bwlimit`` option have
     one definition. Zero, a negative number or an unknown unit is a :class:`UsageError`.
+    """
+
+def library_versions() -> dict[str, str]:
+    """Versions of this module and of the libraries it runs with.
+
+    Keys ``virt_rbd_backup`` (the crate), ``librbd`` and ``librados`` (API versions from
+    ``rbd_version``/``rados_version``: 1.16.0 and 3.0.0 in Ceph 16) and ``libvirt``.
     """
 
 def thaw_orphans() -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -85,17 +86,19 @@ from . import (
     _list_backups_json,
     _list_domains_json,
     _list_restic_json,
+    _native,
     _plan_json,
     _prune_json,
     _restore_define_json,
     _restore_json,
     _verify_json,
+    journal,
     parse_duration,
     parse_rate,
     thaw_orphans,
 )
 from .config import BackupConfig, find_config
-from .metrics import write_metrics
+from .metrics import render_prune_metrics, render_verify_metrics, write_metrics, write_metrics_text
 
 __all__ = [
     "EXIT_FAILED",
@@ -516,6 +519,19 @@ def _subparser(
     return parser
 
 
+def version_line() -> str:
+    """Return ``virt-rbd-backup VERSION (librbd X, librados Y, libvirt Z)``.
+
+    The libraries are those loaded, which must match the host's Ceph and libvirt (the wheel
+    does not bundle them).
+    """
+    libs = _native.library_versions()
+    return (
+        f"virt-rbd-backup {__version__} (librbd {libs['librbd']}, librados {libs['librados']}, "
+        f"libvirt {libs['libvirt']})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser (subcommands ``backup``, ``plan``, ``list``, ``restore``, ``verify``, ``prune``)."""
     parser = argparse.ArgumentParser(
@@ -530,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         "2 bad flags or options (for backup, plan and list: anything that stops the run before "
         "it starts), 130 interrupted.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=version_line())
 
     configuration = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     configuration.add_argument(
@@ -584,6 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         default=None,
         help="after the run, write node_exporter textfile-collector metrics to PATH (atomically)",
+    )
+    run.add_argument(
+        "--on-failure",
+        metavar="COMMAND",
+        default=None,
+        help="when a domain failed or the run could not start, run COMMAND (with /bin/sh) with the "
+        "JSON report on its standard input, for example to page someone",
     )
 
     planning = _subparser(
@@ -680,6 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_ceph_conf(verifying, "with --source")
     _add_repo(verifying)
+    _add_metrics_file(verifying, "verify")
 
     pruning = _subparser(
         commands,
@@ -713,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pruning.add_argument("--dry-run", action="store_true", help="remove nothing; print what would be removed")
     _add_repo(pruning)
+    _add_metrics_file(pruning, "prune (not with --dry-run)")
 
     _subparser(
         commands,
@@ -739,6 +764,15 @@ def _add_ceph_conf(parser: argparse.ArgumentParser, when: str, note: str = "") -
         f"libvirt secret of the domain's saved XML{note}",
     )
     parser.add_argument("--ceph-user", metavar="NAME", default=None, help="Ceph user with --ceph-conf (default: admin)")
+
+
+def _add_metrics_file(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        default=None,
+        help=f"after the {what}, write node_exporter textfile-collector metrics to PATH (atomically)",
+    )
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:
@@ -772,6 +806,7 @@ _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
             "mode",
             "full_every",
             "metrics_file",
+            "on_failure",
             "json",
             "restic_repo",
             "restic_password_file",
@@ -781,7 +816,9 @@ _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
     "list": frozenset({"connect", "restic_password_file", "restic_binary"}),
     "restore": frozenset({"connect", "repo", "restic_repo", "restic_password_file", "restic_binary"}),
     "verify": frozenset({"connect", "repo"}),
-    "prune": frozenset({"repo"}),
+    "prune": frozenset(
+        {"repo", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"}
+    ),
 }
 _CONFIG_SETTINGS["plan"] = _CONFIG_SETTINGS["backup"]
 
@@ -1143,11 +1180,48 @@ def _run_plan(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _write_metrics(path: str, report: BackupReport | None, err: IO[str]) -> bool:
-    """Write the metrics file; on failure say so on ``err`` and return False."""
+    """Write the metrics file of a backup; on failure say so on ``err`` and return False."""
     try:
-        write_metrics(path, report, now=time.time())
+        write_metrics(path, report, now=time.time(), versions=_native.library_versions())
     except OSError as exc:
         print(f"error: cannot write the metrics file {path}: {exc.strerror or exc}", file=err)
+        return False
+    return True
+
+
+def _write_metrics_text(path: str, text: str, err: IO[str]) -> bool:
+    """Write a prune or verify metrics file; on failure say so on ``err`` and return False."""
+    try:
+        write_metrics_text(path, text)
+    except OSError as exc:
+        print(f"error: cannot write the metrics file {path}: {exc.strerror or exc}", file=err)
+        return False
+    return True
+
+
+ON_FAILURE_TIMEOUT = 300
+"""Seconds an ``--on-failure`` command may run before it is killed."""
+
+
+def run_on_failure(command: str, report: Mapping[str, Any], err: IO[str]) -> bool:
+    """Run ``command`` with ``/bin/sh -c`` and the JSON report on its standard input.
+
+    Its output goes where ours goes (the journal under systemd). Returns whether it exited 0;
+    a command that fails or hangs is reported on ``err``, never raised: the run's own exit
+    status already says that it failed.
+    """
+    try:
+        proc = subprocess.run(
+            ["/bin/sh", "-c", command],
+            input=json.dumps(report, indent=2).encode(),
+            timeout=ON_FAILURE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"error: the --on-failure command could not run to its end: {exc}", file=err)
+        return False
+    if proc.returncode != 0:
+        print(f"error: the --on-failure command exited with status {proc.returncode}", file=err)
         return False
     return True
 
@@ -1165,10 +1239,13 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     )
     try:
         raw = _backup_json(**options, on_event=printer)
-    except BaseException:
+    except BaseException as exc:
         # The run did not happen: the metrics say so and keep each domain's last success.
         if args.metrics_file:
             _write_metrics(args.metrics_file, None, err)
+        if args.on_failure and isinstance(exc, BackupError):
+            printer.close()
+            run_on_failure(args.on_failure, {"version": 1, "error": str(exc), "domains": []}, err)
         raise
     finally:
         printer.close()
@@ -1180,6 +1257,8 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     status = exit_status(report)
     if args.metrics_file and not _write_metrics(args.metrics_file, report, err):
         status = max(status, EXIT_FAILED)
+    if args.on_failure and status != EXIT_OK:
+        run_on_failure(args.on_failure, raw, err)
     return status
 
 
@@ -1240,19 +1319,44 @@ def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) ->
     return exit_status(report)
 
 
+def _with_metrics(
+    path: str | None, render: Callable[[Any], str], run: Callable[[], tuple[int, Any]], err: IO[str]
+) -> int:
+    """Run a prune or verify (``run`` returns its exit status and report); write its metrics.
+
+    With ``path``, a run that raised writes the metrics of a run that failed to start.
+    """
+    if path is None:
+        return run()[0]
+    try:
+        status, report = run()
+    except BaseException:
+        _write_metrics_text(path, render(None), err)
+        raise
+    if not _write_metrics_text(path, render(report), err):
+        status = max(status, EXIT_FAILED)
+    return status
+
+
 def _run_verify(args: argparse.Namespace, out: IO[str]) -> int:
-    raw = _verify_json(
-        args.domain,
-        backup=args.backup,
-        repo=args.repo,
-        source=args.source,
-        ceph_conf=args.ceph_conf,
-        ceph_user=args.ceph_user,
-        connect=args.connect,
-    )
-    return _print_report(
-        raw, VerifyReport.from_dict(raw), lambda report: format_verify(report, quiet=args.quiet), args, out
-    )
+    def run() -> tuple[int, VerifyReport]:
+        raw = _verify_json(
+            args.domain,
+            backup=args.backup,
+            repo=args.repo,
+            source=args.source,
+            ceph_conf=args.ceph_conf,
+            ceph_user=args.ceph_user,
+            connect=args.connect,
+        )
+        report = VerifyReport.from_dict(raw)
+        status = _print_report(raw, report, lambda r: format_verify(r, quiet=args.quiet), args, out)
+        return status, report
+
+    def render(report: VerifyReport | None) -> str:
+        return render_verify_metrics(report, now=time.time(), versions=_native.library_versions())
+
+    return _with_metrics(args.metrics_file, render, run, sys.stderr)
 
 
 def _run_prune(args: argparse.Namespace, out: IO[str]) -> int:
@@ -1265,10 +1369,17 @@ def _run_prune(args: argparse.Namespace, out: IO[str]) -> int:
         "yearly": args.keep_yearly,
         "within_seconds": args.keep_within,
     }
-    raw = _prune_json(args.domain, keep=keep, dry_run=args.dry_run, repo=args.repo)
-    return _print_report(
-        raw, PruneReport.from_dict(raw), lambda report: format_prune(report, quiet=args.quiet), args, out
-    )
+
+    def run() -> tuple[int, PruneReport]:
+        raw = _prune_json(args.domain, keep=keep, dry_run=args.dry_run, repo=args.repo)
+        report = PruneReport.from_dict(raw)
+        return _print_report(raw, report, lambda r: format_prune(r, quiet=args.quiet), args, out), report
+
+    def render(report: PruneReport | None) -> str:
+        return render_prune_metrics(report, now=time.time(), versions=_native.library_versions())
+
+    # A dry run removes nothing: it must not look like the last prune.
+    return _with_metrics(None if args.dry_run else args.metrics_file, render, run, sys.stderr)
 
 
 class Terminated(Exception):
@@ -1334,6 +1445,7 @@ def _run_thaw_orphans(args: argparse.Namespace, out: IO[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; return its exit status (argparse errors exit with 2 themselves)."""
     args = parse_args(argv)
+    journal.install()  # before logging: its handler then writes through the journal's prefixes
     _configure_logging(args)
     replaced = _terminate_like_ctrl_c()
     try:

@@ -21,6 +21,10 @@ line sets, and the command line overrides them. Two kinds exist:
     full_every = 7                      # a new chain every N backups of a disk
     metrics_file = "/var/lib/prometheus/node-exporter/virt-rbd-backup.prom"
     json = false                        # print the JSON report instead of lines
+    on_failure = "/usr/local/sbin/page-oncall"   # run when a domain failed; JSON report on stdin
+    keep_daily = 7                      # prune: keep_last, keep_hourly, keep_daily, keep_weekly,
+    keep_weekly = 4                     #   keep_monthly, keep_yearly (counts) and
+    keep_within = "3d"                  #   keep_within (a duration)
 
     [restic]                            # present: back up into restic instead of `repo`
     repository = "/srv/restic"
@@ -120,6 +124,15 @@ class BackupConfig:
     restic_repo: str | None = None
     restic_password_file: str | None = None
     restic_binary: str | None = None
+    on_failure: str | None = None
+    keep_last: int | None = None
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: int | None = None
+    """Seconds (the file says ``"7d"``)."""
 
     def settings(self) -> dict[str, Any]:
         """Return the settings the file sets, by option name (lists for the list options)."""
@@ -218,6 +231,19 @@ def _rate(value: object) -> int:
     raise ValueError('a rate such as "200M", "1.5G" or "512K", or a whole number of bytes per second')
 
 
+def _duration(value: object) -> int:
+    # The parser --keep-within uses (the package's; imported here since the package imports
+    # nothing of this module but is loaded first).
+    from . import parse_duration
+
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except UsageError:
+            pass
+    raise ValueError('a duration such as "7d", "12h" or "1w3d"')
+
+
 def _choice(*choices: str) -> Callable[[object], str]:
     def check(value: object) -> str:
         if value not in choices:
@@ -247,6 +273,14 @@ _TOP_LEVEL: dict[str, tuple[str, Callable[[object], Any]]] = {
     "full_every": ("full_every", _positive),
     "metrics_file": ("metrics_file", _string),
     "json": ("json", _boolean),
+    "on_failure": ("on_failure", _string),
+    "keep_last": ("keep_last", _positive),
+    "keep_hourly": ("keep_hourly", _positive),
+    "keep_daily": ("keep_daily", _positive),
+    "keep_weekly": ("keep_weekly", _positive),
+    "keep_monthly": ("keep_monthly", _positive),
+    "keep_yearly": ("keep_yearly", _positive),
+    "keep_within": ("keep_within", _duration),
 }
 _RESTIC: dict[str, tuple[str, Callable[[object], Any]]] = {
     "repository": ("restic_repo", _string),

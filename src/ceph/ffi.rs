@@ -104,10 +104,12 @@ extern "C" {
     pub fn rados_ioctx_destroy(io: rados_ioctx_t);
     pub fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
     pub fn rados_ioctx_get_id(io: rados_ioctx_t) -> i64;
+    pub fn rados_version(major: *mut c_int, minor: *mut c_int, extra: *mut c_int);
 }
 
 #[link(name = "rbd")]
 extern "C" {
+    pub fn rbd_version(major: *mut c_int, minor: *mut c_int, extra: *mut c_int);
     pub fn rbd_create(
         io: rados_ioctx_t,
         name: *const c_char,

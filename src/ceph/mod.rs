@@ -20,3 +20,16 @@ pub use cluster::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster};
 pub use error::CephError;
 pub use group::{GroupSnapshotInfo, RbdGroup};
 pub use image::{Extent, ImageInfo, PendingRead, RbdImage, SnapshotInfo};
+
+/// The versions of the librbd and librados this process runs with (`major.minor.extra` of
+/// `rbd_version` and `rados_version`: the libraries' API versions, e.g. librbd 1.16.0 and
+/// librados 3.0.0 in Ceph 16), for `virt-rbd-backup --version` and the build-info metric.
+pub fn library_versions() -> (String, String) {
+    let (mut a, mut b, mut c) = (0, 0, 0);
+    // SAFETY: rbd_version only writes three ints through the pointers, which point to locals.
+    unsafe { ffi::rbd_version(&mut a, &mut b, &mut c) };
+    let rbd = format!("{a}.{b}.{c}");
+    // SAFETY: as above, for rados_version.
+    unsafe { ffi::rados_version(&mut a, &mut b, &mut c) };
+    (rbd, format!("{a}.{b}.{c}"))
+}

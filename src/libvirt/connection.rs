@@ -43,6 +43,12 @@ pub struct HypervisorConnection {
     uri: String,
 }
 
+/// The version of the libvirt library this process runs with (`major.minor.release`).
+pub fn library_version() -> Option<String> {
+    let v = virt::connect::Connect::version().ok()?;
+    Some(format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000))
+}
+
 impl HypervisorConnection {
     /// Opens `uri` (for example `qemu:///system`). An empty `uri` lets libvirt choose its
     /// default (`LIBVIRT_DEFAULT_URI`, then the configured default).

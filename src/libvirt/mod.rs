@@ -14,7 +14,7 @@ pub mod domain_xml;
 pub mod error;
 pub mod freeze;
 
-pub use connection::{DomainInfo, HypervisorConnection};
+pub use connection::{library_version, DomainInfo, HypervisorConnection};
 pub use domain_xml::{
     parse_domain_xml, DiskEntry, DomainDescription, MonitorHost, RbdAuth, RbdDiskSpec, SkipReason,
 };

@@ -513,6 +513,21 @@ fn list_domains<'py>(
     to_py(py, &listings)
 }
 
+/// The versions this module was built as and runs with: `virt_rbd_backup` (the crate),
+/// `librbd`, `librados` and `libvirt` (the libraries loaded, which must match the host's Ceph
+/// and libvirt), as a dict of str.
+#[pyfunction]
+fn library_versions(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let (rbd, rados) = crate::ceph::library_versions();
+    let versions = serde_json::json!({
+        "virt_rbd_backup": env!("CARGO_PKG_VERSION"),
+        "librbd": rbd,
+        "librados": rados,
+        "libvirt": crate::libvirt::library_version().unwrap_or_else(|| "unknown".into()),
+    });
+    to_py(py, &versions)
+}
+
 /// Thaws guests left frozen by runs that died with their thaw watchdog (the unit's
 /// `ExecStopPost=`); returns what was done per domain, as a list of dicts.
 #[pyfunction]
@@ -658,6 +673,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
     m.add_function(wrap_pyfunction!(thaw_orphans, m)?)?;
+    m.add_function(wrap_pyfunction!(library_versions, m)?)?;
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(list_restic, m)?)?;
     m.add_function(wrap_pyfunction!(ceph_key, m)?)?;

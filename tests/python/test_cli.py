@@ -8,8 +8,11 @@ outcome can be produced on demand.
 
 from __future__ import annotations
 
+import ctypes.util
 import io
 import json
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +292,20 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(["--version"])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"virt-rbd-backup {virt_rbd_backup.__version__}"
+    line = capsys.readouterr().out.strip()
+    # The libraries actually loaded, compared with what the dynamic loader resolves them to.
+    match = re.fullmatch(
+        rf"virt-rbd-backup {re.escape(virt_rbd_backup.__version__)} "
+        r"\(librbd (\d+)\.\d+\.\d+, librados (\d+)\.\d+\.\d+, libvirt (\d+\.\d+\.\d+)\)",
+        line,
+    )
+    assert match, line
+    # librbd's API major is its soname's (1); librados' API (3.x) and soname (2) differ.
+    librbd_so = ctypes.util.find_library("rbd")
+    assert librbd_so == f"librbd.so.{match.group(1)}", librbd_so
+    virsh = subprocess.run(["virsh", "--version"], capture_output=True, text=True, check=False)
+    if virsh.returncode == 0:
+        assert virsh.stdout.strip() == match.group(3)
 
 
 # -------------------------------------------------------------------------- event lines

@@ -86,12 +86,19 @@ def test_every_key_of_the_toml_file_is_read(tmp_path: Path) -> None:
     assert not cfg.legacy
 
 
-def test_every_setting_is_an_option_of_backup() -> None:
+def test_every_setting_is_an_option_of_backup_or_prune() -> None:
     # A setting the CLI does not know would be read and then silently dropped.
-    args = cli.parse_args([])
+    backup, prune = cli.parse_args([]), cli.parse_args(["prune"])
     for field in BackupConfig.__dataclass_fields__:
         if field not in ("path", "legacy"):
-            assert hasattr(args, field), field
+            owner = prune if field.startswith("keep_") else backup
+            assert hasattr(owner, field), field
+
+
+def test_keep_settings_fill_prune_and_flags_override_them(tmp_path: Path) -> None:
+    conf = BackupConfig(path=tmp_path / "c.toml", keep_daily=7, keep_weekly=4, keep_within=86400)
+    args = cli.parse_args(["prune", "--keep-weekly", "2"], config=conf)
+    assert (args.keep_daily, args.keep_weekly, args.keep_within, args.keep_last) == (7, 2, 86400, None)
 
 
 def test_an_empty_file_sets_nothing(tmp_path: Path) -> None:
@@ -506,8 +513,9 @@ def test_a_bad_file_exits_2_naming_it(
         assert capsys.readouterr().err == (
             f"error: {path}: unknown key 'colour'; known keys: agent_timeout, bwlimit, ceph_timeout, compress, "
             "connect, consistency, domains, freeze, "
-            "freeze_mountpoints, freeze_timeout, full_every, json, metrics_file, mode, queue_depth, repo, "
-            "restic, workers\n"
+            "freeze_mountpoints, freeze_timeout, full_every, json, keep_daily, keep_hourly, keep_last, "
+            "keep_monthly, keep_weekly, keep_within, keep_yearly, metrics_file, mode, on_failure, queue_depth, "
+            "repo, restic, workers\n"
         )
 
 

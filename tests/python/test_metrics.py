@@ -7,6 +7,7 @@ old file or the new one, never half of one, readable by another user.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -236,3 +237,131 @@ def test_a_dry_run_writes_no_metrics(
     path = tmp_path / "vrb.prom"
     assert cli.main(["--dry-run", "--metrics-file", str(path)]) == 0
     assert not path.exists()
+
+
+def test_per_disk_series_consistency_and_build_info() -> None:
+    web = domain("web1", "succeeded", window_ms=85.0)
+    web["consistency"] = "crash_consistent_per_disk"
+    web["disks"][0].update(kind="incremental", bytes_written=1024)
+    web["disks"][1].update(kind="full", bytes_written=8192)
+    versions = {"virt_rbd_backup": "0.1.0", "librbd": "1.16.0", "librados": "3.0.0", "libvirt": "9.0.0"}
+    got = samples(render_metrics(report(web), now=NOW, versions=versions))
+    assert got['virt_rbd_backup_read_bytes{domain="web1"}'] == 12288
+    assert got['virt_rbd_backup_bytes_read{domain="web1"}'] == 12288, "the old name stays for one version"
+    assert got['virt_rbd_backup_disk_read_bytes{domain="web1",disk="vda",kind="incremental"}'] == 4096
+    assert got['virt_rbd_backup_disk_stored_bytes{domain="web1",disk="vdb",kind="full"}'] == 8192
+    # A fallback from a freeze to crash-consistent snapshots is alertable.
+    assert got['virt_rbd_backup_domain_consistency{domain="web1",consistency="frozen"}'] == 0
+    assert got['virt_rbd_backup_domain_consistency{domain="web1",consistency="crash_consistent_per_disk"}'] == 1
+    assert got['virt_rbd_backup_build_info{version="0.1.0",librbd="1.16.0",librados="3.0.0",libvirt="9.0.0"}'] == 1
+
+
+def test_backup_metrics_carry_the_loaded_library_versions(fake_core: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "vrb.prom"
+    assert cli.main(["--metrics-file", str(path)]) == 0
+    (info,) = [line for line in path.read_text().splitlines() if line.startswith("virt_rbd_backup_build_info{")]
+    assert re.match(
+        r'^virt_rbd_backup_build_info\{version="[^"]+",librbd="1\.\d+\.\d+",librados="\d+\.\d+\.\d+",libvirt="\d+\.\d+\.\d+"\} 1$',
+        info,
+    ), info
+
+
+def test_prune_and_verify_write_their_own_metrics(empty_repo: Path, tmp_path: Path) -> None:
+    prune_file, verify_file = tmp_path / "prune.prom", tmp_path / "verify.prom"
+    assert cli.main(["prune", "--repo", str(empty_repo), "--keep-last", "3", "--metrics-file", str(prune_file)]) == 0
+    got = samples(prune_file.read_text())
+    assert got["virt_rbd_backup_prune_last_run_success"] == 1
+    assert got["virt_rbd_backup_prune_last_run_timestamp_seconds"] > NOW
+    assert cli.main(["verify", "--repo", str(empty_repo), "--metrics-file", str(verify_file)]) == 0
+    got = samples(verify_file.read_text())
+    assert (got["virt_rbd_backup_verify_last_run_success"], got["virt_rbd_backup_verify_problems"]) == (1, 0)
+
+
+def test_prune_and_verify_that_cannot_run_say_so_in_their_metrics(tmp_path: Path) -> None:
+    prune_file, verify_file = tmp_path / "prune.prom", tmp_path / "verify.prom"
+    missing = str(tmp_path / "no-repo")
+    assert cli.main(["prune", "--repo", missing, "--keep-last", "3", "--metrics-file", str(prune_file)]) != 0
+    assert samples(prune_file.read_text())["virt_rbd_backup_prune_last_run_success"] == 0
+    assert cli.main(["verify", "--repo", missing, "--metrics-file", str(verify_file)]) != 0
+    assert samples(verify_file.read_text())["virt_rbd_backup_verify_last_run_success"] == 0
+
+
+def test_a_dry_run_prune_writes_no_metrics(empty_repo: Path, tmp_path: Path) -> None:
+    path = tmp_path / "prune.prom"
+    assert (
+        cli.main(["prune", "--repo", str(empty_repo), "--keep-last", "3", "--dry-run", "--metrics-file", str(path)])
+        == 0
+    )
+    assert not path.exists()
+
+
+def test_prune_metrics_count_kept_and_removed_per_domain() -> None:
+    from virt_rbd_backup import PruneReport
+    from virt_rbd_backup.metrics import render_prune_metrics
+
+    pruned = PruneReport.from_dict(
+        {
+            "version": 1,
+            "domains": [
+                {
+                    "uuid": "u1",
+                    "name": "web1",
+                    "status": "done",
+                    "kept": [{"backup_id": "a"}, {"backup_id": "b"}],
+                    "removed": [{"backup_id": "c", "path": "/r/c", "reason": "no rule"}],
+                }
+            ],
+        }
+    )
+    got = samples(render_prune_metrics(pruned, now=NOW))
+    assert got['virt_rbd_backup_prune_kept_backups{domain="web1"}'] == 2
+    assert got['virt_rbd_backup_prune_removed_backups{domain="web1"}'] == 1
+    assert got["virt_rbd_backup_prune_last_run_timestamp_seconds"] == NOW
+
+
+# -------------------------------------------------------------------------- --on-failure
+
+
+def test_on_failure_gets_the_json_report_of_a_run_with_a_failed_domain(
+    fake_core: dict[str, Any], tmp_path: Path
+) -> None:
+    got = tmp_path / "hook.json"
+    fake_core["result"] = report(domain("web1", "succeeded"), domain("db1", "failed")).to_dict()
+    assert cli.main(["--on-failure", f"cat > {got}"]) == 1
+    sent = json.loads(got.read_text())
+    assert [(d["name"], d["status"]) for d in sent["domains"]] == [("web1", "succeeded"), ("db1", "failed")]
+
+
+def test_on_failure_is_not_run_when_every_domain_succeeded(fake_core: dict[str, Any], tmp_path: Path) -> None:
+    got = tmp_path / "hook.json"
+    assert cli.main(["--on-failure", f"cat > {got}"]) == 0
+    assert not got.exists()
+
+
+def test_on_failure_hears_of_a_run_that_could_not_start(fake_core: dict[str, Any], tmp_path: Path) -> None:
+    import virt_rbd_backup
+
+    got = tmp_path / "hook.json"
+    fake_core["result"] = virt_rbd_backup.LibvirtError("cannot connect to libvirt at qemu:///system")
+    assert cli.main(["--on-failure", f"cat > {got}"]) == 2
+    sent = json.loads(got.read_text())
+    assert sent["domains"] == [] and "cannot connect" in sent["error"]
+
+
+def test_a_failing_on_failure_command_is_reported_and_the_status_stays(
+    fake_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_core["result"] = report(domain("db1", "failed")).to_dict()
+    assert cli.main(["--on-failure", "exit 7"]) == 1
+    assert "the --on-failure command exited with status 7" in capsys.readouterr().err
+
+
+def test_on_failure_comes_from_the_configuration_file(fake_core: dict[str, Any], tmp_path: Path) -> None:
+    got = tmp_path / "hook.json"
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'on_failure = "cat > {got}"\nkeep_daily = 7\nkeep_within = "3d"\n')
+    fake_core["result"] = report(domain("db1", "failed")).to_dict()
+    assert cli.main(["--config", str(conf)]) == 1
+    assert json.loads(got.read_text())["domains"][0]["name"] == "db1"
+    loaded = config.load_toml_config(conf)
+    assert (loaded.keep_daily, loaded.keep_within) == (7, 3 * 86400)

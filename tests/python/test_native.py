@@ -67,6 +67,7 @@ def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
         "snapshot_name",
         "parse_rate",
         "thaw_orphans",
+        "library_versions",
     }
     for name in functions:
         assert callable(getattr(_native, name)), name
