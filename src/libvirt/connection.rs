@@ -77,6 +77,20 @@ impl HypervisorConnection {
         })
     }
 
+    /// The emulator binaries this host's libvirt offers (its capabilities' `<emulator>`s),
+    /// against which `restore --define` checks a saved domain's `<emulator>`.
+    pub fn host_emulators(&self) -> Result<Vec<String>, LibvirtError> {
+        let caps = self
+            .conn
+            .capabilities()
+            .map_err(|e| LibvirtError::DomainCall {
+                domain: "(host)".into(),
+                call: "virConnectGetCapabilities",
+                message: e.message().to_string(),
+            })?;
+        Ok(super::domain_rewrite::emulators_in_capabilities(&caps))
+    }
+
     /// Whether a domain named `name` exists.
     pub fn domain_exists(&self, name: &str) -> bool {
         self.conn.lookup_domain_by_name(name).is_ok()
