@@ -533,6 +533,7 @@ fn place_image(
         Err(e) => return Err(e.into()),
     };
     let emptied = Instant::now();
+    super::thaw_guard::test_pause("replacing");
     match ctx.rename_image(tmp, image) {
         Ok(()) => {
             log::debug!(
