@@ -45,6 +45,17 @@ pub enum Error {
         /// What failed.
         source: std::io::Error,
     },
+    /// `restore --define` refused a saved domain XML that gives the guest host resources
+    /// (`libvirt::domain_rewrite::host_passthrough`); nothing was restored or defined.
+    #[error("the saved XML of domain {domain} would give the new domain {name} resources of this host: {}; a copy defined with them could take devices, files or programs of the original or of this host, so nothing was restored; restore with --allow-host-passthrough to define it as saved (then check it with `virsh edit {name}` before starting it), or restore the disks with --to and define the domain by hand", findings.join("; "))]
+    HostPassthrough {
+        /// The domain the backup is of.
+        domain: String,
+        /// The new domain's name.
+        name: String,
+        /// What the XML hands over, one entry each.
+        findings: Vec<String>,
+    },
     /// restic failed.
     #[error("{0}")]
     Restic(String),

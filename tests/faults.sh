@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The fault report (issue 6): runs every fault-injection test against the lab (kills at each
 # phase, concurrent runs, full target, hung monitor, libvirtd gone, wrong key, deleted image,
-# unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup) and prints
+# unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup; restore
+# targets appearing mid-restore, --force replacement, block devices, restore --define refusing
+# host passthrough and cleaning up after a failed disk) and prints
 # a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
 # column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
 #
@@ -22,4 +24,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_cluster_faults_lab.py \
     tests/python/test_engine_failures_lab.py \
     tests/python/test_engine_midrun_faults_lab.py \
-    tests/python/test_engine_stop_faults_lab.py
+    tests/python/test_engine_stop_faults_lab.py \
+    tests/python/test_engine_restore_targets_lab.py

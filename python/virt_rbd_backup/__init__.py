@@ -620,6 +620,7 @@ def restore_define(
     ceph_conf: str | os.PathLike[str] | None = None,
     ceph_user: str | None = None,
     connect: str = DEFAULT_CONNECT,
+    allow_host_passthrough: bool = False,
 ) -> DefineReport:
     """Restore every RBD disk of a backup into new images and define a new domain on them.
 
@@ -629,6 +630,15 @@ def restore_define(
     disks pointing at the new images. It is defined, not started. Writable disks that are not
     in the backup (local files) are left out of the new domain, never shared with the original;
     the report lists them.
+
+    Before any image is written, the saved XML is checked for what would give the new domain
+    resources of this host: ``<hostdev>``, ``<interface type='hostdev'>``, ``<filesystem>``
+    passthrough, an ``<emulator>`` this host's libvirt does not list, ``qemu:commandline`` and
+    other passthrough namespaces, ``<shmem>``, file-backed memory devices, host input, TPM,
+    smartcard and character devices, interface scripts, read-only host block devices. Any of
+    them is refused (:class:`UsageError` listing them all) unless ``allow_host_passthrough``.
+    If a disk or the definition fails, the images made so far are removed (and images replaced
+    with ``force`` renamed back).
 
     Args:
         domain: Domain name or UUID, as the repository knows it.
@@ -642,6 +652,7 @@ def restore_define(
             the libvirt secret the domain's saved XML names.
         ceph_user: The Ceph user with ``ceph_conf`` (default ``admin``).
         connect: libvirt URI: where the new domain is defined (and the Ceph key read from).
+        allow_host_passthrough: Define the domain even if its saved XML gives it host resources.
 
     Returns:
         The report: the new domain's name and UUID, one restore report per disk, the disks
@@ -649,7 +660,8 @@ def restore_define(
 
     Raises:
         UsageError: A bad name, a domain of that name exists already, an image exists without
-            ``force``, the domain has no backups.
+            ``force`` (also one that appeared during the restore), the domain has no backups,
+            the saved XML gives host resources without ``allow_host_passthrough``.
         RepositoryError: The backup does not exist or its data is damaged.
         CephError: An image cannot be written.
         LibvirtError: libvirt cannot be reached, the Ceph key cannot be read, or the domain
@@ -673,6 +685,7 @@ def restore_define(
             ceph_conf=ceph_conf,
             ceph_user=ceph_user,
             connect=connect,
+            allow_host_passthrough=allow_host_passthrough,
         )
     )
 
@@ -688,6 +701,7 @@ def _restore_define_json(
     ceph_conf: str | os.PathLike[str] | None,
     ceph_user: str | None,
     connect: str,
+    allow_host_passthrough: bool = False,
 ) -> dict[str, Any]:
     """Run :func:`restore_define` and return the report exactly as the core wrote it (``--json``)."""
     options = {
@@ -700,6 +714,7 @@ def _restore_define_json(
         "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
         "ceph_user": ceph_user,
         "connect": connect,
+        "allow_host_passthrough": allow_host_passthrough,
     }
     return _native.restore_define(options)
 

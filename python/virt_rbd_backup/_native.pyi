@@ -187,8 +187,12 @@ def restore_define(options: str | Mapping[str, Any]) -> dict[str, Any]:
     ``options`` is a JSON object (str) or a mapping with the fields of ``DefineOptions``:
     ``repo``, ``domain`` and ``name`` (the new domain; its images are ``POOL/NAME-TARGET``) are
     required; ``backup`` (an id or ``"latest"``), ``pool`` (default: each disk's own),
-    ``force``, ``ceph_conf``, ``ceph_user`` and ``connect`` are optional; a missing or unknown
-    field is a :class:`UsageError`, and so is a domain of that name that exists already. The
+    ``force``, ``ceph_conf``, ``ceph_user``, ``connect`` and ``allow_host_passthrough`` are
+    optional; a missing or unknown field is a :class:`UsageError`, and so are a domain of that
+    name that exists already and saved XML that gives the domain host resources (host devices,
+    filesystem passthrough, another emulator, qemu:commandline, ...) without
+    ``allow_host_passthrough``: refused before any image is written. When a disk or the
+    definition fails, the images made are removed. The
     new domain gets a new UUID and new MACs and is defined, not started. Returns the report as
     a dict (``name``, ``uuid``, ``disks``: one restore report each, ``dropped_disks``).
 

@@ -27,7 +27,7 @@ The other subcommands work on the repository::
     restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force] [--restic-repo REPO]
         Restored DOMAIN disk vda from backup ID (chain: A <- B) to TARGET: N bytes, checksum verified
         Restored DOMAIN disk vda from restic snapshot ID to TARGET: N bytes
-    restore DOMAIN --define NAME [--pool POOL] [--backup ID|latest] [--force]
+    restore DOMAIN --define NAME [--pool POOL] [--backup ID|latest] [--force] [--allow-host-passthrough]
         Defined NAME (UUID) from backup ID of DOMAIN: vda -> rbd/NAME-vda, vdb -> rbd/NAME-vdb
         (and on stderr a warning naming the disks the new domain does not get)
     verify [DOMAIN] [--backup ID|latest] [--source [--ceph-conf PATH] [--ceph-user NAME]]
@@ -643,10 +643,14 @@ def build_parser() -> argparse.ArgumentParser:
         "with --restic-repo, from a restic snapshot (restic checks its own data). "
         "The target is written under a temporary name and renamed into place only then. "
         "With --define NAME instead of --to, every RBD disk is restored into POOL/NAME-DISK and "
-        "a new domain NAME (new UUID and MACs) is defined on them from the saved XML, not started. "
+        "a new domain NAME (new UUID and MACs) is defined on them from the saved XML, not started; "
+        "saved XML that would give it host resources (host devices, shared host directories, "
+        "another emulator, qemu:commandline, ...) is refused before anything is written, "
+        "unless --allow-host-passthrough. If a disk or the definition fails, the images made "
+        "are removed. "
         "Exit status 1 if the restore failed (damaged data, Ceph, restic, libvirt), 2 on bad "
         "options (an existing target without --force, several disks without --disk, a bad "
-        "target, an existing domain NAME).",
+        "target, an existing domain NAME, host passthrough in the saved XML).",
     )
     restoring.add_argument("domain", metavar="DOMAIN", help="domain name or UUID, as the repository knows it")
     destination = restoring.add_mutually_exclusive_group(required=True)
@@ -674,7 +678,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the latest backup)",
     )
     restoring.add_argument(
-        "--force", action="store_true", help="replace an existing target (with --define: existing images)"
+        "--force",
+        action="store_true",
+        help="replace an existing file or image (kept aside until the new one is in place), or "
+        "write into a block device (with --define: replace existing images)",
+    )
+    restoring.add_argument(
+        "--allow-host-passthrough",
+        action="store_true",
+        help="with --define: define the domain even if its saved XML gives it host devices, host "
+        "directories, another emulator or qemu:commandline (check it with virsh edit before starting it)",
     )
     _add_ceph_conf(restoring, "for an RBD target", " (needed with --restic-repo)")
     _add_target(restoring)
@@ -1273,6 +1286,8 @@ def _run_restore(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         return _run_restore_define(args, out, err)
     if args.pool is not None:
         raise UsageError("--pool goes with --define (with --to, the target names its pool: rbd:POOL/IMAGE)")
+    if args.allow_host_passthrough:
+        raise UsageError("--allow-host-passthrough goes with --define (with --to, no domain is defined)")
     raw = _restore_json(
         args.domain,
         to=args.to,
@@ -1285,9 +1300,9 @@ def _run_restore(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         connect=args.connect,
         restic=_restic_target(args),
     )
-    return _print_report(
-        raw, RestoreReport.from_dict(raw), lambda report: [] if args.quiet else [format_restore(report)], args, out
-    )
+    report = RestoreReport.from_dict(raw)
+    _print_lines([f"warning: {w}" for w in report.warnings], err)
+    return _print_report(raw, report, lambda r: [] if args.quiet else [format_restore(r)], args, out)
 
 
 def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
@@ -1307,8 +1322,10 @@ def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) ->
         ceph_conf=args.ceph_conf,
         ceph_user=args.ceph_user,
         connect=args.connect,
+        allow_host_passthrough=args.allow_host_passthrough,
     )
     report = DefineReport.from_dict(raw)
+    _print_lines([f"warning: {w}" for d in report.disks for w in d.warnings], err)
     if args.json:
         _print_json(raw, out)
     for stream, line in format_define(report, args.domain):

@@ -522,6 +522,9 @@ class RestoreReport(_JsonShaped):
     restic (restic checks its own data as it reads)."""
     seconds: float = 0.0
     """Seconds for the restore."""
+    warnings: tuple[str, ...] = ()
+    """What went wrong after the restore was in place: an image replaced with ``force`` that
+    could not be removed (it is kept under the name the warning gives)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RestoreReport:
@@ -536,6 +539,7 @@ class RestoreReport(_JsonShaped):
             bytes_written=int(data.get("bytes_written", 0)),
             checksum=str(data["checksum"]),
             seconds=float(data.get("seconds", 0.0)),
+            warnings=tuple(str(w) for w in data.get("warnings", ())),
         )
 
 

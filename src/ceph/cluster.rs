@@ -294,6 +294,15 @@ impl PoolContext<'_> {
         Ok(())
     }
 
+    /// The id of image `name`, or `None` if no image has that name.
+    pub fn image_id(&self, name: &str) -> Result<Option<String>, CephError> {
+        match super::image::RbdImage::open_read_only(self, name) {
+            Ok(image) => Ok(Some(image.info()?.id)),
+            Err(e) if e.errno() == Some(-libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether image `name` exists.
     pub fn image_exists(&self, name: &str) -> Result<bool, CephError> {
         match super::image::RbdImage::open_read_only(self, name) {

@@ -46,7 +46,12 @@ pub struct HypervisorConnection {
 /// The version of the libvirt library this process runs with (`major.minor.release`).
 pub fn library_version() -> Option<String> {
     let v = virt::connect::Connect::version().ok()?;
-    Some(format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000))
+    Some(format!(
+        "{}.{}.{}",
+        v / 1_000_000,
+        v / 1000 % 1000,
+        v % 1000
+    ))
 }
 
 impl HypervisorConnection {
@@ -81,6 +86,20 @@ impl HypervisorConnection {
             call: "virDomainGetUUIDString",
             message: e.message().to_string(),
         })
+    }
+
+    /// The emulator binaries this host's libvirt offers (its capabilities' `<emulator>`s),
+    /// against which `restore --define` checks a saved domain's `<emulator>`.
+    pub fn host_emulators(&self) -> Result<Vec<String>, LibvirtError> {
+        let caps = self
+            .conn
+            .capabilities()
+            .map_err(|e| LibvirtError::DomainCall {
+                domain: "(host)".into(),
+                call: "virConnectGetCapabilities",
+                message: e.message().to_string(),
+            })?;
+        Ok(super::domain_rewrite::emulators_in_capabilities(&caps))
     }
 
     /// Whether a domain named `name` exists.

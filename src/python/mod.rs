@@ -127,7 +127,7 @@ fn to_py_err(err: Error) -> PyErr {
     // A variant added to `Error` later lands on the base class until it gets its own.
     #[allow(unreachable_patterns)]
     match err {
-        Error::Usage(_) => UsageError::new_err(message),
+        Error::Usage(_) | Error::HostPassthrough { .. } => UsageError::new_err(message),
         Error::Libvirt(_) => LibvirtError::new_err(message),
         Error::Ceph(_) => CephError::new_err(message),
         Error::Repo(_) => RepositoryError::new_err(message),

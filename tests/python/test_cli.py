@@ -1342,9 +1342,11 @@ def test_restore_define_flags() -> None:
             "--repo",
             "/srv/b",
             "--json",
+            "--allow-host-passthrough",
         ]
     )
     assert (args.define, args.pool, args.backup, args.force, args.json) == ("web1-copy", "fast", B_INC1, True, True)
+    assert args.allow_host_passthrough
     assert (args.ceph_conf, args.ceph_user, args.connect, args.repo) == (
         "/etc/ceph/ceph.conf",
         "backup",
@@ -1403,12 +1405,31 @@ def test_restore_define_run_passes_every_option_and_prints_its_lines(
                 "ceph_conf": None,
                 "ceph_user": None,
                 "connect": "qemu:///system",
+                "allow_host_passthrough": False,
             },
         )
     ]
     captured = capsys.readouterr()
     assert captured.out.startswith(f"Defined web1-copy ({UUID_NEW}) from backup {B_INC1} of web1: vda -> ")
     assert captured.err.startswith("warning: web1-copy was defined without vdc")
+
+
+def test_allow_host_passthrough_reaches_the_core(fake_repo_core: dict[str, Any]) -> None:
+    fake_repo_core["restore_define"] = define_report([])
+    assert cli.main(["restore", "web1", "--define", "web1-copy", "--allow-host-passthrough"]) == 0
+    assert fake_repo_core["calls"][0][2]["allow_host_passthrough"] is True
+
+
+def test_restore_prints_the_cores_warnings_on_stderr(
+    fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = restore_report([B_FULL])
+    report["warnings"] = ["the restore is in place, but the image it replaced was kept as x"]
+    fake_repo_core["restore"] = report
+    assert cli.main(["restore", "web1", "--to", "rbd:rbd/web1-restored", "--force"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "warning: the restore is in place, but the image it replaced was kept as x\n"
+    assert captured.out.startswith("Restored")
 
 
 def test_restore_define_json_prints_the_cores_report_and_the_warning_on_stderr(
@@ -1427,6 +1448,7 @@ def test_restore_define_json_prints_the_cores_report_and_the_warning_on_stderr(
         (["restore", "web1", "--define", "copy", "--disk", "vda"], "--disk does not go with --define"),
         (["restore", "web1", "--define", "copy", "--restic-repo", "/r"], "not from restic"),
         (["restore", "web1", "--to", "/x.raw", "--pool", "fast"], "--pool goes with --define"),
+        (["restore", "web1", "--to", "/x.raw", "--allow-host-passthrough"], "goes with --define"),
     ],
 )
 def test_restore_flags_that_do_not_fit_exit_2(

@@ -327,7 +327,8 @@ RESTORE_JSON = """
   "size": 10737418240,
   "bytes_written": 2147483648,
   "checksum": "blake3-4m:00ff",
-  "seconds": 12.25
+  "seconds": 12.25,
+  "warnings": ["the restore is in place, but the image it replaced was kept as rbd/web1-restored.virt-rbd-backup-replaced"]
 }
 """
 
@@ -346,7 +347,8 @@ DEFINE_JSON = """
   "disks": [
     {"domain": "web1", "backup_id": "20251127T100000.000Z", "disk": "vda",
      "chain": ["20251126T100000.000Z", "20251127T100000.000Z"], "target": "rbd:rbd/web1-copy-vda",
-     "size": 10737418240, "bytes_written": 2147483648, "checksum": "blake3-4m:00ff", "seconds": 12.25}
+     "size": 10737418240, "bytes_written": 2147483648, "checksum": "blake3-4m:00ff", "seconds": 12.25,
+     "warnings": []}
   ],
   "dropped_disks": ["vdc"]
 }
