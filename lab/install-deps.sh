@@ -16,6 +16,9 @@ PACKAGES=(
     qemu-system-x86 qemu-block-extra qemu-guest-agent qemu-utils
     busybox-static cpio restic e2fsprogs pkg-config zstd
     shellcheck
+    # The new-user install test (tests/python/test_install_newuser_lab.py) builds a bare Debian
+    # root with it; systemd-analyze checks the shipped units.
+    mmdebstrap systemd
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }
