@@ -96,15 +96,18 @@ ln -sf "$venv/bin/virt-rbd-backup" /usr/local/bin/virt-rbd-backup
 /usr/local/bin/virt-rbd-backup --version
 
 if [[ $systemd -eq 1 ]]; then
+    # The units and the example configuration ship inside the package (contrib/ links to them),
+    # so they always match the version installed.
+    package=$("$venv/bin/python" -c 'import os, virt_rbd_backup; print(os.path.dirname(virt_rbd_backup.__file__))')
     units=(virt-rbd-backup.service virt-rbd-backup.timer
            virt-rbd-backup-prune.service virt-rbd-backup-prune.timer
            virt-rbd-backup-verify.service virt-rbd-backup-verify.timer)
     for unit in "${units[@]}"; do
-        install -m 0644 "$here/contrib/systemd/$unit" "/etc/systemd/system/$unit"
+        install -m 0644 "$package/systemd/$unit" "/etc/systemd/system/$unit"
     done
     install -d -m 0700 /etc/virt-rbd-backup
     if [[ ! -e /etc/virt-rbd-backup/config.toml ]]; then
-        install -m 0600 "$here/contrib/config.toml.example" /etc/virt-rbd-backup/config.toml
+        install -m 0600 "$package/config.toml.example" /etc/virt-rbd-backup/config.toml
         log "wrote /etc/virt-rbd-backup/config.toml (every setting at its default): edit it"
     fi
     if [[ -d /run/systemd/system ]]; then

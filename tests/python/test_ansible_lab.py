@@ -38,6 +38,7 @@ from lab_support import (
     require_lab,
     run,
 )
+from virt_rbd_backup import config
 
 pytestmark = pytest.mark.lab
 
@@ -384,6 +385,101 @@ def test_prune_in_check_mode_removes_nothing_then_prunes(ansible: Ansible, two_f
     refused = ansible.task("prune", {"repo": str(repo)})
     assert refused["failed"] is True
     assert "one of the following is required: keep_last" in refused["msg"], refused["msg"]
+
+
+# The role virt_rbd_backup.rbd.hypervisor, against localhost with every path it writes moved
+# into a scratch folder (the packages it installs are already on the lab machine: apt reports
+# them unchanged).
+
+RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def play_role(ansible: Ansible, role_vars: dict[str, Any], *, check: bool = False) -> tuple[int, str]:
+    """Runs the role once; returns the recap's `changed` count and the output."""
+    ansible.runs += 1
+    playbook = ansible.work / f"role-{ansible.runs}.yml"
+    play = {
+        "hosts": "localhost",
+        "gather_facts": False,
+        "roles": [{"role": "virt_rbd_backup.rbd.hypervisor", "vars": role_vars}],
+    }
+    playbook.write_text(json.dumps([play], indent=1))
+    # The system Python, as on a new host: the apt module needs its python3-apt.
+    args = [ansible.playbook, "-i", "localhost,", "-c", "local", "-e", "ansible_python_interpreter=/usr/bin/python3"]
+    proc = run(
+        [*args, *(["--check"] if check else []), str(playbook)],
+        check=False,
+        timeout=600,
+        cwd=ansible.work,
+        env=ansible.env(),
+    )
+    output = proc.stdout + proc.stderr
+    recap = RECAP.search(proc.stdout)
+    assert proc.returncode == 0 and recap, output
+    assert (recap.group(3), recap.group(4)) == ("0", "0"), output
+    return int(recap.group(2)), output
+
+
+def test_hypervisor_role_installs_idempotently_and_check_mode_changes_nothing(ansible: Ansible, tmp_path: Path) -> None:
+    wheels = sorted((ROOT / "dist").glob("virt_rbd_backup-*.whl"))
+    assert wheels, "no wheel in dist/: make wheel"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "systemd").mkdir()
+    password = "correct horse battery staple"
+    role_vars = {
+        "virt_rbd_backup_wheel": str(wheels[-1]),
+        "virt_rbd_backup_venv": str(tmp_path / "venv"),
+        "virt_rbd_backup_wheel_dir": str(tmp_path / "wheels"),
+        "virt_rbd_backup_bin_link": str(tmp_path / "bin/virt-rbd-backup"),
+        "virt_rbd_backup_config_dir": str(tmp_path / "etc"),
+        "virt_rbd_backup_systemd_dir": str(tmp_path / "systemd"),
+        "virt_rbd_backup_config": {
+            "domains": ["web1", "db1"],
+            "workers": 3,
+            "freeze": "required",
+            "keep_daily": 7,
+            "keep_within": "2d",
+            "metrics_file": "/var/lib/prometheus/node-exporter/virt-rbd-backup.prom",
+            "restic": {"repository": "/srv/restic"},
+        },
+        "virt_rbd_backup_restic_password": password,
+    }
+
+    # Check mode on a new host: reports changes, makes none.
+    changed, output = play_role(ansible, role_vars, check=True)
+    assert changed > 0
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "etc").exists()
+    assert not list((tmp_path / "systemd").iterdir()) and not list((tmp_path / "bin").iterdir())
+
+    changed, output = play_role(ansible, role_vars)
+    assert changed > 0
+    assert password not in output, "the password must never be logged"
+    assert "systemd does not run on this host" in output
+    version = run([str(tmp_path / "bin/virt-rbd-backup"), "--version"])
+    assert version.stdout.startswith("virt-rbd-backup "), version.stdout
+    config_file = tmp_path / "etc/config.toml"
+    assert config_file.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "etc").stat().st_mode & 0o777 == 0o700
+    secret = tmp_path / "etc/restic.pass"
+    assert secret.stat().st_mode & 0o777 == 0o600 and secret.read_text() == password + "\n"
+    # The file the role wrote is one the tool reads, with the values given.
+    settings = config.load_toml_config(config_file).settings()
+    assert settings["domains"] == ["web1", "db1"] and settings["workers"] == 3 and settings["freeze"] == "required"
+    assert (settings["keep_daily"], settings["keep_within"]) == (7, 2 * 86400)
+    assert (settings["restic_repo"], settings["restic_password_file"]) == ("/srv/restic", str(secret))
+    package = Path(
+        run(
+            [str(tmp_path / "venv/bin/python"), "-c", "import virt_rbd_backup; print(virt_rbd_backup.__file__)"]
+        ).stdout.strip()
+    ).parent
+    units = sorted(p.name for p in (tmp_path / "systemd").iterdir())
+    assert units == sorted(p.name for p in (package / "systemd").iterdir())
+    for name in units:
+        assert (tmp_path / "systemd" / name).read_bytes() == (ROOT / "contrib/systemd" / name).read_bytes()
+
+    # Idempotent: a second run and a check-mode run change nothing.
+    assert play_role(ansible, role_vars)[0] == 0
+    assert play_role(ansible, role_vars, check=True)[0] == 0
 
 
 # ansible-test sanity: every test of ansible-core's list, each in the virtualenv ansible-test
