@@ -21,4 +21,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_faults_lab.py \
     tests/python/test_engine_cluster_faults_lab.py \
     tests/python/test_engine_failures_lab.py \
-    tests/python/test_engine_midrun_faults_lab.py
+    tests/python/test_engine_midrun_faults_lab.py \
+    tests/python/test_restic_faults_lab.py
