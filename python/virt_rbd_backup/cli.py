@@ -606,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore a disk of a backup into a file or an RBD image, or a whole domain",
         description="Restore one disk of a backup (replaying its chain of incrementals) into a "
         "sparse raw file or an RBD image, and check the result against the backup's checksum; "
-        "with --restic-repo, from a restic snapshot (restic checks its own data). "
+        "with --restic-repo, from a sealed restic snapshot, checked against its seal's size and "
+        "checksum (latest passes over incomplete ones and names them on stderr). "
         "The target is written under a temporary name and renamed into place only then. "
         "With --define NAME instead of --to, every RBD disk is restored into POOL/NAME-DISK and "
         "a new domain NAME (new UUID and MACs) is defined on them from the saved XML, not started. "

@@ -32,7 +32,9 @@
 //!    complete backups, plus those of a run in progress or killed (the next run removes them).
 //!    Snapshots carry the repository's id: other repositories' snapshots are never touched.
 //!    (restic targets keep no base: their snapshots are removed when the domain is done,
-//!    waiting until no other domain of the run is freezing, `monitor_quiet`.)
+//!    waiting until no other domain of the run is freezing, `monitor_quiet`; restic snapshots
+//!    of killed runs go at the end of the run. A disk's restic snapshot is a backup only once
+//!    its seal is written, after restic committed it and the snapshot check passed: `restic`.)
 //!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
