@@ -59,6 +59,16 @@ pub enum Error {
     /// restic failed.
     #[error("{0}")]
     Restic(String),
+    /// A restic snapshot that cannot be restored as a disk: no seal vouches for it (a killed
+    /// run's: it may hold only the start of the disk), or what restic returned differs from
+    /// what its seal records. Nothing was written to the target.
+    #[error("restic snapshot {snapshot} cannot be trusted as a disk: {reason}; nothing was written to the target")]
+    ResticUntrusted {
+        /// restic's snapshot id.
+        snapshot: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The run was cancelled (Ctrl-C).
     #[error("cancelled")]
     Cancelled,

@@ -25,4 +25,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_failures_lab.py \
     tests/python/test_engine_midrun_faults_lab.py \
     tests/python/test_engine_stop_faults_lab.py \
-    tests/python/test_engine_restore_targets_lab.py
+    tests/python/test_engine_restore_targets_lab.py \
+    tests/python/test_restic_faults_lab.py

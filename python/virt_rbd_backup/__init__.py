@@ -476,7 +476,9 @@ def _list_backups_json(repo: str | os.PathLike[str], domain: str | None) -> list
 def list_restic(restic: ResticTarget | str, domain: str | None = None) -> list[ResticSnapshot]:
     """List this tool's disk backups in a restic repository, oldest first.
 
-    Only snapshots tagged ``virt-rbd-backup`` are listed; each is one disk of one domain.
+    Only snapshots tagged ``virt-rbd-backup`` are listed; each is one disk of one domain, and
+    ``complete`` says whether a seal vouches for it (restore takes only those; an incomplete one
+    was left by a run that did not finish and may hold only the start of the disk).
 
     Args:
         restic: The restic repository (a string: its password from the environment).
@@ -538,18 +540,20 @@ def restore(
         connect: libvirt URI, to read the domain's Ceph key when no ``ceph_conf`` is given.
         restic: Restore from this restic repository instead of ``repo``: ``backup`` is then a
             restic snapshot id (a prefix will do) or ``latest``, and an RBD target needs
-            ``ceph_conf`` (restic keeps no domain XML). restic checks its own data as it reads;
-            the report's ``checksum`` is empty.
+            ``ceph_conf`` (restic keeps no domain XML). Only sealed (complete) snapshots are
+            restored: ``latest`` passes over the others (listed in the report's ``skipped``),
+            one asked for by id is refused; what ``restic dump`` returns and the restored data
+            are checked against the seal's size and checksum.
 
     Returns:
-        The report: the chain replayed, bytes written, the checksum verified (empty for
-        restic).
+        The report: the chain replayed, bytes written, the checksum verified.
 
     Raises:
         UsageError: A bad target, a target that exists without ``force``, a backup with several
             disks and no ``disk``.
         RepositoryError: The backup does not exist or its data is damaged.
-        ResticError: restic failed (a wrong password, a damaged pack, a short dump).
+        ResticError: restic failed (a wrong password, a damaged pack), or the snapshot has no
+            seal, or what restic returned differs from its seal (a short or altered dump).
         CephError: The RBD target cannot be written.
         LibvirtError: The domain's Ceph key cannot be read.
         KeyboardInterrupt: Ctrl-C; raised only after the partial target was removed.

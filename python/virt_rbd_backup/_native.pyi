@@ -54,7 +54,10 @@ class RepositoryError(BackupError):
     """The backup repository could not be read or written."""
 
 class ResticError(BackupError):
-    """restic could not be run, or exited with an error (its own message is quoted)."""
+    """restic could not run or failed, or a restic snapshot cannot be trusted as a disk.
+
+    restic's own message is quoted; an untrusted snapshot has no seal, or its size or checksum differ.
+    """
 
 class InconsistentError(BackupError):
     """The snapshots cannot be trusted to be consistent (the guest stayed frozen too long)."""

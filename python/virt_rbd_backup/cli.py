@@ -640,7 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore a disk of a backup into a file or an RBD image, or a whole domain",
         description="Restore one disk of a backup (replaying its chain of incrementals) into a "
         "sparse raw file or an RBD image, and check the result against the backup's checksum; "
-        "with --restic-repo, from a restic snapshot (restic checks its own data). "
+        "with --restic-repo, from a sealed restic snapshot, checked against its seal's size and "
+        "checksum (latest passes over incomplete ones and names them on stderr). "
         "The target is written under a temporary name and renamed into place only then. "
         "With --define NAME instead of --to, every RBD disk is restored into POOL/NAME-DISK and "
         "a new domain NAME (new UUID and MACs) is defined on them from the saved XML, not started; "
@@ -945,12 +946,14 @@ def format_restic_listing(snapshot: ResticSnapshot) -> str:
     """Return the line ``list --restic-repo`` prints for one restic snapshot.
 
     ``DOMAIN UUID DISK ID TIME HOST FILE``, the id shortened to 8 characters as restic shows it
-    (``restore --backup`` takes such a prefix).
+    (``restore --backup`` takes such a prefix), and ``INCOMPLETE (no seal)`` after a snapshot
+    that no seal vouches for (``restore`` refuses it; ``latest`` passes over it).
     """
-    return (
+    line = (
         f"{snapshot.domain or '-'} {snapshot.domain_uuid or '-'} {snapshot.disk or '-'} {snapshot.id[:8]} "
         f"{snapshot.time} {snapshot.host or '-'} {snapshot.file}"
     )
+    return line if snapshot.complete else f"{line} INCOMPLETE (no seal)"
 
 
 def _restic_target(args: argparse.Namespace) -> ResticTarget | None:
@@ -1048,18 +1051,19 @@ def format_plan(plan: BackupPlan, *, quiet: bool = False) -> list[str]:
     return lines
 
 
-def format_restore(report: RestoreReport) -> str:
+def format_restore(report: RestoreReport, *, restic: bool = False) -> str:
     """Return the line ``restore`` prints.
 
     For example ``Restored web1 disk vda from backup B (chain: A <- B) to rbd:rbd/web1-root:
     10737418240 bytes, checksum verified``: the chain full backup first, the image size. A
-    restore from restic has no checksum of ours (restic checks its own data):
-    ``Restored web1 disk vda from restic snapshot ID to /srv/x.raw: 10737418240 bytes``.
+    restore from restic (``restic=True``) checks the checksum its seal records:
+    ``Restored web1 disk vda from restic snapshot ID to /srv/x.raw: 10737418240 bytes, checksum
+    verified``.
     """
-    if not report.checksum:
+    if restic:
         return (
             f"Restored {report.domain} disk {report.disk} from restic snapshot {report.backup_id} "
-            f"to {report.target}: {report.size} bytes"
+            f"to {report.target}: {report.size} bytes, checksum verified"
         )
     chain = " <- ".join(report.chain) or report.backup_id
     return (
@@ -1302,7 +1306,10 @@ def _run_restore(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     )
     report = RestoreReport.from_dict(raw)
     _print_lines([f"warning: {w}" for w in report.warnings], err)
-    return _print_report(raw, report, lambda r: [] if args.quiet else [format_restore(r)], args, out)
+    for skipped in report.skipped:
+        print(f"Skipped: {skipped}", file=err)
+    restic = args.restic_repo is not None
+    return _print_report(raw, report, lambda r: [] if args.quiet else [format_restore(r, restic=restic)], args, out)
 
 
 def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:

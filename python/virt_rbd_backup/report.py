@@ -518,13 +518,16 @@ class RestoreReport(_JsonShaped):
     bytes_written: int = 0
     """Bytes of data written (holes are not written)."""
     checksum: str
-    """The backup's content checksum, verified on the restored data; empty for a restore from
-    restic (restic checks its own data as it reads)."""
+    """The backup's content checksum, verified on the restored data (from restic: the one its
+    seal records, verified on what ``restic dump`` returned and on the restored data)."""
     seconds: float = 0.0
     """Seconds for the restore."""
     warnings: tuple[str, ...] = ()
     """What went wrong after the restore was in place: an image replaced with ``force`` that
     could not be removed (it is kept under the name the warning gives)."""
+    skipped: tuple[str, ...] = ()
+    """Newer backups ``latest`` passed over, and why (restic: snapshots without a seal, left by
+    runs that did not finish)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RestoreReport:
@@ -540,6 +543,7 @@ class RestoreReport(_JsonShaped):
             checksum=str(data["checksum"]),
             seconds=float(data.get("seconds", 0.0)),
             warnings=tuple(str(w) for w in data.get("warnings", ())),
+            skipped=tuple(str(s) for s in data.get("skipped", ())),
         )
 
 
@@ -830,10 +834,24 @@ class ResticSnapshot(_JsonShaped):
     """Guest device (tag ``disk=``)."""
     file: str
     """The file inside the snapshot, ``IMAGE.img`` as the original tool named it."""
+    complete: bool = False
+    """Whether a seal vouches for it: written after the whole disk was sent, restic committed
+    it and the Ceph snapshot was checked. ``restore`` takes only complete snapshots (``latest``
+    passes over the others); an incomplete one may hold only the start of the disk."""
+    size: int | None = None
+    """Image size in bytes (the seal's, else the snapshot's ``size=`` tag; None for snapshots
+    made before seals existed)."""
+    checksum: str | None = None
+    """The sealed ``blake3-4m:`` content checksum (complete snapshots only)."""
+    seal: str | None = None
+    """restic's id of the seal (complete snapshots only)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResticSnapshot:
         """Read one element of what ``_native.list_restic`` returns."""
+        size = data.get("size")
+        checksum = data.get("checksum")
+        seal = data.get("seal")
         return cls(
             id=str(data["id"]),
             time=str(data.get("time", "")),
@@ -842,4 +860,8 @@ class ResticSnapshot(_JsonShaped):
             domain=str(data.get("domain", "")),
             disk=str(data.get("disk", "")),
             file=str(data.get("file", "")),
+            complete=bool(data.get("complete", False)),
+            size=None if size is None else int(size),
+            checksum=None if checksum is None else str(checksum),
+            seal=None if seal is None else str(seal),
         )

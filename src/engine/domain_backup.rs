@@ -33,7 +33,7 @@ use super::group_snapshot::{domain_group, GroupSnapshotGuard};
 use super::monitor_quiet::MonitorQuiet;
 use super::options::{parse_compression, BackupOptions, ConsistencyPolicy, FreezePolicy};
 use super::report::{Consistency, DiskReport, DomainReport, DomainStatus, FreezeReport};
-use super::restic::{host_name, ResticTarget};
+use super::restic::{host_name, ResticSeal, ResticTarget, SEAL_FORMAT, SEAL_VERSION};
 use super::snapshot_guard::SnapshotGuard;
 use super::stale_snapshots::{StaleSnapshot, StaleSnapshots, StaleTarget};
 use super::thaw_guard::{test_pause, ThawWatchdog};
@@ -185,7 +185,7 @@ fn back_up_to_restic(
     report: &mut DomainReport,
     restic: &ResticTarget,
 ) -> Result<(), Error> {
-    with_open_images(ctx, job, |_clusters, pools, images| {
+    with_open_images(ctx, job, |clusters, pools, images| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -221,6 +221,7 @@ fn back_up_to_restic(
                             format!("disk={}", disk.target),
                             // restic splits tags at commas.
                             format!("name={}", job.name.replace(',', "_")),
+                            format!("size={}", info.size),
                         ];
                         let mut upload =
                             restic.start_backup(&format!("{}.img", disk.image), &tags, host)?;
@@ -238,7 +239,34 @@ fn back_up_to_restic(
                         )?;
                         // Before restic records its snapshot: dropping the upload aborts it.
                         snapshot_still_there(image, snap_name, snap_id)?;
-                        let restic_snapshot = upload.finish()?;
+                        let summary = upload.finish()?;
+                        let restic_snapshot = summary.snapshot_id;
+                        // Committed; only a seal makes it a backup (`restic` module doc).
+                        if let Some(bytes) = summary.bytes_processed.filter(|&b| b != info.size) {
+                            return Err(Error::Restic(format!(
+                                "restic snapshot {restic_snapshot} of {} holds {bytes} bytes, the image has {}; it is left unsealed (incomplete: restore ignores it)",
+                                image.spec(),
+                                info.size
+                            )));
+                        }
+                        test_pause("sealing");
+                        restic.seal(
+                            &ResticSeal {
+                                format: SEAL_FORMAT.into(),
+                                version: SEAL_VERSION,
+                                snapshot: restic_snapshot.clone(),
+                                file: format!("{}.img", disk.image),
+                                size: info.size,
+                                checksum: stats.checksum.clone(),
+                                domain_uuid: job.uuid.clone(),
+                                domain: job.name.clone(),
+                                disk: disk.target.clone(),
+                                image: image.spec().to_string(),
+                                ceph_snapshot: snap_name.clone(),
+                                ceph_snapshot_id: snap_id,
+                            },
+                            host,
+                        )?;
                         Ok(DiskReport {
                             target: disk.target.clone(),
                             image: image.spec().to_string(),
@@ -272,6 +300,16 @@ fn back_up_to_restic(
         let permit = ctx.quiet.removal_permit();
         drop(snapshots);
         drop(permit);
+        // Restic snapshots left on these disks by killed runs go at the end of the run, with
+        // every domain's stale snapshots; whatever became of this run's uploads.
+        match owned_leftovers(clusters, job, images, "restic", &snap_name) {
+            Ok(stale) => ctx.stale.add(stale),
+            Err(e) => warn(
+                ctx,
+                report,
+                format!("could not list the disks' snapshots to remove those of killed runs: {e}; the next run tries again"),
+            ),
+        }
         for result in results {
             report.disks.push(result?);
         }
@@ -577,21 +615,7 @@ fn back_up_to_repo(
         snapshots.keep();
         // The other snapshots of this repository on these disks go at the end of the run,
         // together with every other domain's (`stale_snapshots`).
-        let mut stale = Vec::new();
-        for ((image, disk), cluster) in images.iter().zip(&job.disks).zip(clusters) {
-            for snap in image.snapshots()? {
-                if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
-                    stale.push(StaleSnapshot {
-                        cluster: Arc::clone(cluster),
-                        pool: disk.pool.clone(),
-                        namespace: disk.namespace.clone(),
-                        target: StaleTarget::Image(disk.image.clone()),
-                        snapshot: snap.name,
-                        domain: job.report_index,
-                    });
-                }
-            }
-        }
+        let mut stale = owned_leftovers(clusters, job, images, repo.id(), &snap_name)?;
         if let Some(group) = &group {
             let pool_index = pools
                 .iter()
@@ -613,6 +637,33 @@ fn back_up_to_repo(
         ctx.stale.add(stale);
         Ok(())
     })
+}
+
+/// The snapshots of `owner` on the domain's disks other than `current`: left by killed runs
+/// (for restic, which keeps no base, every other one).
+fn owned_leftovers(
+    clusters: &[Arc<RadosCluster>],
+    job: &DomainJob,
+    images: &[RbdImage<'_>],
+    owner: &str,
+    current: &str,
+) -> Result<Vec<StaleSnapshot>, Error> {
+    let mut stale = Vec::new();
+    for ((image, disk), cluster) in images.iter().zip(&job.disks).zip(clusters) {
+        for snap in image.snapshots()? {
+            if is_owned_snapshot(&snap.name, owner) && snap.name != current {
+                stale.push(StaleSnapshot {
+                    cluster: Arc::clone(cluster),
+                    pool: disk.pool.clone(),
+                    namespace: disk.namespace.clone(),
+                    target: StaleTarget::Image(disk.image.clone()),
+                    snapshot: snap.name,
+                    domain: job.report_index,
+                });
+            }
+        }
+    }
+    Ok(stale)
 }
 
 /// Finishes a diff file written into the staged backup, writes the chunk table of its stored

@@ -35,7 +35,9 @@
 //!    complete backups, plus those of a run in progress or killed (the next run removes them).
 //!    Snapshots carry the repository's id: other repositories' snapshots are never touched.
 //!    (restic targets keep no base: their snapshots are removed when the domain is done,
-//!    waiting until no other domain of the run is freezing, `monitor_quiet`.)
+//!    waiting until no other domain of the run is freezing, `monitor_quiet`; restic snapshots
+//!    of killed runs go at the end of the run. A disk's restic snapshot is a backup only once
+//!    its seal is written, after restic committed it and the snapshot check passed: `restic`.)
 //!
 //! Before any domain, the run thaws guests that earlier runs of this host left frozen
 //! (`freeze_ledger::thaw_orphans`) and says so in those domains' reports.

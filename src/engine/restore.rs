@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::ceph::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
-use crate::plan::{ContentHasher, HASH_BLOCK_SIZE};
+use crate::plan::{checksum_of_table, ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
 use crate::repo::chain::{data_in, verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::image_file::nonzero_runs;
 use crate::repo::manifest::sync_dir;
@@ -52,7 +52,7 @@ use crate::repo::{RepoError, Repository};
 
 use super::ceph_session::cluster_address;
 use super::export::image_block_table;
-use super::restic::{list_restic, ResticTarget};
+use super::restic::{choose_restic_snapshot, list_restic, unsealed, ResticTarget};
 use super::CancelToken;
 
 /// Where a restore goes.
@@ -166,6 +166,8 @@ pub struct RestoreReport {
     pub seconds: f64,
     /// What went wrong after the restore was in place (an old image that could not be removed).
     pub warnings: Vec<String>,
+    /// Newer backups `latest` passed over, and why (restic: snapshots without a seal).
+    pub skipped: Vec<String>,
 }
 
 /// A place blocks are written to: a sparse file or an RBD image.
@@ -245,58 +247,36 @@ fn restore_disk(
         checksum: last.disk.checksum.clone(),
         seconds: started.elapsed().as_secs_f64(),
         warnings: Vec::new(),
+        skipped: Vec::new(),
     };
     Ok((report, placed))
 }
 
 /// Restores a disk from a restic snapshot made by this tool (`restic dump` streamed into the
-/// target, zeros left as holes). restic checks its own data while it reads; there is no chain.
+/// target, zeros left as holes). Only a sealed snapshot is restored (see the `restic` module):
+/// `latest` passes over incomplete ones (the report names them), one asked for by id is
+/// refused. What restic returns is checked against the seal's size and content checksum as it
+/// streams, and the result read back and checked again, before it is renamed into place.
 fn restore_from_restic(
     options: &RestoreOptions,
     restic: &ResticTarget,
     cancel: &CancelToken,
 ) -> Result<(RestoreReport, Option<PlacedImage>), Error> {
     let started = Instant::now();
-    let mut candidates = list_restic(restic, Some(&options.domain))?;
-    if let Some(disk) = &options.disk {
-        candidates.retain(|s| &s.disk == disk);
-    }
-    let wanted = options.backup.as_deref().filter(|b| *b != "latest");
-    let chosen = match wanted {
-        Some(id) => candidates.into_iter().find(|s| s.id.starts_with(id)),
-        None => {
-            let disks: std::collections::BTreeSet<&str> =
-                candidates.iter().map(|s| s.disk.as_str()).collect();
-            if disks.len() > 1 {
-                return Err(Error::Usage(format!(
-                    "the restic repository holds several disks of {} ({}); choose one with --disk",
-                    options.domain,
-                    disks.into_iter().collect::<Vec<_>>().join(", ")
-                )));
-            }
-            candidates.pop()
-        }
-    }
-    .ok_or_else(|| {
-        Error::Usage(format!(
-            "no restic snapshot of {} matches; `virt-rbd-backup list --restic-repo ...` shows them",
-            options.domain
-        ))
-    })?;
-
-    let listing = restic.run(&["ls", "--json", &chosen.id])?;
-    let path = format!("/{}", chosen.file);
-    let size = String::from_utf8_lossy(&listing)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v.get("path").and_then(|p| p.as_str()) == Some(path.as_str()))
-        .and_then(|v| v.get("size").and_then(|s| s.as_u64()))
-        .ok_or_else(|| {
-            Error::Restic(format!(
-                "restic snapshot {} holds no file {path}",
-                chosen.id
-            ))
-        })?;
+    let candidates = list_restic(restic, Some(&options.domain))?;
+    let (chosen, skipped) = choose_restic_snapshot(
+        candidates,
+        &options.domain,
+        options.disk.as_deref(),
+        options.backup.as_deref(),
+    )?;
+    let (Some(size), Some(checksum)) = (chosen.size, chosen.checksum.clone()) else {
+        return Err(unsealed(&chosen));
+    };
+    let untrusted = |reason: String| Error::ResticUntrusted {
+        snapshot: chosen.id.clone(),
+        reason,
+    };
     let (target_text, bytes_written, placed) = restore_into(
         options,
         size,
@@ -323,6 +303,7 @@ fn restore_from_restic(
             let mut buf = vec![0u8; HASH_BLOCK_SIZE as usize];
             let mut offset = 0u64;
             let mut written = 0u64;
+            let mut hasher = StreamHasher::new();
             loop {
                 if cancel.is_cancelled() {
                     let _ = child.kill();
@@ -342,6 +323,15 @@ fn restore_from_restic(
                 if filled == 0 {
                     break;
                 }
+                // More than the seal records: stop before writing past the image's end.
+                if offset + filled as u64 > size {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(untrusted(format!(
+                        "restic dump returned more than the {size} bytes its seal records"
+                    )));
+                }
+                hasher.update(&buf[..filled]);
                 for (start, end) in nonzero_runs(&buf[..filled], 4096) {
                     sink.write(offset + start as u64, &buf[start..end])?;
                     written += (end - start) as u64;
@@ -363,9 +353,21 @@ fn restore_from_restic(
                 )));
             }
             if offset != size {
-                return Err(Error::Restic(format!(
-                    "restic dump {} gave {offset} bytes, the file has {size}",
-                    chosen.id
+                return Err(untrusted(format!(
+                    "restic dump returned {offset} bytes, its seal records {size}"
+                )));
+            }
+            let (returned, _) = hasher.finish();
+            if returned != checksum {
+                return Err(untrusted(format!(
+                    "what restic dump returned has the checksum {returned}, its seal records {checksum}"
+                )));
+            }
+            // The target holds what restic returned (an RBD write is not trusted blindly).
+            let landed = checksum_of_table(&sink.block_hashes(size)?);
+            if landed != checksum {
+                return Err(untrusted(format!(
+                    "restic returned the sealed content, but the target reads back as {landed}; the target's storage lost writes"
                 )));
             }
             Ok(written)
@@ -379,9 +381,18 @@ fn restore_from_restic(
         target: target_text,
         size,
         bytes_written,
-        checksum: String::new(),
+        checksum,
         seconds: started.elapsed().as_secs_f64(),
         warnings: Vec::new(),
+        skipped: skipped
+            .iter()
+            .map(|s| {
+                format!(
+                    "restic snapshot {} of {} is incomplete (no seal)",
+                    s.id, s.time
+                )
+            })
+            .collect(),
     };
     Ok((report, placed))
 }

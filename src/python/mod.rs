@@ -87,7 +87,7 @@ create_exception!(
     virt_rbd_backup,
     ResticError,
     BackupError,
-    "restic could not be run, or exited with an error (its own message is quoted)."
+    "restic could not be run, or exited with an error (its own message is quoted), or a restic snapshot cannot be trusted as a disk (no seal, or its size or checksum differ)."
 );
 create_exception!(
     virt_rbd_backup,
@@ -131,7 +131,7 @@ fn to_py_err(err: Error) -> PyErr {
         Error::Libvirt(_) => LibvirtError::new_err(message),
         Error::Ceph(_) => CephError::new_err(message),
         Error::Repo(_) => RepositoryError::new_err(message),
-        Error::Restic(_) => ResticError::new_err(message),
+        Error::Restic(_) | Error::ResticUntrusted { .. } => ResticError::new_err(message),
         Error::Inconsistent(_) | Error::SnapshotRemoved { .. } => {
             InconsistentError::new_err(message)
         }

@@ -1145,6 +1145,10 @@ RESTIC_SNAPSHOTS = [
         "domain": "web1",
         "disk": "vda",
         "file": "web1-a.img",
+        "complete": True,
+        "size": 4096,
+        "checksum": "blake3-4m:" + "0" * 64,
+        "seal": "5ea1",
     },
     {
         "id": "bb22aa11" + "0" * 56,
@@ -1154,6 +1158,10 @@ RESTIC_SNAPSHOTS = [
         "domain": "db1",
         "disk": "vda",
         "file": "db1-a.img",
+        "complete": False,
+        "size": None,
+        "checksum": None,
+        "seal": None,
     },
 ]
 
@@ -1175,22 +1183,26 @@ def test_list_restic_lines_filtered_by_domain(
     assert calls == [(virt_rbd_backup.ResticTarget(repository="/srv/restic", password_file="/etc/pw"), None)]
     assert cli.main(["list", "--restic-repo", "/srv/restic", "--domain", UUID_B, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == RESTIC_SNAPSHOTS[1:]
+    # An incomplete snapshot is listed, marked.
+    assert cli.main(["list", "--restic-repo", "/srv/restic", "db1"]) == 0
+    assert capsys.readouterr().out.endswith(" db1-a.img INCOMPLETE (no seal)\n")
 
 
-def test_restore_from_restic_passes_the_target_and_claims_no_checksum(
+def test_restore_from_restic_passes_the_target_and_reports_what_latest_skipped(
     fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     report_ = restore_report(["4f1c2a9e"], target="/srv/x.raw")
-    report_["checksum"] = ""
+    report_["skipped"] = ["restic snapshot bb22 of 2026-11-27T10:00:00Z is incomplete (no seal)"]
     fake_repo_core["restore"] = report_
-    argv = ["restore", "web1", "--restic-repo", "/srv/restic", "--backup", "4f1c", "--to", "/srv/x.raw"]
+    argv = ["restore", "web1", "--restic-repo", "/srv/restic", "--to", "/srv/x.raw"]
     assert cli.main(argv) == 0
     assert fake_repo_core["calls"][0][2]["restic"] == virt_rbd_backup.ResticTarget(repository="/srv/restic")
-    out = capsys.readouterr().out
-    assert (
-        out == f"Restored web1 disk vda from restic snapshot {report_['backup_id']} to /srv/x.raw: 10737418240 bytes\n"
+    captured = capsys.readouterr()
+    assert captured.out == (
+        f"Restored web1 disk vda from restic snapshot {report_['backup_id']} to /srv/x.raw: 10737418240 bytes, "
+        "checksum verified\n"
     )
-    assert "checksum" not in out
+    assert captured.err == "Skipped: restic snapshot bb22 of 2026-11-27T10:00:00Z is incomplete (no seal)\n"
 
 
 # -------------------------------------------------------------------------- compression, rate, Ceph timeout

@@ -328,7 +328,8 @@ RESTORE_JSON = """
   "bytes_written": 2147483648,
   "checksum": "blake3-4m:00ff",
   "seconds": 12.25,
-  "warnings": ["the restore is in place, but the image it replaced was kept as rbd/web1-restored.virt-rbd-backup-replaced"]
+  "warnings": ["the restore is in place, but the image it replaced was kept as rbd/web1-restored.virt-rbd-backup-replaced"],
+  "skipped": []
 }
 """
 
@@ -348,7 +349,7 @@ DEFINE_JSON = """
     {"domain": "web1", "backup_id": "20251127T100000.000Z", "disk": "vda",
      "chain": ["20251126T100000.000Z", "20251127T100000.000Z"], "target": "rbd:rbd/web1-copy-vda",
      "size": 10737418240, "bytes_written": 2147483648, "checksum": "blake3-4m:00ff", "seconds": 12.25,
-     "warnings": []}
+     "warnings": [], "skipped": []}
   ],
   "dropped_disks": ["vdc"]
 }
@@ -475,7 +476,11 @@ RESTIC_LISTING_JSON = """
 [
   {"id": "4f1c2a9e0b5ac0ffee015e3c0b1a7a2d4f1c2a9e0b5ac0ffee015e3c0b1a7a2d", "time": "2026-11-26T10:34:00.123+01:00",
    "host": "hv1", "domain_uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f", "domain": "web1", "disk": "vda",
-   "file": "web1-root.img"}
+   "file": "web1-root.img", "complete": true, "size": 10737418240,
+   "checksum": "blake3-4m:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", "seal": "5ea1"},
+  {"id": "bb22", "time": "2026-11-27T10:34:00.123+01:00",
+   "host": "hv1", "domain_uuid": "6695eb01-f6a4-8304-79aa-97f2502e193f", "domain": "web1", "disk": "vda",
+   "file": "web1-root.img", "complete": false, "size": null, "checksum": null, "seal": null}
 ]
 """
 
@@ -483,6 +488,12 @@ RESTIC_LISTING_JSON = """
 def test_restic_listing_round_trips() -> None:
     data = json.loads(RESTIC_LISTING_JSON)
     assert [ResticSnapshot.from_dict(s).to_dict() for s in data] == data
+
+
+def test_restic_listing_marks_incomplete_snapshots() -> None:
+    complete, incomplete = (ResticSnapshot.from_dict(s) for s in json.loads(RESTIC_LISTING_JSON))
+    assert cli.format_restic_listing(complete).endswith(" web1-root.img")
+    assert cli.format_restic_listing(incomplete).endswith(" web1-root.img INCOMPLETE (no seal)")
 
 
 def test_restic_target_is_the_cores_json_shape() -> None:

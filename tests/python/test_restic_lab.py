@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from lab_support import (
@@ -29,6 +30,7 @@ from lab_support import (
     file_sha256,
     rbd,
     rbd_export_sha256,
+    rbd_json,
     require_lab,
     run,
     tool_snapshots,
@@ -52,6 +54,23 @@ def restic_snapshots(repo: Path, password_file: Path) -> list[dict[str, Any]]:
 def restic_owned_snapshots(image: str) -> list[str]:
     """The tool's restic-mode snapshots of pool/image (they must be gone after a run)."""
     return [s for s in tool_snapshots(image) if s.startswith(RESTIC_SNAPSHOT_PREFIX)]
+
+
+def dump_checksum(repo: Path, password_file: Path, snapshot: str, file: str) -> str:
+    """The `blake3-4m:` content checksum (README § The repository) of a file restic dumps,
+    computed here from the README's definition, not by the tool."""
+    proc = subprocess.Popen(
+        ["restic", "--repo", str(repo), "--password-file", str(password_file), "dump", snapshot, f"/{file}"],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    table = blake3.blake3()
+    while block := proc.stdout.read(4 << 20):
+        while len(block) < 4 << 20 and (more := proc.stdout.read((4 << 20) - len(block))):
+            block += more
+        table.update(blake3.blake3(block).digest())
+    assert proc.wait() == 0
+    return f"blake3-4m:{table.hexdigest()}"
 
 
 def dump_sha256(repo: Path, password_file: Path, snapshot: str, file: str) -> str:
@@ -142,16 +161,30 @@ def test_each_disk_is_one_restic_snapshot_with_the_tags(
     restic_repo: tuple[Path, Path], backed_up: dict[str, Any]
 ) -> None:
     repo, password_file = restic_repo
-    snapshots = restic_snapshots(repo, password_file)
+    everything = restic_snapshots(repo, password_file)
+    snapshots = [s for s in everything if "virt-rbd-backup-seal" not in s["tags"]]
+    seals = [s for s in everything if "virt-rbd-backup-seal" in s["tags"]]
     found = sorted((s["paths"][0], sorted(s["tags"]), s["hostname"]) for s in snapshots)
     expected = []
+    expected_seals = []
     for domain, images in IMAGES.items():
         uuid = domain_uuid(domain)
         for index, image in enumerate(images):
             disk = "vd" + "ab"[index]
-            tags = sorted(["virt-rbd-backup", f"domain={uuid}", f"disk={disk}", f"name={domain}"])
+            size = rbd_json("info", image)["size"]
+            tags = sorted(["virt-rbd-backup", f"domain={uuid}", f"disk={disk}", f"name={domain}", f"size={size}"])
             expected.append((f"/{image.split('/')[1]}.img", tags, socket.gethostname()))
+            expected_seals.append((f"/{image.split('/')[1]}.img.seal.json", uuid, disk, size))
     assert found == sorted(expected)
+    # One seal per disk snapshot, naming it, with the size and the checksum of its content.
+    found_seals = []
+    for seal in seals:
+        tags = dict(t.split("=", 1) for t in seal["tags"] if "=" in t)
+        (sealed,) = [s for s in snapshots if s["id"].startswith(tags["snapshot"])]
+        file = sealed["paths"][0].removeprefix("/")
+        assert tags["checksum"] == dump_checksum(repo, password_file, sealed["id"], file)
+        found_seals.append((seal["paths"][0], tags["domain"], tags["disk"], int(tags["size"])))
+    assert sorted(found_seals) == sorted(expected_seals)
     # The report names each disk's restic snapshot.
     for domain in IMAGES:
         report = domain_report(backed_up["report"], domain)
@@ -190,8 +223,9 @@ def test_list_shows_the_disk_backups(restic_repo: tuple[Path, Path], backed_up: 
     base = ["list", "--restic-repo", str(repo), "--restic-password-file", str(password_file)]
     listed = cli(*base, "--json")
     assert listed.returncode == 0, listed.stderr
-    by_restic = {s["id"]: s for s in restic_snapshots(repo, password_file)}
+    by_restic = {s["id"]: s for s in restic_snapshots(repo, password_file) if "virt-rbd-backup-seal" not in s["tags"]}
     assert {s["id"] for s in listed.json()} == set(by_restic)
+    assert all(s["complete"] for s in listed.json())
     assert sorted((s["domain"], s["disk"], s["file"]) for s in listed.json()) == [
         ("lab-guest", "vda", "lab-guest-a.img"),
         ("lab-guest", "vdb", "lab-guest-b.img"),
@@ -223,7 +257,7 @@ def test_restore_into_a_file_equals_the_image(
     assert result.returncode == 0, result.stderr
     assert file_sha256(target) == backed_up["heads"]["rbd/lab-off-a"]
     assert result.stdout.startswith("Restored lab-off disk vda from restic snapshot ")
-    assert "checksum" not in result.stdout
+    assert result.stdout.rstrip().endswith("checksum verified")
     # Sparse: the zeros of the image were left as holes.
     assert target.stat().st_blocks * 512 < target.stat().st_size
 

@@ -238,7 +238,8 @@ def would_restore_restic(module, params, restic):
             msg="virt-rbd-backup (check mode): domain %s has disks %s in restic; choose one with disk"
             % (params["domain"], ", ".join(disks))
         )
-    of_disk = [s for s in snapshots if s["disk"] == disk]
+    # Only sealed snapshots are restored (an older virt-rbd-backup lists no `complete`).
+    of_disk = [s for s in snapshots if s["disk"] == disk and s.get("complete", True)]
     chosen = choose(module, params, of_disk, lambda s: s["id"].startswith(params["backup"]))
     return dict(backup_id=chosen["id"], disk=disk, target=checked_target(module, params))
 
