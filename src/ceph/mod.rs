@@ -15,8 +15,10 @@ pub mod error;
 mod ffi;
 pub mod group;
 pub mod image;
+pub mod lock;
 
 pub use cluster::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster};
 pub use error::CephError;
 pub use group::{GroupSnapshotInfo, RbdGroup};
-pub use image::{Extent, ImageInfo, PendingRead, RbdImage, SnapshotInfo};
+pub use image::{Extent, ImageInfo, ImageWatcher, PendingRead, RbdImage, SnapshotInfo};
+pub use lock::{LockAttempt, Locker};

@@ -1,6 +1,7 @@
 //! Backing up one domain: prepare, freeze, snapshot all disks at once, thaw, export, commit,
 //! remove the snapshots. See the order of operations in the `engine` module doc.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use crate::ceph::{CephError, PoolContext, RadosCluster, RbdGroup, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
 use crate::plan::DiskPlan;
-use crate::plan::{backup_id_from_unix, is_owned_snapshot, snapshot_name};
+use crate::plan::{backup_id_from_unix, domain_snapshot_name, is_stale_for_domain, snapshot_name};
 use crate::repo::block_table::write_block_table;
 use crate::repo::hashing_writer::StoredDiffWriter;
 use crate::repo::layout::safe_component;
@@ -22,6 +23,7 @@ use crate::repo::{
 };
 
 use super::ceph_session::{cluster_address, ConnectionCache};
+use super::cluster_lock::{foreign_watcher, renew_until, ImageLocks, LockOwner};
 use super::disk_plan::{prepare_disk, readable_backups, PreviousBackup};
 use super::events::{BackupEvent, EventSink};
 use super::export::{
@@ -84,6 +86,7 @@ pub(super) fn new_report(name: &str, uuid: &str, status: DomainStatus) -> Domain
         uuid: uuid.to_string(),
         status,
         error: None,
+        skip_reason: None,
         warnings: Vec::new(),
         backup_id: None,
         kind: None,
@@ -109,6 +112,11 @@ pub(super) fn backup_domain(ctx: &RunContext<'_>, job: &DomainJob) -> DomainRepo
     }));
     match outcome {
         Ok(Ok(())) => report.status = DomainStatus::Succeeded,
+        Ok(Err(Error::Skipped(line))) => {
+            log::info!("{line}");
+            report.status = DomainStatus::Skipped;
+            report.skip_reason = Some(line);
+        }
         Ok(Err(e)) => {
             report.status = DomainStatus::Failed;
             report.error = Some(e.to_string());
@@ -184,7 +192,7 @@ fn back_up_to_restic(
     report: &mut DomainReport,
     restic: &ResticTarget,
 ) -> Result<(), Error> {
-    with_open_images(ctx, job, |_clusters, pools, images| {
+    with_open_images(ctx, job, |_clusters, pools, images, _cluster_locks| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -288,15 +296,19 @@ fn back_up_to_repo(
 ) -> Result<(), Error> {
     let started_at = unix_now();
     let lock = repo.lock_domain(&job.uuid, &job.name)?;
-    for leftover in lock.remove_partial_backups()? {
-        warn(
-            ctx,
-            report,
-            format!("removed {} left by an interrupted run", leftover.display()),
-        );
-    }
 
-    with_open_images(ctx, job, |clusters, pools, images| {
+    with_open_images(ctx, job, |clusters, pools, images, cluster_locks| {
+        // Only now, holding the cluster lock of every image of the domain: on a folder shared
+        // by several hosts (NFS) the folder lock may not exclude another host, but no run
+        // elsewhere can be writing a backup of these images while we hold their locks, so a
+        // `.partial-*` here is a dead run's.
+        for leftover in lock.remove_partial_backups()? {
+            warn(
+                ctx,
+                report,
+                format!("removed {} left by an interrupted run", leftover.display()),
+            );
+        }
         let (backups, unreadable) = readable_backups(repo, &job.uuid)?;
         let previous = backups.last();
         for message in unreadable {
@@ -328,7 +340,7 @@ fn back_up_to_repo(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
-        let snap_name = snapshot_name(repo.id(), &backup_id);
+        let snap_name = domain_snapshot_name(repo.id(), &job.uuid, &backup_id);
         let staged = lock.stage_backup(&backup_id)?;
 
         let image_names: Vec<&str> = job.disks.iter().map(|d| d.image.as_str()).collect();
@@ -565,6 +577,8 @@ fn back_up_to_repo(
             disks: disk_records,
         };
         test_pause("committing");
+        // Not committed if another host may have taken the images meanwhile.
+        cluster_locks.check_held()?;
         let path = staged.commit(&manifest)?;
         report.backup_id = Some(backup_id);
         report.kind = Some(manifest.kind);
@@ -576,10 +590,14 @@ fn back_up_to_repo(
         snapshots.keep();
         // The other snapshots of this repository on these disks go at the end of the run,
         // together with every other domain's (`stale_snapshots`).
+        // Only this domain's: an image can be a disk of several domains (`plan::naming`).
+        let recorded = recorded_snapshots(&backups);
+        let is_stale =
+            |name: &str| is_stale_for_domain(name, repo.id(), &job.uuid, &snap_name, &recorded);
         let mut stale = Vec::new();
         for ((image, disk), cluster) in images.iter().zip(&job.disks).zip(clusters) {
             for snap in image.snapshots()? {
-                if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
+                if is_stale(&snap.name) {
                     stale.push(StaleSnapshot {
                         cluster: Arc::clone(cluster),
                         pool: disk.pool.clone(),
@@ -597,7 +615,7 @@ fn back_up_to_repo(
                 .position(|p| std::ptr::eq(p, group.pool()))
                 .unwrap_or(0);
             for snap in group.snapshots()? {
-                if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
+                if is_stale(&snap.name) {
                     stale.push(StaleSnapshot {
                         cluster: Arc::clone(&clusters[pool_index]),
                         pool: job.disks[pool_index].pool.clone(),
@@ -614,8 +632,20 @@ fn back_up_to_repo(
     })
 }
 
-/// Finishes a diff file written into the staged backup, writes the chunk table of its stored
-/// bytes next to it (`FILE.b3`) and records both in the disk's record.
+/// The snapshot names (per disk and group) that `backups` (this domain's) record.
+fn recorded_snapshots(backups: &[PreviousBackup]) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for (_, manifest) in backups {
+        for disk in &manifest.disks {
+            names.insert(disk.snapshot.name.clone());
+            if let Some(g) = &disk.group_snapshot {
+                names.insert(g.name.clone());
+            }
+        }
+    }
+    names
+}
+
 /// The leaf tables of the chain that the last of `backups` (oldest first, as read for this
 /// run) ends for disk `target`, newest first; walked on the manifests already read. Any
 /// problem (a broken chain, a table of an older version or a damaged one) only leaves tables
@@ -647,6 +677,8 @@ fn base_leaves(backups: &[PreviousBackup], target: &str) -> BaseLeaves {
     BaseLeaves::new(tables)
 }
 
+/// Finishes a diff file written into the staged backup, writes the chunk table of its stored
+/// bytes next to it (`FILE.b3`) and records both in the disk's record.
 fn record_diff_file(
     record: &mut DiskRecord,
     staged: &StagedBackup<'_>,
@@ -708,12 +740,20 @@ fn group_member_still_there(image: &RbdImage<'_>, g: &GroupSnapshotRecord) -> Re
     }
 }
 
-/// Connects, opens every pool and image of the domain and hands them to `f`. Everything that
-/// can fail or talk to the monitors happens here, before any freeze.
+/// Connects, opens every pool and image of the domain, takes the cluster lock of every image
+/// (`cluster_lock`) and hands them to `f`, renewing the locks while it runs and releasing them
+/// after. Everything that can fail or talk to the monitors happens here, before any freeze.
+/// `Error::Skipped` when another client holds an image's lock, or when the domain is shut off
+/// here but a client elsewhere has one of its images open for writing (it runs on another host).
 fn with_open_images<T>(
     ctx: &RunContext<'_>,
     job: &DomainJob,
-    f: impl FnOnce(&[Arc<RadosCluster>], &[PoolContext<'_>], &[RbdImage<'_>]) -> Result<T, Error>,
+    f: impl FnOnce(
+        &[Arc<RadosCluster>],
+        &[PoolContext<'_>],
+        &[RbdImage<'_>],
+        &ImageLocks<'_>,
+    ) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut clusters = Vec::with_capacity(job.disks.len());
     for disk in &job.disks {
@@ -738,7 +778,34 @@ fn with_open_images<T>(
         .zip(&job.disks)
         .map(|(p, d)| RbdImage::open(p, &d.image))
         .collect::<Result<_, _>>()?;
-    f(&clusters, &pools, &images)
+    let me = LockOwner::current(&job.uuid);
+    let locks = match ImageLocks::acquire(&pools, &images, &me, ctx.cancel)? {
+        Ok(locks) => locks,
+        Err(busy) => {
+            return Err(Error::Skipped(format!(
+                "Skipping domain {} ({}): {}",
+                job.name, job.uuid, busy.message
+            )))
+        }
+    };
+    if !ctx.libvirt.is_active(&job.uuid)? {
+        // Shut off here is no proof that nothing writes the disks: the domain may run on
+        // another host (live migration, or defined on several). A snapshot of it would be
+        // recorded as `shut_off` while the disks change.
+        if let Some((image, client)) = foreign_watcher(&images, &pools, &locks.broken_clients)? {
+            return Err(Error::Skipped(format!(
+                "Skipping domain {} ({}): shut off here but its image {image} is open by another client ({client}): running on another host?",
+                job.name, job.uuid
+            )));
+        }
+    }
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(|| renew_until(&locks, &stopped));
+        // Dropped also when `f` panics, so the renewal thread ends and the scope can close.
+        let _stop = stop;
+        f(&clusters, &pools, &images, &locks)
+    })
 }
 
 /// The snapshots a backup of one domain took: one per disk, and with group consistency the

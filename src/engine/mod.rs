@@ -38,6 +38,7 @@
 //! a failure in one domain is recorded in its report and the others go on.
 
 mod ceph_session;
+mod cluster_lock;
 mod disk_plan;
 mod domain_backup;
 pub mod events;
