@@ -192,7 +192,7 @@ fn back_up_to_restic(
     report: &mut DomainReport,
     restic: &ResticTarget,
 ) -> Result<(), Error> {
-    with_open_images(ctx, job, |_clusters, pools, images, _cluster_locks| {
+    with_open_images(ctx, job, |_clusters, pools, images, cluster_locks| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -245,6 +245,7 @@ fn back_up_to_restic(
                         )?;
                         // Before restic records its snapshot: dropping the upload aborts it.
                         snapshot_still_there(image, snap_name, snap_id)?;
+                        cluster_locks.check_held()?;
                         let restic_snapshot = upload.finish()?;
                         Ok(DiskReport {
                             target: disk.target.clone(),

@@ -42,15 +42,15 @@ from lab_support import (
 pytestmark = pytest.mark.lab
 
 
-def start_backup(
-    repo: Path, domain: str, pause: str, env: Mapping[str, str] | None = None
-) -> subprocess.Popen[bytes]:
+BACKUP = (sys.executable, "-m", "virt_rbd_backup", "backup")
+
+
+def start_backup(repo: Path, domain: str, pause: str) -> subprocess.Popen[bytes]:
     """A full backup of `domain` into `repo` as a process of its own, paused at `pause`
     (`PHASE:SECONDS`, the engine's test hook)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "virt_rbd_backup", "backup", "--mode", "full"]
-        + ["--repo", str(repo), "--json", "--domain", domain],
-        env=dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=pause, **(env or {})),
+        [*BACKUP, "--mode", "full", "--repo", str(repo), "--json", "--domain", domain],
+        env=dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=pause),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -289,7 +289,9 @@ def test_a_second_host_on_a_shared_folder_does_not_remove_an_in_flight_partial(
             first.wait()
         assert len(complete_backups(repo, dom)) == 1
         assert partials(repo, dom) == []
-        fault.outcome = f"host B exit {second.returncode}, skipped; partial kept; host A exit {first.returncode}, committed"
+        fault.outcome = (
+            f"host B exit {second.returncode}, skipped; partial kept; host A exit {first.returncode}, committed"
+        )
         fault.measure(repo, [image])
         assert fault.leaks == 0
         assert fault.data_lost is not None and fault.data_lost.startswith("none"), fault.data_lost
