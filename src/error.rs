@@ -56,6 +56,20 @@ pub enum Error {
         /// What the XML hands over, one entry each.
         findings: Vec<String>,
     },
+    /// The domain is not backed up by this run, and that is no failure: another client holds
+    /// its images (a backup elsewhere, or the domain runs on another host). The message is the
+    /// operator's line.
+    #[error("{0}")]
+    Skipped(String),
+    /// The cluster-side lock of an image was lost during the backup (its lease ran out): another
+    /// host may have backed up or cleaned up the image meanwhile.
+    #[error("lost the backup lock on image {image}: {reason}; this backup of the domain is discarded; run it again (is the cluster or this host overloaded?)")]
+    ClusterLockLost {
+        /// pool/image.
+        image: String,
+        /// Why.
+        reason: String,
+    },
     /// restic failed.
     #[error("{0}")]
     Restic(String),

@@ -3,8 +3,8 @@
 # phase, concurrent runs, full target, hung monitor, libvirtd gone, wrong key, deleted image,
 # unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup; restore
 # targets appearing mid-restore, --force replacement, block devices, restore --define refusing
-# host passthrough and cleaning up after a failed disk) and prints
-# a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
+# host passthrough and cleaning up after a failed disk; a second host on the same domain, image
+# or folder; systemd killing the run's cgroup, SIGTERM, SIGHUP; restic runs killed) and prints# a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
 # column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
 #
 #   bash tests/faults.sh [PYTEST-ARGS...]     e.g. -k destroyed, -x
@@ -26,4 +26,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_midrun_faults_lab.py \
     tests/python/test_engine_stop_faults_lab.py \
     tests/python/test_engine_restore_targets_lab.py \
-    tests/python/test_restic_faults_lab.py
+    tests/python/test_restic_faults_lab.py \
+    tests/python/test_engine_multihost_lab.py

@@ -160,8 +160,9 @@ def format_event(event: Mapping[str, Any]) -> tuple[Stream, str] | None:
     """Return the line an event prints, and where, or None for events without a line.
 
     The lines of the original tool are kept exactly. ``disk_progress`` has no line (progress is
-    drawn separately) and neither has a skipped domain's ``domain_finished`` or an event type
-    this version does not know.
+    drawn separately) and neither has a ``domain_finished`` of a domain skipped for having no RBD
+    disk or an event type this version does not know; a domain skipped because another client
+    holds its images prints its ``skip_reason``.
     """
     kind = event.get("event")
     if kind == "disk_skipped":
@@ -180,6 +181,8 @@ def format_event(event: Mapping[str, Any]) -> tuple[Stream, str] | None:
             return "out", f"Backup successful: No error occurred for domain {report['uuid']}"
         if report["status"] == "failed":
             return "out", f"Backup failed: {report.get('error') or 'unknown error'}"
+        if report["status"] == "skipped" and report.get("skip_reason"):
+            return "out", str(report["skip_reason"])
     return None
 
 

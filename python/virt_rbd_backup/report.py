@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 DomainStatus: TypeAlias = Literal["succeeded", "failed", "skipped"]
-"""Outcome of one domain: ``succeeded``, ``failed`` or ``skipped`` (no RBD disk)."""
+"""Outcome of one domain: ``succeeded``, ``failed`` or ``skipped`` (no RBD disk, or another client
+holds its images: ``skip_reason``)."""
 
 Consistency: TypeAlias = Literal["frozen", "crash_consistent_per_disk", "crash_consistent_group", "shut_off"]
 """Consistency of a domain's snapshots: guest filesystems ``frozen``, crash-consistent per disk
@@ -177,9 +178,11 @@ class DomainReport(_JsonShaped):
     uuid: str
     """Domain UUID."""
     status: DomainStatus
-    """``succeeded``, ``failed`` or ``skipped`` (the domain has no RBD disk)."""
+    """``succeeded``, ``failed`` or ``skipped`` (no RBD disk, or another client holds its images)."""
     error: str | None = None
     """The first error, for a failed domain."""
+    skip_reason: str | None = None
+    """Why a domain with RBD disks was skipped: another host backs it up or runs it."""
     warnings: tuple[str, ...] = ()
     """Warnings, for example a freeze that fell back to crash-consistent snapshots."""
     backup_id: str | None = None
@@ -205,6 +208,7 @@ class DomainReport(_JsonShaped):
             uuid=str(data["uuid"]),
             status=data["status"],
             error=data.get("error"),
+            skip_reason=data.get("skip_reason"),
             warnings=tuple(str(w) for w in data.get("warnings", ())),
             backup_id=data.get("backup_id"),
             kind=data.get("kind"),

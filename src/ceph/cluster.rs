@@ -162,6 +162,13 @@ impl RadosCluster {
         }
     }
 
+    /// This connection's global id in the cluster (the `N` of `client.N`), as image watchers
+    /// and lock holders name it.
+    pub fn instance_id(&self) -> u64 {
+        // SAFETY: connected handle; a pure accessor.
+        unsafe { ffi::rados_get_instance_id(self.handle) }
+    }
+
     /// Where this connection goes.
     pub fn address(&self) -> &ClusterAddress {
         &self.address
@@ -189,7 +196,7 @@ impl RadosCluster {
             io,
             pool: pool.to_string(),
             namespace: namespace.map(str::to_string),
-            _cluster: self,
+            cluster: self,
         };
         if let Some(ns) = namespace {
             let ns_c = cstring("namespace", ns)?;
@@ -213,7 +220,7 @@ pub struct PoolContext<'c> {
     pub(super) io: ffi::rados_ioctx_t,
     pool: String,
     namespace: Option<String>,
-    _cluster: &'c RadosCluster,
+    cluster: &'c RadosCluster,
 }
 
 // SAFETY: librados I/O contexts may be used from several threads for I/O; the namespace is set
@@ -245,6 +252,11 @@ impl PoolContext<'_> {
     /// The namespace, if any.
     pub fn namespace(&self) -> Option<&str> {
         self.namespace.as_deref()
+    }
+
+    /// The connection this context belongs to.
+    pub fn cluster(&self) -> &RadosCluster {
+        self.cluster
     }
 }
 

@@ -7,7 +7,7 @@
 
 #![allow(non_camel_case_types)]
 
-use libc::{c_char, c_int, c_void, size_t, ssize_t, timespec};
+use libc::{c_char, c_int, c_void, size_t, ssize_t, timespec, timeval};
 
 /// `rados_t`: a cluster handle.
 pub type rados_t = *mut c_void;
@@ -38,6 +38,18 @@ pub const RBD_FLAG_FAST_DIFF_INVALID: u64 = 1 << 1;
 pub const LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL: c_int = 0x8;
 /// `LIBRADOS_OP_FLAG_FADVISE_NOCACHE`.
 pub const LIBRADOS_OP_FLAG_FADVISE_NOCACHE: c_int = 0x40;
+
+/// `LIBRADOS_LOCK_FLAG_MAY_RENEW`: taking a lock already held by the same client and cookie
+/// renews its lease instead of failing with `-EEXIST`.
+pub const LIBRADOS_LOCK_FLAG_MAY_RENEW: u8 = 1;
+
+/// `rbd_image_watcher_t`: a client watching an image's header (one that has it open for writing).
+#[repr(C)]
+pub struct rbd_image_watcher_t {
+    pub addr: *mut c_char,
+    pub id: i64,
+    pub cookie: u64,
+}
 
 /// `rbd_image_info_t`.
 #[repr(C)]
@@ -105,6 +117,43 @@ extern "C" {
     pub fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
     pub fn rados_ioctx_get_id(io: rados_ioctx_t) -> i64;
     pub fn rados_version(major: *mut c_int, minor: *mut c_int, extra: *mut c_int);
+    pub fn rados_get_instance_id(cluster: rados_t) -> u64;
+    pub fn rados_lock_exclusive(
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        name: *const c_char,
+        cookie: *const c_char,
+        desc: *const c_char,
+        duration: *mut timeval,
+        flags: u8,
+    ) -> c_int;
+    pub fn rados_unlock(
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        name: *const c_char,
+        cookie: *const c_char,
+    ) -> c_int;
+    pub fn rados_list_lockers(
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        name: *const c_char,
+        exclusive: *mut c_int,
+        tag: *mut c_char,
+        tag_len: *mut size_t,
+        clients: *mut c_char,
+        clients_len: *mut size_t,
+        cookies: *mut c_char,
+        cookies_len: *mut size_t,
+        addrs: *mut c_char,
+        addrs_len: *mut size_t,
+    ) -> ssize_t;
+    pub fn rados_break_lock(
+        io: rados_ioctx_t,
+        oid: *const c_char,
+        name: *const c_char,
+        client: *const c_char,
+        cookie: *const c_char,
+    ) -> c_int;
 }
 
 #[link(name = "rbd")]
@@ -143,6 +192,12 @@ extern "C" {
     pub fn rbd_get_features(image: rbd_image_t, features: *mut u64) -> c_int;
     pub fn rbd_get_flags(image: rbd_image_t, flags: *mut u64) -> c_int;
     pub fn rbd_get_id(image: rbd_image_t, id: *mut c_char, id_len: size_t) -> c_int;
+    pub fn rbd_watchers_list(
+        image: rbd_image_t,
+        watchers: *mut rbd_image_watcher_t,
+        max_watchers: *mut size_t,
+    ) -> c_int;
+    pub fn rbd_watchers_list_cleanup(watchers: *mut rbd_image_watcher_t, num_watchers: size_t);
     pub fn rbd_snap_list(
         image: rbd_image_t,
         snaps: *mut rbd_snap_info_t,

@@ -63,6 +63,18 @@ pub struct SnapshotInfo {
     pub name: String,
 }
 
+/// A client watching an image's header: one that has the image open for writing (QEMU, `rbd
+/// map`, a read-write `rbd_open`). Read-only opens do not watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageWatcher {
+    /// The client's network address.
+    pub address: String,
+    /// The client's global id (the `N` of `client.N`).
+    pub id: i64,
+    /// The watch's cookie.
+    pub cookie: u64,
+}
+
 /// An open image; closed on drop. Borrowing the pool keeps the pool open as long as this is.
 pub struct RbdImage<'p> {
     handle: ffi::rbd_image_t,
@@ -318,6 +330,49 @@ impl<'p> RbdImage<'p> {
             }
         }
         Ok(None)
+    }
+
+    /// The clients watching the image's header (this handle's own watch included).
+    pub fn watchers(&self) -> Result<Vec<ImageWatcher>, CephError> {
+        let mut capacity: usize = 8;
+        // Bounded: the list can grow between two calls, but not forever.
+        for _ in 0..8 {
+            let mut buf: Vec<ffi::rbd_image_watcher_t> = Vec::with_capacity(capacity);
+            let mut max = capacity;
+            // SAFETY: `buf` has room for `max` entries; librbd fills at most that many and
+            // returns -ERANGE with the needed count in `max` when they do not fit.
+            let rc = unsafe { ffi::rbd_watchers_list(self.handle, buf.as_mut_ptr(), &mut max) };
+            if rc == -libc::ERANGE {
+                capacity = max.max(capacity * 2);
+                continue;
+            }
+            if rc < 0 {
+                return Err(self.call_failed("rbd_watchers_list", rc));
+            }
+            let count = max.min(capacity);
+            // SAFETY: librbd initialised `max` entries (at most the capacity).
+            unsafe { buf.set_len(count) };
+            let watchers = buf
+                .iter()
+                .map(|w| ImageWatcher {
+                    address: if w.addr.is_null() {
+                        String::new()
+                    } else {
+                        // SAFETY: a NUL-terminated string librbd allocated, valid until the
+                        // cleanup below.
+                        unsafe { CStr::from_ptr(w.addr) }
+                            .to_string_lossy()
+                            .into_owned()
+                    },
+                    id: w.id,
+                    cookie: w.cookie,
+                })
+                .collect();
+            // SAFETY: frees the addresses librbd allocated for these `count` entries.
+            unsafe { ffi::rbd_watchers_list_cleanup(buf.as_mut_ptr(), count) };
+            return Ok(watchers);
+        }
+        Err(self.call_failed("rbd_watchers_list", -libc::ERANGE))
     }
 
     /// Creates snapshot `name` of the image head.

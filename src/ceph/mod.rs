@@ -15,11 +15,13 @@ pub mod error;
 mod ffi;
 pub mod group;
 pub mod image;
+pub mod lock;
 
 pub use cluster::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster};
 pub use error::CephError;
 pub use group::{GroupSnapshotInfo, RbdGroup};
-pub use image::{Extent, ImageInfo, PendingRead, RbdImage, SnapshotInfo};
+pub use image::{Extent, ImageInfo, ImageWatcher, PendingRead, RbdImage, SnapshotInfo};
+pub use lock::{LockAttempt, Locker};
 
 /// The versions of the librbd and librados this process runs with (`major.minor.extra` of
 /// `rbd_version` and `rados_version`: the libraries' API versions, e.g. librbd 1.16.0 and

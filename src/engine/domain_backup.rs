@@ -1,6 +1,7 @@
 //! Backing up one domain: prepare, freeze, snapshot all disks at once, thaw, export, commit,
 //! remove the snapshots. See the order of operations in the `engine` module doc.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
@@ -8,8 +9,11 @@ use std::sync::Arc;
 use crate::ceph::{CephError, PoolContext, RadosCluster, RbdGroup, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{FreezeGuard, HypervisorConnection, RbdDiskSpec};
+use crate::plan::naming::snapshot_domain as snapshot_domain_of;
 use crate::plan::DiskPlan;
-use crate::plan::{backup_id_from_unix, is_owned_snapshot, snapshot_name};
+use crate::plan::{
+    backup_id_from_unix, domain_snapshot_name, is_owned_snapshot, is_stale_for_domain,
+};
 use crate::repo::block_table::write_block_table;
 use crate::repo::hashing_writer::StoredDiffWriter;
 use crate::repo::layout::safe_component;
@@ -22,6 +26,7 @@ use crate::repo::{
 };
 
 use super::ceph_session::{cluster_address, ConnectionCache};
+use super::cluster_lock::{foreign_watcher, renew_until, ImageLocks, LockOwner};
 use super::disk_plan::{prepare_disk, readable_backups, PreviousBackup};
 use super::events::{BackupEvent, EventSink};
 use super::export::{
@@ -85,6 +90,7 @@ pub(super) fn new_report(name: &str, uuid: &str, status: DomainStatus) -> Domain
         uuid: uuid.to_string(),
         status,
         error: None,
+        skip_reason: None,
         warnings: Vec::new(),
         backup_id: None,
         kind: None,
@@ -110,6 +116,11 @@ pub(super) fn backup_domain(ctx: &RunContext<'_>, job: &DomainJob) -> DomainRepo
     }));
     match outcome {
         Ok(Ok(())) => report.status = DomainStatus::Succeeded,
+        Ok(Err(Error::Skipped(line))) => {
+            log::info!("{line}");
+            report.status = DomainStatus::Skipped;
+            report.skip_reason = Some(line);
+        }
         Ok(Err(e)) => {
             report.status = DomainStatus::Failed;
             report.error = Some(e.to_string());
@@ -185,12 +196,14 @@ fn back_up_to_restic(
     report: &mut DomainReport,
     restic: &ResticTarget,
 ) -> Result<(), Error> {
-    with_open_images(ctx, job, |clusters, pools, images| {
+    with_open_images(ctx, job, |clusters, pools, images, cluster_locks| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
-        let snap_name = snapshot_name("restic", &backup_id);
+        // Carries the domain, as a repository's snapshots do: an image may be a disk of several
+        // domains, and one domain's sweep must not take another's snapshot (`plan::naming`).
+        let snap_name = domain_snapshot_name(RESTIC_OWNER, &job.uuid, &backup_id);
         let active = ctx.libvirt.is_active(&job.uuid)?;
         // Dropped at the end of this closure: the snapshots go once restic has everything.
         // Restic keeps no base, so the per-disk path serves it; see the README on consistency.
@@ -239,6 +252,7 @@ fn back_up_to_restic(
                         )?;
                         // Before restic records its snapshot: dropping the upload aborts it.
                         snapshot_still_there(image, snap_name, snap_id)?;
+                        cluster_locks.check_held()?;
                         let summary = upload.finish()?;
                         let restic_snapshot = summary.snapshot_id;
                         // Committed; only a seal makes it a backup (`restic` module doc).
@@ -302,7 +316,15 @@ fn back_up_to_restic(
         drop(permit);
         // Restic snapshots left on these disks by killed runs go at the end of the run, with
         // every domain's stale snapshots; whatever became of this run's uploads.
-        match owned_leftovers(clusters, job, images, "restic", &snap_name) {
+        // Restic keeps no base: every other restic snapshot of this domain is a leftover, and so
+        // is one without a domain in its name (an older version's).
+        let is_stale = |name: &str| {
+            name != snap_name
+                && is_owned_snapshot(name, RESTIC_OWNER)
+                && snapshot_domain_of(name, RESTIC_OWNER)
+                    .is_none_or(|uuid| uuid.eq_ignore_ascii_case(&job.uuid))
+        };
+        match owned_leftovers(clusters, job, images, &is_stale) {
             Ok(stale) => ctx.stale.add(stale),
             Err(e) => warn(
                 ctx,
@@ -327,15 +349,19 @@ fn back_up_to_repo(
 ) -> Result<(), Error> {
     let started_at = unix_now();
     let lock = repo.lock_domain(&job.uuid, &job.name)?;
-    for leftover in lock.remove_partial_backups()? {
-        warn(
-            ctx,
-            report,
-            format!("removed {} left by an interrupted run", leftover.display()),
-        );
-    }
 
-    with_open_images(ctx, job, |clusters, pools, images| {
+    with_open_images(ctx, job, |clusters, pools, images, cluster_locks| {
+        // Only now, holding the cluster lock of every image of the domain: on a folder shared
+        // by several hosts (NFS) the folder lock may not exclude another host, but no run
+        // elsewhere can be writing a backup of these images while we hold their locks, so a
+        // `.partial-*` here is a dead run's.
+        for leftover in lock.remove_partial_backups()? {
+            warn(
+                ctx,
+                report,
+                format!("removed {} left by an interrupted run", leftover.display()),
+            );
+        }
         let (backups, unreadable) = readable_backups(repo, &job.uuid)?;
         let previous = backups.last();
         for message in unreadable {
@@ -367,7 +393,7 @@ fn back_up_to_repo(
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
-        let snap_name = snapshot_name(repo.id(), &backup_id);
+        let snap_name = domain_snapshot_name(repo.id(), &job.uuid, &backup_id);
         let staged = lock.stage_backup(&backup_id)?;
 
         let image_names: Vec<&str> = job.disks.iter().map(|d| d.image.as_str()).collect();
@@ -604,6 +630,8 @@ fn back_up_to_repo(
             disks: disk_records,
         };
         test_pause("committing");
+        // Not committed if another host may have taken the images meanwhile.
+        cluster_locks.check_held()?;
         let path = staged.commit(&manifest)?;
         report.backup_id = Some(backup_id);
         report.kind = Some(manifest.kind);
@@ -615,14 +643,18 @@ fn back_up_to_repo(
         snapshots.keep();
         // The other snapshots of this repository on these disks go at the end of the run,
         // together with every other domain's (`stale_snapshots`).
-        let mut stale = owned_leftovers(clusters, job, images, repo.id(), &snap_name)?;
+        // Only this domain's: an image can be a disk of several domains (`plan::naming`).
+        let recorded = recorded_snapshots(&backups);
+        let is_stale =
+            |name: &str| is_stale_for_domain(name, repo.id(), &job.uuid, &snap_name, &recorded);
+        let mut stale = owned_leftovers(clusters, job, images, &is_stale)?;
         if let Some(group) = &group {
             let pool_index = pools
                 .iter()
                 .position(|p| std::ptr::eq(p, group.pool()))
                 .unwrap_or(0);
             for snap in group.snapshots()? {
-                if is_owned_snapshot(&snap.name, repo.id()) && snap.name != snap_name {
+                if is_stale(&snap.name) {
                     stale.push(StaleSnapshot {
                         cluster: Arc::clone(&clusters[pool_index]),
                         pool: job.disks[pool_index].pool.clone(),
@@ -639,19 +671,21 @@ fn back_up_to_repo(
     })
 }
 
-/// The snapshots of `owner` on the domain's disks other than `current`: left by killed runs
-/// (for restic, which keeps no base, every other one).
+/// Owner part of the snapshots of restic targets (`virt-rbd-backup-restic-<uuid>-<id>`).
+const RESTIC_OWNER: &str = "restic";
+
+/// The snapshots on the domain's disks that `is_stale` picks: this domain's older ones, and
+/// those left by its killed runs.
 fn owned_leftovers(
     clusters: &[Arc<RadosCluster>],
     job: &DomainJob,
     images: &[RbdImage<'_>],
-    owner: &str,
-    current: &str,
+    is_stale: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<StaleSnapshot>, Error> {
     let mut stale = Vec::new();
     for ((image, disk), cluster) in images.iter().zip(&job.disks).zip(clusters) {
         for snap in image.snapshots()? {
-            if is_owned_snapshot(&snap.name, owner) && snap.name != current {
+            if is_stale(&snap.name) {
                 stale.push(StaleSnapshot {
                     cluster: Arc::clone(cluster),
                     pool: disk.pool.clone(),
@@ -664,6 +698,20 @@ fn owned_leftovers(
         }
     }
     Ok(stale)
+}
+
+/// The snapshot names (per disk and group) that `backups` (this domain's) record.
+fn recorded_snapshots(backups: &[PreviousBackup]) -> HashSet<String> {
+    let mut names = HashSet::new();
+    for (_, manifest) in backups {
+        for disk in &manifest.disks {
+            names.insert(disk.snapshot.name.clone());
+            if let Some(g) = &disk.group_snapshot {
+                names.insert(g.name.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Finishes a diff file written into the staged backup, writes the chunk table of its stored
@@ -699,6 +747,8 @@ fn base_leaves(backups: &[PreviousBackup], target: &str) -> BaseLeaves {
     BaseLeaves::new(tables)
 }
 
+/// Finishes a diff file written into the staged backup, writes the chunk table of its stored
+/// bytes next to it (`FILE.b3`) and records both in the disk's record.
 fn record_diff_file(
     record: &mut DiskRecord,
     staged: &StagedBackup<'_>,
@@ -760,12 +810,20 @@ fn group_member_still_there(image: &RbdImage<'_>, g: &GroupSnapshotRecord) -> Re
     }
 }
 
-/// Connects, opens every pool and image of the domain and hands them to `f`. Everything that
-/// can fail or talk to the monitors happens here, before any freeze.
+/// Connects, opens every pool and image of the domain, takes the cluster lock of every image
+/// (`cluster_lock`) and hands them to `f`, renewing the locks while it runs and releasing them
+/// after. Everything that can fail or talk to the monitors happens here, before any freeze.
+/// `Error::Skipped` when another client holds an image's lock, or when the domain is shut off
+/// here but a client elsewhere has one of its images open for writing (it runs on another host).
 fn with_open_images<T>(
     ctx: &RunContext<'_>,
     job: &DomainJob,
-    f: impl FnOnce(&[Arc<RadosCluster>], &[PoolContext<'_>], &[RbdImage<'_>]) -> Result<T, Error>,
+    f: impl FnOnce(
+        &[Arc<RadosCluster>],
+        &[PoolContext<'_>],
+        &[RbdImage<'_>],
+        &ImageLocks<'_>,
+    ) -> Result<T, Error>,
 ) -> Result<T, Error> {
     let mut clusters = Vec::with_capacity(job.disks.len());
     for disk in &job.disks {
@@ -790,7 +848,34 @@ fn with_open_images<T>(
         .zip(&job.disks)
         .map(|(p, d)| RbdImage::open(p, &d.image))
         .collect::<Result<_, _>>()?;
-    f(&clusters, &pools, &images)
+    let me = LockOwner::current(&job.uuid);
+    let locks = match ImageLocks::acquire(&pools, &images, &me, ctx.cancel)? {
+        Ok(locks) => locks,
+        Err(busy) => {
+            return Err(Error::Skipped(format!(
+                "Skipping domain {} ({}): {}",
+                job.name, job.uuid, busy.message
+            )))
+        }
+    };
+    if !ctx.libvirt.is_active(&job.uuid)? {
+        // Shut off here is no proof that nothing writes the disks: the domain may run on
+        // another host (live migration, or defined on several). A snapshot of it would be
+        // recorded as `shut_off` while the disks change.
+        if let Some((image, client)) = foreign_watcher(&images, &pools, &locks.broken_clients)? {
+            return Err(Error::Skipped(format!(
+                "Skipping domain {} ({}): shut off here but its image {image} is open by another client ({client}): running on another host?",
+                job.name, job.uuid
+            )));
+        }
+    }
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    std::thread::scope(|scope| {
+        scope.spawn(|| renew_until(&locks, &stopped));
+        // Dropped also when `f` panics, so the renewal thread ends and the scope can close.
+        let _stop = stop;
+        f(&clusters, &pools, &images, &locks)
+    })
 }
 
 /// The snapshots a backup of one domain took: one per disk, and with group consistency the

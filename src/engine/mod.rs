@@ -1,11 +1,15 @@
 //! Orchestration of a backup run.
 //!
 //! # Order of operations (per domain)
-//! 1. Take the domain's repository lock (`flock`; dies with the process) and remove
-//!    `.partial-*` folders left by interrupted runs.
+//! 1. Take the domain's repository lock (`flock`; dies with the process).
 //! 2. Before any freeze: read the Ceph keys from libvirt, connect (connections are cached by
 //!    monitors, user and key), open every pool and image, check them. Nothing that can be done
-//!    outside the freeze is done inside it.
+//!    outside the freeze is done inside it. Take the cluster lock of every image
+//!    (`cluster_lock`: a RADOS lock with a lease on the image header, renewed until the end):
+//!    held by another run (another host, another repository), the domain is skipped with a line
+//!    naming the holder. A domain shut off here whose image another client has open for writing
+//!    runs elsewhere: skipped too. Only now, under the cluster locks, `.partial-*` folders are
+//!    removed (on NFS the folder lock may not exclude another host's run).
 //! 3. If the domain runs and the freeze policy allows: wait for the monitor to be quiet
 //!    (`monitor_quiet`: no other domain's snapshot removal running or in the last propose
 //!    interval), start the out-of-process thaw watchdog and write the freeze record
@@ -25,7 +29,8 @@
 //!    flight) into `.partial-<id>/`, then check the snapshot still exists with the id it was
 //!    created with: one removed meanwhile by someone else fails the domain (reads at a removed
 //!    snapshot may return other data). A guest that stops after the snapshots does not matter.
-//! 6. Write the manifest, fsync, rename the folder into place: only now is it a backup.
+//! 6. Check the cluster locks were never lost (a lease that ran out fails the domain), write
+//!    the manifest, fsync, rename the folder into place: only now is it a backup.
 //! 7. Keep the new snapshots as the base of the next incremental. Every other snapshot of this
 //!    repository on the disks (the previous base, leftovers of killed runs) is collected and
 //!    removed at the end of the run, all domains' at once (`stale_snapshots`: concurrent
@@ -33,7 +38,8 @@
 //!    domain's removal). A failure there is a warning in the domain's report: the backup is
 //!    complete. So at any time a repository's only snapshots are the recorded bases of its
 //!    complete backups, plus those of a run in progress or killed (the next run removes them).
-//!    Snapshots carry the repository's id: other repositories' snapshots are never touched.
+//!    Snapshots carry the repository's id and the domain's UUID: other repositories' snapshots,
+//!    and other domains' on an image they share, are never touched.
 //!    (restic targets keep no base: their snapshots are removed when the domain is done,
 //!    waiting until no other domain of the run is freezing, `monitor_quiet`; restic snapshots
 //!    of killed runs go at the end of the run. A disk's restic snapshot is a backup only once
@@ -46,6 +52,7 @@
 //! a failure in one domain is recorded in its report and the others go on.
 
 mod ceph_session;
+mod cluster_lock;
 mod disk_plan;
 mod domain_backup;
 pub mod events;

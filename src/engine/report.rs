@@ -10,7 +10,7 @@ pub enum DomainStatus {
     Succeeded,
     /// Something failed; nothing of this run for this domain counts as a backup.
     Failed,
-    /// The domain has no RBD disk.
+    /// The domain has no RBD disk, or another client holds its images (see `skip_reason`).
     Skipped,
 }
 
@@ -83,6 +83,9 @@ pub struct DomainReport {
     pub status: DomainStatus,
     /// The first error, for a failed domain.
     pub error: Option<String>,
+    /// Why a domain with RBD disks was skipped (another host backs it up or runs it).
+    #[serde(default)]
+    pub skip_reason: Option<String>,
     /// Warnings (for example a freeze that fell back to crash-consistent).
     pub warnings: Vec<String>,
     /// Backup id, for a succeeded domain.

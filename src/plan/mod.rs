@@ -19,7 +19,8 @@ pub use leaves::{
     LEAF_SIZE, LEAVES_PER_BLOCK,
 };
 pub use naming::{
-    backup_id_from_unix, is_owned_snapshot, is_tool_snapshot, snapshot_name, SNAPSHOT_PREFIX,
+    backup_id_from_unix, domain_snapshot_name, is_owned_snapshot, is_stale_for_domain,
+    is_tool_snapshot, snapshot_domain, snapshot_name, SNAPSHOT_PREFIX,
 };
 pub use rate::{parse_rate, TokenBucket};
 pub use retention::{

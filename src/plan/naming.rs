@@ -5,6 +5,13 @@
 //! `virt-rbd-backup-<owner>-<backup id>`, where the owner is the repository's id (or `restic`),
 //! so an operator can tell them from anyone else's snapshots, and a run only ever removes
 //! snapshots of its own repository.
+//!
+//! A repository's snapshots also carry the domain's UUID,
+//! `virt-rbd-backup-<repository id>-<domain uuid>-<backup id>`: one image can be a disk of
+//! several domains (a shareable disk, an ISO in RBD), and one domain's run must not take another
+//! domain's incremental base on that image for a leftover of its own. Names without a UUID
+//! (written by versions before it) are claimed by a domain only when its own manifests name
+//! them (`is_stale_for_domain`).
 
 /// Prefix of every snapshot this tool creates.
 pub const SNAPSHOT_PREFIX: &str = "virt-rbd-backup-";
@@ -12,6 +19,52 @@ pub const SNAPSHOT_PREFIX: &str = "virt-rbd-backup-";
 /// The snapshot name for a backup by `owner` (a repository id, or `restic`).
 pub fn snapshot_name(owner: &str, backup_id: &str) -> String {
     format!("{SNAPSHOT_PREFIX}{owner}-{backup_id}")
+}
+
+/// The snapshot name for a backup of domain `domain_uuid` into repository `repo_id`.
+pub fn domain_snapshot_name(repo_id: &str, domain_uuid: &str, backup_id: &str) -> String {
+    format!("{SNAPSHOT_PREFIX}{repo_id}-{domain_uuid}-{backup_id}")
+}
+
+/// For a snapshot of repository `repo_id`: `Some(uuid)` of the domain its name carries, or
+/// `None` for a name without one (an older version's). `None` too for other names.
+pub fn snapshot_domain<'n>(name: &'n str, repo_id: &str) -> Option<&'n str> {
+    let rest = name
+        .strip_prefix(SNAPSHOT_PREFIX)?
+        .strip_prefix(repo_id)?
+        .strip_prefix('-')?;
+    let uuid = rest.get(..36)?;
+    (is_uuid(uuid) && rest[36..].starts_with('-')).then_some(uuid)
+}
+
+/// Whether snapshot `name` on a disk of domain `domain_uuid` is an old snapshot of that domain
+/// in repository `repo_id`, to remove once `current` (this backup's snapshot) is complete.
+/// `recorded` holds the snapshot names this domain's manifests name: it decides for names
+/// without a domain (older versions), which are otherwise left alone (they may be another
+/// domain's base on a shared image).
+pub fn is_stale_for_domain(
+    name: &str,
+    repo_id: &str,
+    domain_uuid: &str,
+    current: &str,
+    recorded: &std::collections::HashSet<String>,
+) -> bool {
+    if name == current || !is_owned_snapshot(name, repo_id) {
+        return false;
+    }
+    match snapshot_domain(name, repo_id) {
+        Some(uuid) => uuid.eq_ignore_ascii_case(domain_uuid),
+        None => recorded.contains(name),
+    }
+}
+
+/// A UUID in its canonical 8-4-4-4-12 hex form.
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
 }
 
 /// Whether a snapshot was made by this tool for `owner`.
@@ -87,6 +140,50 @@ mod tests {
         assert_eq!(name, "virt-rbd-backup-a1b2c3d4e5f6-20261126T095243.007Z");
         assert!(is_tool_snapshot(&name));
         assert!(!is_tool_snapshot("nightly"));
+    }
+
+    const A: &str = "6f1c0a2e-1b3d-4c5e-8f70-9a1b2c3d4e5f";
+    const B: &str = "0d9e8f7a-6b5c-4d3e-a2f1-0e9d8c7b6a59";
+
+    #[test]
+    fn domain_snapshots_name_their_domain() {
+        let name = domain_snapshot_name("a1b2c3d4e5f6", A, "20261126T095243.007Z");
+        assert_eq!(
+            name,
+            format!("virt-rbd-backup-a1b2c3d4e5f6-{A}-20261126T095243.007Z")
+        );
+        assert!(is_owned_snapshot(&name, "a1b2c3d4e5f6"));
+        assert_eq!(snapshot_domain(&name, "a1b2c3d4e5f6"), Some(A));
+        // An older version's name carries no domain.
+        let legacy = snapshot_name("a1b2c3d4e5f6", "20261126T095243.007Z");
+        assert_eq!(snapshot_domain(&legacy, "a1b2c3d4e5f6"), None);
+        assert_eq!(snapshot_domain(&name, "ffffffffffff"), None);
+        assert_eq!(snapshot_domain("nightly", "a1b2c3d4e5f6"), None);
+    }
+
+    #[test]
+    fn another_domains_base_on_a_shared_image_is_never_stale() {
+        // Regression: domain A's run removed domain B's base on an image both use.
+        let none = std::collections::HashSet::new();
+        let current = domain_snapshot_name("r1", A, "20261127T000000.000Z");
+        let old_a = domain_snapshot_name("r1", A, "20261126T000000.000Z");
+        let base_b = domain_snapshot_name("r1", B, "20261126T120000.000Z");
+        let other_repo = domain_snapshot_name("r2", A, "20261126T000000.000Z");
+        assert!(is_stale_for_domain(&old_a, "r1", A, &current, &none));
+        assert!(!is_stale_for_domain(&current, "r1", A, &current, &none));
+        assert!(!is_stale_for_domain(&base_b, "r1", A, &current, &none));
+        assert!(!is_stale_for_domain(&other_repo, "r1", A, &current, &none));
+        assert!(!is_stale_for_domain("nightly", "r1", A, &current, &none));
+    }
+
+    #[test]
+    fn an_older_versions_snapshot_is_stale_only_when_this_domain_recorded_it() {
+        let current = domain_snapshot_name("r1", A, "20261127T000000.000Z");
+        let legacy = snapshot_name("r1", "20261126T000000.000Z");
+        let mut recorded = std::collections::HashSet::new();
+        assert!(!is_stale_for_domain(&legacy, "r1", A, &current, &recorded));
+        recorded.insert(legacy.clone());
+        assert!(is_stale_for_domain(&legacy, "r1", A, &current, &recorded));
     }
 
     #[test]

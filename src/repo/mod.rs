@@ -216,8 +216,15 @@ impl Repository {
             .mode(0o600)
             .open(&path)
             .map_err(io_err("open lock", &path))?;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        // Test hook: a second process plays another host on an NFS folder where flock is not
+        // shared between hosts (`local_lock=flock`, or NFSv3 without lockd), so the cluster
+        // lock is the only exclusion left. Never set outside tests.
+        let rc = if std::env::var_os("VIRT_RBD_BACKUP_TEST_UNSHARED_FOLDER_LOCK").is_some() {
+            0
+        } else {
+            // SAFETY: flock on a file descriptor we own; no memory is involved.
+            unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }
+        };
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {

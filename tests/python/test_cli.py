@@ -364,6 +364,12 @@ def test_events_without_a_line(event: dict[str, Any]) -> None:
     assert cli.format_event(event) is None
 
 
+def test_a_domain_skipped_because_another_host_holds_it_prints_why() -> None:
+    line = f"Skipping domain db1 ({UUID_B}): shut off here but its image rbd/db1 is open by another client"
+    report = {**domain("db1", UUID_B, "skipped"), "skip_reason": line}
+    assert cli.format_event({"event": "domain_finished", "report": report}) == ("out", line)
+
+
 def run_printer(events: list[dict[str, Any]], **kwargs: Any) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
     printer = cli.EventPrinter(out, err, **kwargs)
