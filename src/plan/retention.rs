@@ -1046,14 +1046,18 @@ mod tests {
                 PruneMark::Keep(vec![KeepReason::DependsOn(damaged.id.clone())])
             );
         }
-        // keep-last 2 went to the restorable ones: newest, then i1 (which keeps f).
+        // keep-last 2 went to the restorable ones: newest, then i1 (which the unreadable
+        // backup needs too).
         assert_eq!(
             mark_of(&decisions, &newest.id),
             PruneMark::Keep(vec![KeepReason::Last])
         );
         assert_eq!(
             mark_of(&decisions, &i1.id),
-            PruneMark::Keep(vec![KeepReason::Last])
+            PruneMark::Keep(vec![
+                KeepReason::Last,
+                KeepReason::NeededBy(damaged.id.clone())
+            ])
         );
         assert_eq!(
             mark_of(&decisions, &older.id),
