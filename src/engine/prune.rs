@@ -179,8 +179,12 @@ fn domain_names(repo: &Repository, uuid: &str) -> Vec<String> {
 
 /// What a folder named like a backup id turned out to be.
 enum Found {
-    /// A backup retention decides on.
-    Backup(BackupManifest),
+    /// A backup retention decides on: its sequence and parent.
+    Backup {
+        sequence: Option<u64>,
+        parent: Option<String>,
+        domain_name: String,
+    },
     /// Its manifest is damaged or missing: quarantined (renamed, reported, kept with its chain).
     Damaged(RepoError),
     /// Cannot be judged here (newer version, I/O error, another id): left in place, kept with
@@ -190,7 +194,11 @@ enum Found {
 
 fn classify(name: &str, path: &Path, manifest: Result<BackupManifest, RepoError>) -> Found {
     match manifest {
-        Ok(m) if m.backup_id == name => Found::Backup(m),
+        Ok(m) if m.backup_id == name => Found::Backup {
+            sequence: m.sequence,
+            parent: m.parent,
+            domain_name: m.domain.name,
+        },
         Ok(m) => Found::Unusable(format!(
             "{}: the manifest names backup {}, not the folder's name; left alone, kept with its chain",
             path.display(),
@@ -329,13 +337,17 @@ fn prune_locked(
             continue; // not ours: never touched
         };
         match classify(&name, &path, manifest) {
-            Found::Backup(m) => {
-                report.name.get_or_insert(m.domain.name);
+            Found::Backup {
+                sequence,
+                parent,
+                domain_name,
+            } => {
+                report.name.get_or_insert(domain_name);
                 entries.push(BackupEntry {
                     id: name.clone(),
                     time,
-                    sequence: m.sequence,
-                    parent: m.parent,
+                    sequence,
+                    parent,
                     held: false,
                 });
             }

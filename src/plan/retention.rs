@@ -972,7 +972,7 @@ mod tests {
             last: Some(n),
             ..KeepOptions::default()
         };
-        assert_eq!(kept_ids(&backups, &last(1)), [b3.id.clone()]);
+        assert_eq!(kept_ids(&backups, &last(1)), std::slice::from_ref(&b3.id));
         assert_eq!(
             kept_ids(&backups, &last(2)),
             [b3.id.clone(), b2.id.clone(), b1.id.clone()]
@@ -982,12 +982,12 @@ mod tests {
             daily: Some(1),
             ..KeepOptions::default()
         };
-        assert_eq!(kept_ids(&backups, &daily), [b3.id.clone()]);
+        assert_eq!(kept_ids(&backups, &daily), std::slice::from_ref(&b3.id));
         // Backups of an older version (no sequence) are older than every sequenced one.
         let legacy = full(at(2026, 11, 27, 0));
         assert_eq!(
             kept_ids(&[legacy, b1.clone(), b3.clone()], &last(1)),
-            [b3.id.clone()]
+            std::slice::from_ref(&b3.id)
         );
     }
 
