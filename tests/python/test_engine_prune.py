@@ -56,7 +56,9 @@ def test_domain_without_backups_is_a_usage_error(empty_repo: Path, capsys: pytes
     assert cli.main(["prune", "web9", "--keep-last", "1", "--repo", str(empty_repo)]) == 2
 
 
-def test_dry_run_quarantines_nothing_and_says_it_would(damaged_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_quarantines_nothing_and_says_it_would(
+    damaged_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     repo = str(damaged_folder.parents[1])
     assert cli.main(["prune", "--keep-last", "1", "--dry-run", "--repo", repo]) == 1
     keep, error = capsys.readouterr().out.splitlines()
