@@ -324,7 +324,7 @@ fn back_up_to_repo(
         }
         let mut prepared = Vec::with_capacity(images.len());
         for (image, disk) in images.iter().zip(&job.disks) {
-            let disk_plan = prepare_disk(ctx.options, image, disk, previous)?;
+            let disk_plan = prepare_disk(ctx.options, image, disk, &backups)?;
             if let DiskPlan::Full {
                 reason: Some(reason),
             } = &disk_plan.plan
