@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fault report (issue 6): runs every fault-injection test against the lab (kills at each
 # phase, concurrent runs, full target, hung monitor, libvirtd gone, wrong key, deleted image,
-# unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup) and prints
+# unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup, the clock
+# stepped back, a truncated manifest mid-chain, a block table replaced by a link or FIFO) and prints
 # a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
 # column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
 #
@@ -21,4 +22,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_faults_lab.py \
     tests/python/test_engine_cluster_faults_lab.py \
     tests/python/test_engine_failures_lab.py \
-    tests/python/test_engine_midrun_faults_lab.py
+    tests/python/test_engine_midrun_faults_lab.py \
+    tests/python/test_repo_trust_lab.py
