@@ -4,7 +4,9 @@
 # unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup; restore
 # targets appearing mid-restore, --force replacement, block devices, restore --define refusing
 # host passthrough and cleaning up after a failed disk; a second host on the same domain, image
-# or folder; systemd killing the run's cgroup, SIGTERM, SIGHUP; restic runs killed) and prints# a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
+# or folder; systemd killing the run's cgroup, SIGTERM, SIGHUP; restic runs killed; the clock
+# stepped back, a truncated manifest mid-chain, a block table replaced by a link or FIFO) and
+# prints a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
 # column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
 #
 #   bash tests/faults.sh [PYTEST-ARGS...]     e.g. -k destroyed, -x
@@ -27,4 +29,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_stop_faults_lab.py \
     tests/python/test_engine_restore_targets_lab.py \
     tests/python/test_restic_faults_lab.py \
-    tests/python/test_engine_multihost_lab.py
+    tests/python/test_engine_multihost_lab.py \
+    tests/python/test_repo_trust_lab.py

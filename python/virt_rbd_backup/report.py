@@ -485,6 +485,9 @@ class BackupListing(_JsonShaped):
     """Why the backup cannot be read, if it cannot."""
     parent: str | None = None
     """The backup an incremental builds on."""
+    sequence: int | None = None
+    """Its place in the domain's history (newer backups have larger numbers, whatever the clock
+    said when their ids were taken); ``None`` for backups of older versions."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BackupListing:
@@ -500,6 +503,7 @@ class BackupListing(_JsonShaped):
             disks=tuple(BackupDiskListing.from_dict(d) for d in data.get("disks", ())),
             error=data.get("error"),
             parent=data.get("parent"),
+            sequence=data.get("sequence"),
         )
 
 

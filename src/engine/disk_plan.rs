@@ -9,11 +9,11 @@ use crate::error::Error;
 use crate::libvirt::RbdDiskSpec;
 use crate::plan::{plan_disk, BaseCandidate, DiskPlan, ImageState, HASH_BLOCK_SIZE};
 use crate::repo::block_table::read_block_table;
-use crate::repo::{BackupManifest, DiskRecord, Repository};
+use crate::repo::{BackupKind, BackupManifest, DiskRecord, Repository};
 
 use super::options::BackupOptions;
 
-/// The latest complete backup of a domain: its folder and manifest.
+/// A complete backup of a domain: its folder and manifest.
 pub(super) type PreviousBackup = (PathBuf, BackupManifest);
 
 /// A disk's plan with what the plan needs: the parent's verified block table.
@@ -22,8 +22,8 @@ pub(super) struct PreparedDisk {
     pub parent: Option<(DiskRecord, Vec<[u8; 32]>)>,
 }
 
-/// The complete backups of the domain whose manifests read, oldest first (the last is the
-/// previous backup), and messages about unreadable manifests (they are not backups, and are
+/// The complete backups of the domain whose manifests read, oldest first by sequence (the last
+/// is the previous backup, whatever the clock did), and messages about unreadable manifests (they are not backups, and are
 /// skipped).
 pub(super) fn readable_backups(
     repo: &Repository,
@@ -63,12 +63,40 @@ fn load_parent(folder: &Path, record: &DiskRecord) -> Result<Vec<[u8; 32]>, Stri
     .map_err(|e| e.to_string())
 }
 
+/// Why the chain that `backups`' last backup ends for disk `target` cannot be restored, if it
+/// cannot: an ancestor that is not among the readable backups (quarantined by prune, of a newer
+/// version, removed by hand). An incremental on top of such a backup could not be restored
+/// either, so the disk is backed up in full instead.
+fn chain_problem(backups: &[PreviousBackup], target: &str) -> Option<String> {
+    let mut link = backups.last()?;
+    // A chain is at most as long as the list: this also ends a loop in tampered manifests.
+    for _ in 0..=backups.len() {
+        let disk = link.1.disks.iter().find(|d| d.target == target)?;
+        if disk.kind != BackupKind::Incremental {
+            return None;
+        }
+        let parent = disk.parent_backup.as_deref().unwrap_or_default();
+        match backups.iter().find(|(_, m)| m.backup_id == parent) {
+            Some(found) => link = found,
+            None => {
+                return Some(format!(
+                    "its chain needs backup {parent}, which is missing or unreadable (see `virt-rbd-backup list`)"
+                ))
+            }
+        }
+    }
+    Some("its chain of parents loops".into())
+}
+
+/// Plans one disk against the readable backups of its domain, oldest first (`history_order`):
+/// the last is the base candidate.
 pub(super) fn prepare_disk(
     options: &BackupOptions,
     image: &RbdImage<'_>,
     disk: &RbdDiskSpec,
-    previous: Option<&PreviousBackup>,
+    backups: &[PreviousBackup],
 ) -> Result<PreparedDisk, Error> {
+    let previous = backups.last();
     let info = image.info()?;
     let state = ImageState {
         image_id: info.id.clone(),
@@ -92,13 +120,14 @@ pub(super) fn prepare_disk(
     });
     let mut parent = None;
     let candidate = record.map(|(folder, m, d)| {
-        let problem = match load_parent(folder, d) {
-            Ok(table) => {
-                parent = Some((d.clone(), table));
-                None
-            }
-            Err(e) => Some(e),
-        };
+        let problem =
+            match chain_problem(backups, &d.target).map_or_else(|| load_parent(folder, d), Err) {
+                Ok(table) => {
+                    parent = Some((d.clone(), table));
+                    None
+                }
+                Err(e) => Some(e),
+            };
         BaseCandidate {
             backup_id: m.backup_id.clone(),
             image_id: d.image_id.clone(),
@@ -113,4 +142,39 @@ pub(super) fn prepare_disk(
         parent = None;
     }
     Ok(PreparedDisk { plan, parent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::manifest::tests::sample;
+
+    fn backup(id: &str, parent: Option<&str>) -> PreviousBackup {
+        let mut m = sample();
+        m.backup_id = id.into();
+        m.parent = parent.map(str::to_string);
+        if let Some(parent) = parent {
+            m.disks[0].kind = BackupKind::Incremental;
+            m.disks[0].parent_backup = Some(parent.into());
+        }
+        (PathBuf::from(id), m)
+    }
+
+    #[test]
+    fn a_base_whose_chain_goes_through_an_unreadable_backup_is_refused() {
+        let full = backup("a", None);
+        let i1 = backup("b", Some("a"));
+        let i2 = backup("c", Some("b"));
+        assert_eq!(
+            chain_problem(&[full.clone(), i1.clone(), i2.clone()], "vda"),
+            None
+        );
+        // "b" quarantined: not among the readable backups.
+        let problem = chain_problem(&[full.clone(), i2.clone()], "vda").unwrap();
+        assert!(problem.contains("needs backup b"), "{problem}");
+        assert_eq!(chain_problem(&[full], "vda"), None);
+        assert_eq!(chain_problem(&[], "vda"), None);
+        let looped = [backup("x", Some("y")), backup("y", Some("x"))];
+        assert!(chain_problem(&looped, "vda").unwrap().contains("loops"));
+    }
 }

@@ -78,6 +78,26 @@ pub(super) fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The wall clock a backup id is taken from, Unix milliseconds.
+///
+/// Test hook: `VIRT_RBD_BACKUP_TEST_CLOCK_OFFSET=SECONDS` (signed, e.g. `-3600`) shifts it, so a
+/// lab test can show what a clock stepped back does to ids without touching the machine's
+/// clock (which other programs share). Read from the environment of the backup process only;
+/// it shifts nothing else (snapshot times, `started_at`) and does nothing unless set.
+fn id_clock_ms() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let offset_s = std::env::var("VIRT_RBD_BACKUP_TEST_CLOCK_OFFSET")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    if offset_s != 0 {
+        log::warn!("test hook: backup ids taken {offset_s} s off the wall clock");
+    }
+    (now.as_millis() as i64).saturating_add(offset_s.saturating_mul(1000))
+}
+
 /// The wall-clock time of an `Instant` in the recent past, as Unix seconds.
 fn instant_to_unix(at: Instant) -> f64 {
     unix_now() - at.elapsed().as_secs_f64()
@@ -369,7 +389,7 @@ fn back_up_to_repo(
         }
         let mut prepared = Vec::with_capacity(images.len());
         for (image, disk) in images.iter().zip(&job.disks) {
-            let disk_plan = prepare_disk(ctx.options, image, disk, previous)?;
+            let disk_plan = prepare_disk(ctx.options, image, disk, &backups)?;
             if let DiskPlan::Full {
                 reason: Some(reason),
             } = &disk_plan.plan
@@ -389,10 +409,10 @@ fn back_up_to_repo(
             return Err(Error::Cancelled);
         }
 
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let backup_id = backup_id_from_unix(now.as_secs() as i64, now.subsec_millis());
+        // Under the domain's lock: the order of backups is the sequence, whatever the clock
+        // did since the last one; the id is the clock's, made unique (see `repo::manifest`).
+        let sequence = lock.next_sequence()?;
+        let backup_id = lock.free_backup_id(id_clock_ms());
         let snap_name = domain_snapshot_name(repo.id(), &job.uuid, &backup_id);
         let staged = lock.stage_backup(&backup_id)?;
 
@@ -605,6 +625,7 @@ fn back_up_to_repo(
             format: crate::repo::manifest::MANIFEST_FORMAT.into(),
             version: crate::repo::manifest::MANIFEST_VERSION,
             backup_id: backup_id.clone(),
+            sequence: Some(sequence),
             kind: if incremental {
                 BackupKind::Incremental
             } else {
@@ -732,7 +753,8 @@ fn base_leaves(backups: &[PreviousBackup], target: &str) -> BaseLeaves {
             break;
         };
         if let Some(name) = &disk.leaves_file {
-            if let Ok(table) = LeafTable::open(&folder.join(name)) {
+            let blocks = disk.size.div_ceil(crate::plan::HASH_BLOCK_SIZE);
+            if let Ok(table) = LeafTable::open(&folder.join(name), blocks) {
                 tables.push(table);
             }
         }

@@ -113,9 +113,13 @@ pub struct BackupListing {
     pub error: Option<String>,
     /// The backup an incremental builds on.
     pub parent: Option<String>,
+    /// Its place in the domain's history (manifest version 2 on): the order of backups,
+    /// whatever their ids say after a clock step.
+    pub sequence: Option<u64>,
 }
 
-/// Lists the complete backups in a repository, per domain, oldest first.
+/// Lists the complete backups in a repository, per domain, oldest first (by sequence), then
+/// the folders prune quarantined.
 pub fn list_backups(
     repo: &std::path::Path,
     domain: Option<&str>,
@@ -123,6 +127,8 @@ pub fn list_backups(
     let repo = Repository::open(repo)?;
     let mut listings = Vec::new();
     for uuid in repo.domain_uuids()? {
+        // The domain's name in its manifests, so `list NAME` also shows its quarantined folders.
+        let mut named: Option<String> = None;
         for (path, manifest) in repo.backups_of(&uuid)? {
             let path_text = path.display().to_string();
             let listing = match manifest {
@@ -156,6 +162,7 @@ pub fn list_backups(
                         .collect(),
                     error: None,
                     parent: m.parent.clone(),
+                    sequence: m.sequence,
                 },
                 Err(e) => BackupListing {
                     domain: String::new(),
@@ -171,12 +178,48 @@ pub fn list_backups(
                     disks: Vec::new(),
                     error: Some(e.to_string()),
                     parent: None,
+                    sequence: None,
                 },
             };
             if domain.is_none_or(|d| d == listing.domain || d == listing.uuid) {
+                named = named.or(Some(listing.domain.clone()).filter(|n| !n.is_empty()));
                 listings.push(listing);
+            }
+        }
+        // Set aside by prune: listed (as unreadable) so they are not forgotten.
+        for (id, path) in repo.quarantined_of(&uuid)? {
+            if domain.is_none_or(|d| d == uuid || named.as_deref() == Some(d)) {
+                listings.push(quarantined_listing(&uuid, &id, &path));
             }
         }
     }
     Ok(listings)
+}
+
+/// What `list` (and `verify`) say of a folder prune quarantined.
+pub(super) fn quarantine_message(id: &str, path: &std::path::Path) -> String {
+    let now = match crate::repo::read_manifest(&path.join(crate::repo::layout::MANIFEST_FILE)) {
+        Ok(_) => format!("its manifest reads now: rename it back to {id} to use it"),
+        Err(e) => e.to_string(),
+    };
+    format!(
+        "quarantined by prune in {} (its manifest could not be read; kept with its chain, never removed by the tool): {now}",
+        path.display()
+    )
+}
+
+fn quarantined_listing(uuid: &str, id: &str, path: &std::path::Path) -> BackupListing {
+    BackupListing {
+        domain: String::new(),
+        uuid: uuid.to_string(),
+        backup_id: id.to_string(),
+        kind: String::new(),
+        path: path.display().to_string(),
+        completed_at: 0.0,
+        consistency: None,
+        disks: Vec::new(),
+        error: Some(quarantine_message(id, path)),
+        parent: None,
+        sequence: None,
+    }
 }

@@ -140,9 +140,9 @@ fn plan_disks(
     disks: &[RbdDiskSpec],
     out: &mut Vec<PlannedDisk>,
 ) -> Result<(), Error> {
-    let previous = match repo {
-        Some(repo) => readable_backups(repo, uuid)?.0.pop(),
-        None => None,
+    let backups = match repo {
+        Some(repo) => readable_backups(repo, uuid)?.0,
+        None => Vec::new(),
     };
     for disk in disks {
         let key = match &disk.auth {
@@ -158,7 +158,7 @@ fn plan_disks(
         let pool = cluster.open_pool(&disk.pool, disk.namespace.as_deref())?;
         let image = RbdImage::open_read_only(&pool, &disk.image)?;
         let info = image.info()?;
-        let prepared = prepare_disk(options, &image, disk, previous.as_ref())?;
+        let prepared = prepare_disk(options, &image, disk, &backups)?;
         let (kind, reason, parent_backup, base) = match prepared.plan {
             DiskPlan::Full { reason } => (BackupKind::Full, reason, None, None),
             DiskPlan::Incremental {

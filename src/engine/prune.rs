@@ -3,36 +3,48 @@
 //!
 //! What is removed, per domain:
 //! - backups marked `Remove` (not selected by any keep option, or with a broken chain);
-//! - `.partial-*` folders (interrupted runs);
-//! - folders named like a backup id whose manifest is missing or damaged: without a usable
-//!   manifest a folder is not a backup (a backup is committed by renaming it into place after
-//!   its manifest is written).
+//! - `.partial-*` folders (interrupted runs).
+//!
+//! What is set aside, never removed: a folder named like a backup id whose manifest is
+//! missing, damaged (not JSON, fails validation), too large, or not a regular file (a link, a
+//! FIFO) is *quarantined*: renamed to `.quarantine-<id>` and reported. One unreadable manifest
+//! must never cost a chain: the quarantined backup is kept, with every ancestor it can be
+//! told to need (the `parent` of a manifest that is still JSON, else the start snapshot named
+//! in the header of its rbd diff files) and every backup whose chain goes through it, and none
+//! of them counts for the keep rules (`plan::retention`, "Unreadable backups"). A later prune
+//! finds the `.quarantine-` folder and keeps the same chain again, and reports it again, until
+//! an operator repairs the manifest and renames the folder back, or removes it. (A backup run
+//! ignores such folders: its next incremental builds on the newest readable backup.)
 //!
 //! What is never touched: anything whose name is not a backup id or a `.partial-` name (an
 //! operator's notes, `lost+found`), domain folders whose name is not a libvirt UUID, a
-//! manifest written by a newer version of the tool, a folder whose manifest cannot be read
-//! for another reason than damage (permissions, I/O errors), a folder whose manifest names
-//! another backup id, and backups that depend on any of these (they are reported as errors,
-//! for an operator to look at). Ceph snapshots are never touched either: the newest backup's
-//! snapshots are the base of the next incremental and are managed by backups.
+//! manifest written by a newer version of the tool (`RepoError::NewerManifest`), a folder whose
+//! manifest cannot be read for another reason than damage (permissions, I/O errors), a folder
+//! whose manifest names another backup id. These are kept with their chains like quarantined
+//! ones, in place, and reported as errors, for an operator to look at. Ceph snapshots are never
+//! touched either: the newest backup's snapshots are the base of the next incremental and are
+//! managed by backups.
+//!
+//! "Newest" is by the manifests' sequence, not by id or clock (see `repo::manifest`).
 //!
 //! A backup is removed by renaming its folder to `.partial-<id>`, fsyncing the domain folder,
 //! then deleting it: a crash part-way leaves a `.partial-` folder (never read as a backup and
 //! removed by the next run), never a half-deleted folder that looks like a backup. Removal
 //! goes newest first, so an interruption cannot leave an incremental without its parent.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::plan::retention::{
-    compute_prune, parse_backup_id, BackupEntry, KeepOptions, PruneMark, RemoveReason,
-};
-use crate::repo::layout::{is_canonical_uuid, MANIFEST_FILE, PARTIAL_PREFIX};
-use crate::repo::manifest::{sync_dir, MANIFEST_VERSION};
+use crate::plan::retention::{compute_prune, parse_backup_id, BackupEntry, KeepOptions, PruneMark};
+use crate::plan::snapshot_name;
+use crate::repo::layout::{is_canonical_uuid, MANIFEST_FILE, PARTIAL_PREFIX, QUARANTINE_PREFIX};
+use crate::repo::manifest::{sync_dir, ManifestHints};
+use crate::repo::rbd_diff::RbdDiffReader;
+use crate::repo::stored_file::open_stored_file;
 use crate::repo::{BackupManifest, DomainLock, RepoError, Repository};
 
 /// Version of the JSON prune report.
@@ -167,49 +179,79 @@ fn domain_names(repo: &Repository, uuid: &str) -> Vec<String> {
 
 /// What a folder named like a backup id turned out to be.
 enum Found {
-    /// A backup retention decides on: its parent and domain name.
+    /// A backup retention decides on: its sequence and parent.
     Backup {
+        sequence: Option<u64>,
         parent: Option<String>,
         domain_name: String,
     },
-    /// Not a backup: removed.
-    Damaged(String),
-    /// Cannot be judged here: left alone, reported.
+    /// Its manifest is damaged or missing: quarantined (renamed, reported, kept with its chain).
+    Damaged(RepoError),
+    /// Cannot be judged here (newer version, I/O error, another id): left in place, kept with
+    /// its chain, reported.
     Unusable(String),
 }
 
 fn classify(name: &str, path: &Path, manifest: Result<BackupManifest, RepoError>) -> Found {
     match manifest {
         Ok(m) if m.backup_id == name => Found::Backup {
+            sequence: m.sequence,
             parent: m.parent,
             domain_name: m.domain.name,
         },
         Ok(m) => Found::Unusable(format!(
-            "{}: the manifest names backup {}, not the folder's name; left alone",
+            "{}: the manifest names backup {}, not the folder's name; left alone, kept with its chain",
             path.display(),
             m.backup_id
         )),
         Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Found::Damaged(format!("no {MANIFEST_FILE}: not a complete backup"))
+            Found::Damaged(RepoError::NotFound {
+                what: format!("{} has no {MANIFEST_FILE}", path.display()),
+            })
         }
-        Err(e @ RepoError::BadManifest { .. }) => {
-            if written_by_newer_version(&path.join(MANIFEST_FILE)) {
-                Found::Unusable(format!("{e}; left alone"))
-            } else {
-                Found::Damaged(format!("damaged manifest: {e}"))
-            }
+        Err(
+            e @ (RepoError::BadManifest { .. }
+            | RepoError::NotARegularFile { .. }
+            | RepoError::TooLarge { .. }),
+        ) => Found::Damaged(e),
+        Err(e @ RepoError::NewerManifest { .. }) => {
+            Found::Unusable(format!("{e}; kept with its chain"))
         }
-        Err(e) => Found::Unusable(format!("{e}; left alone")),
+        Err(e) => Found::Unusable(format!("{e}; left alone, kept with its chain")),
     }
 }
 
-/// Whether a manifest that does not read is one a newer tool wrote (not damage).
-fn written_by_newer_version(manifest: &Path) -> bool {
-    fs::read(manifest)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|v| v.get("version").and_then(serde_json::Value::as_u64))
-        .is_some_and(|v| v > u64::from(MANIFEST_VERSION))
+/// The parent a backup whose manifest cannot be read can still be told to have: the `parent`
+/// of a manifest that is still JSON, else the start snapshot in the header of one of its rbd
+/// diff files (snapshot names end with the backup id; see `plan::naming`). `None`: a full, or
+/// nothing can be told (then nothing older is kept for it; it could not be restored anyway).
+fn parent_hint(folder: &Path, repo_id: &str) -> Option<String> {
+    if let Some(parent) = ManifestHints::read(&folder.join(MANIFEST_FILE)).and_then(|h| h.parent) {
+        return Some(parent);
+    }
+    let prefix = snapshot_name(repo_id, "");
+    let mut names: Vec<PathBuf> = fs::read_dir(folder)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(".rbdiff"))
+                && !p.to_string_lossy().ends_with(".b3")
+        })
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|path| {
+        let (file, _) = open_stored_file(&path, None).ok()?;
+        let stream: Box<dyn std::io::Read> = if path.to_string_lossy().ends_with(".zst") {
+            Box::new(zstd::Decoder::new(file).ok()?)
+        } else {
+            Box::new(std::io::BufReader::new(file))
+        };
+        let reader = RbdDiffReader::new(stream).ok()?;
+        let id = reader.from_snap()?.strip_prefix(&prefix)?;
+        parse_backup_id(id).map(|_| id.to_string())
+    })
 }
 
 fn prune_domain(
@@ -279,8 +321,14 @@ fn prune_locked(
 
     let mut entries = Vec::new();
     let mut folders: HashMap<String, PathBuf> = HashMap::new();
-    let mut damaged: Vec<(String, String)> = Vec::new();
-    let mut unusable: HashSet<String> = HashSet::new();
+    let held_entry = |name: &str, time: i64, folder: &Path| BackupEntry {
+        id: name.to_string(),
+        time,
+        sequence: ManifestHints::read(&folder.join(MANIFEST_FILE)).and_then(|h| h.sequence),
+        parent: parent_hint(folder, repo.id()),
+        held: true,
+    };
+    let mut to_quarantine = Vec::new();
     for (path, manifest) in repo.backups_of(uuid)? {
         let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
             continue;
@@ -290,6 +338,7 @@ fn prune_locked(
         };
         match classify(&name, &path, manifest) {
             Found::Backup {
+                sequence,
                 parent,
                 domain_name,
             } => {
@@ -297,39 +346,101 @@ fn prune_locked(
                 entries.push(BackupEntry {
                     id: name.clone(),
                     time,
+                    sequence,
                     parent,
+                    held: false,
                 });
             }
-            Found::Damaged(reason) => damaged.push((name.clone(), reason)),
+            Found::Damaged(error) => {
+                entries.push(held_entry(&name, time, &path));
+                to_quarantine.push((name.clone(), error));
+            }
             Found::Unusable(message) => {
                 report.errors.push(message);
-                unusable.insert(name.clone());
+                entries.push(held_entry(&name, time, &path));
             }
         }
         folders.insert(name, path);
     }
+    for (id, path) in repo.quarantined_of(uuid)? {
+        let Some(time) = parse_backup_id(&id) else {
+            continue;
+        };
+        if folders.contains_key(&id) {
+            report.errors.push(format!(
+                "{} and {} both hold backup {id}; the quarantined one is left alone",
+                path.display(),
+                folders[&id].display()
+            ));
+            continue;
+        }
+        report.errors.push(format!(
+            "{} is quarantined (its manifest could not be read); kept with the backups of its \
+             chain until its manifest is repaired and it is renamed back to {id}, or it is removed by hand",
+            path.display()
+        ));
+        entries.push(held_entry(&id, time, &path));
+        folders.insert(id, path);
+    }
 
+    // Quarantine: rename, so the name no longer looks like a readable backup to anyone, and
+    // report. The entry stays held whether or not the rename worked.
+    let mut renamed_any = false;
+    for (id, error) in to_quarantine {
+        let to = dir.join(format!("{QUARANTINE_PREFIX}{id}"));
+        let from = folders[&id].clone();
+        if dry_run {
+            report.errors.push(format!(
+                "{error}; would be quarantined as {} and kept with the backups of its chain",
+                to.display()
+            ));
+            continue;
+        }
+        if fs::symlink_metadata(&to).is_ok() {
+            report.errors.push(format!(
+                "{error}; cannot be quarantined ({} exists), left in place and kept with the backups of its chain",
+                to.display()
+            ));
+            continue;
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => {
+                renamed_any = true;
+                report.errors.push(format!(
+                    "{error}; quarantined as {} (never removed by prune) and kept with the backups \
+                     of its chain; repair its manifest and rename it back to {id}, or remove it",
+                    to.display()
+                ));
+                folders.insert(id, to);
+            }
+            Err(e) => report.errors.push(format!(
+                "{error}; cannot be quarantined (rename to {}: {e}), left in place and kept with the backups of its chain",
+                to.display()
+            )),
+        }
+    }
+    if renamed_any {
+        sync_dir(&dir)?;
+    }
+
+    entries.sort_by(|a, b| (a.sequence, &a.id).cmp(&(b.sequence, &b.id)));
+    let order: HashMap<String, (Option<u64>, String)> = entries
+        .iter()
+        .map(|e| (e.id.clone(), (e.sequence, e.id.clone())))
+        .collect();
     let decisions = compute_prune(&entries, keep).map_err(|e| Error::Usage(e.to_string()))?;
-    let mut doomed: Vec<(String, String)> = damaged;
+    let mut doomed: Vec<(String, String)> = Vec::new();
     for decision in decisions {
         match decision.mark {
             PruneMark::Keep(reasons) => report.kept.push(KeptBackup {
                 backup_id: decision.id,
                 reasons: reasons.iter().map(ToString::to_string).collect(),
             }),
-            PruneMark::Remove(RemoveReason::BrokenChain { missing, .. })
-                if unusable.contains(&missing) =>
-            {
-                report.errors.push(format!(
-                    "{}: depends on {missing}, which cannot be read; left alone",
-                    folders[&decision.id].display()
-                ));
-            }
             PruneMark::Remove(reason) => doomed.push((decision.id, reason.to_string())),
         }
     }
     // Newest first: an interruption never leaves an incremental without its parent.
-    doomed.sort_by(|a, b| b.0.cmp(&a.0));
+    doomed.sort_by(|a, b| order[&b.0].cmp(&order[&a.0]));
 
     let mut removed = Vec::new();
     if dry_run {
@@ -363,7 +474,8 @@ fn prune_locked(
         }
         sync_dir(&dir)?;
     }
-    removed.sort();
+    // Oldest first, as the report lists them.
+    removed.sort_by(|a, b| order[&a.0].cmp(&order[&b.0]));
     for (id, reason) in removed {
         report.removed.push(RemovedBackup {
             path: folders[&id].display().to_string(),
@@ -527,59 +639,184 @@ mod tests {
         assert_eq!(ids(&web.removed, |r| &r.backup_id), [day(1)]);
     }
 
+    /// Gives backup `folder` an rbd diff file whose header starts at `parent`'s snapshot, as an
+    /// incremental of `parent` has.
+    fn add_diff_file(repo: &Repository, folder: &Path, parent: &str) {
+        let id = folder.file_name().unwrap().to_string_lossy().into_owned();
+        let writer = crate::repo::rbd_diff::RbdDiffWriter::new(
+            Vec::new(),
+            Some(&snapshot_name(repo.id(), parent)),
+            &snapshot_name(repo.id(), &id),
+            1 << 30,
+        )
+        .unwrap();
+        fs::write(folder.join("vda.rbdiff"), writer.finish().unwrap()).unwrap();
+    }
+
+    fn set_sequence(folder: &Path, sequence: u64) {
+        let mut m = crate::repo::read_manifest(&folder.join(MANIFEST_FILE)).unwrap();
+        m.sequence = Some(sequence);
+        write_manifest(&folder.join(MANIFEST_FILE), &m).unwrap();
+    }
+
     #[test]
-    fn damaged_folders_go_but_newer_manifests_and_their_dependants_stay() {
+    fn damaged_manifests_are_quarantined_and_kept_with_their_chains_as_are_newer_ones() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::open_or_create(dir.path()).unwrap();
         let domain_dir = repo.domain_dir(WEB);
         add_backup(&repo, WEB, &day(1), None);
-        // Damaged: garbage manifest, and no manifest at all.
-        let garbage = add_backup(&repo, WEB, &day(2), None);
-        fs::write(garbage.join(MANIFEST_FILE), b"{\"format\": ").unwrap();
-        fs::create_dir(domain_dir.join(day(3))).unwrap();
-        // Written by a newer tool, and an incremental on top of it.
-        let newer = add_backup(&repo, WEB, &day(4), None);
-        let mut text = fs::read_to_string(newer.join(MANIFEST_FILE)).unwrap();
-        text = text.replace("\"version\": 1,", "\"version\": 99,");
-        fs::write(newer.join(MANIFEST_FILE), text).unwrap();
-        add_backup(&repo, WEB, &day(5), Some(&day(4)));
-        // An orphan whose parent is gone for good.
-        add_backup(&repo, WEB, &day(6), Some("20261031T020000.000Z"));
+        // A chain with a truncated manifest in its middle: F2 <- I3 (damaged) <- I4.
+        add_backup(&repo, WEB, &day(2), None);
+        let damaged = add_backup(&repo, WEB, &day(3), Some(&day(2)));
+        add_diff_file(&repo, &damaged, &day(2));
+        let text = fs::read(damaged.join(MANIFEST_FILE)).unwrap();
+        fs::write(damaged.join(MANIFEST_FILE), &text[..text.len() / 2]).unwrap();
+        add_backup(&repo, WEB, &day(4), Some(&day(3)));
+        // A folder named like a backup without a manifest, and one whose manifest is a FIFO.
+        fs::create_dir(domain_dir.join(day(5))).unwrap();
+        let fifo = add_backup(&repo, WEB, &day(11), None);
+        fs::remove_file(fifo.join(MANIFEST_FILE)).unwrap();
+        crate::repo::stored_file::tests::make_fifo(&fifo.join(MANIFEST_FILE));
+        // Written by a newer tool on top of F2, and an incremental on top of it.
+        let newer = add_backup(&repo, WEB, &day(6), Some(&day(2)));
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&fs::read(newer.join(MANIFEST_FILE)).unwrap()).unwrap();
+        value["version"] = 99.into();
+        value["disks"] = "elsewhere".into();
+        fs::write(newer.join(MANIFEST_FILE), value.to_string()).unwrap();
+        add_backup(&repo, WEB, &day(7), Some(&day(6)));
+        // An orphan whose parent is gone for good, and the newest backup, a full.
+        add_backup(&repo, WEB, &day(8), Some("20261031T020000.000Z"));
+        add_backup(&repo, WEB, &day(9), None);
+        for (d, sequence) in [(1, 1), (2, 2), (4, 4), (7, 7), (8, 8), (9, 9)] {
+            set_sequence(&domain_dir.join(day(d)), sequence);
+        }
         // Not named like a backup: never touched, even with a damaged manifest.
         fs::create_dir(domain_dir.join("keep-me")).unwrap();
         fs::write(domain_dir.join("keep-me").join(MANIFEST_FILE), b"x").unwrap();
 
-        let report = prune(dir.path(), None, &keep_last(5), false).unwrap();
+        let dry = prune(dir.path(), None, &keep_last(1), true).unwrap();
+        let report = prune(dir.path(), None, &keep_last(1), false).unwrap();
 
+        let q = |d: u32| format!("{QUARANTINE_PREFIX}{}", day(d));
+        let mut expected = vec![
+            ".lock".to_string(),
+            q(11),
+            q(3),
+            q(5),
+            day(2),
+            day(4),
+            day(6),
+            day(7),
+            day(9),
+            "keep-me".into(),
+        ];
+        expected.sort();
+        assert_eq!(on_disk(&repo, WEB), expected);
         assert_eq!(
-            on_disk(&repo, WEB),
-            [".lock", &day(1), &day(4), &day(5), "keep-me"]
+            fs::read(domain_dir.join(q(3)).join(MANIFEST_FILE)).unwrap(),
+            &text[..text.len() / 2],
+            "quarantined as it was"
         );
         let web = &report.domains[0];
-        assert_eq!(ids(&web.kept, |k| &k.backup_id), [day(1)]);
+        let reasons = |id: &str| {
+            web.kept
+                .iter()
+                .find(|k| k.backup_id == id)
+                .unwrap_or_else(|| panic!("{id} not kept: {web:?}"))
+                .reasons
+                .clone()
+        };
+        assert_eq!(reasons(&day(9)), ["keep-last"]);
+        assert_eq!(reasons(&day(3)), ["its manifest cannot be read"]);
+        assert_eq!(
+            reasons(&day(4)),
+            [format!(
+                "depends on {}, whose manifest cannot be read",
+                day(3)
+            )]
+        );
+        assert_eq!(
+            reasons(&day(7)),
+            [format!(
+                "depends on {}, whose manifest cannot be read",
+                day(6)
+            )]
+        );
+        // F2 is needed by both unreadable backups; the newest of them names it.
+        assert_eq!(reasons(&day(2)).len(), 1);
+        assert!(
+            reasons(&day(2))[0].starts_with("needed by 202611"),
+            "{web:?}"
+        );
         let removed: Vec<(&str, &str)> = web
             .removed
             .iter()
             .map(|r| (r.backup_id.as_str(), r.reason.as_str()))
             .collect();
-        assert_eq!(removed.len(), 3, "{removed:?}");
-        assert!(removed[0].1.starts_with("damaged manifest"), "{removed:?}");
-        assert!(removed[1].1.starts_with("no manifest.json"), "{removed:?}");
         assert_eq!(
-            removed[2],
-            (
-                day(6).as_str(),
-                "broken chain (parent 20261031T020000.000Z missing)"
-            )
+            removed,
+            [
+                (day(1).as_str(), "not selected by any keep option"),
+                (
+                    day(8).as_str(),
+                    "broken chain (parent 20261031T020000.000Z missing)"
+                )
+            ]
         );
-        assert_eq!(web.errors.len(), 2, "{:?}", web.errors);
-        assert!(web.errors[0].contains("upgrade"), "{:?}", web.errors);
-        assert!(
-            web.errors[1].contains(&format!("depends on {}", day(4))),
-            "{:?}",
-            web.errors
-        );
+        let errors = web.errors.join("\n");
+        assert_eq!(web.errors.len(), 4, "{errors}");
+        assert!(errors.contains("upgrade virt-rbd-backup"), "{errors}");
+        assert_eq!(errors.matches("quarantined as").count(), 3, "{errors}");
+        assert!(errors.contains("is a FIFO"), "{errors}");
         assert!(report.has_problems());
+        // The dry run said the same and touched nothing.
+        assert_eq!(
+            ids(&dry.domains[0].removed, |r| &r.backup_id),
+            ids(&web.removed, |r| &r.backup_id)
+        );
+        assert_eq!(
+            dry.domains[0]
+                .errors
+                .join("\n")
+                .matches("would be quarantined")
+                .count(),
+            3
+        );
+
+        // The next prune finds the quarantined folders, keeps the same chain, reports them again.
+        let again = prune(dir.path(), None, &keep_last(1), false).unwrap();
+        assert_eq!(on_disk(&repo, WEB), expected);
+        let web = &again.domains[0];
+        assert!(web.removed.is_empty(), "{web:?}");
+        assert_eq!(
+            web.errors
+                .iter()
+                .filter(|e| e.contains("is quarantined"))
+                .count(),
+            3
+        );
+
+        // Repaired and renamed back, the chain restores: it was never broken.
+        fs::remove_dir_all(domain_dir.join(q(5))).unwrap();
+        fs::remove_dir_all(domain_dir.join(q(11))).unwrap();
+        fs::rename(domain_dir.join(q(3)), domain_dir.join(day(3))).unwrap();
+        let mut m = sample();
+        m.backup_id = day(3);
+        m.parent = Some(day(2));
+        m.sequence = Some(3);
+        write_manifest(&domain_dir.join(day(3)).join(MANIFEST_FILE), &m).unwrap();
+        let (folder, m4) = repo.find_backup(WEB, Some(&day(4))).unwrap();
+        assert_eq!(m4.parent.as_deref(), Some(day(3).as_str()));
+        let mut m4 = m4;
+        m4.disks[0].kind = crate::repo::BackupKind::Incremental;
+        m4.disks[0].parent_backup = Some(day(3));
+        m4.disks[0].base_snapshot = m4.disks[0].snapshot.clone().into();
+        let chain_of = |m: &crate::repo::BackupManifest| {
+            repo.disk_chain(WEB, &folder, m, "vda")
+                .map(|c| c.iter().map(|l| l.backup_id.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(chain_of(&m4).unwrap(), [day(3), day(4)]);
     }
 
     #[test]

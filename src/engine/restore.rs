@@ -730,11 +730,7 @@ fn replay(
             _ => {
                 verify_stored_file(link)?;
                 let path = link.data_path();
-                let file = File::open(&path).map_err(|source| RepoError::Io {
-                    action: "open",
-                    path: path.clone(),
-                    source,
-                })?;
+                let (file, _) = crate::repo::stored_file::open_stored_file(&path, None)?;
                 let buffered = BufReader::with_capacity(1 << 20, file);
                 let stream: Box<dyn Read> = if link.disk.format.ends_with("+zstd") {
                     Box::new(zstd::Decoder::with_buffer(buffered).map_err(|source| {

@@ -117,6 +117,15 @@ pub fn verify_with_source(
                 })
                 .collect(),
         };
+        if backup.is_none() {
+            for (id, path) in repo.quarantined_of(&uuid)? {
+                report.problems.push(VerifyProblem {
+                    backup_id: id.clone(),
+                    disk: String::new(),
+                    message: super::listing::quarantine_message(&id, &path),
+                });
+            }
+        }
         let mut verified: Vec<(String, String)> = Vec::new(); // (backup id, disk) already checked
         for (folder, id) in selected {
             let (_, manifest) = repo.find_backup(&uuid, Some(&id))?;

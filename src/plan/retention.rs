@@ -28,6 +28,21 @@
 //!   place of one that can be restored. Keeping a backup that cannot be restored would only
 //!   give false confidence; the report says why it went.
 //!
+//! # Unreadable backups
+//! A backup whose manifest cannot be read (damaged and quarantined by `prune`, written by a
+//! newer version, an I/O error) is given with `held`: it is kept whatever the rules say (reason
+//! `unreadable`), so is every ancestor it names (`parent` as far as it could be told; `needed
+//! by <id>`), and so is every backup whose chain goes through it (`depends on <id>`): once the
+//! manifest is repaired or a newer build reads it, the whole chain restores again. None of them
+//! counts for the rules, which choose among restorable backups only.
+//!
+//! # Order
+//! "Newest" is by `sequence` (the per-domain counter the manifest records), then by id, not by
+//! time: after the wall clock steps back, a newer backup has an earlier time, and the newest
+//! is still the one taken last. Backups without a sequence (older versions) come before every
+//! backup with one. Periods are still the calendar periods of each backup's time; a period
+//! counts once, when its newest backup (in this order) is met.
+//!
 //! Consequence: when any option is given, the newest restorable backup is always kept (it is
 //! the newest of its hour, day, week, month and year, and within any span of itself).
 
@@ -86,14 +101,18 @@ impl KeepOptions {
 }
 
 /// One backup of a domain, as retention needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackupEntry {
     /// Backup id (unique within the domain).
     pub id: String,
     /// When the backup was taken, Unix seconds (UTC).
     pub time: i64,
+    /// Its place in the domain's history (manifest version 2 on); see "Order" above.
+    pub sequence: Option<u64>,
     /// The backup this one depends on (incrementals), by id.
     pub parent: Option<String>,
+    /// Its manifest cannot be read: kept with its chain, never chosen by a rule.
+    pub held: bool,
 }
 
 /// Why a backup is kept.
@@ -116,6 +135,10 @@ pub enum KeepReason {
     Within,
     /// An ancestor of a kept backup (the newest kept backup that depends on it).
     NeededBy(String),
+    /// Its manifest cannot be read (`BackupEntry::held`).
+    Unreadable,
+    /// Its chain goes through a backup whose manifest cannot be read.
+    DependsOn(String),
 }
 
 impl fmt::Display for KeepReason {
@@ -129,6 +152,10 @@ impl fmt::Display for KeepReason {
             KeepReason::Yearly => f.write_str("keep-yearly"),
             KeepReason::Within => f.write_str("keep-within"),
             KeepReason::NeededBy(id) => write!(f, "needed by {id}"),
+            KeepReason::Unreadable => f.write_str("its manifest cannot be read"),
+            KeepReason::DependsOn(id) => {
+                write!(f, "depends on {id}, whose manifest cannot be read")
+            }
         }
     }
 }
@@ -216,17 +243,17 @@ pub fn compute_prune(
         }
     }
 
-    let broken: Vec<Option<RemoveReason>> = backups
+    let states: Vec<ChainState> = backups
         .iter()
-        .map(|entry| chain_break(entry, backups, &by_id))
+        .map(|entry| chain_state(entry, backups, &by_id))
         .collect();
 
-    // Newest first; equal times fall back to the id, which sorts by time too.
+    // Restorable backups, newest first (see "Order").
     let mut order: Vec<usize> = (0..backups.len())
-        .filter(|&i| broken[i].is_none())
+        .filter(|&i| matches!(states[i], ChainState::Restorable))
         .collect();
     order.sort_by(|&a, &b| {
-        (backups[b].time, &backups[b].id).cmp(&(backups[a].time, &backups[a].id))
+        (backups[b].sequence, &backups[b].id).cmp(&(backups[a].sequence, &backups[a].id))
     });
 
     let mut reasons: Vec<Vec<KeepReason>> = vec![Vec::new(); backups.len()];
@@ -241,15 +268,15 @@ pub fn compute_prune(
     ];
     for (count, reason, period_of) in rules {
         let mut left = count.unwrap_or(0);
-        let mut last_period = None;
+        // A set, not the last period: after a clock step, times along `order` go back and forth.
+        let mut seen = HashSet::new();
         for &i in &order {
             if left == 0 {
                 break;
             }
             let period = period_of.map(|f| f(backups[i].time));
-            if period.is_none() || period != last_period {
+            if period.is_none_or(|p| seen.insert(p)) {
                 reasons[i].push(reason.clone());
-                last_period = period;
                 left -= 1;
             }
         }
@@ -263,61 +290,102 @@ pub fn compute_prune(
         }
     }
 
+    // Unreadable backups and those whose chain goes through one: kept, outside the rules.
+    for (i, state) in states.iter().enumerate() {
+        match state {
+            ChainState::Held => reasons[i].push(KeepReason::Unreadable),
+            ChainState::DependsOn(held) => {
+                reasons[i].push(KeepReason::DependsOn(backups[*held].id.clone()))
+            }
+            _ => {}
+        }
+    }
+
     // Dependency closure, newest first, so each ancestor names the newest kept backup that
-    // needs it. Restorable backups have only restorable ancestors, so the walk ends at a full.
-    let selected: Vec<usize> = order
+    // needs it; then the ancestors of unreadable backups, as far as their parent is known.
+    // The walk stops at a missing ancestor, and at one already marked (which also ends a cycle
+    // through an unreadable backup, whose parent is only a hint).
+    let mut anchors: Vec<usize> = order
         .iter()
         .copied()
         .filter(|&i| !reasons[i].is_empty())
         .collect();
+    let mut held: Vec<usize> = (0..backups.len())
+        .filter(|&i| matches!(states[i], ChainState::Held))
+        .collect();
+    held.sort_by(|&a, &b| {
+        (backups[b].sequence, &backups[b].id).cmp(&(backups[a].sequence, &backups[a].id))
+    });
+    anchors.extend(held);
     let mut needed: HashSet<usize> = HashSet::new();
-    for i in selected {
+    for i in anchors {
         let mut cursor = backups[i].parent.as_deref();
         while let Some(&p) = cursor.and_then(|id| by_id.get(id)) {
-            if !needed.insert(p) {
+            if p == i || !needed.insert(p) {
                 break; // its ancestors already name a newer dependant
             }
-            reasons[p].push(KeepReason::NeededBy(backups[i].id.clone()));
+            if !matches!(states[p], ChainState::Held) {
+                reasons[p].push(KeepReason::NeededBy(backups[i].id.clone()));
+            }
             cursor = backups[p].parent.as_deref();
         }
     }
 
     Ok(backups
         .iter()
-        .zip(broken)
+        .zip(states)
         .zip(reasons)
-        .map(|((entry, broken), reasons)| PruneDecision {
+        .map(|((entry, state), reasons)| PruneDecision {
             id: entry.id.clone(),
-            mark: match broken {
-                Some(reason) => PruneMark::Remove(reason),
-                None if reasons.is_empty() => PruneMark::Remove(RemoveReason::NotSelected),
-                None => PruneMark::Keep(reasons),
+            mark: match state {
+                ChainState::Broken(reason) => PruneMark::Remove(reason),
+                _ if reasons.is_empty() => PruneMark::Remove(RemoveReason::NotSelected),
+                _ => PruneMark::Keep(reasons),
             },
         })
         .collect())
 }
 
-/// Why `entry` cannot be restored, if it cannot: the first missing ancestor, or a cycle.
-fn chain_break(
+/// What a backup's chain of parents allows.
+enum ChainState {
+    /// Every ancestor is in the list and readable.
+    Restorable,
+    /// It cannot be read itself (`held`).
+    Held,
+    /// Its chain goes through this unreadable backup (index), nearest first.
+    DependsOn(usize),
+    /// An ancestor is missing, or the parents loop.
+    Broken(RemoveReason),
+}
+
+/// The state of `entry`'s chain: walks its parents up to a full, an unreadable backup, a
+/// missing ancestor or a loop.
+fn chain_state(
     entry: &BackupEntry,
     backups: &[BackupEntry],
     by_id: &HashMap<&str, usize>,
-) -> Option<RemoveReason> {
+) -> ChainState {
+    if entry.held {
+        return ChainState::Held;
+    }
     let mut seen: HashSet<&str> = HashSet::from([entry.id.as_str()]);
     let mut cursor = entry.parent.as_deref();
     while let Some(id) = cursor {
         let Some(&p) = by_id.get(id) else {
-            return Some(RemoveReason::BrokenChain {
+            return ChainState::Broken(RemoveReason::BrokenChain {
                 missing: id.to_string(),
                 direct: entry.parent.as_deref() == Some(id),
             });
         };
+        if backups[p].held {
+            return ChainState::DependsOn(p);
+        }
         if !seen.insert(id) {
-            return Some(RemoveReason::ParentCycle { at: id.to_string() });
+            return ChainState::Broken(RemoveReason::ParentCycle { at: id.to_string() });
         }
         cursor = backups[p].parent.as_deref();
     }
-    None
+    ChainState::Restorable
 }
 
 /// The period (hour, day, ...) a time falls in, as a number equal for equal periods.
@@ -410,7 +478,7 @@ mod tests {
         BackupEntry {
             id: backup_id_from_unix(time, 0),
             time,
-            parent: None,
+            ..BackupEntry::default()
         }
     }
 
@@ -790,11 +858,13 @@ mod tests {
             id: "20261101T020000.000Z".into(),
             time: at(2026, 11, 1, 2),
             parent: Some("20261102T020000.000Z".into()),
+            ..BackupEntry::default()
         };
         let b = BackupEntry {
             id: "20261102T020000.000Z".into(),
             time: at(2026, 11, 2, 2),
             parent: Some(a.id.clone()),
+            ..BackupEntry::default()
         };
         let own = BackupEntry {
             parent: Some("20261103T020000.000Z".into()),
@@ -882,5 +952,165 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn sequenced(entry: BackupEntry, sequence: u64) -> BackupEntry {
+        BackupEntry {
+            sequence: Some(sequence),
+            ..entry
+        }
+    }
+
+    #[test]
+    fn after_a_clock_step_back_the_newest_is_the_last_in_sequence_not_in_time() {
+        // Sequence 1 at 10:00, then the clock stepped back: 2 at 09:00, 3 at 08:00 (a new full).
+        let b1 = sequenced(full(at(2026, 11, 26, 10)), 1);
+        let b2 = sequenced(incremental(at(2026, 11, 26, 9), &b1), 2);
+        let b3 = sequenced(full(at(2026, 11, 26, 8)), 3);
+        let backups = [b1.clone(), b2.clone(), b3.clone()];
+        let last = |n| KeepOptions {
+            last: Some(n),
+            ..KeepOptions::default()
+        };
+        assert_eq!(kept_ids(&backups, &last(1)), std::slice::from_ref(&b3.id));
+        assert_eq!(
+            kept_ids(&backups, &last(2)),
+            [b3.id.clone(), b2.id.clone(), b1.id.clone()]
+        );
+        // The newest of the day is the last taken, not the latest time.
+        let daily = KeepOptions {
+            daily: Some(1),
+            ..KeepOptions::default()
+        };
+        assert_eq!(kept_ids(&backups, &daily), std::slice::from_ref(&b3.id));
+        // Backups of an older version (no sequence) are older than every sequenced one.
+        let legacy = full(at(2026, 11, 27, 0));
+        assert_eq!(
+            kept_ids(&[legacy, b1.clone(), b3.clone()], &last(1)),
+            std::slice::from_ref(&b3.id)
+        );
+    }
+
+    #[test]
+    fn a_period_counts_once_when_times_go_back_and_forth() {
+        // Taken in this order (sequence): day 2, day 1, day 2 again.
+        let a = sequenced(full(at(2026, 11, 2, 1)), 1);
+        let b = sequenced(full(at(2026, 11, 1, 1)), 2);
+        let c = sequenced(full(at(2026, 11, 2, 3)), 3);
+        let keep = KeepOptions {
+            daily: Some(2),
+            ..KeepOptions::default()
+        };
+        // Day 2's newest is c, day 1's is b: a is not a third "day".
+        assert_eq!(kept_ids(&[a, b.clone(), c.clone()], &keep), {
+            let mut ids = vec![b.id, c.id];
+            ids.sort();
+            ids
+        });
+    }
+
+    #[test]
+    fn an_unreadable_backup_keeps_its_ancestors_and_dependants_and_takes_no_slot() {
+        let older = sequenced(full(at(2026, 11, 1, 2)), 1);
+        let f = sequenced(full(at(2026, 11, 2, 2)), 2);
+        let i1 = sequenced(incremental(at(2026, 11, 3, 2), &f), 3);
+        let damaged = BackupEntry {
+            held: true,
+            sequence: None,
+            ..incremental(at(2026, 11, 4, 2), &i1)
+        };
+        let i3 = sequenced(incremental(at(2026, 11, 5, 2), &damaged), 5);
+        let i4 = sequenced(incremental(at(2026, 11, 6, 2), &i3), 6);
+        let newest = sequenced(full(at(2026, 11, 7, 2)), 7);
+        let backups = [
+            older.clone(),
+            f.clone(),
+            i1.clone(),
+            damaged.clone(),
+            i3.clone(),
+            i4.clone(),
+            newest.clone(),
+        ];
+        let keep = KeepOptions {
+            last: Some(2),
+            ..KeepOptions::default()
+        };
+        let decisions = compute_prune(&backups, &keep).unwrap();
+        assert_eq!(
+            mark_of(&decisions, &damaged.id),
+            PruneMark::Keep(vec![KeepReason::Unreadable])
+        );
+        for dependant in [&i3, &i4] {
+            assert_eq!(
+                mark_of(&decisions, &dependant.id),
+                PruneMark::Keep(vec![KeepReason::DependsOn(damaged.id.clone())])
+            );
+        }
+        // keep-last 2 went to the restorable ones: newest, then i1 (which the unreadable
+        // backup needs too).
+        assert_eq!(
+            mark_of(&decisions, &newest.id),
+            PruneMark::Keep(vec![KeepReason::Last])
+        );
+        assert_eq!(
+            mark_of(&decisions, &i1.id),
+            PruneMark::Keep(vec![
+                KeepReason::Last,
+                KeepReason::NeededBy(damaged.id.clone())
+            ])
+        );
+        assert_eq!(
+            mark_of(&decisions, &older.id),
+            PruneMark::Remove(RemoveReason::NotSelected)
+        );
+        // With keep-last 1, i1 and f are kept only because the unreadable backup needs them.
+        let one = KeepOptions {
+            last: Some(1),
+            ..KeepOptions::default()
+        };
+        let decisions = compute_prune(&backups, &one).unwrap();
+        for ancestor in [&f, &i1] {
+            assert_eq!(
+                mark_of(&decisions, &ancestor.id),
+                PruneMark::Keep(vec![KeepReason::NeededBy(damaged.id.clone())])
+            );
+        }
+        assert_eq!(
+            KeepReason::DependsOn(damaged.id.clone()).to_string(),
+            "depends on 20261104T020000.000Z, whose manifest cannot be read"
+        );
+        // An unreadable backup whose parent is unknown (a full, or nothing could be told)
+        // keeps itself and its dependants only.
+        let unknown = BackupEntry {
+            parent: None,
+            ..damaged.clone()
+        };
+        let decisions = compute_prune(
+            &[f.clone(), i1.clone(), unknown, i3.clone(), newest.clone()],
+            &one,
+        )
+        .unwrap();
+        assert!(!mark_of(&decisions, &f.id).is_keep());
+        assert!(mark_of(&decisions, &i3.id).is_keep());
+    }
+
+    #[test]
+    fn unreadable_backups_whose_parent_hints_loop_do_not_hang() {
+        let a = BackupEntry {
+            held: true,
+            parent: Some(backup_id_from_unix(at(2026, 11, 2, 2), 0)),
+            ..full(at(2026, 11, 1, 2))
+        };
+        let b = BackupEntry {
+            held: true,
+            parent: Some(a.id.clone()),
+            ..full(at(2026, 11, 2, 2))
+        };
+        let keep = KeepOptions {
+            last: Some(1),
+            ..KeepOptions::default()
+        };
+        let decisions = compute_prune(&[a, b], &keep).unwrap();
+        assert!(decisions.iter().all(|d| d.mark.is_keep()), "{decisions:?}");
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::block_table::read_block_table;
 use super::error::RepoError;
 use super::manifest::{BackupKind, BackupManifest, DiskRecord};
+use super::stored_file::open_stored_file;
 use super::Repository;
 use crate::plan::{ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
 
@@ -177,19 +178,7 @@ impl RawBlockReader {
     /// Opens `link`'s raw file (its block table verified against the manifest).
     pub fn open(link: &ChainLink) -> Result<Self, RepoError> {
         let path = link.data_path();
-        let file = File::open(&path).map_err(|source| RepoError::Io {
-            action: "open",
-            path: path.clone(),
-            source,
-        })?;
-        let len = file
-            .metadata()
-            .map_err(|source| RepoError::Io {
-                action: "stat",
-                path: path.clone(),
-                source,
-            })?
-            .len();
+        let (file, len) = open_stored_file(&path, None)?;
         if len != link.disk.size {
             return Err(RepoError::Corrupt {
                 path,
@@ -281,11 +270,9 @@ pub fn verify_stored_file(link: &ChainLink) -> Result<(), RepoError> {
         )?),
         None => None,
     };
-    let mut file = File::open(&path).map_err(|source| RepoError::Io {
-        action: "open",
-        path: path.clone(),
-        source,
-    })?;
+    // A regular file, not a link or FIFO: reading it ends. Its size is checked at the end with
+    // its content (the file is streamed, never held in memory).
+    let (mut file, _) = open_stored_file(&path, None)?;
     let mut hasher = StreamHasher::new();
     let mut buf = vec![0u8; HASH_BLOCK_SIZE as usize];
     let mut offset = 0u64;
@@ -339,4 +326,52 @@ pub fn verify_stored_file(link: &ChainLink) -> Result<(), RepoError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::manifest::tests::sample;
+    use crate::repo::stored_file::tests::make_fifo;
+    use std::time::{Duration, Instant};
+
+    fn link_in(folder: &Path, file: &str, format: &str) -> ChainLink {
+        let mut disk = sample().disks.remove(0);
+        disk.file = file.into();
+        disk.format = format.into();
+        disk.size = 8 << 20;
+        disk.file_size = 8 << 20;
+        ChainLink {
+            folder: folder.to_path_buf(),
+            backup_id: "20261126T095243.007Z".into(),
+            disk,
+        }
+    }
+
+    #[test]
+    fn data_files_that_are_links_to_dev_zero_or_fifos_fail_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("vda.raw")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("vda.rbdiff")).unwrap();
+        make_fifo(&dir.path().join("vdb.raw"));
+        make_fifo(&dir.path().join("vdb.rbdiff"));
+        let started = Instant::now();
+        for (file, format) in [("vda.raw", "raw"), ("vdb.raw", "raw")] {
+            let err = RawBlockReader::open(&link_in(dir.path(), file, format))
+                .err()
+                .expect("must fail");
+            assert!(
+                matches!(err, RepoError::NotARegularFile { .. }),
+                "{file}: {err}"
+            );
+        }
+        for file in ["vda.rbdiff", "vdb.rbdiff"] {
+            let err = verify_stored_file(&link_in(dir.path(), file, "rbd-diff-v1")).unwrap_err();
+            assert!(
+                matches!(err, RepoError::NotARegularFile { .. }),
+                "{file}: {err}"
+            );
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 }

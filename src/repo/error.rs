@@ -20,6 +20,25 @@ pub enum RepoError {
     /// A manifest or marker that cannot be used.
     #[error("unusable manifest {path}: {message}")]
     BadManifest { path: PathBuf, message: String },
+    /// A manifest written by a newer version of the tool: not damage, so never quarantined or
+    /// removed; only a newer build can read it.
+    #[error("{path} was written by a newer virt-rbd-backup (manifest version {version}; this one reads up to {supported}); upgrade virt-rbd-backup to use this backup")]
+    NewerManifest {
+        path: PathBuf,
+        version: u64,
+        supported: u32,
+    },
+    /// A repository path that is a symbolic link, FIFO, device (or a folder where a file must
+    /// be): refused without reading it (it could hang, never end, or be someone else's file).
+    #[error("{path} is {found}, where the repository holds only plain files and folders; it is damaged or was tampered with (repository paths are never followed through links nor read from FIFOs or devices)")]
+    NotARegularFile { path: PathBuf, found: &'static str },
+    /// A repository file larger than what it can legitimately hold: refused before it is read.
+    #[error("{path} holds {size} bytes, more than the {limit} it can hold; the file is damaged or is not what its name says")]
+    TooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     /// Something asked for is not in the repository.
     #[error("{what}")]
     NotFound { what: String },

@@ -9,6 +9,8 @@
 //!       manifest.json
 //!       <disk target>.raw             sparse raw image of one disk
 //!     .partial-<backup id>/           a backup being written; never read as a backup
+//!     .quarantine-<backup id>/        a backup whose manifest could not be read, set aside by
+//!                                     prune (never removed by the tool; see `engine::prune`)
 //! ```
 //! Domain folders are named by UUID, which survives renames; names from domain XML (disk
 //! targets) pass through `safe_component` before they touch a path.
@@ -19,6 +21,8 @@ pub const MARKER_FILE: &str = "virt-rbd-backup-repo.json";
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Prefix of a backup folder that is still being written.
 pub const PARTIAL_PREFIX: &str = ".partial-";
+/// Prefix of a backup folder that prune set aside because its manifest could not be read.
+pub const QUARANTINE_PREFIX: &str = ".quarantine-";
 /// Per-domain lock file.
 pub const LOCK_FILE: &str = ".lock";
 

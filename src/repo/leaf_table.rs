@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::error::RepoError;
+use super::stored_file::open_stored_file;
 use crate::plan::{root_of, zero_block_root, zero_leaves, BlockLeaves, LEAVES_PER_BLOCK};
 
 const MAGIC: &[u8; 8] = b"VRBLEAF1";
@@ -94,8 +95,11 @@ pub struct LeafTable {
 }
 
 impl LeafTable {
-    /// Opens `path` and reads its index. A file that is not a leaf table is an error.
-    pub fn open(path: &Path) -> Result<Self, RepoError> {
+    /// Opens `path` and reads its index. A file that is not a leaf table is an error, and so
+    /// is one with more records than the image has blocks (`image_blocks`): the size is
+    /// checked on the open descriptor before the index is read into memory, and links, FIFOs
+    /// and devices are refused (`stored_file`).
+    pub fn open(path: &Path, image_blocks: u64) -> Result<Self, RepoError> {
         let corrupt = |message: String| RepoError::Corrupt {
             path: path.to_path_buf(),
             offset: None,
@@ -106,8 +110,11 @@ impl LeafTable {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(io)?;
-        let len = file.metadata().map_err(io)?.len();
+        let limit = image_blocks
+            .min(MAX_COUNT)
+            .saturating_mul(RECORD + 8)
+            .saturating_add(16);
+        let (file, len) = open_stored_file(path, Some(limit))?;
         if len < 16 {
             return Err(corrupt(format!(
                 "{len} bytes is too short for a leaf table"
@@ -119,7 +126,7 @@ impl LeafTable {
             return Err(corrupt("no leaf table magic at the end".into()));
         }
         let count = u64::from_le_bytes(footer[..8].try_into().expect("8 bytes"));
-        if count > MAX_COUNT || count * (RECORD + 8) + 16 != len {
+        if count > MAX_COUNT || count > image_blocks || count * (RECORD + 8) + 16 != len {
             return Err(corrupt(format!(
                 "{count} records do not fit a file of {len} bytes"
             )));
@@ -160,7 +167,7 @@ impl LeafTable {
 /// Checks every record of the leaf table at `path` against `block_table`, the verified block
 /// hashes of the same backup.
 pub fn verify_leaf_table(path: &Path, block_table: &[[u8; 32]]) -> Result<(), RepoError> {
-    let table = LeafTable::open(path)?;
+    let table = LeafTable::open(path, block_table.len() as u64)?;
     let corrupt = |block: u64, message: String| RepoError::Corrupt {
         path: path.to_path_buf(),
         offset: Some(block * crate::plan::HASH_BLOCK_SIZE),
@@ -263,7 +270,7 @@ mod tests {
             std::fs::metadata(&path).unwrap().len(),
             2 * (RECORD + 8) + 16
         );
-        let t = LeafTable::open(&path).unwrap();
+        let t = LeafTable::open(&path, 16).unwrap();
         assert_eq!(t.blocks(), &[3, 9]);
         assert_eq!(t.get(3).unwrap().unwrap(), a);
         assert_eq!(t.get(9).unwrap().unwrap(), b);
@@ -289,7 +296,7 @@ mod tests {
             ("short", b"VRBLEAF1".to_vec()),
         ] {
             std::fs::write(&path, &bytes).unwrap();
-            assert!(LeafTable::open(&path).is_err(), "{name}");
+            assert!(LeafTable::open(&path, 16).is_err(), "{name}");
         }
     }
 
@@ -323,8 +330,8 @@ mod tests {
             w.finish().unwrap();
         }
         let base = BaseLeaves::new(vec![
-            LeafTable::open(&newer).unwrap(),
-            LeafTable::open(&older).unwrap(),
+            LeafTable::open(&newer, 16).unwrap(),
+            LeafTable::open(&older, 16).unwrap(),
         ]);
         assert_eq!(base.find(5, &root_of(&new)).unwrap(), new);
         // A base that went back to the older content finds it in the older table.
@@ -334,5 +341,38 @@ mod tests {
         assert!(base.find(6, &root_of(&new)).is_none());
         assert_eq!(*base.find(6, &zero_block_root()).unwrap(), *zero_leaves());
         assert!(BaseLeaves::none().find(5, &root_of(&old)).is_none());
+    }
+
+    #[test]
+    fn a_table_that_is_a_link_a_fifo_or_larger_than_the_image_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let link = dir.path().join("link.leaves");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let fifo = dir.path().join("fifo.leaves");
+        crate::repo::stored_file::tests::make_fifo(&fifo);
+        for path in [&link, &fifo] {
+            let err = LeafTable::open(path, 16).err().expect("must fail");
+            assert!(matches!(err, RepoError::NotARegularFile { .. }), "{err}");
+        }
+        // Two records are fine for a 2-block image, too many for a 1-block one.
+        let path = dir.path().join("vda.leaves");
+        let mut w = LeafTableWriter::create(&path).unwrap();
+        w.add(0, &leaves_of(1)).unwrap();
+        w.add(1, &leaves_of(2)).unwrap();
+        w.finish().unwrap();
+        assert!(LeafTable::open(&path, 2).is_ok());
+        let err = LeafTable::open(&path, 1).err().expect("must fail");
+        assert!(matches!(err, RepoError::TooLarge { .. }), "{err}");
+        // A sparse file claiming 2^28 records is refused by size before the index is read.
+        let huge = dir.path().join("huge.leaves");
+        let f = std::fs::File::create(&huge).unwrap();
+        let len = (1u64 << 28) * (RECORD + 8) + 16;
+        f.set_len(len).unwrap();
+        let mut footer = (1u64 << 28).to_le_bytes().to_vec();
+        footer.extend_from_slice(MAGIC);
+        f.write_all_at(&footer, len - 16).unwrap();
+        assert!(LeafTable::open(&huge, 256).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 }

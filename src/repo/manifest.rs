@@ -1,9 +1,16 @@
 //! The manifest: the one record that makes a backup a backup.
 //!
-//! Format (JSON, `manifest.json` in the backup's folder), version 1:
-//! - `format`: always `"virt-rbd-backup-manifest"`; `version`: 1.
+//! Format (JSON, `manifest.json` in the backup's folder), version 2:
+//! - `format`: always `"virt-rbd-backup-manifest"`; `version`: 2 (1 before `sequence`).
 //! - `backup_id`, `kind` (`"full"` when every disk is full, else `"incremental"`), `parent`
 //!   (the backup id an incremental builds on, or null), `tool_version`.
+//! - `sequence` (version 2; required there): the backup's place in its domain's history, 1 for
+//!   the first backup written with a sequence, then the largest sequence in the domain's folder
+//!   plus 1, taken under the domain's lock. The order of backups (latest, retention, the base of
+//!   the next incremental, listings) is by sequence, then by id: backups of version 1 have none
+//!   and come before every backup that has one, in id order as they always were. The id stays
+//!   the wall-clock start time, so after the clock steps back a newer backup may have a smaller
+//!   id; only the sequence says which is newer.
 //! - `domain`: `name`, `uuid`, `xml` (as libvirt returned it; holds no secret values).
 //! - `started_at`, `completed_at`: Unix seconds (float).
 //! - `consistency`: `"frozen"`, `"crash_consistent_per_disk"` or `"shut_off"`; `freeze`: the
@@ -31,8 +38,14 @@
 //!     snapshot: the start of the next incremental's diff (librbd diffs only from snapshots it
 //!     can name, and group member snapshots have internal names), a superset of what changed.
 //!
-//! Fields added in later versions get serde defaults so older manifests keep reading.
-//! A manifest is only ever written by `write_manifest` (temporary file, fsync, rename).
+//! Fields added in later versions get serde defaults so older manifests keep reading, and
+//! every field added bumps `version`: a build that finds a version above its own refuses the
+//! manifest with `RepoError::NewerManifest` ("upgrade") instead of reading it as damaged, and
+//! `prune` keeps such a backup and its chain. (serde ignores unknown fields, so without the bump
+//! an older build would silently drop what it does not know.)
+//! A manifest is only ever written by `write_manifest` (temporary file, fsync, rename), and
+//! read by `read_manifest` through `stored_file` (no links, no FIFOs, at most
+//! `MAX_MANIFEST_BYTES`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -42,12 +55,15 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::RepoError;
+use super::stored_file::{read_stored_file, MAX_MANIFEST_BYTES};
 use crate::engine::report::{Consistency, FreezeReport};
 
 /// The `format` field's value.
 pub const MANIFEST_FORMAT: &str = "virt-rbd-backup-manifest";
-/// The manifest version this code writes.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The manifest version this code writes (and the highest it reads).
+pub const MANIFEST_VERSION: u32 = 2;
+/// The first version that records `sequence`.
+pub const SEQUENCE_VERSION: u32 = 2;
 
 /// Full or incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +201,9 @@ pub struct BackupManifest {
     pub version: u32,
     /// Backup id.
     pub backup_id: String,
+    /// Place in the domain's history (version 2 on; see the module doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
     /// Kind.
     pub kind: BackupKind,
     /// Parent backup, for incrementals.
@@ -215,10 +234,23 @@ impl BackupManifest {
                 message: format!("format is {:?}, not {MANIFEST_FORMAT:?}", self.format),
             });
         }
-        if self.version == 0 || self.version > MANIFEST_VERSION {
+        if self.version > MANIFEST_VERSION {
+            return Err(RepoError::NewerManifest {
+                path: path.to_path_buf(),
+                version: u64::from(self.version),
+                supported: MANIFEST_VERSION,
+            });
+        }
+        if self.version == 0 {
             return Err(RepoError::BadManifest {
                 path: path.to_path_buf(),
-                message: format!("version {} is not supported by this tool (it reads up to {MANIFEST_VERSION}); upgrade virt-rbd-backup", self.version),
+                message: "version 0 does not exist".into(),
+            });
+        }
+        if self.version >= SEQUENCE_VERSION && self.sequence.is_none() {
+            return Err(RepoError::BadManifest {
+                path: path.to_path_buf(),
+                message: format!("version {} must record a sequence", self.version),
             });
         }
         for disk in &self.disks {
@@ -256,20 +288,65 @@ fn is_plain_file_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('/') && !name.starts_with('.') && !name.contains('\0')
 }
 
-/// Reads and validates a manifest.
+/// Reads and validates a manifest. One written by a newer version is
+/// `RepoError::NewerManifest`, recognised before its fields are interpreted (a newer version
+/// may change what they mean).
 pub fn read_manifest(path: &Path) -> Result<BackupManifest, RepoError> {
-    let text = fs::read_to_string(path).map_err(|source| RepoError::Io {
-        action: "read manifest",
+    let bytes = read_stored_file(path, MAX_MANIFEST_BYTES)?;
+    let bad = |e: serde_json::Error| RepoError::BadManifest {
         path: path.to_path_buf(),
-        source,
-    })?;
-    let manifest: BackupManifest =
-        serde_json::from_str(&text).map_err(|e| RepoError::BadManifest {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        message: e.to_string(),
+    };
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(bad)?;
+    let hints = ManifestHints::of(&value);
+    if let (true, Some(version)) = (hints.ours, hints.version) {
+        if version > u64::from(MANIFEST_VERSION) {
+            return Err(RepoError::NewerManifest {
+                path: path.to_path_buf(),
+                version,
+                supported: MANIFEST_VERSION,
+            });
+        }
+    }
+    let manifest: BackupManifest = serde_json::from_value(value).map_err(bad)?;
     manifest.validate(path)?;
     Ok(manifest)
+}
+
+/// What can be told of a manifest this build cannot read in full (one of a newer version):
+/// enough for `prune` to keep its chain and for the next backup to take a larger sequence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManifestHints {
+    /// `format` is ours.
+    pub ours: bool,
+    /// `version`, if a number.
+    pub version: Option<u64>,
+    /// `sequence`, if a number.
+    pub sequence: Option<u64>,
+    /// `parent`, if a string.
+    pub parent: Option<String>,
+}
+
+impl ManifestHints {
+    fn of(value: &serde_json::Value) -> Self {
+        ManifestHints {
+            ours: value.get("format").and_then(serde_json::Value::as_str) == Some(MANIFEST_FORMAT),
+            version: value.get("version").and_then(serde_json::Value::as_u64),
+            sequence: value.get("sequence").and_then(serde_json::Value::as_u64),
+            parent: value
+                .get("parent")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_string),
+        }
+    }
+
+    /// The hints of the manifest at `path`, if it is JSON at all (read with the same checks as
+    /// `read_manifest`).
+    pub fn read(path: &Path) -> Option<Self> {
+        let bytes = read_stored_file(path, MAX_MANIFEST_BYTES).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        Some(Self::of(&value))
+    }
 }
 
 /// Writes `manifest` to `path` durably: a temporary file in the same folder, fsync, rename,
@@ -324,6 +401,7 @@ pub(crate) mod tests {
             format: MANIFEST_FORMAT.into(),
             version: MANIFEST_VERSION,
             backup_id: "20261126T095243.007Z".into(),
+            sequence: Some(7),
             kind: BackupKind::Full,
             parent: None,
             tool_version: "0.1.0".into(),
@@ -397,10 +475,27 @@ pub(crate) mod tests {
         let mut m = sample();
         m.version = MANIFEST_VERSION + 1;
         fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
-        assert!(read_manifest(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("upgrade"));
+        let err = read_manifest(&path).unwrap_err();
+        assert!(
+            matches!(err, RepoError::NewerManifest { version, supported: MANIFEST_VERSION, .. } if version == u64::from(MANIFEST_VERSION) + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade virt-rbd-backup"), "{err}");
+        // A newer version may change what a field is: still "newer", never "damaged".
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["version"] = 9.into();
+        value["disks"] = "moved to disks.json".into();
+        value["sequence"] = 40.into();
+        fs::write(&path, value.to_string()).unwrap();
+        assert!(matches!(
+            read_manifest(&path),
+            Err(RepoError::NewerManifest { version: 9, .. })
+        ));
+        let hints = ManifestHints::read(&path).unwrap();
+        assert_eq!(
+            (hints.ours, hints.version, hints.sequence),
+            (true, Some(9), Some(40))
+        );
         let mut m = sample();
         m.format = "something".into();
         fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
@@ -430,5 +525,60 @@ pub(crate) mod tests {
         }
         fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
         assert!(read_manifest(&path).is_err());
+    }
+
+    /// Fixtures of every manifest version ever written (tests/fixtures/manifest-vN.json): each
+    /// must keep reading, with what it did not record read as absent. Add the new one whenever
+    /// `MANIFEST_VERSION` grows.
+    #[test]
+    fn manifests_of_every_version_keep_reading() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let v1 = read_manifest(&fixtures.join("manifest-v1.json")).unwrap();
+        assert_eq!((v1.version, v1.sequence), (1, None));
+        assert_eq!(v1.parent.as_deref(), Some("20261125T095243.001Z"));
+        assert_eq!(v1.disks[0].leaves_file.as_deref(), Some("vda.leaves"));
+        let current =
+            read_manifest(&fixtures.join(format!("manifest-v{MANIFEST_VERSION}.json"))).unwrap();
+        assert_eq!((current.version, current.sequence), (2, Some(12)));
+        assert_eq!(current.disks, v1.disks);
+        // Nothing of a version is lost when this build writes it again.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE_NAME);
+        write_manifest(&path, &current).unwrap();
+        assert_eq!(read_manifest(&path).unwrap(), current);
+    }
+
+    #[test]
+    fn a_current_manifest_without_its_sequence_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE_NAME);
+        let mut m = sample();
+        m.sequence = None;
+        fs::write(&path, serde_json::to_string(&m).unwrap()).unwrap();
+        let err = read_manifest(&path).unwrap_err();
+        assert!(matches!(err, RepoError::BadManifest { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_manifest_that_is_a_link_to_dev_zero_or_a_fifo_or_huge_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let fifo = dir.path().join("fifo.json");
+        super::super::stored_file::tests::make_fifo(&fifo);
+        for path in [&link, &fifo] {
+            let err = read_manifest(path).unwrap_err();
+            assert!(matches!(err, RepoError::NotARegularFile { .. }), "{err}");
+            assert!(ManifestHints::read(path).is_none());
+        }
+        let huge = dir.path().join("huge.json");
+        File::create(&huge)
+            .unwrap()
+            .set_len(MAX_MANIFEST_BYTES + 1)
+            .unwrap();
+        let err = read_manifest(&huge).unwrap_err();
+        assert!(matches!(err, RepoError::TooLarge { .. }), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 }

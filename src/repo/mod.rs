@@ -15,6 +15,7 @@ pub mod layout;
 pub mod leaf_table;
 pub mod manifest;
 pub mod rbd_diff;
+pub mod stored_file;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -28,7 +29,9 @@ pub use manifest::{
     SnapshotRecord,
 };
 
-use layout::{domain_folder, LOCK_FILE, MANIFEST_FILE, MARKER_FILE, PARTIAL_PREFIX};
+use layout::{
+    domain_folder, LOCK_FILE, MANIFEST_FILE, MARKER_FILE, PARTIAL_PREFIX, QUARANTINE_PREFIX,
+};
 
 /// A backup folder with its manifest, or why the manifest cannot be read.
 pub type ListedBackup = (PathBuf, Result<BackupManifest, RepoError>);
@@ -148,9 +151,9 @@ impl Repository {
     pub fn open(root: &Path) -> Result<Self, RepoError> {
         let marker = root.join(MARKER_FILE);
         if marker.is_file() {
-            let text = fs::read_to_string(&marker).map_err(io_err("read", &marker))?;
+            let bytes = stored_file::read_stored_file(&marker, stored_file::MAX_MARKER_BYTES)?;
             let parsed: RepoMarker =
-                serde_json::from_str(&text).map_err(|e| RepoError::BadManifest {
+                serde_json::from_slice(&bytes).map_err(|e| RepoError::BadManifest {
                     path: marker.clone(),
                     message: e.to_string(),
                 })?;
@@ -214,8 +217,17 @@ impl Repository {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            // Not through a link, and a FIFO planted there must not block the open.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open(&path)
             .map_err(io_err("open lock", &path))?;
+        let kind = file.metadata().map_err(io_err("stat", &path))?.file_type();
+        if !kind.is_file() {
+            return Err(RepoError::NotARegularFile {
+                path,
+                found: "not a regular file",
+            });
+        }
         // Test hook: a second process plays another host on an NFS folder where flock is not
         // shared between hosts (`local_lock=flock`, or NFSv3 without lockd), so the cluster
         // lock is the only exclusion left. Never set outside tests.
@@ -245,8 +257,10 @@ impl Repository {
         })
     }
 
-    /// The complete backups of a domain, oldest first. Unreadable manifests are returned as errors
-    /// in place, so `list` can show them without hiding the others.
+    /// The complete backups of a domain, oldest first in the order of `history_order` (by
+    /// sequence, then id). Unreadable manifests are returned as errors in place, so `list` can
+    /// show them without hiding the others. A backup folder that is a symbolic link is not
+    /// followed: it is listed with a `NotARegularFile` error.
     pub fn backups_of(&self, uuid: &str) -> Result<Vec<ListedBackup>, RepoError> {
         let dir = self.domain_dir(uuid);
         let mut found = Vec::new();
@@ -256,13 +270,42 @@ impl Repository {
         for entry in fs::read_dir(&dir).map_err(io_err("read folder", &dir))? {
             let entry = entry.map_err(io_err("read folder", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !entry.path().is_dir() {
+            if name.starts_with('.') {
                 continue;
             }
             let path = entry.path();
-            found.push((path.clone(), read_manifest(&path.join(MANIFEST_FILE))));
+            let kind = entry.file_type().map_err(io_err("stat", &path))?;
+            if kind.is_symlink() {
+                found.push((
+                    path.clone(),
+                    Err(RepoError::NotARegularFile {
+                        path,
+                        found: "a symbolic link",
+                    }),
+                ));
+            } else if kind.is_dir() {
+                found.push((path.clone(), read_manifest(&path.join(MANIFEST_FILE))));
+            }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.sort_by(|a, b| history_order(a).cmp(&history_order(b)));
+        Ok(found)
+    }
+
+    /// The folders prune set aside (`.quarantine-<id>`) in a domain: (id, folder), by id.
+    pub fn quarantined_of(&self, uuid: &str) -> Result<Vec<(String, PathBuf)>, RepoError> {
+        let dir = self.domain_dir(uuid);
+        let mut found = Vec::new();
+        if !dir.is_dir() {
+            return Ok(found);
+        }
+        for entry in fs::read_dir(&dir).map_err(io_err("read folder", &dir))? {
+            let entry = entry.map_err(io_err("read folder", &dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_prefix(QUARANTINE_PREFIX) {
+                found.push((id.to_string(), entry.path()));
+            }
+        }
+        found.sort();
         Ok(found)
     }
 
@@ -279,6 +322,16 @@ impl Repository {
         uuids.sort();
         Ok(uuids)
     }
+}
+
+/// Where a listed backup stands in its domain's history: by sequence, then by folder name
+/// (the id). Backups without a sequence (manifest version 1, or unreadable) come first, in id
+/// order, as every backup did before sequences; see `manifest`'s module doc.
+pub fn history_order(backup: &ListedBackup) -> (Option<u64>, &std::ffi::OsStr) {
+    (
+        backup.1.as_ref().ok().and_then(|m| m.sequence),
+        backup.0.file_name().unwrap_or_default(),
+    )
 }
 
 /// The lock on one domain's folder.
@@ -307,6 +360,50 @@ impl DomainLock {
             }
         }
         Ok(removed)
+    }
+
+    /// The sequence of the next backup of this domain: one more than the largest sequence any
+    /// manifest in the domain's folder records, complete, quarantined or of a newer version
+    /// (read leniently, so a backup this build cannot read still counts), 1 if none does. Under
+    /// the lock, so two runs never take the same number.
+    pub fn next_sequence(&self) -> Result<u64, RepoError> {
+        let mut largest = 0;
+        for entry in
+            fs::read_dir(&self.domain_dir).map_err(io_err("read folder", &self.domain_dir))?
+        {
+            let entry = entry.map_err(io_err("read folder", &self.domain_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && !name.starts_with(QUARANTINE_PREFIX) {
+                continue;
+            }
+            if let Some(hints) = manifest::ManifestHints::read(&entry.path().join(MANIFEST_FILE)) {
+                largest = largest.max(hints.sequence.unwrap_or(0));
+            }
+        }
+        Ok(largest + 1)
+    }
+
+    /// A backup id for a start at `unix_ms` (milliseconds) that no folder of this domain uses
+    /// yet, complete, partial or quarantined: the clock's id, or the next free millisecond
+    /// after it. After the clock steps back, a new backup's time may be that of an old one;
+    /// ids must stay unique because they name folders and snapshots.
+    pub fn free_backup_id(&self, unix_ms: i64) -> String {
+        let mut ms = unix_ms;
+        loop {
+            let id =
+                crate::plan::backup_id_from_unix(ms.div_euclid(1000), ms.rem_euclid(1000) as u32);
+            let taken = [
+                id.clone(),
+                format!("{PARTIAL_PREFIX}{id}"),
+                format!("{QUARANTINE_PREFIX}{id}"),
+            ]
+            .iter()
+            .any(|name| fs::symlink_metadata(self.domain_dir.join(name)).is_ok());
+            if !taken {
+                return id;
+            }
+            ms += 1;
+        }
     }
 
     /// Starts writing backup `backup_id`; holding `&self` proves the lock is held.
@@ -467,5 +564,140 @@ mod tests {
             vec![leftover.clone()]
         );
         assert!(!leftover.exists());
+    }
+
+    /// A committed backup with id `id` and sequence `sequence` (None: a version 1 manifest).
+    fn commit(lock: &DomainLock, id: &str, sequence: Option<u64>) {
+        let staged = lock.stage_backup(id).unwrap();
+        let mut m = manifest::tests::sample();
+        m.backup_id = id.into();
+        if sequence.is_none() {
+            m.version = 1;
+        }
+        m.sequence = sequence;
+        staged.commit(&m).unwrap();
+    }
+
+    fn listed_ids(repo: &Repository) -> Vec<String> {
+        repo.backups_of(UUID)
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn after_a_clock_step_back_backups_are_ordered_by_sequence_not_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_create(dir.path()).unwrap();
+        let lock = repo.lock_domain(UUID, "web").unwrap();
+        // Two backups of an older version (no sequence), then the clock stepped back an hour
+        // twice: each new id sorts before every earlier one.
+        commit(&lock, "20261126T100000.000Z", None);
+        commit(&lock, "20261126T110000.000Z", None);
+        assert_eq!(lock.next_sequence().unwrap(), 1);
+        commit(&lock, "20261126T103000.000Z", Some(1));
+        assert_eq!(lock.next_sequence().unwrap(), 2);
+        commit(&lock, "20261126T093000.000Z", Some(2));
+        assert_eq!(
+            listed_ids(&repo),
+            [
+                "20261126T100000.000Z",
+                "20261126T110000.000Z",
+                "20261126T103000.000Z",
+                "20261126T093000.000Z"
+            ]
+        );
+        let (latest, m) = repo.find_backup(UUID, Some("latest")).unwrap();
+        assert_eq!(m.backup_id, "20261126T093000.000Z");
+        assert!(latest.ends_with("20261126T093000.000Z"));
+    }
+
+    #[test]
+    fn the_next_sequence_counts_backups_this_build_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_create(dir.path()).unwrap();
+        let lock = repo.lock_domain(UUID, "web").unwrap();
+        commit(&lock, "20261126T100000.000Z", Some(4));
+        // A newer version's manifest and a quarantined one still hold their sequence.
+        let newer = repo.domain_dir(UUID).join("20261126T090000.000Z");
+        fs::create_dir(&newer).unwrap();
+        fs::write(
+            newer.join(MANIFEST_FILE),
+            r#"{"format": "virt-rbd-backup-manifest", "version": 9, "sequence": 9, "disks": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(lock.next_sequence().unwrap(), 10);
+        let quarantined = repo
+            .domain_dir(UUID)
+            .join(".quarantine-20261126T080000.000Z");
+        fs::create_dir(&quarantined).unwrap();
+        fs::write(quarantined.join(MANIFEST_FILE), r#"{"sequence": 12, "vers"#).unwrap();
+        assert_eq!(lock.next_sequence().unwrap(), 10, "truncated: unknown");
+        fs::write(quarantined.join(MANIFEST_FILE), r#"{"sequence": 12}"#).unwrap();
+        assert_eq!(lock.next_sequence().unwrap(), 13);
+        assert_eq!(
+            repo.quarantined_of(UUID).unwrap(),
+            [("20261126T080000.000Z".to_string(), quarantined)]
+        );
+    }
+
+    #[test]
+    fn a_backup_id_the_clock_repeats_is_made_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_create(dir.path()).unwrap();
+        let lock = repo.lock_domain(UUID, "web").unwrap();
+        let ms = 1_795_686_763_007; // 20261126T095243.007Z
+        assert_eq!(lock.free_backup_id(ms), "20261126T095243.007Z");
+        commit(&lock, "20261126T095243.007Z", Some(1));
+        fs::create_dir(
+            repo.domain_dir(UUID)
+                .join(".quarantine-20261126T095243.008Z"),
+        )
+        .unwrap();
+        fs::create_dir(repo.domain_dir(UUID).join(".partial-20261126T095243.009Z")).unwrap();
+        assert_eq!(lock.free_backup_id(ms), "20261126T095243.010Z");
+        assert_eq!(lock.free_backup_id(ms - 1), "20261126T095243.006Z");
+    }
+
+    #[test]
+    fn a_backup_folder_that_is_a_symlink_is_listed_as_unreadable_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_create(dir.path().join("repo").as_path()).unwrap();
+        let lock = repo.lock_domain(UUID, "web").unwrap();
+        commit(&lock, "20261126T100000.000Z", Some(1));
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let mut m = manifest::tests::sample();
+        m.backup_id = "20261126T110000.000Z".into();
+        m.sequence = Some(2);
+        write_manifest(&elsewhere.join(MANIFEST_FILE), &m).unwrap();
+        std::os::unix::fs::symlink(
+            &elsewhere,
+            repo.domain_dir(UUID).join("20261126T110000.000Z"),
+        )
+        .unwrap();
+        let listed = repo.backups_of(UUID).unwrap();
+        assert_eq!(listed.len(), 2);
+        let link = listed
+            .iter()
+            .find(|(p, _)| p.ends_with("20261126T110000.000Z"))
+            .unwrap();
+        assert!(matches!(link.1, Err(RepoError::NotARegularFile { .. })));
+        let (_, latest) = repo.find_backup(UUID, None).unwrap();
+        assert_eq!(latest.backup_id, "20261126T100000.000Z");
+    }
+
+    #[test]
+    fn a_lock_file_that_is_a_fifo_or_a_link_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::open_or_create(dir.path()).unwrap();
+        fs::create_dir(repo.domain_dir(UUID)).unwrap();
+        let lock = repo.domain_dir(UUID).join(LOCK_FILE);
+        stored_file::tests::make_fifo(&lock);
+        assert!(repo.lock_domain(UUID, "web").is_err());
+        fs::remove_file(&lock).unwrap();
+        std::os::unix::fs::symlink("/dev/null", &lock).unwrap();
+        assert!(repo.lock_domain(UUID, "web").is_err());
     }
 }

@@ -242,11 +242,11 @@ def remove_image(image: str) -> None:
 
 
 @contextmanager
-def scratch_domain(tmp_path: Path, running: bool) -> Iterator[ScratchDomain]:
+def scratch_domain(tmp_path: Path, running: bool, prefix: str = "vrb-fault") -> Iterator[ScratchDomain]:
     """A domain of our own with two RBD disks, running (the lab's guest kernel, agent answering)
-    or shut off; removed with its images at the end."""
+    or shut off; removed with its images at the end. Named `PREFIX-<random>`."""
     require_lab()
-    name = f"vrb-fault-{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     images = [f"rbd/{name}-a", f"rbd/{name}-b"]
     xml = tmp_path / f"{name}.xml"
     try:

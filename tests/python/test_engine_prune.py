@@ -20,7 +20,7 @@ BACKUP_ID = "20261126T100000.000Z"
 
 @pytest.fixture
 def damaged_folder(empty_repo: Path) -> Path:
-    """A folder named like a backup whose manifest is damaged: not a backup, so prune removes it."""
+    """A folder named like a backup whose manifest is damaged: prune quarantines it, never removes it."""
     folder = empty_repo / UUID / BACKUP_ID
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text("{truncated")
@@ -56,21 +56,44 @@ def test_domain_without_backups_is_a_usage_error(empty_repo: Path, capsys: pytes
     assert cli.main(["prune", "web9", "--keep-last", "1", "--repo", str(empty_repo)]) == 2
 
 
-def test_dry_run_removes_nothing_and_says_would_remove(
+def test_dry_run_quarantines_nothing_and_says_it_would(
     damaged_folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     repo = str(damaged_folder.parents[1])
-    assert cli.main(["prune", "--keep-last", "1", "--dry-run", "--repo", repo]) == 0
-    (line,) = capsys.readouterr().out.splitlines()
-    assert line.startswith(f"would remove {UUID} {BACKUP_ID}: damaged manifest")
+    assert cli.main(["prune", "--keep-last", "1", "--dry-run", "--repo", repo]) == 1
+    keep, error = capsys.readouterr().out.splitlines()
+    assert keep == f"keep {UUID} {BACKUP_ID}: its manifest cannot be read"
+    assert error.startswith(f"error {UUID}: unusable manifest {damaged_folder / 'manifest.json'}")
+    assert f"would be quarantined as {damaged_folder.parent / ('.quarantine-' + BACKUP_ID)}" in error
     assert damaged_folder.is_dir()
 
 
-def test_prune_removes_what_it_reports(damaged_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    report = virt_rbd_backup.prune(keep_last=1, repo=damaged_folder.parents[1])
+def test_prune_quarantines_a_damaged_folder_and_list_and_verify_report_it(damaged_folder: Path) -> None:
+    repo = damaged_folder.parents[1]
+    partial = damaged_folder.parent / ".partial-20261126T110000.000Z"
+    partial.mkdir()
+    report = virt_rbd_backup.prune(keep_last=1, repo=repo)
     (domain,) = report.domains
     assert (domain.uuid, domain.status) == (UUID, "done")
-    assert [r.backup_id for r in domain.removed] == [BACKUP_ID]
-    assert domain.removed[0].path == str(damaged_folder)
+    assert [r.backup_id for r in domain.removed] == ["20261126T110000.000Z"]
+    assert not partial.exists()
+    quarantined = damaged_folder.parent / f".quarantine-{BACKUP_ID}"
     assert not damaged_folder.exists()
-    assert not report.has_problems
+    assert (quarantined / "manifest.json").read_text() == "{truncated"
+    assert [k.backup_id for k in domain.kept] == [BACKUP_ID]
+    (error,) = domain.errors
+    assert f"quarantined as {quarantined}" in error
+    assert report.has_problems
+
+    (listed,) = virt_rbd_backup.list_backups(repo=repo)
+    assert (listed.backup_id, listed.path) == (BACKUP_ID, str(quarantined))
+    assert listed.error is not None and listed.error.startswith(f"quarantined by prune in {quarantined}")
+    verified = virt_rbd_backup.verify(repo=repo)
+    assert [p.backup_id for p in verified.problems] == [BACKUP_ID]
+    assert "quarantined by prune" in verified.problems[0].message
+
+    # The next prune keeps it and says so again; nothing is removed.
+    again = virt_rbd_backup.prune(keep_last=1, repo=repo)
+    assert again.domains[0].removed == ()
+    assert "is quarantined" in again.domains[0].errors[0]
+    assert quarantined.is_dir()

@@ -293,7 +293,8 @@ BACKUP_LISTING_JSON = """
        "file": "vda.raw", "checksum": "blake3-4m:00ff", "kind": "full", "chain_position": 0}
     ],
     "error": null,
-    "parent": null
+    "parent": null,
+    "sequence": null
   },
   {
     "domain": "web1",
@@ -308,7 +309,8 @@ BACKUP_LISTING_JSON = """
        "file": "vda.rbdiff", "checksum": "blake3-4m:00fe", "kind": "incremental", "chain_position": 1}
     ],
     "error": null,
-    "parent": "20251126T100000Z"
+    "parent": "20251126T100000Z",
+    "sequence": 1
   }
 ]
 """
