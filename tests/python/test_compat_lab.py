@@ -61,8 +61,10 @@ sys.exit(0 if all(ok for ok, _ in results) else 1)
 
 
 def restic_snapshots(repo: Path, password_file: Path) -> list[dict[str, Any]]:
+    """The disk snapshots (not their seals, the tool's completeness records), oldest first."""
     out = run(["restic", "--repo", str(repo), "--password-file", str(password_file), "snapshots", "--json"]).stdout
-    return json.loads(out) or []  # type: ignore[no-any-return]
+    snapshots: list[dict[str, Any]] = json.loads(out) or []
+    return [s for s in snapshots if "virt-rbd-backup-seal" not in (s.get("tags") or [])]
 
 
 def lab_domains() -> dict[str, str]:
