@@ -117,6 +117,25 @@ def cli(*args: str, timeout: float = 600) -> CliRun:
     return CliRun(proc.returncode, proc.stdout, proc.stderr)
 
 
+def backup_command(repo: Path, domain: str, *extra: str) -> list[str]:
+    """A full backup of `domain` into `repo` with a JSON report (a full always reads, so it
+    reaches every phase of the test hook VIRT_RBD_BACKUP_TEST_PAUSE)."""
+    return [
+        sys.executable,
+        "-m",
+        "virt_rbd_backup",
+        "backup",
+        "--mode",
+        "full",
+        "--repo",
+        str(repo),
+        "--json",
+        "--domain",
+        domain,
+        *extra,
+    ]
+
+
 def domain_report(report: dict[str, Any], name: str) -> dict[str, Any]:
     for d in report["domains"]:
         if d["name"] == name:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from lab_support import (
     FaultRecord,
     agent,
+    backup_command,
     cli,
     domain_outcome,
     domain_report,
@@ -33,19 +33,7 @@ def start_paused(repo: Path, phase: str, domain: str, seconds: int = 60) -> subp
     """Starts a full backup (a full always reads, so it reaches every phase) paused at `phase`."""
     env = dict(os.environ, VIRT_RBD_BACKUP_TEST_PAUSE=f"{phase}:{seconds}")
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "virt_rbd_backup",
-            "backup",
-            "--mode",
-            "full",
-            "--repo",
-            str(repo),
-            "--json",
-            "--domain",
-            domain,
-        ],
+        backup_command(repo, domain),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

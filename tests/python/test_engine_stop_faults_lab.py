@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 from lab_support import (
     FaultRecord,
     agent,
+    backup_command,
     cli,
     domain_outcome,
     domain_report,
@@ -102,20 +102,7 @@ def kill_cgroup(cgroup: Path, main_pid: int) -> None:
 
 def start_in(cgroup: Path | None, repo: Path, pause: str, *extra: str) -> subprocess.Popen[str]:
     """A full backup of the guest paused at `pause`; in `cgroup` (every child inherits it)."""
-    command = [
-        sys.executable,
-        "-m",
-        "virt_rbd_backup",
-        "backup",
-        "--mode",
-        "full",
-        "--repo",
-        str(repo),
-        "--json",
-        "--domain",
-        GUEST,
-        *extra,
-    ]
+    command = backup_command(repo, GUEST, *extra)
     if cgroup is not None:
         # Join the cgroup first, then become the backup: as systemd starts a unit's process.
         command = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *command]
@@ -123,12 +110,9 @@ def start_in(cgroup: Path | None, repo: Path, pause: str, *extra: str) -> subpro
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_cgroup_killed_while_frozen_is_thawed_by_the_units_stop_path(
-    tmp_path: Path, cgroup: Path, fault: FaultRecord, guest_thawed_afterwards: None
-) -> None:
-    require_lab()
-    repo = tmp_path / "repo"
-    before = {image: watchers(image) for image in IMAGES}
+def kill_cgroup_while_frozen(cgroup: Path, repo: Path) -> int:
+    """Starts a run in `cgroup`, waits until the guest is frozen, SIGKILLs the whole cgroup and
+    checks that nothing thawed it (the watchdog died with the run); returns the run's pid."""
     proc = start_in(cgroup, repo, "frozen:120")
     try:
         wait_for(lambda: freeze_status() == "frozen", 60, "the guest to be frozen")
@@ -138,15 +122,25 @@ def test_cgroup_killed_while_frozen_is_thawed_by_the_units_stop_path(
     finally:
         proc.kill()
         proc.communicate()
-    fault.injected = "SIGKILL of every process of the run's cgroup (the watchdog first) while the guest is frozen"
     time.sleep(2)
     assert freeze_status() == "frozen", "with its watchdog killed too, nothing in the run could have thawed"
+    return proc.pid
+
+
+def test_cgroup_killed_while_frozen_is_thawed_by_the_units_stop_path(
+    tmp_path: Path, cgroup: Path, fault: FaultRecord, guest_thawed_afterwards: None
+) -> None:
+    require_lab()
+    repo = tmp_path / "repo"
+    before = {image: watchers(image) for image in IMAGES}
+    pid = kill_cgroup_while_frozen(cgroup, repo)
+    fault.injected = "SIGKILL of every process of the run's cgroup (the watchdog first) while the guest is frozen"
 
     # What the unit's ExecStopPost= runs.
     stop_post = cli("thaw-orphans", "--json")
     assert stop_post.returncode == 0, stop_post.stderr
     orphans = json.loads(stop_post.stdout)
-    assert [(o["uuid"], o["outcome"], o["pids"]) for o in orphans] == [(domain_uuid(GUEST), "thawed", [proc.pid])]
+    assert [(o["uuid"], o["outcome"], o["pids"]) for o in orphans] == [(domain_uuid(GUEST), "thawed", [pid])]
     assert orphans[0]["filesystems"] >= 1
     assert freeze_status() == "thawed"
     # Done: a second call has nothing left to do.
@@ -172,22 +166,15 @@ def test_the_next_backup_thaws_a_guest_left_frozen_by_a_killed_cgroup(
     require_lab()
     repo = tmp_path / "repo"
     before = {image: watchers(image) for image in IMAGES}
-    proc = start_in(cgroup, repo, "frozen:120")
-    try:
-        wait_for(lambda: freeze_status() == "frozen", 60, "the guest to be frozen")
-        kill_cgroup(cgroup, proc.pid)
-    finally:
-        proc.kill()
-        proc.communicate()
+    pid = kill_cgroup_while_frozen(cgroup, repo)
     fault.injected = "cgroup SIGKILLed while frozen, no stop path run; the next backup is the first to run"
-    assert freeze_status() == "frozen"
     wait_for_dead_watches(before)
     result = cli("backup", "--repo", str(repo), "--json", "--domain", GUEST)
     assert result.returncode == 0, result.stderr
     dom = domain_report(result.json(), GUEST)
     assert dom["consistency"] == "frozen", "the run's own freeze worked after the orphan's thaw"
     orphan_warnings = [w for w in dom["warnings"] if "left a freeze record" in w]
-    assert orphan_warnings and f"pid {proc.pid}" in orphan_warnings[0] and "was thawed" in orphan_warnings[0]
+    assert orphan_warnings and f"pid {pid}" in orphan_warnings[0] and "was thawed" in orphan_warnings[0]
     assert freeze_status() == "thawed"
     fault.outcome = f"next run thawed it first, then {domain_outcome(result, GUEST)}"
     fault.measure(repo, IMAGES)
