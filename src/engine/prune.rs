@@ -40,7 +40,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 use crate::plan::retention::{compute_prune, parse_backup_id, BackupEntry, KeepOptions, PruneMark};
-use crate::plan::snapshot_name;
+use crate::plan::snapshot_backup_id;
 use crate::repo::layout::{is_canonical_uuid, MANIFEST_FILE, PARTIAL_PREFIX, QUARANTINE_PREFIX};
 use crate::repo::manifest::{sync_dir, ManifestHints};
 use crate::repo::rbd_diff::RbdDiffReader;
@@ -229,7 +229,6 @@ fn parent_hint(folder: &Path, repo_id: &str) -> Option<String> {
     if let Some(parent) = ManifestHints::read(&folder.join(MANIFEST_FILE)).and_then(|h| h.parent) {
         return Some(parent);
     }
-    let prefix = snapshot_name(repo_id, "");
     let mut names: Vec<PathBuf> = fs::read_dir(folder)
         .ok()?
         .filter_map(Result::ok)
@@ -249,7 +248,7 @@ fn parent_hint(folder: &Path, repo_id: &str) -> Option<String> {
             Box::new(std::io::BufReader::new(file))
         };
         let reader = RbdDiffReader::new(stream).ok()?;
-        let id = reader.from_snap()?.strip_prefix(&prefix)?;
+        let id = snapshot_backup_id(reader.from_snap()?, repo_id)?;
         parse_backup_id(id).map(|_| id.to_string())
     })
 }
@@ -511,6 +510,7 @@ fn partial_folders(dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::snapshot_name;
     use crate::repo::manifest::tests::sample;
     use crate::repo::write_manifest;
 

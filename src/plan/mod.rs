@@ -20,7 +20,7 @@ pub use leaves::{
 };
 pub use naming::{
     backup_id_from_unix, domain_snapshot_name, is_owned_snapshot, is_stale_for_domain,
-    is_tool_snapshot, snapshot_domain, snapshot_name, SNAPSHOT_PREFIX,
+    is_tool_snapshot, snapshot_backup_id, snapshot_domain, snapshot_name, SNAPSHOT_PREFIX,
 };
 pub use rate::{parse_rate, TokenBucket};
 pub use retention::{

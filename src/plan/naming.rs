@@ -37,6 +37,19 @@ pub fn snapshot_domain<'n>(name: &'n str, repo_id: &str) -> Option<&'n str> {
     (is_uuid(uuid) && rest[36..].starts_with('-')).then_some(uuid)
 }
 
+/// The backup id a snapshot of repository `repo_id` names, with or without the domain's UUID
+/// in it (older versions wrote none). `None` for other names.
+pub fn snapshot_backup_id<'n>(name: &'n str, repo_id: &str) -> Option<&'n str> {
+    let rest = name
+        .strip_prefix(SNAPSHOT_PREFIX)?
+        .strip_prefix(repo_id)?
+        .strip_prefix('-')?;
+    Some(match snapshot_domain(name, repo_id) {
+        Some(uuid) => &rest[uuid.len() + 1..],
+        None => rest,
+    })
+}
+
 /// Whether snapshot `name` on a disk of domain `domain_uuid` is an old snapshot of that domain
 /// in repository `repo_id`, to remove once `current` (this backup's snapshot) is complete.
 /// `recorded` holds the snapshot names this domain's manifests name: it decides for names
@@ -109,6 +122,20 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_backup_id_of_a_snapshot_name_with_or_without_the_domain() {
+        let uuid = "0b2f5f0e-8f7a-4c53-9d1e-2f6f4e0c1a77";
+        let id = "20261204T175425.812Z";
+        assert_eq!(
+            snapshot_backup_id(&domain_snapshot_name("r1", uuid, id), "r1"),
+            Some(id)
+        );
+        assert_eq!(snapshot_backup_id(&snapshot_name("r1", id), "r1"), Some(id));
+        assert_eq!(snapshot_backup_id(&snapshot_name("r2", id), "r1"), None);
+        assert_eq!(snapshot_backup_id("nightly", "r1"), None);
+    }
+
     use super::*;
 
     #[test]

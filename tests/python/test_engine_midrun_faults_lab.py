@@ -354,7 +354,10 @@ def test_osd_io_paused_mid_export_fails_the_domain_in_bounded_time(
     dom = domain_report(result.json(), scratch.name)
     assert dom["status"] == "failed"
     assert "timed out" in dom["error"].lower(), dom["error"]
-    assert elapsed < 60, elapsed
+    # Bounded, not one timeout: the read, the removal of the new snapshot, the image's close and
+    # the release of the cluster lock each wait up to --ceph-timeout (52 s before the lock, 64 s
+    # with it, on the lab). A hang would never end.
+    assert elapsed < 90, elapsed
     assert partials(repo) == []
     assert listed_backups(repo) == []
 
