@@ -141,17 +141,18 @@ DEFAULT_REPO = "/var/lib/virt-rbd-backup"
 """The backup repository used when none is given."""
 
 FreezePolicy = Literal["auto", "required", "off"]
-ConsistencyPolicy = Literal["auto", "group", "per-disk"]
-"""How a domain's disks get one instant when no guest freeze gives it: ``auto`` takes an RBD
-group snapshot when all disks of a running domain are in one RBD group, ``group`` also puts
-disks that are in no group into a group per domain (``virt-rbd-backup-<uuid>``; this changes
-the images' group membership), ``per-disk`` never uses groups."""
 """How guest filesystems are frozen around the snapshots.
 
 ``auto``: freeze running guests through the QEMU guest agent; if it does not answer, warn and
 take crash-consistent snapshots. ``required``: the same, but a failed freeze fails the domain.
 ``off``: never freeze.
 """
+
+ConsistencyPolicy = Literal["auto", "group", "per-disk"]
+"""How a domain's disks get one instant when no guest freeze gives it: ``auto`` takes an RBD
+group snapshot when all disks of a running domain are in one RBD group, ``group`` also puts
+disks that are in no group into a group per domain (``virt-rbd-backup-<uuid>``; this changes
+the images' group membership), ``per-disk`` never uses groups."""
 
 BackupMode = Literal["auto", "full"]
 """What kind of backup to take of each disk.

@@ -124,19 +124,23 @@ fn error_message(err: &Error) -> String {
 /// The one conversion of a crate error into a Python exception.
 fn to_py_err(err: Error) -> PyErr {
     let message = error_message(&err);
-    // A variant added to `Error` later lands on the base class until it gets its own.
-    #[allow(unreachable_patterns)]
+    // Exhaustive on purpose: a new variant must be given its exception here, not fall on the
+    // base class unnoticed.
     match err {
         Error::Usage(_) | Error::HostPassthrough { .. } => UsageError::new_err(message),
-        Error::Libvirt(_) => LibvirtError::new_err(message),
-        Error::Ceph(_) => CephError::new_err(message),
+        Error::Libvirt(_) | Error::DomainStoppedWhileFrozen { .. } => {
+            LibvirtError::new_err(message)
+        }
+        Error::Ceph(_) | Error::ClusterLockLost { .. } => CephError::new_err(message),
         Error::Repo(_) => RepositoryError::new_err(message),
         Error::Restic(_) | Error::ResticUntrusted { .. } => ResticError::new_err(message),
         Error::Inconsistent(_) | Error::SnapshotRemoved { .. } => {
             InconsistentError::new_err(message)
         }
         Error::Cancelled => CancelledError::new_err(message),
-        _ => BackupError::new_err(message),
+        // Not failures of a call: a skipped domain is reported, never raised; the freeze
+        // records are the host's, not a repository's or the cluster's.
+        Error::Skipped(_) | Error::FreezeLedger { .. } => BackupError::new_err(message),
     }
 }
 
