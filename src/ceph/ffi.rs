@@ -104,6 +104,7 @@ extern "C" {
     pub fn rados_ioctx_destroy(io: rados_ioctx_t);
     pub fn rados_ioctx_set_namespace(io: rados_ioctx_t, nspace: *const c_char);
     pub fn rados_ioctx_get_id(io: rados_ioctx_t) -> i64;
+    pub fn rados_pool_lookup(cluster: rados_t, pool_name: *const c_char) -> i64;
 }
 
 #[link(name = "rbd")]
@@ -149,6 +150,13 @@ extern "C" {
     pub fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
     pub fn rbd_snap_create(image: rbd_image_t, snapname: *const c_char) -> c_int;
     pub fn rbd_snap_remove(image: rbd_image_t, snapname: *const c_char) -> c_int;
+    pub fn rbd_snap_protect(image: rbd_image_t, snap_name: *const c_char) -> c_int;
+    pub fn rbd_snap_unprotect(image: rbd_image_t, snap_name: *const c_char) -> c_int;
+    pub fn rbd_snap_is_protected(
+        image: rbd_image_t,
+        snap_name: *const c_char,
+        is_protected: *mut c_int,
+    ) -> c_int;
     pub fn rbd_snap_get_timestamp(
         image: rbd_image_t,
         snap_id: u64,

@@ -44,6 +44,7 @@
 //! a failure in one domain is recorded in its report and the others go on.
 
 mod ceph_session;
+pub mod compat_session;
 mod disk_plan;
 mod domain_backup;
 pub mod events;
