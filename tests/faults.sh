@@ -22,4 +22,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_cluster_faults_lab.py \
     tests/python/test_engine_failures_lab.py \
     tests/python/test_engine_midrun_faults_lab.py \
-    tests/python/test_engine_stop_faults_lab.py
+    tests/python/test_engine_stop_faults_lab.py \
+    tests/python/test_compat_original_lab.py
