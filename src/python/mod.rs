@@ -19,7 +19,8 @@
 //! Secrets: the one function that hands a Ceph key to Python (`ceph_key`, for the original
 //! tool's scripting API when a script asks for the key outright) returns it as a plain `str`;
 //! every other value that crosses this boundary is built from serde JSON, which a
-//! `SecretString` cannot enter.
+//! `SecretString` cannot enter. `CephSession` (the original's `CephConnection`) takes a key
+//! from Python only when the script already holds it; otherwise it reads it from libvirt itself.
 //!
 //! Events reach the Python callback from the engine's worker threads, which attach to the
 //! interpreter for the call. A callback that raises is logged and the run goes on: a broken

@@ -290,3 +290,61 @@ def test_a_failure_mid_backup_of_the_originals_main_py_leaves_no_snapshot(
     else:
         fault.data_lost = "none (nothing was stored)"
     assert rbd("info", dom["missing"], check=False).returncode != 0
+
+
+def test_compat_ceph_reads_snapshots_as_rbd_export_does() -> None:
+    """The calls of the original's CephConnection beyond main.py's path: read by offset, size,
+    protection refusing a plain remove, a kept snapshot left alone at the end of the process."""
+    require_lab()
+    code = """
+import hashlib
+from virt_rbd_backup.compat import ceph, virt
+from virt_rbd_backup import CephError
+
+connection = virt.VirtConnection()
+connection.open()
+(image,) = [i for i in connection.list_virtrbd_images() if i.name == "lab-off-a"]
+conn = ceph.CephConnection(image.username, image.secret)
+conn.connect()
+print("pool_exists", conn.pool_exists("rbd"), conn.pool_exists("no-such-pool"))
+conn.open_pool(image.pool)
+conn.open_image(image.name)
+conn.create_snapshot("vrb-compat-read", protected=True)
+conn.create_snapshot("vrb-compat-kept", keep=True)
+try:
+    conn.remove_snapshot("vrb-compat-read")
+    print("removed a protected snapshot")
+except CephError as exc:
+    print("protected", "rbd_snap_remove" in str(exc))
+conn.open_image(image.name, snapshot="vrb-compat-read", read_only=True)
+size = conn.image.size()
+digest = hashlib.sha256()
+offset = 0
+while offset < size:
+    data = conn.image.read(offset, 3 * 1024 * 1024 + 7)  # not block-aligned on purpose
+    assert data, offset
+    digest.update(data)
+    offset += len(data)
+print("past_end", len(conn.image.read(size, 4096)), len(conn.image.read(size - 10, 4096)))
+print("sha256", digest.hexdigest(), size)
+conn.open_image(image.name)
+# The protected one is left to the end of the process: it must go then, the kept one not.
+conn.close()
+"""
+    before = rbd_export_sha256("rbd/lab-off-a")
+    try:
+        proc = run([sys.executable, "-c", code], check=False, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        lines = proc.stdout.splitlines()
+        assert "pool_exists True False" in lines
+        assert "protected True" in lines
+        assert "past_end 0 10" in lines
+        assert f"sha256 {before} {rbd_json('info', 'rbd/lab-off-a')['size']}" in lines
+        names = [s["name"] for s in rbd_json("snap", "ls", "rbd/lab-off-a")]
+        assert "vrb-compat-read" not in names, "left to the end of the process: removed then"
+        assert "removed snapshot rbd/lab-off-a@vrb-compat-read" in proc.stderr
+        assert "vrb-compat-kept" in names, "keep=True is kept"
+    finally:
+        for snap in ("vrb-compat-read", "vrb-compat-kept"):
+            rbd("snap", "unprotect", f"rbd/lab-off-a@{snap}", check=False)
+            rbd("snap", "rm", "--no-progress", f"rbd/lab-off-a@{snap}", check=False)
