@@ -17,7 +17,7 @@ holds, ``list --restic-repo REPO`` the disk backups in a restic repository. ``pl
 progress is drawn on stderr only when it is a terminal.
 
 Settings come from the command line, then a configuration file (``--config PATH``, else the
-original tool's ``config.py`` in the current directory, else
+original tool's ``config.py`` in the current directory or next to the program run, else
 ``/etc/virt-rbd-backup/config.toml``; see :mod:`virt_rbd_backup.config`), then the defaults.
 With the original's ``config.py`` the tool does the original's job: every domain into the
 restic repository ``TARGET_REPO``, with the same lines.
@@ -557,8 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         default=None,
-        help="configuration file: TOML, or the original tool's config.py (a name ending in .py); "
-        "default: ./config.py of the original tool, else /etc/virt-rbd-backup/config.toml if it exists",
+        help="configuration file: TOML, or the original tool's config.py (a name ending in .py, or "
+        "a folder holding it); default: the original's config.py in the current directory or next to "
+        "the program run, else /etc/virt-rbd-backup/config.toml if it exists",
     )
     connection = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     connection.add_argument(
