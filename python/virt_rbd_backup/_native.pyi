@@ -7,12 +7,13 @@ None), the same shape as the CLI's ``--json`` output. Every exception raised der
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, final
 
 __all__ = [
     "BackupError",
     "CancelledError",
     "CephError",
+    "CephSession",
     "InconsistentError",
     "LibvirtError",
     "RepositoryError",
@@ -28,6 +29,7 @@ __all__ = [
     "parse_rate",
     "plan",
     "prune",
+    "remove_leftover_snapshots",
     "restore",
     "restore_define",
     "snapshot_name",
@@ -119,6 +121,73 @@ def ceph_key(
     The secret is looked up by ``secret_uuid``, else by ``secret_usage``; ``domain`` and
     ``username`` only name it in errors (:class:`LibvirtError`). The key is returned as a plain
     string: only for callers that ask for it outright.
+    """
+
+@final
+class CephSession:
+    """A Ceph connection with at most one pool and one image open (the original's ``CephConnection``).
+
+    For :mod:`virt_rbd_backup.compat.ceph`, which keeps the original's shape; this class only
+    converts. The key is ``key`` (the raw bytes of a libvirt secret, as the original took them),
+    or read from the libvirt secret ``libvirt_secret`` names (``(uri, domain, secret_uuid,
+    secret_usage)``) without entering Python, or with neither the keyring ``conf_file`` names.
+    ``conf_file`` ``None`` searches librados's default places (``$CEPH_CONF``,
+    ``/etc/ceph/ceph.conf``, ...). Connects on construction; ``ceph_timeout`` bounds each monitor
+    and OSD operation (seconds). Errors are :class:`CephError`, :class:`LibvirtError` (the key),
+    :class:`ResticError` and :class:`UsageError` (nothing open to act on).
+    """
+
+    def __new__(
+        cls,
+        user: str,
+        conf_file: str | None = None,
+        key: bytes | None = None,
+        libvirt_secret: tuple[str, str, str | None, str | None] | None = None,
+        ceph_timeout: int = 60,
+    ) -> CephSession: ...
+    def pool_exists(self, pool: str) -> bool:
+        """Return whether pool ``pool`` exists."""
+    def open_pool(self, pool: str, namespace: str | None = None) -> None:
+        """Open ``pool`` (in ``namespace``), closing the pool and image open before."""
+    def close_pool(self) -> None:
+        """Close the pool and the image open in it, if any."""
+    def open_image(self, name: str, snapshot: str | None = None, read_only: bool = False) -> None:
+        """Open image ``name`` of the open pool, read-only at ``snapshot`` or at its head."""
+    def close_image(self) -> None:
+        """Close the image, if one is open."""
+    def create_snapshot(self, name: str, keep: bool = False) -> None:
+        """Create snapshot ``name`` of the open image.
+
+        Unless ``keep``, it is recorded until it is removed through a session, and
+        :func:`remove_leftover_snapshots` removes it if nothing did.
+        """
+    def protect_snapshot(self, name: str) -> None:
+        """Protect snapshot ``name`` of the open image."""
+    def unprotect_snapshot(self, name: str) -> None:
+        """Lift the protection of snapshot ``name`` of the open image."""
+    def snapshot_is_protected(self, name: str) -> bool:
+        """Return whether snapshot ``name`` of the open image is protected."""
+    def remove_snapshot(self, name: str) -> None:
+        """Remove snapshot ``name`` of the open image (a protected one must be unprotected first)."""
+    def size(self) -> int:
+        """Return the open image's size in bytes (at its snapshot, if opened at one)."""
+    def read(self, offset: int, length: int) -> bytes:
+        """Read ``length`` bytes (at most 256 MiB) at ``offset`` of the open image; fewer at its end."""
+    def stream_to_restic(self, target: Mapping[str, Any] | str, filename: str) -> str:
+        """Stream the open image into ``restic backup --stdin --stdin-filename FILENAME``.
+
+        ``target`` has ``repository``, ``password_file`` and ``binary`` (as for
+        :func:`list_restic`). Returns restic's snapshot id. On Ctrl-C restic is stopped before it
+        records a snapshot, then ``KeyboardInterrupt`` is raised.
+        """
+
+def remove_leftover_snapshots() -> list[dict[str, Any]]:
+    """Remove the snapshots this process created through a :class:`CephSession` and did not remove.
+
+    Protected ones are unprotected first. Returns one dict per snapshot: ``snapshot``
+    (``pool[/namespace]/image@name``), ``outcome`` (``removed``, ``already_gone``, ``failed``)
+    and ``error``. Snapshots recorded by another process (a forked child's copy of its parent's
+    records) are left alone.
     """
 
 def snapshot_name(owner: str, unix_time: float) -> str:

@@ -8,7 +8,7 @@ and prints the original tool's lines, as events arrive::
     Ignoring RBD snapshot disk for domain: NAME
     Processing N images for domain UUID
     Backup successful: No error occurred for domain UUID
-    Backup failed: MESSAGE
+    Backup failed: domain UUID (NAME): MESSAGE
 
 followed by a one-line summary (the RBD snapshot line is new: the original tool had no such
 case). ``list`` shows the domains and their disks, ``list --repo DIR`` the backups a repository
@@ -17,7 +17,7 @@ holds, ``list --restic-repo REPO`` the disk backups in a restic repository. ``pl
 progress is drawn on stderr only when it is a terminal.
 
 Settings come from the command line, then a configuration file (``--config PATH``, else the
-original tool's ``config.py`` in the current directory, else
+original tool's ``config.py`` in the current directory or next to the program run, else
 ``/etc/virt-rbd-backup/config.toml``; see :mod:`virt_rbd_backup.config`), then the defaults.
 With the original's ``config.py`` the tool does the original's job: every domain into the
 restic repository ``TARGET_REPO``, with the same lines.
@@ -47,7 +47,9 @@ damage, prune had problems; 2 bad flags or options (an existing restore target w
 it starts (unusable repository, libvirt unreachable, restic without a password, a bad
 configuration file); 130 interrupted by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (after
 clean-up). ``plan`` exits 1 when a domain cannot be planned. A metrics file that cannot be
-written makes a backup exit 1.
+written makes a backup exit 1. ``--legacy-exit-status`` (``legacy_exit_status`` in the file,
+``LEGACY_EXIT_STATUS`` in the original's ``config.py``) makes a backup in which domains failed
+exit 0, as the original always did; the ``Backup failed`` lines are still printed.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ __all__ = [
     "build_parser",
     "error_status",
     "exit_status",
+    "failure_message",
     "format_backup_listing",
     "format_define",
     "format_event",
@@ -156,6 +159,15 @@ _COMMANDS_THAT_START = ("backup", "plan", "list")
 error is 2 and any other error is a failure of the operation (1)."""
 
 
+def failure_message(uuid: str, name: str, error: str) -> str:
+    """Return what follows ``Backup failed: ``: the domain (UUID and name), then the error.
+
+    The original's message named the domain's UUID; the name is there for the operator. An
+    empty ``name`` (libvirt could not be asked) leaves it out.
+    """
+    return f"domain {uuid} ({name}): {error}" if name else f"domain {uuid}: {error}"
+
+
 def format_event(event: Mapping[str, Any]) -> tuple[Stream, str] | None:
     """Return the line an event prints, and where, or None for events without a line.
 
@@ -180,7 +192,8 @@ def format_event(event: Mapping[str, Any]) -> tuple[Stream, str] | None:
         if report["status"] == "succeeded":
             return "out", f"Backup successful: No error occurred for domain {report['uuid']}"
         if report["status"] == "failed":
-            return "out", f"Backup failed: {report.get('error') or 'unknown error'}"
+            message = failure_message(report["uuid"], report["name"], report.get("error") or "unknown error")
+            return "out", f"Backup failed: {message}"
         if report["status"] == "skipped" and report.get("skip_reason"):
             return "out", str(report["skip_reason"])
     return None
@@ -511,6 +524,13 @@ def _add_backup_options(parser: argparse.ArgumentParser) -> None:
         help="take a full backup (a new chain) of a disk every N backups of it "
         "(default: only when no incremental is possible)",
     )
+    parser.add_argument(
+        "--legacy-exit-status",
+        action="store_true",
+        default=False,
+        help="exit 0 even when domains failed, as the original tool did (their 'Backup failed' "
+        "lines are still printed; errors that stop the run still exit 2)",
+    )
     _add_target(parser)
 
 
@@ -556,8 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         default=None,
-        help="configuration file: TOML, or the original tool's config.py (a name ending in .py); "
-        "default: ./config.py of the original tool, else /etc/virt-rbd-backup/config.toml if it exists",
+        help="configuration file: TOML, or the original tool's config.py (a name ending in .py, or "
+        "a folder holding it); default: the original's config.py in the current directory or next to "
+        "the program run, else /etc/virt-rbd-backup/config.toml if it exists",
     )
     connection = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     connection.add_argument(
@@ -825,6 +846,7 @@ _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
             "metrics_file",
             "on_failure",
             "json",
+            "legacy_exit_status",
             "restic_repo",
             "restic_password_file",
             "restic_binary",
@@ -1275,6 +1297,9 @@ def _run_backup(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     else:
         printer.line(summary_line(report))
     status = exit_status(report)
+    if args.legacy_exit_status and status == EXIT_FAILED:
+        # The original's main.py ended with 0 whatever happened; units may rely on it.
+        status = EXIT_OK
     if args.metrics_file and not _write_metrics(args.metrics_file, report, err):
         status = max(status, EXIT_FAILED)
     if args.on_failure and status != EXIT_OK:

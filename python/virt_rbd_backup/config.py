@@ -25,6 +25,7 @@ line sets, and the command line overrides them. Two kinds exist:
     keep_daily = 7                      # prune: keep_last, keep_hourly, keep_daily, keep_weekly,
     keep_weekly = 4                     #   keep_monthly, keep_yearly (counts) and
     keep_within = "3d"                  #   keep_within (a duration)
+    legacy_exit_status = false          # exit 0 even when domains failed (the original's status)
 
     [restic]                            # present: back up into restic instead of `repo`
     repository = "/srv/restic"
@@ -38,17 +39,27 @@ the file is an error naming the key and the file.
 ``LIBVIRT_CONNECTION``, ``TARGET_REPO`` and ``TARGET_KEYFILE``. It is run, as the original
 imported it, in a namespace of its own (``runpy.run_path``), and mapped to ``workers``,
 ``connect``, and a restic target (``TARGET_REPO`` with the password file ``TARGET_KEYFILE``).
+One name of ours may be added to it: ``LEGACY_EXIT_STATUS = True`` (``legacy_exit_status``).
 Other names in it are ignored, as the original ignored them. Since it is code run with the
 tool's privileges, it must belong to root or to the user running the tool and must not be
 writable by everyone.
 
 Which file is used (:func:`find_config`): ``--config PATH`` if given (a name ending in ``.py``
-is the original's kind, anything else TOML); otherwise ``config.py`` in the current directory
-if it is the original tool's (it assigns one of the four names at top level; other
-``config.py`` files are left alone and never run), as ``python3 main.py`` in that directory
-read it; otherwise ``/etc/virt-rbd-backup/config.toml`` if it exists. When both a ``config.py``
-of the original tool in the current directory and the ``/etc`` file exist, ``config.py`` wins
-(the directory the operator runs the tool in is the nearer context) and a warning names both.
+is the original's kind, a folder means its ``config.py``, anything else TOML); otherwise the
+original's ``config.py`` where the original's ``import config`` found it, next to the
+``main.py`` being replaced (:func:`legacy_config_candidates`): the current directory (the
+unit's ``WorkingDirectory=``), then the folder of the program being run (a console script
+installed or linked there), as given and with symlinks resolved; otherwise
+``/etc/virt-rbd-backup/config.toml`` if it exists. When both a ``config.py`` of the original
+tool and the ``/etc`` file exist, ``config.py`` wins (it is what the replaced unit ran with) and
+a warning names both.
+
+A ``config.py`` found there is the original's if it sets one of the four names outside a
+function or class (:func:`looks_like_legacy_config`); it is then run, and any problem with it
+(it cannot be read, is not Python, raises, lacks ``TARGET_REPO``, has a wrong type, belongs to
+someone else) stops the tool with a message naming the file: a run that found the original's
+configuration never falls back to the ``/etc`` file or the default repository. A ``config.py``
+that is plainly another project's (none of the names) is not run, with a warning naming it.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ import logging
 import os
 import runpy
 import stat
+import sys
 import tomllib
 import traceback
 from collections.abc import Callable, Mapping
@@ -74,6 +86,7 @@ __all__ = [
     "BackupConfig",
     "LegacyConfig",
     "find_config",
+    "legacy_config_candidates",
     "load_config",
     "load_legacy_config",
     "load_toml_config",
@@ -90,6 +103,9 @@ LEGACY_CONFIG_NAME = "config.py"
 
 LEGACY_NAMES = ("NUMBER_OF_PROCESSES", "LIBVIRT_CONNECTION", "TARGET_REPO", "TARGET_KEYFILE")
 """The variables of the original tool's ``config.py``."""
+
+LEGACY_EXIT_STATUS_NAME = "LEGACY_EXIT_STATUS"
+"""The one variable of ours a ``config.py`` may set: ``True`` for ``--legacy-exit-status``."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -121,6 +137,7 @@ class BackupConfig:
     full_every: int | None = None
     metrics_file: str | None = None
     json: bool | None = None
+    legacy_exit_status: bool | None = None
     restic_repo: str | None = None
     restic_password_file: str | None = None
     restic_binary: str | None = None
@@ -160,6 +177,8 @@ class LegacyConfig:
     """The restic repository."""
     TARGET_KEYFILE: str | None = None
     """The file holding the restic repository's password."""
+    LEGACY_EXIT_STATUS: bool | None = None
+    """Ours, not the original's: ``True`` exits 0 even when domains failed."""
 
     def to_backup_config(self) -> BackupConfig:
         """Map the variables onto the tool's settings."""
@@ -170,6 +189,7 @@ class LegacyConfig:
             workers=self.NUMBER_OF_PROCESSES,
             restic_repo=self.TARGET_REPO,
             restic_password_file=self.TARGET_KEYFILE,
+            legacy_exit_status=self.LEGACY_EXIT_STATUS,
         )
 
 
@@ -281,6 +301,7 @@ _TOP_LEVEL: dict[str, tuple[str, Callable[[object], Any]]] = {
     "keep_monthly": ("keep_monthly", _positive),
     "keep_yearly": ("keep_yearly", _positive),
     "keep_within": ("keep_within", _duration),
+    "legacy_exit_status": ("legacy_exit_status", _boolean),
 }
 _RESTIC: dict[str, tuple[str, Callable[[object], Any]]] = {
     "repository": ("restic_repo", _string),
@@ -344,24 +365,64 @@ def _checked(path: Path, key: str, value: object, check: Callable[[object], Any]
         raise UsageError(f"{path}: key '{key}' must be {exc}, not {_describe(value)}") from None
 
 
+def _mentions_legacy_names(tree: ast.Module) -> bool:
+    """Whether a module sets one of :data:`LEGACY_NAMES` outside functions and classes.
+
+    Assignments nested in ``if``/``try``/``with`` at module level count, and so do a star
+    import or a name in a string (``globals()["TARGET_REPO"] = ...``): such a file is the
+    original's, run to find out, rather than silently passed over.
+    """
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Name) and node.id in LEGACY_NAMES:
+            return True
+        if isinstance(node, ast.Constant) and node.value in LEGACY_NAMES:
+            return True
+        if isinstance(node, ast.ImportFrom) and any(alias.name == "*" for alias in node.names):
+            return True
+        stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def _is_legacy_config(path: Path) -> bool:
+    """Tell whether a found ``config.py`` is the original tool's, without running it.
+
+    Raises:
+        UsageError: It cannot be read, or is not Python: it may be the original's, and a run
+            must not go on as if it were not there.
+    """
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(
+            f"found {path} but cannot read it ({exc.strerror or exc}); it may be the original tool's "
+            "configuration, so the backup does not run without it: fix it, or pass --config"
+        ) from None
+    try:
+        tree = ast.parse(source, filename=os.fspath(path))
+    except (SyntaxError, ValueError) as exc:
+        line = getattr(exc, "lineno", None)
+        where = f"{path}, line {line}" if line else str(path)
+        raise UsageError(
+            f"{where}: not valid Python ({exc}); it may be the original tool's configuration, so "
+            "the backup does not run without it: fix it, or pass --config"
+        ) from None
+    return _mentions_legacy_names(tree)
+
+
 def looks_like_legacy_config(path: str | os.PathLike[str]) -> bool:
     """Tell whether a ``config.py`` is the original tool's, without running it.
 
-    It is if it assigns one of :data:`LEGACY_NAMES` at top level (read from its syntax tree).
+    It is if it sets one of :data:`LEGACY_NAMES` outside functions and classes (read from its
+    syntax tree); a file that cannot be read or parsed is not.
     """
     try:
-        tree = ast.parse(Path(path).read_bytes(), filename=os.fspath(path))
-    except (OSError, SyntaxError, ValueError):
+        return _is_legacy_config(Path(path))
+    except UsageError:
         return False
-    for node in tree.body:
-        targets: list[ast.expr] = []
-        if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, ast.AnnAssign):
-            targets = [node.target]
-        if any(isinstance(t, ast.Name) and t.id in LEGACY_NAMES for t in targets):
-            return True
-    return False
 
 
 def _check_trusted(path: Path) -> None:
@@ -441,6 +502,7 @@ def load_legacy_config(path: str | os.PathLike[str]) -> LegacyConfig:
         keyfile = os.fspath(path.parent / keyfile)
     return LegacyConfig(
         path=path,
+        LEGACY_EXIT_STATUS=get(LEGACY_EXIT_STATUS_NAME, _boolean, "True or False"),
         NUMBER_OF_PROCESSES=get("NUMBER_OF_PROCESSES", _positive, "a whole number of at least 1"),
         LIBVIRT_CONNECTION=get("LIBVIRT_CONNECTION", _string, "a non-empty string (a libvirt URI)"),
         TARGET_REPO=repo,
@@ -464,27 +526,81 @@ def load_config(path: str | os.PathLike[str]) -> BackupConfig:
     return load_toml_config(path)
 
 
+def legacy_config_candidates(
+    cwd: str | os.PathLike[str], script: str | os.PathLike[str] | None, *, script_first: bool = False
+) -> list[Path]:
+    """Where the original tool's ``config.py`` is looked for, in order, without repeats.
+
+    The folder of the ``main.py`` being replaced: the current directory ``cwd`` (the unit's
+    ``WorkingDirectory=``), then the folder of ``script`` (the program run, ``sys.argv[0]``: a
+    console script installed or linked next to ``config.py``) as given, then with symlinks
+    resolved (the folder Python's ``import config`` searched for a linked ``main.py``).
+    ``script_first`` puts the script's folders first, the order of a script's own ``import``.
+    """
+    here = [Path(cwd).absolute() / LEGACY_CONFIG_NAME]
+    beside: list[Path] = []
+    if script:
+        script = Path(script)
+        if script.is_file():
+            beside.append(script.absolute().parent / LEGACY_CONFIG_NAME)
+            beside.append(script.resolve().parent / LEGACY_CONFIG_NAME)
+    ordered = beside + here if script_first else here + beside
+    result: list[Path] = []
+    for candidate in ordered:
+        if candidate not in result:
+            result.append(candidate)
+    return result
+
+
 def find_config(
-    explicit: str | os.PathLike[str] | None, cwd: str | os.PathLike[str] | None = None
+    explicit: str | os.PathLike[str] | None,
+    cwd: str | os.PathLike[str] | None = None,
+    script: str | os.PathLike[str] | None = None,
 ) -> BackupConfig | None:
     """Find and read the configuration file that applies (see the module doc for the order).
 
     Args:
-        explicit: ``--config PATH``, if given.
-        cwd: Where to look for the original tool's ``config.py`` (default: the current
-            directory).
+        explicit: ``--config PATH``, if given (a folder: its ``config.py``).
+        cwd: The current directory (default: the process's).
+        script: The program being run (default: ``sys.argv[0]``).
 
     Returns:
         The settings, or ``None`` when no configuration file applies.
+
+    Raises:
+        UsageError: The file that applies is not a valid configuration, or a ``config.py`` was
+            found that may be the original's but cannot be read.
     """
     if explicit is not None:
+        explicit = Path(explicit)
+        if explicit.is_dir():
+            legacy = explicit / LEGACY_CONFIG_NAME
+            if not legacy.is_file():
+                raise UsageError(f"--config {explicit} is a folder without a {LEGACY_CONFIG_NAME} of the original tool")
+            return load_legacy_config(legacy).to_backup_config()
         return load_config(explicit)
-    legacy = Path(os.getcwd() if cwd is None else cwd) / LEGACY_CONFIG_NAME
-    if legacy.is_file() and looks_like_legacy_config(legacy):
+    if script is None and sys.argv and sys.argv[0]:
+        script = sys.argv[0]
+    if script is not None and Path(script).resolve().parent == Path(__file__).resolve().parent:
+        # `python -m virt_rbd_backup`: the program is this package's __main__.py, whose folder
+        # holds this very module (config.py), not the original's.
+        script = None
+    for legacy in legacy_config_candidates(os.getcwd() if cwd is None else cwd, script):
+        if not os.path.lexists(legacy):
+            continue
+        if not legacy.is_file():
+            raise UsageError(f"found {legacy} but it is not a regular file; fix it, or pass --config")
+        if not _is_legacy_config(legacy):
+            log.warning(
+                "ignoring %s: it sets none of %s, so it is not the original tool's configuration",
+                legacy,
+                ", ".join(LEGACY_NAMES),
+            )
+            continue
         if DEFAULT_CONFIG.exists():
             log.warning(
-                "using %s (the original tool's configuration in the current directory); %s is ignored",
-                legacy.absolute(),
+                "using %s (the original tool's configuration); %s is ignored",
+                legacy,
                 DEFAULT_CONFIG,
             )
         return load_legacy_config(legacy).to_backup_config()

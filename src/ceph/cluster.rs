@@ -174,6 +174,28 @@ impl RadosCluster {
         &self.address
     }
 
+    /// Whether pool `pool` exists (`rados_pool_lookup`; any error other than "no such pool"
+    /// is an error, so a cluster that cannot answer is never taken for a missing pool).
+    pub fn pool_exists(&self, pool: &str) -> Result<bool, CephError> {
+        let pool_c = cstring("pool name", pool)?;
+        // SAFETY: connected handle and valid C string.
+        let rc = unsafe { ffi::rados_pool_lookup(self.handle, pool_c.as_ptr()) };
+        if rc >= 0 {
+            return Ok(true);
+        }
+        let rc = i32::try_from(rc).unwrap_or(-libc::EIO);
+        if rc == -libc::ENOENT {
+            return Ok(false);
+        }
+        Err(CephError::Call {
+            call: "rados_pool_lookup",
+            target: pool.to_string(),
+            errno: rc,
+            message: errno_message(rc),
+            hint: errno_hint(rc),
+        })
+    }
+
     /// Opens an I/O context on `pool`, in `namespace` if given.
     pub fn open_pool(
         &self,

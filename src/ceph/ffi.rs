@@ -154,6 +154,7 @@ extern "C" {
         client: *const c_char,
         cookie: *const c_char,
     ) -> c_int;
+    pub fn rados_pool_lookup(cluster: rados_t, pool_name: *const c_char) -> i64;
 }
 
 #[link(name = "rbd")]
@@ -206,6 +207,13 @@ extern "C" {
     pub fn rbd_snap_list_end(snaps: *mut rbd_snap_info_t);
     pub fn rbd_snap_create(image: rbd_image_t, snapname: *const c_char) -> c_int;
     pub fn rbd_snap_remove(image: rbd_image_t, snapname: *const c_char) -> c_int;
+    pub fn rbd_snap_protect(image: rbd_image_t, snap_name: *const c_char) -> c_int;
+    pub fn rbd_snap_unprotect(image: rbd_image_t, snap_name: *const c_char) -> c_int;
+    pub fn rbd_snap_is_protected(
+        image: rbd_image_t,
+        snap_name: *const c_char,
+        is_protected: *mut c_int,
+    ) -> c_int;
     pub fn rbd_snap_get_timestamp(
         image: rbd_image_t,
         snap_id: u64,

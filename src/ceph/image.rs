@@ -397,6 +397,52 @@ impl<'p> RbdImage<'p> {
         Ok(())
     }
 
+    /// Protects snapshot `name` from removal (what the original tool did to its snapshots;
+    /// librbd refuses to remove a protected snapshot until it is unprotected).
+    pub fn protect_snapshot(&self, name: &str) -> Result<(), CephError> {
+        let name_c = cstring("snapshot name", name)?;
+        // SAFETY: valid handle and C string.
+        let rc = unsafe { ffi::rbd_snap_protect(self.handle, name_c.as_ptr()) };
+        if rc < 0 {
+            return Err(self.snapshot_call_failed("rbd_snap_protect", name, rc));
+        }
+        Ok(())
+    }
+
+    /// Lifts the protection of snapshot `name` (fails while clones of it exist).
+    pub fn unprotect_snapshot(&self, name: &str) -> Result<(), CephError> {
+        let name_c = cstring("snapshot name", name)?;
+        // SAFETY: valid handle and C string.
+        let rc = unsafe { ffi::rbd_snap_unprotect(self.handle, name_c.as_ptr()) };
+        if rc < 0 {
+            return Err(self.snapshot_call_failed("rbd_snap_unprotect", name, rc));
+        }
+        Ok(())
+    }
+
+    /// Whether snapshot `name` is protected.
+    pub fn snapshot_is_protected(&self, name: &str) -> Result<bool, CephError> {
+        let name_c = cstring("snapshot name", name)?;
+        let mut protected: libc::c_int = 0;
+        // SAFETY: valid handle, C string, out-pointer to a local.
+        let rc =
+            unsafe { ffi::rbd_snap_is_protected(self.handle, name_c.as_ptr(), &mut protected) };
+        if rc < 0 {
+            return Err(self.snapshot_call_failed("rbd_snap_is_protected", name, rc));
+        }
+        Ok(protected != 0)
+    }
+
+    fn snapshot_call_failed(&self, call: &'static str, snapshot: &str, rc: i32) -> CephError {
+        CephError::Call {
+            call,
+            target: format!("{}@{snapshot}", self.spec),
+            errno: rc,
+            message: errno_message(rc),
+            hint: errno_hint(rc),
+        }
+    }
+
     /// The id of snapshot `name`.
     pub fn snapshot_id(&self, name: &str) -> Result<u64, CephError> {
         let name_c = cstring("snapshot name", name)?;

@@ -53,6 +53,7 @@
 
 mod ceph_session;
 mod cluster_lock;
+pub mod compat_session;
 mod disk_plan;
 mod domain_backup;
 pub mod events;

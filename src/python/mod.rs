@@ -19,7 +19,8 @@
 //! Secrets: the one function that hands a Ceph key to Python (`ceph_key`, for the original
 //! tool's scripting API when a script asks for the key outright) returns it as a plain `str`;
 //! every other value that crosses this boundary is built from serde JSON, which a
-//! `SecretString` cannot enter.
+//! `SecretString` cannot enter. `CephSession` (the original's `CephConnection`) takes a key
+//! from Python only when the script already holds it; otherwise it reads it from libvirt itself.
 //!
 //! Events reach the Python callback from the engine's worker threads, which attach to the
 //! interpreter for the call. A callback that raises is logged and the run goes on: a broken
@@ -37,6 +38,10 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
+use base64::Engine as _;
+
+use crate::ceph::{CephTimeouts, ClusterAddress};
+use crate::engine::compat_session::{self, CephSession};
 use crate::engine::restic::{self, ResticTarget};
 use crate::engine::{
     self, BackupEvent, BackupOptions, CancelToken, DefineOptions, EventSink, RestoreOptions,
@@ -45,6 +50,7 @@ use crate::engine::{
 use crate::error::Error;
 use crate::libvirt::HypervisorConnection;
 use crate::plan::retention::KeepOptions;
+use crate::secret::SecretString;
 
 /// How often a waiting call attaches to the interpreter to run signal handlers.
 const POLL: Duration = Duration::from_millis(100);
@@ -656,6 +662,216 @@ fn prune<'py>(
     to_py(py, &report)
 }
 
+/// A Ceph connection with at most one pool and one image open, for the original tool's
+/// `ceph.CephConnection` (`virt_rbd_backup.compat.ceph`, which keeps the original's shape and
+/// errors; this class only converts). The key is `key` (the raw bytes of the libvirt secret, as
+/// the original took them), or read here from the libvirt secret `libvirt_secret` names
+/// (`(uri, domain, secret_uuid, secret_usage)`) so that it never enters Python, or, with
+/// neither, whatever keyring `conf_file` names. Connects on construction.
+#[pyclass(name = "CephSession", module = "virt_rbd_backup._native")]
+struct PyCephSession {
+    inner: CephSession,
+}
+
+impl PyCephSession {
+    /// Runs `work` on the session detached from the interpreter (Ceph calls may block).
+    fn call<T: Send>(
+        &mut self,
+        py: Python<'_>,
+        work: impl FnOnce(&mut CephSession) -> Result<T, Error> + Send,
+    ) -> PyResult<T> {
+        let inner = &mut self.inner;
+        py.detach(move || work(inner)).map_err(to_py_err)
+    }
+}
+
+#[pymethods]
+impl PyCephSession {
+    #[new]
+    #[pyo3(signature = (user, conf_file=None, key=None, libvirt_secret=None, ceph_timeout=60))]
+    fn new(
+        py: Python<'_>,
+        user: String,
+        conf_file: Option<String>,
+        key: Option<Vec<u8>>,
+        libvirt_secret: Option<(String, String, Option<String>, Option<String>)>,
+        ceph_timeout: u64,
+    ) -> PyResult<Self> {
+        refresh_logging();
+        let key = key.map(|raw| {
+            let raw = zeroize::Zeroizing::new(raw);
+            SecretString::new(base64::engine::general_purpose::STANDARD.encode(raw.as_slice()))
+        });
+        let address = ClusterAddress {
+            monitors: Vec::new(),
+            conf_file,
+            user,
+        };
+        let timeouts = CephTimeouts {
+            monitor: Duration::from_secs(ceph_timeout.max(1)),
+            osd: Duration::from_secs(ceph_timeout),
+        };
+        let inner = py
+            .detach(move || {
+                let key = match (key, libvirt_secret) {
+                    (Some(key), _) => Some(key),
+                    (None, Some((uri, domain, uuid, usage))) => {
+                        let libvirt = HypervisorConnection::open(&uri)?;
+                        Some(libvirt.ceph_key(
+                            &domain,
+                            &address.user,
+                            uuid.as_deref(),
+                            usage.as_deref(),
+                        )?)
+                    }
+                    (None, None) => None,
+                };
+                CephSession::connect(address, key, timeouts)
+            })
+            .map_err(to_py_err)?;
+        Ok(PyCephSession { inner })
+    }
+
+    /// Whether pool `pool` exists.
+    fn pool_exists(&mut self, py: Python<'_>, pool: String) -> PyResult<bool> {
+        self.call(py, move |s| s.pool_exists(&pool))
+    }
+
+    /// Opens `pool` (in `namespace`), closing the pool and image open before.
+    #[pyo3(signature = (pool, namespace=None))]
+    fn open_pool(
+        &mut self,
+        py: Python<'_>,
+        pool: String,
+        namespace: Option<String>,
+    ) -> PyResult<()> {
+        self.call(py, move |s| s.open_pool(&pool, namespace.as_deref()))
+    }
+
+    /// Closes the pool and the image open in it, if any.
+    fn close_pool(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |s| s.close_pool())
+    }
+
+    /// Opens image `name` of the open pool, read-only at `snapshot` or at its head.
+    #[pyo3(signature = (name, snapshot=None, read_only=false))]
+    fn open_image(
+        &mut self,
+        py: Python<'_>,
+        name: String,
+        snapshot: Option<String>,
+        read_only: bool,
+    ) -> PyResult<()> {
+        self.call(py, move |s| {
+            s.open_image(&name, snapshot.as_deref(), read_only)
+        })
+    }
+
+    /// Closes the image, if one is open.
+    fn close_image(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |s| s.close_image())
+    }
+
+    /// Creates snapshot `name` of the open image; unless `keep`, it is removed when the process
+    /// exits if nothing removed it before (`remove_leftover_snapshots`).
+    #[pyo3(signature = (name, keep=false))]
+    fn create_snapshot(&mut self, py: Python<'_>, name: String, keep: bool) -> PyResult<()> {
+        self.call(py, move |s| s.create_snapshot(&name, keep))
+    }
+
+    /// Protects snapshot `name` of the open image.
+    fn protect_snapshot(&mut self, py: Python<'_>, name: String) -> PyResult<()> {
+        self.call(py, move |s| s.protect_snapshot(&name))
+    }
+
+    /// Lifts the protection of snapshot `name` of the open image.
+    fn unprotect_snapshot(&mut self, py: Python<'_>, name: String) -> PyResult<()> {
+        self.call(py, move |s| s.unprotect_snapshot(&name))
+    }
+
+    /// Whether snapshot `name` of the open image is protected.
+    fn snapshot_is_protected(&mut self, py: Python<'_>, name: String) -> PyResult<bool> {
+        self.call(py, move |s| s.snapshot_is_protected(&name))
+    }
+
+    /// Removes snapshot `name` of the open image (unprotect it first).
+    fn remove_snapshot(&mut self, py: Python<'_>, name: String) -> PyResult<()> {
+        self.call(py, move |s| s.remove_snapshot(&name))
+    }
+
+    /// The open image's size in bytes.
+    fn size(&mut self, py: Python<'_>) -> PyResult<u64> {
+        self.call(py, |s| s.size())
+    }
+
+    /// Reads `length` bytes at `offset` of the open image (fewer at its end).
+    fn read<'py>(
+        &mut self,
+        py: Python<'py>,
+        offset: u64,
+        length: u64,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let data = self.call(py, move |s| s.read(offset, length))?;
+        Ok(pyo3::types::PyBytes::new(py, &data))
+    }
+
+    /// Streams the open image into `restic backup --stdin --stdin-filename FILENAME` of
+    /// `target` (`repository`, `password_file`, `binary`); returns restic's snapshot id. On
+    /// Ctrl-C restic is stopped before it records a snapshot, then KeyboardInterrupt is raised.
+    fn stream_to_restic(
+        &mut self,
+        py: Python<'_>,
+        target: &Bound<'_, PyAny>,
+        filename: String,
+    ) -> PyResult<String> {
+        let target = parse_restic_target(py, target)?;
+        let cancel = CancelToken::new();
+        let session = &self.inner;
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        thread::scope(|scope| {
+            let token = cancel.clone();
+            scope.spawn(move || {
+                let _ = sender.send(session.stream_to_restic(&target, &filename, &token));
+            });
+            let mut interruption: Option<PyErr> = None;
+            loop {
+                match py.detach(|| receiver.recv_timeout(POLL)) {
+                    Ok(result) => {
+                        return match interruption {
+                            Some(err) => Err(err),
+                            None => result.map_err(to_py_err),
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        return Err(interruption.unwrap_or_else(|| {
+                            BackupError::new_err(
+                                "internal error: the restic stream ended without a result",
+                            )
+                        }))
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        if interruption.is_none() {
+                            if let Err(err) = py.check_signals() {
+                                cancel.cancel();
+                                interruption = Some(err);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Removes the snapshots this process created through a `CephSession` and did not remove
+/// (unprotecting them first); returns what happened to each, as a list of dicts
+/// (`snapshot`, `outcome`: `removed`, `already_gone` or `failed`, `error`).
+#[pyfunction]
+fn remove_leftover_snapshots<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    let done = py.detach(compat_session::remove_leftover_snapshots);
+    to_py(py, &done)
+}
+
 /// Rust core of virt-rbd-backup (private: use the `virt_rbd_backup` package).
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -683,6 +899,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ceph_key, m)?)?;
     m.add_function(wrap_pyfunction!(snapshot_name, m)?)?;
     m.add_function(wrap_pyfunction!(parse_rate, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_leftover_snapshots, m)?)?;
+    m.add_class::<PyCephSession>()?;
     m.add("BackupError", py.get_type::<BackupError>())?;
     m.add("UsageError", py.get_type::<UsageError>())?;
     m.add("LibvirtError", py.get_type::<LibvirtError>())?;

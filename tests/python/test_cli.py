@@ -340,7 +340,7 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
         ),
         (
             {"event": "domain_finished", "report": domain("db1", UUID_B, "failed", "rbd_open failed for rbd/db1")},
-            ("out", "Backup failed: rbd_open failed for rbd/db1"),
+            ("out", f"Backup failed: domain {UUID_B} (db1): rbd_open failed for rbd/db1"),
         ),
         (
             {"event": "domain_warning", "domain": "web1", "uuid": UUID_A, "message": "agent did not answer"},
@@ -397,7 +397,7 @@ def test_printer_writes_the_original_lines_in_event_order_and_warnings_to_stderr
         f"Processing 1 images for domain {UUID_A}",
         f"Backup successful: No error occurred for domain {UUID_A}",
         f"Processing 3 images for domain {UUID_B}",
-        "Backup failed: cannot freeze",
+        f"Backup failed: domain {UUID_B} (db1): cannot freeze",
     ]
     assert err == "warning: domain web1: agent did not answer\n"
 
@@ -411,7 +411,7 @@ def test_printer_draws_progress_only_when_asked() -> None:
 
 def test_quiet_printer_keeps_only_failures() -> None:
     out, err = run_printer(RUN_EVENTS, quiet=True, progress=True)
-    assert out.splitlines() == ["Backup failed: cannot freeze"]
+    assert out.splitlines() == [f"Backup failed: domain {UUID_B} (db1): cannot freeze"]
     assert err == ""
 
 
@@ -511,12 +511,44 @@ def test_a_run_prints_lines_as_events_arrive_then_the_summary(
         f"Processing 1 images for domain {UUID_A}",
         f"Backup successful: No error occurred for domain {UUID_A}",
         f"Processing 3 images for domain {UUID_B}",
-        "Backup failed: cannot freeze",
+        f"Backup failed: domain {UUID_B} (db1): cannot freeze",
         "Summary: 1 succeeded, 1 failed, 0 skipped",
     ]
     assert "warning: domain web1: agent did not answer" in captured.err
     # stderr is no terminal here: no progress drawing.
     assert "\r" not in captured.err
+
+
+def test_legacy_exit_status_exits_0_with_a_failed_domain_and_still_prints_the_failed_line(
+    fake_core: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake_core["events"] = RUN_EVENTS
+    fake_core["result"] = report(domain("web1", UUID_A, "succeeded"), domain("db1", UUID_B, "failed", "cannot freeze"))
+    assert cli.main(["--legacy-exit-status"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"Backup failed: domain {UUID_B} (db1): cannot freeze" in out
+    assert "Summary: 1 succeeded, 1 failed, 0 skipped" in out
+    # Without the flag the same run fails; the flag changes only the status.
+    assert cli.main([]) == 1
+    # From config.toml, and from the original's config.py (with LEGACY_EXIT_STATUS).
+    toml = tmp_path / "c.toml"
+    toml.write_text("legacy_exit_status = true\n")
+    assert cli.main(["--config", str(toml)]) == 0
+    legacy = tmp_path / "config.py"
+    legacy.write_text('TARGET_REPO = "/srv/restic"\nLEGACY_EXIT_STATUS = True\n')
+    monkeypatch.setenv("RESTIC_PASSWORD_FILE", "/dev/null")
+    assert cli.main([]) == 0
+    legacy.write_text('TARGET_REPO = "/srv/restic"\n')
+    assert cli.main([]) == 1
+
+
+def test_legacy_exit_status_keeps_2_for_a_run_that_cannot_start(
+    fake_core: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fake_core["result"] = virt_rbd_backup.LibvirtError("cannot connect to qemu:///system")
+    assert cli.main(["--legacy-exit-status"]) == 2
 
 
 def test_json_prints_only_the_cores_report(fake_core: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:

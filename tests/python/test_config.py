@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -315,8 +316,11 @@ def test_a_legacy_config_of_another_user_is_not_run(tmp_path: Path) -> None:
         ("DEBUG = True\nDATABASES = {}\n", False),
         ("def f():\n    TARGET_REPO = 1\n", False),
         ("this is not python", False),
+        ("import os\ntry:\n    TARGET_REPO = os.environ['R']\nexcept KeyError:\n    TARGET_REPO = '/r'\n", True),
+        ("from site_settings import *\n", True),
+        ("globals()['TARGET_REPO'] = '/r'\n", True),
     ],
-    ids=["original", "annotated", "other-project", "not-top-level", "not-python"],
+    ids=["original", "annotated", "other-project", "in-a-function", "not-python", "in-try", "star-import", "globals"],
 )
 def test_only_the_originals_config_py_is_recognised(tmp_path: Path, text: str, expected: bool) -> None:
     assert config.looks_like_legacy_config(write(tmp_path / "config.py", text)) is expected
@@ -375,6 +379,111 @@ def test_an_explicit_py_file_is_the_originals_kind(tmp_path: Path) -> None:
     cfg = find_config(write(tmp_path / "old-settings.py", ORIGINAL), tmp_path / "elsewhere")
     assert cfg is not None
     assert cfg.legacy
+
+
+def test_the_config_py_next_to_the_program_run_is_found_as_the_originals_import_found_it(
+    tmp_path: Path, no_etc_config: Path
+) -> None:
+    # The unit runs elsewhere; the console script was installed (or linked) where main.py was.
+    install = tmp_path / "opt"
+    write(install / "config.py", ORIGINAL)
+    program = write(install / "virt-rbd-backup", "#!/bin/sh\n", 0o755)
+    cfg = find_config(None, tmp_path / "elsewhere", program)
+    assert cfg is not None
+    assert (cfg.legacy, cfg.path) == (True, install / "config.py")
+    # A symlink to the program: its own folder first, then the folder it resolves to.
+    links = tmp_path / "bin"
+    links.mkdir()
+    (links / "main.py").symlink_to(program)
+    assert config.legacy_config_candidates(tmp_path / "wd", links / "main.py") == [
+        tmp_path / "wd" / "config.py",
+        links / "config.py",
+        install / "config.py",
+    ]
+    cfg = find_config(None, tmp_path / "wd", links / "main.py")
+    assert cfg is not None
+    assert cfg.path == install / "config.py"
+
+
+def test_the_working_directory_comes_before_the_programs_folder(tmp_path: Path, no_etc_config: Path) -> None:
+    write(tmp_path / "wd" / "config.py", ORIGINAL.replace("NUMBER_OF_PROCESSES = 3", "NUMBER_OF_PROCESSES = 7"))
+    write(tmp_path / "opt" / "config.py", ORIGINAL)
+    program = write(tmp_path / "opt" / "virt-rbd-backup", "", 0o755)
+    cfg = find_config(None, tmp_path / "wd", program)
+    assert cfg is not None
+    assert cfg.workers == 7
+    # A script's own `import config` searched its folder first.
+    assert config.legacy_config_candidates(tmp_path / "wd", program, script_first=True)[0] == (
+        tmp_path / "opt" / "config.py"
+    )
+
+
+def test_config_given_as_a_folder_means_its_config_py(tmp_path: Path, no_etc_config: Path) -> None:
+    write(tmp_path / "opt" / "config.py", ORIGINAL)
+    cfg = find_config(tmp_path / "opt", tmp_path / "elsewhere")
+    assert cfg is not None
+    assert (cfg.legacy, cfg.path) == (True, tmp_path / "opt" / "config.py")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"folder without a config\.py"):
+        find_config(tmp_path / "empty", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("TARGET_REPO = '/srv/restic'\nNUMBER_OF_PROCESSES = (\n", "not valid Python"),
+        ("try:\n    TARGET_REPO = undefined_name\nexcept KeyError:\n    pass\n", "NameError"),
+        ("NUMBER_OF_PROCESSES = 2\n", "TARGET_REPO is not set"),
+        ("TARGET_REPO = '/srv/restic'\nLEGACY_EXIT_STATUS = 'yes'\n", "LEGACY_EXIT_STATUS must be True or False"),
+    ],
+    ids=["syntax-error", "raises", "no-target", "bad-legacy-exit-status"],
+)
+def test_a_config_py_that_cannot_be_used_never_falls_back_to_the_default_repository(
+    tmp_path: Path,
+    no_etc_config: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    message: str,
+) -> None:
+    write(no_etc_config, 'repo = "/srv/local"\n')
+    write(tmp_path / "config.py", text)
+    with pytest.raises(UsageError, match=message):
+        find_config(None, tmp_path)
+    # The command: exit 2 naming the file, and no backup at all (not into repo, not into /etc's).
+    monkeypatch.chdir(tmp_path)
+    ran: list[Any] = []
+    monkeypatch.setattr(cli, "_backup_json", lambda **options: ran.append(options))
+    assert cli.main([]) == 2
+    assert str(tmp_path / "config.py") in capsys.readouterr().err
+    assert ran == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_config_py_stops_the_run(tmp_path: Path, no_etc_config: Path) -> None:
+    write(tmp_path / "config.py", ORIGINAL, 0o000)
+    with pytest.raises(UsageError, match="cannot read it"):
+        find_config(None, tmp_path)
+
+
+def test_a_config_py_that_is_a_folder_stops_the_run(tmp_path: Path, no_etc_config: Path) -> None:
+    (tmp_path / "config.py").mkdir()
+    with pytest.raises(UsageError, match="not a regular file"):
+        find_config(None, tmp_path)
+
+
+def test_another_projects_config_py_is_passed_over_with_a_warning(
+    tmp_path: Path, no_etc_config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path / "config.py", "DEBUG = True\n")
+    assert find_config(None, tmp_path) is None
+    assert f"ignoring {tmp_path / 'config.py'}" in caplog.text
+
+
+def test_python_dash_m_does_not_take_the_packages_own_config_module(tmp_path: Path, no_etc_config: Path) -> None:
+    # `python -m virt_rbd_backup`: argv[0] is the package's __main__.py, next to its config.py.
+    main_py = Path(config.__file__).with_name("__main__.py")
+    assert find_config(None, tmp_path, main_py) is None
 
 
 # -------------------------------------------------------------------------- precedence
@@ -514,8 +623,8 @@ def test_a_bad_file_exits_2_naming_it(
             f"error: {path}: unknown key 'colour'; known keys: agent_timeout, bwlimit, ceph_timeout, compress, "
             "connect, consistency, domains, freeze, "
             "freeze_mountpoints, freeze_timeout, full_every, json, keep_daily, keep_hourly, keep_last, "
-            "keep_monthly, keep_weekly, keep_within, keep_yearly, metrics_file, mode, on_failure, queue_depth, "
-            "repo, restic, workers\n"
+            "keep_monthly, keep_weekly, keep_within, keep_yearly, legacy_exit_status, metrics_file, mode, "
+            "on_failure, queue_depth, repo, restic, workers\n"
         )
 
 

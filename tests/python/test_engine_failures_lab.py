@@ -119,9 +119,15 @@ def test_wrong_key_and_deleted_image_fail_alone(fault: FaultRecord, broken_domai
 def test_failed_domain_prints_the_original_failure_line(broken_domains: None, tmp_path: Path) -> None:
     result = cli("backup", "--repo", str(tmp_path / "r"), "--domain", "lab-gone")
     assert result.returncode == 1
+    # It names the domain by UUID and name (the original's named the UUID), then the cause.
+    uuid_ = virsh("domuuid", "lab-gone").stdout.strip()
     assert any(
-        line.startswith("Backup failed: ") and "lab-gone-deleted" in line for line in result.stdout.splitlines()
+        line.startswith(f"Backup failed: domain {uuid_} (lab-gone): ") and "lab-gone-deleted" in line
+        for line in result.stdout.splitlines()
     ), result.stdout
+    legacy = cli("backup", "--repo", str(tmp_path / "r"), "--domain", "lab-gone", "--legacy-exit-status")
+    assert legacy.returncode == 0, legacy.stdout + legacy.stderr
+    assert any(line.startswith(f"Backup failed: domain {uuid_} (lab-gone): ") for line in legacy.stdout.splitlines())
 
 
 def test_unresponsive_agent_with_freeze_required_fails_and_leaves_guest_thawed(

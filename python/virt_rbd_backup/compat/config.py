@@ -4,9 +4,9 @@ Scripts of the original imported their ``config.py`` (the one next to them); her
 on first use of an attribute, from the first of:
 
 1. the file given to :func:`load`;
-2. ``config.py`` in the current directory;
-3. ``config.py`` in the directory of the running script (``sys.argv[0]``), where the
-   original's ``import config`` found it.
+2. ``config.py`` in the folder of the running script (``sys.argv[0]``), as given and with
+   symlinks resolved, where the original's ``import config`` found it;
+3. ``config.py`` in the current directory (a unit's ``WorkingDirectory=``).
 
 It is run in a namespace of its own and checked as the command line checks it
 (:func:`virt_rbd_backup.config.load_legacy_config`): it must belong to root or to the user
@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import DEFAULT_CONNECT, ResticTarget
 from .._native import UsageError
-from ..config import LEGACY_CONFIG_NAME, LEGACY_NAMES, LegacyConfig, load_legacy_config
+from ..config import LEGACY_CONFIG_NAME, LEGACY_NAMES, LegacyConfig, legacy_config_candidates, load_legacy_config
 
 __all__ = [
     "LIBVIRT_CONNECTION",
@@ -54,11 +54,8 @@ _loaded: LegacyConfig | None = None
 
 
 def _candidates() -> list[Path]:
-    found = [Path.cwd() / LEGACY_CONFIG_NAME]
-    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if script is not None and script.is_file():
-        found.append(script.resolve().parent / LEGACY_CONFIG_NAME)
-    return found
+    script = sys.argv[0] if sys.argv and sys.argv[0] else None
+    return legacy_config_candidates(Path.cwd(), script, script_first=True)
 
 
 def load(file: str | os.PathLike[str] | None = None) -> LegacyConfig:
