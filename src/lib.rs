@@ -10,6 +10,7 @@ pub mod ceph;
 pub mod engine;
 pub mod error;
 pub mod libvirt;
+pub mod nbd;
 pub mod plan;
 pub mod repo;
 pub mod secret;
