@@ -9,6 +9,7 @@ pub mod buffer;
 pub mod ceph;
 pub mod engine;
 pub mod error;
+pub mod fuse;
 pub mod libvirt;
 pub mod nbd;
 pub mod plan;
