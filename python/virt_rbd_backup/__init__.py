@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, overload
 
 from . import _native
+from .access import DiskServer, MountState, mount, serve, umount
 from ._native import (
     BackupError,
     CancelledError,
@@ -80,6 +81,8 @@ from .report import (
 __all__ = [
     "DEFAULT_CONNECT",
     "DEFAULT_REPO",
+    "DiskServer",
+    "MountState",
     "BackupDiskListing",
     "BackupError",
     "BackupListing",
@@ -122,13 +125,16 @@ __all__ = [
     "list_backups",
     "list_domains",
     "list_restic",
+    "mount",
     "parse_duration",
     "parse_rate",
     "plan",
     "prune",
     "restore",
     "restore_define",
+    "serve",
     "thaw_orphans",
+    "umount",
     "verify",
 ]
 
