@@ -392,4 +392,5 @@ def umount(mountpoint: str | os.PathLike[str], *, timeout: float = 30.0) -> Moun
         problems += _cleanup(state, folder, None)
     if problems:
         raise UsageError("; ".join(problems))
+    (folder.parent / f"{folder.name}.log").unlink(missing_ok=True)
     return state

@@ -819,7 +819,7 @@ def _add_access_commands(commands: Any, parents: list[argparse.ArgumentParser]) 
     unmounting = _subparser(
         commands,
         "umount",
-        [parents[-1]],
+        parents,
         help="undo 'mount': unmount, detach the loop device, stop the server",
         description="Unmount a backup mounted with 'virt-rbd-backup mount', detach its loop device and "
         "stop the process serving it.",

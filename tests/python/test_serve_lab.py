@@ -200,7 +200,7 @@ def test_a_flipped_byte_is_an_io_error_on_its_block_only(tmp_path: Path, fault: 
             server.close()
         fault.outcome = "NBD read of the block: EIO (qemu-io), its neighbour reads; FUSE read: EIO; log names the file"
         fault.leaks = 0
-        fault.data_lost = "the damaged block only (never served as other bytes)"
+        fault.data_lost = "none beyond the flipped block, which is refused, never served as other bytes"
 
 
 def test_mount_shows_a_file_the_guest_wrote_before_the_backup(tmp_path: Path) -> None:
