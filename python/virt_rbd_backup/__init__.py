@@ -39,7 +39,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, overload
 
 from . import _native
-from .access import DiskServer, MountState, mount, serve, umount
 from ._native import (
     BackupError,
     CancelledError,
@@ -51,6 +50,7 @@ from ._native import (
     UsageError,
     parse_rate,
 )
+from .access import DiskServer, MountState, mount, serve, umount
 from .report import (
     BackupDiskListing,
     BackupListing,
@@ -81,8 +81,6 @@ from .report import (
 __all__ = [
     "DEFAULT_CONNECT",
     "DEFAULT_REPO",
-    "DiskServer",
-    "MountState",
     "BackupDiskListing",
     "BackupError",
     "BackupListing",
@@ -94,6 +92,7 @@ __all__ = [
     "ConsistencyPolicy",
     "DefineReport",
     "DiskReport",
+    "DiskServer",
     "DomainListing",
     "DomainPruneReport",
     "DomainReport",
@@ -104,6 +103,7 @@ __all__ = [
     "KeptBackup",
     "LibvirtError",
     "MonitorHost",
+    "MountState",
     "OrphanThaw",
     "PlannedDisk",
     "PlannedDomain",

@@ -7,13 +7,13 @@ None), the same shape as the CLI's ``--json`` output. Every exception raised der
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, final
 
 __all__ = [
     "BackupError",
-    "DiskServer",
     "CancelledError",
     "CephError",
+    "DiskServer",
     "InconsistentError",
     "LibvirtError",
     "RepositoryError",
@@ -243,6 +243,7 @@ def prune(
     finished (it cannot stop half-way) and then raises the exception.
     """
 
+@final
 class DiskServer:
     """A backup's disk being served (NBD server, or the FUSE file of a mount) until ``close()``."""
 

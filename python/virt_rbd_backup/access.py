@@ -238,7 +238,7 @@ def _cleanup(state: MountState, folder: Path, server: DiskServer | None) -> list
     if server is not None:
         try:
             server.close()
-        except Exception as exc:  # noqa: BLE001 - reported, the rest still undone
+        except Exception as exc:
             problems.append(f"FUSE unmount of {state.fuse_dir}: {exc}")
     elif os.path.ismount(state.fuse_dir):
         subprocess.run(["umount", "-l", state.fuse_dir], capture_output=True, check=False)
@@ -285,9 +285,7 @@ def mount_foreground(
     _write_state(folder, state)
     server: DiskServer | None = None
     try:
-        server = DiskServer(
-            _native.fuse_disk(os.fspath(repo), domain, str(fuse_dir), disk=disk, backup=backup)
-        )
+        server = DiskServer(_native.fuse_disk(os.fspath(repo), domain, str(fuse_dir), disk=disk, backup=backup))
         state.domain, state.disk = server.info["domain"], server.info["disk"]
         state.backup_id = server.info["backup_id"]
         state.loop_device = _run(

@@ -92,12 +92,12 @@ from . import (
     _restore_define_json,
     _restore_json,
     _verify_json,
+    access,
     journal,
     parse_duration,
     parse_rate,
     thaw_orphans,
 )
-from . import access
 from .config import BackupConfig, find_config
 from .metrics import render_prune_metrics, render_verify_metrics, write_metrics, write_metrics_text
 
@@ -777,8 +777,12 @@ def _add_access_commands(commands: Any, parents: list[argparse.ArgumentParser]) 
     """``serve``, ``mount`` and ``umount`` (issue 19: instant access to a backup)."""
     which = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     which.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
-    which.add_argument("--repo", metavar="DIR", default=DEFAULT_REPO, help=f"backup repository (default: {DEFAULT_REPO})")
-    which.add_argument("--disk", metavar="TARGET", default=None, help="the disk, e.g. vda (default: the backup's only disk)")
+    which.add_argument(
+        "--repo", metavar="DIR", default=DEFAULT_REPO, help=f"backup repository (default: {DEFAULT_REPO})"
+    )
+    which.add_argument(
+        "--disk", metavar="TARGET", default=None, help="the disk, e.g. vda (default: the backup's only disk)"
+    )
     which.add_argument("--backup", metavar="ID", default=None, help="a backup id or 'latest' (default: latest)")
     serving = _subparser(
         commands,
@@ -811,7 +815,11 @@ def _add_access_commands(commands: Any, parents: list[argparse.ArgumentParser]) 
     )
     mounting.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty folder")
     mounting.add_argument(
-        "--partition", metavar="N", type=_positive_int, default=None, help="mount partition N (default: the first with a filesystem)"
+        "--partition",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="mount partition N (default: the first with a filesystem)",
     )
     mounting.add_argument(
         "--foreground", action="store_true", help="serve in this process until SIGTERM or Ctrl-C, then unmount"

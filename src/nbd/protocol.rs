@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn go_replies_info_export_block_size_and_ack_byte_for_byte() {
-        let mut n = Negotiation::new("vda", 0x1234_5678_9a, 3).unwrap();
+        let mut n = Negotiation::new("vda", 0x12_3456_789a, 3).unwrap();
         let Step::Transmit(out) = n.option(OPT_GO, &go_data("", &[INFO_BLOCK_SIZE])) else {
             panic!("GO must enter transmission")
         };

@@ -382,13 +382,14 @@ impl ChainImage {
                                 };
                                 let spill_file = &mut files[index as usize];
                                 spill_file.path = path.clone();
-                                (&spill_file.file).write_all_at(&data, written).map_err(
-                                    |source| RepoError::Io {
+                                spill_file
+                                    .file
+                                    .write_all_at(&data, written)
+                                    .map_err(|source| RepoError::Io {
                                         action: "write the decompressed copy of",
                                         path: path.clone(),
                                         source,
-                                    },
-                                )?;
+                                    })?;
                                 spill = Some((index, written + length));
                                 (index, written)
                             }

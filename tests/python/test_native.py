@@ -68,10 +68,12 @@ def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
         "parse_rate",
         "thaw_orphans",
         "library_versions",
+        "serve",
+        "fuse_disk",
     }
     for name in functions:
         assert callable(getattr(_native, name)), name
-    assert classes == {"BackupError", *EXCEPTIONS}
+    assert classes == {"BackupError", "DiskServer", *EXCEPTIONS}
     for name in classes:
         assert isinstance(getattr(_native, name), type), name
     assert set(_native.__all__) == functions | classes | {"__version__"}

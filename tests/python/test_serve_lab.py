@@ -51,9 +51,7 @@ def manifest_of(repo: Path, backup_id: str) -> dict[str, Any]:
 
 
 def latest_id(repo: Path) -> str:
-    ids = sorted(
-        (json.loads(p.read_text())["sequence"], p.parent.name) for p in repo.glob("*/*/manifest.json")
-    )
+    ids = sorted((json.loads(p.read_text())["sequence"], p.parent.name) for p in repo.glob("*/*/manifest.json"))
     return ids[-1][1]
 
 
@@ -72,8 +70,20 @@ class Served:
         self.log = socket.with_suffix(".log")
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "virt_rbd_backup", "serve", "--repo", str(repo), "--disk", disk,
-             "--listen", f"unix:{socket}", *extra, domain],
+            [
+                sys.executable,
+                "-m",
+                "virt_rbd_backup",
+                "serve",
+                "--repo",
+                str(repo),
+                "--disk",
+                disk,
+                "--listen",
+                f"unix:{socket}",
+                *extra,
+                domain,
+            ],
             stdout=subprocess.PIPE,
             stderr=open(self.log, "w"),  # noqa: SIM115 - closed with the process
             text=True,
@@ -130,8 +140,7 @@ def test_serve_matches_rbd_export_for_a_full_and_a_chain_of_incrementals(tmp_pat
 
         for backup_id, label in ((full_id, "full"), (last_id, "end of chain")):
             raw = exports[backup_id]
-            served = Served(repo, dom.name, "vda", tmp_path / f"{label.replace(' ', '-')}.sock",
-                            "--backup", backup_id)
+            served = Served(repo, dom.name, "vda", tmp_path / f"{label.replace(' ', '-')}.sock", "--backup", backup_id)
             try:
                 compared = qemu_img_compare(served.uri, raw)
                 assert compared.returncode == 0, f"{label}: {compared.stdout} {compared.stderr}"
@@ -169,9 +178,7 @@ def test_a_flipped_byte_is_an_io_error_on_its_block_only(tmp_path: Path, fault: 
         served = Served(repo, dom.name, "vda", tmp_path / "bad.sock")
         try:
             bad = run(["qemu-io", "-r", "-f", "raw", "-c", f"read {offset} 4096", served.uri], check=False)
-            good = run(
-                ["qemu-io", "-r", "-f", "raw", "-c", f"read -v {block - 4 * MIB} 512", served.uri], check=False
-            )
+            good = run(["qemu-io", "-r", "-f", "raw", "-c", f"read -v {block - 4 * MIB} 512", served.uri], check=False)
             compared = qemu_img_compare(served.uri, raw_export)
         finally:
             log = served.stop()
@@ -193,7 +200,7 @@ def test_a_flipped_byte_is_an_io_error_on_its_block_only(tmp_path: Path, fault: 
                 f.seek(block - 4 * MIB)
                 assert f.read(4096) == data[block - 4 * MIB : block - 4 * MIB + 4096]
                 f.seek(offset)
-                with pytest.raises(OSError) as err:
+                with pytest.raises(OSError, match="Input/output error") as err:
                     f.read(4096)
                 assert err.value.errno == 5
         finally:
@@ -222,7 +229,7 @@ def test_mount_shows_a_file_the_guest_wrote_before_the_backup(tmp_path: Path) ->
             assert (mountpoint / "marker.txt").read_text().strip() == marker
             assert (mountpoint / "random.bin").stat().st_size == 20 * MIB
             # Read-only all the way down.
-            with pytest.raises(OSError):
+            with pytest.raises(OSError, match="Read-only file system"):
                 (mountpoint / "new.txt").write_text("x")
             again = cli("mount", "--repo", str(repo), "--disk", "vda", dom.name, str(mountpoint))
             assert again.returncode == 2, again.stderr
