@@ -19,6 +19,8 @@ PACKAGES=(
     # The new-user install test (tests/python/test_install_newuser_lab.py) builds a bare Debian
     # root with it; systemd-analyze checks the shipped units.
     mmdebstrap systemd
+    # serve/mount lab tests: nbdinfo --map; mount attaches the FUSE file with losetup (util-linux)
+    libnbd-bin
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }

@@ -14,6 +14,9 @@ pub enum Error {
     /// From the backup repository.
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),
+    /// From the NBD server (`serve`).
+    #[error(transparent)]
+    Nbd(#[from] crate::nbd::NbdError),
     /// Options that make no sense (exit status 2).
     #[error("invalid option: {0}")]
     Usage(String),

@@ -31,4 +31,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_restic_faults_lab.py \
     tests/python/test_engine_multihost_lab.py \
     tests/python/test_repo_trust_lab.py \
-    tests/python/test_compat_original_lab.py
+    tests/python/test_compat_original_lab.py \
+    tests/python/test_serve_lab.py

@@ -50,6 +50,7 @@ from ._native import (
     UsageError,
     parse_rate,
 )
+from .access import DiskServer, MountState, mount, serve, umount
 from .report import (
     BackupDiskListing,
     BackupListing,
@@ -91,6 +92,7 @@ __all__ = [
     "ConsistencyPolicy",
     "DefineReport",
     "DiskReport",
+    "DiskServer",
     "DomainListing",
     "DomainPruneReport",
     "DomainReport",
@@ -101,6 +103,7 @@ __all__ = [
     "KeptBackup",
     "LibvirtError",
     "MonitorHost",
+    "MountState",
     "OrphanThaw",
     "PlannedDisk",
     "PlannedDomain",
@@ -122,13 +125,16 @@ __all__ = [
     "list_backups",
     "list_domains",
     "list_restic",
+    "mount",
     "parse_duration",
     "parse_rate",
     "plan",
     "prune",
     "restore",
     "restore_define",
+    "serve",
     "thaw_orphans",
+    "umount",
     "verify",
 ]
 

@@ -14,6 +14,7 @@ __all__ = [
     "CancelledError",
     "CephError",
     "CephSession",
+    "DiskServer",
     "InconsistentError",
     "LibvirtError",
     "RepositoryError",
@@ -22,6 +23,7 @@ __all__ = [
     "__version__",
     "backup",
     "ceph_key",
+    "fuse_disk",
     "library_versions",
     "list_backups",
     "list_domains",
@@ -32,6 +34,7 @@ __all__ = [
     "remove_leftover_snapshots",
     "restore",
     "restore_define",
+    "serve",
     "snapshot_name",
     "thaw_orphans",
     "verify",
@@ -308,3 +311,40 @@ def prune(
     The GIL is released for the whole prune. On Ctrl-C the call waits until the prune has
     finished (it cannot stop half-way) and then raises the exception.
     """
+
+@final
+class DiskServer:
+    """A backup's disk being served (NBD server, or the FUSE file of a mount) until ``close()``."""
+
+    @property
+    def address(self) -> str:
+        """The NBD URI clients connect to, or the path of the FUSE file."""
+    @property
+    def serving(self) -> bool:
+        """Whether it still serves."""
+    def info(self) -> dict[str, Any]:
+        """What is served: domain, uuid, backup_id, disk, size, chain, warnings, address."""
+    def close(self) -> None:
+        """Stop serving (close connections, remove the socket; or unmount the FUSE file). Idempotent."""
+
+def serve(
+    repo: str | os.PathLike[str],
+    domain: str,
+    listen: str,
+    disk: str | None = None,
+    backup: str | None = None,
+) -> DiskServer:
+    """Serve one disk of a backup over NBD, read-only, on ``listen`` (``unix:PATH`` or ``HOST:PORT``).
+
+    ``backup`` None or ``"latest"`` serves the latest backup; ``disk`` None the backup's only disk.
+    Every 4 MiB block is checked against the backup's block table as it is read.
+    """
+
+def fuse_disk(
+    repo: str | os.PathLike[str],
+    domain: str,
+    mountpoint: str | os.PathLike[str],
+    disk: str | None = None,
+    backup: str | None = None,
+) -> DiskServer:
+    """Mount at ``mountpoint`` a read-only FUSE filesystem whose one file, ``disk``, is a backup's disk."""

@@ -94,6 +94,7 @@ from . import (
     _restore_define_json,
     _restore_json,
     _verify_json,
+    access,
     journal,
     parse_duration,
     parse_rate,
@@ -136,7 +137,7 @@ EXIT_INTERRUPTED = 130
 """Interrupted by Ctrl-C, after clean-up (128 + SIGINT, as shells report it); SIGTERM and
 SIGHUP give 128 + their number (143, 129)."""
 
-SUBCOMMANDS = ("backup", "plan", "list", "restore", "verify", "prune", "thaw-orphans")
+SUBCOMMANDS = ("backup", "plan", "list", "restore", "verify", "prune", "thaw-orphans", "serve", "mount", "umount")
 """Subcommands; ``backup`` is assumed when the first argument is none of them."""
 
 Stream = Literal["out", "err"]
@@ -789,7 +790,136 @@ def build_parser() -> argparse.ArgumentParser:
         "process that is gone. Every backup run does this too before it freezes. Exit status 1 "
         "if a thaw failed (its record stays for the next try).",
     )
+    _add_access_commands(commands, [configuration, output])
     return parser
+
+
+def _add_access_commands(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``serve``, ``mount`` and ``umount`` (issue 19: instant access to a backup)."""
+    which = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    which.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
+    which.add_argument(
+        "--repo", metavar="DIR", default=DEFAULT_REPO, help=f"backup repository (default: {DEFAULT_REPO})"
+    )
+    which.add_argument(
+        "--disk", metavar="TARGET", default=None, help="the disk, e.g. vda (default: the backup's only disk)"
+    )
+    which.add_argument("--backup", metavar="ID", default=None, help="a backup id or 'latest' (default: latest)")
+    serving = _subparser(
+        commands,
+        "serve",
+        [*parents, which],
+        help="serve a disk of a backup over NBD, read-only, until Ctrl-C",
+        description="Serve one disk as it was at a backup over NBD (read-only; structured replies, "
+        "block status with base:allocation, several connections), assembled from the chain's "
+        "files. Every 4 MiB block is checked against the backup's block table as it is read: a "
+        "block that does not match is an I/O error to the client and a log line naming the file "
+        "and offset. Clients: qemu-img, nbdinfo, nbdfuse, qemu-nbd --connect, a guest.",
+    )
+    serving.add_argument(
+        "--listen",
+        metavar="ADDRESS",
+        default=None,
+        help="unix:PATH or HOST:PORT (TCP: no TLS, no authentication; a trusted network only); "
+        "default: unix:$VIRT_RBD_BACKUP_RUNTIME_DIR/serve/DOMAIN-DISK.sock",
+    )
+    mounting = _subparser(
+        commands,
+        "mount",
+        [*parents, which],
+        help="mount a disk's filesystem from a backup, read-only",
+        description="Mount the filesystem of one disk as it was at a backup, read-only, without "
+        "restoring it: the disk becomes a file in a FUSE filesystem, attached to a loop device "
+        "(losetup --read-only --partscan), and the filesystem found on it or on its partitions "
+        "(blkid) is mounted read-only (ext3/4 with noload, xfs with norecovery). A background "
+        "process serves the file until 'virt-rbd-backup umount MOUNTPOINT'.",
+    )
+    mounting.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty folder")
+    mounting.add_argument(
+        "--partition",
+        metavar="N",
+        type=_positive_int,
+        default=None,
+        help="mount partition N (default: the first with a filesystem)",
+    )
+    mounting.add_argument(
+        "--foreground", action="store_true", help="serve in this process until SIGTERM or Ctrl-C, then unmount"
+    )
+    unmounting = _subparser(
+        commands,
+        "umount",
+        parents,
+        help="undo 'mount': unmount, detach the loop device, stop the server",
+        description="Unmount a backup mounted with 'virt-rbd-backup mount', detach its loop device and "
+        "stop the process serving it.",
+    )
+    unmounting.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+
+def _run_serve(args: argparse.Namespace, out: IO[str]) -> int:
+    server = access.serve(repo=args.repo, domain=args.domain, disk=args.disk, backup=args.backup, listen=args.listen)
+    info = dict(server.info)
+    if args.json:
+        _print_json(info, out)
+    else:
+        print(
+            f"Serving disk {info['disk']} of backup {info['backup_id']} of {info['domain']} "
+            f"({_size(info['size'])}, chain of {len(info['chain'])}) at {server.address}",
+            file=out,
+        )
+        for warning in info["warnings"]:
+            print(f"warning: {warning}", file=out)
+    out.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.close()
+
+
+def _run_mount(args: argparse.Namespace, out: IO[str]) -> int:
+    def ready(state: access.MountState) -> None:
+        if args.json:
+            _print_json(state.to_dict(), out)
+        else:
+            print(
+                f"Mounted {state.fs_type} of {state.device} (disk {state.disk} of backup {state.backup_id} "
+                f"of {state.domain}) read-only at {state.mountpoint}",
+                file=out,
+            )
+        out.flush()
+
+    if args.foreground:
+        access.mount_foreground(
+            repo=args.repo,
+            domain=args.domain,
+            mountpoint=args.mountpoint,
+            disk=args.disk,
+            backup=args.backup,
+            partition=args.partition,
+            ready=ready,
+        )
+        return EXIT_OK
+    ready(
+        access.mount(
+            repo=args.repo,
+            domain=args.domain,
+            mountpoint=args.mountpoint,
+            disk=args.disk,
+            backup=args.backup,
+            partition=args.partition,
+        )
+    )
+    return EXIT_OK
+
+
+def _run_umount(args: argparse.Namespace, out: IO[str]) -> int:
+    state = access.umount(args.mountpoint)
+    if args.json:
+        _print_json(state.to_dict(), out)
+    else:
+        print(f"Unmounted {state.mountpoint}", file=out)
+    return EXIT_OK
 
 
 def _add_ceph_conf(parser: argparse.ArgumentParser, when: str, note: str = "") -> None:
@@ -1530,6 +1660,12 @@ def _run_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             return _run_verify(args, sys.stdout)
         if args.command == "prune":
             return _run_prune(args, sys.stdout)
+        if args.command == "serve":
+            return _run_serve(args, sys.stdout)
+        if args.command == "mount":
+            return _run_mount(args, sys.stdout)
+        if args.command == "umount":
+            return _run_umount(args, sys.stdout)
         return _run_backup(args, sys.stdout, sys.stderr)
     except (KeyboardInterrupt, CancelledError):
         print("interrupted", file=sys.stderr)

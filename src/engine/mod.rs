@@ -68,6 +68,7 @@ pub mod prune;
 pub mod report;
 pub mod restic;
 pub mod restore;
+pub mod serve;
 mod snapshot_guard;
 mod stale_snapshots;
 mod thaw_guard;

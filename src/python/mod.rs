@@ -133,7 +133,9 @@ fn to_py_err(err: Error) -> PyErr {
     // Exhaustive on purpose: a new variant must be given its exception here, not fall on the
     // base class unnoticed.
     match err {
-        Error::Usage(_) | Error::HostPassthrough { .. } => UsageError::new_err(message),
+        Error::Usage(_) | Error::HostPassthrough { .. } | Error::Nbd(_) => {
+            UsageError::new_err(message)
+        }
         Error::Libvirt(_) | Error::DomainStoppedWhileFrozen { .. } => {
             LibvirtError::new_err(message)
         }
@@ -873,6 +875,109 @@ fn remove_leftover_snapshots<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>
 }
 
 /// Rust core of virt-rbd-backup (private: use the `virt_rbd_backup` package).
+/// What a `DiskServer` keeps running.
+enum Served {
+    Nbd(crate::nbd::NbdServer),
+    Fuse(crate::fuse::FuseDisk),
+}
+
+/// A backup's disk being served (NBD server or FUSE file) until `close()`; see
+/// `engine::serve`. Served on threads of their own: Python need not call into it.
+#[pyclass(module = "virt_rbd_backup._native")]
+struct DiskServer {
+    served: std::sync::Mutex<Option<Served>>,
+    info: crate::engine::serve::ServedDisk,
+}
+
+#[pymethods]
+impl DiskServer {
+    /// The NBD URI clients connect to, or the path of the FUSE file.
+    #[getter]
+    fn address(&self) -> String {
+        self.info.address.clone()
+    }
+
+    /// What is served, as a dict (domain, uuid, backup_id, disk, size, chain, warnings,
+    /// address).
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        to_py(py, &self.info)
+    }
+
+    /// Whether it still serves.
+    #[getter]
+    fn serving(&self) -> bool {
+        self.served.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    /// Stops serving: the NBD server closes its connections and removes its socket; the FUSE
+    /// filesystem is unmounted. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = self.served.lock().ok().and_then(|mut s| s.take());
+        let result = py.detach(move || match taken {
+            Some(Served::Nbd(server)) => {
+                server.close();
+                Ok(())
+            }
+            Some(Served::Fuse(fuse)) => fuse.unmount(),
+            None => Ok(()),
+        });
+        result.map_err(|e| BackupError::new_err(format!("cannot unmount the FUSE file: {e}")))
+    }
+}
+
+/// Serves one disk of a backup over NBD (read-only) on `listen` (`unix:PATH` or `HOST:PORT`);
+/// returns a running `DiskServer`. `backup` None or "latest" serves the latest backup; `disk`
+/// None the backup's only disk.
+#[pyfunction]
+#[pyo3(signature = (repo, domain, listen, disk=None, backup=None))]
+fn serve(
+    py: Python<'_>,
+    repo: PathBuf,
+    domain: String,
+    listen: String,
+    disk: Option<String>,
+    backup: Option<String>,
+) -> PyResult<DiskServer> {
+    refresh_logging();
+    let result = run_interruptible(py, OnInterrupt::Abandon, move || {
+        engine::serve::serve_nbd(&repo, &domain, backup.as_deref(), disk.as_deref(), &listen)
+    })?;
+    let (server, info) = result.map_err(to_py_err)?;
+    Ok(DiskServer {
+        served: std::sync::Mutex::new(Some(Served::Nbd(server))),
+        info,
+    })
+}
+
+/// Mounts at `mountpoint` a read-only FUSE filesystem whose one file, `disk`, is one disk of a
+/// backup; returns a running `DiskServer` (its `address` is the file's path).
+#[pyfunction]
+#[pyo3(signature = (repo, domain, mountpoint, disk=None, backup=None))]
+fn fuse_disk(
+    py: Python<'_>,
+    repo: PathBuf,
+    domain: String,
+    mountpoint: PathBuf,
+    disk: Option<String>,
+    backup: Option<String>,
+) -> PyResult<DiskServer> {
+    refresh_logging();
+    let result = run_interruptible(py, OnInterrupt::Abandon, move || {
+        engine::serve::serve_fuse(
+            &repo,
+            &domain,
+            backup.as_deref(),
+            disk.as_deref(),
+            &mountpoint,
+        )
+    })?;
+    let (fuse, info) = result.map_err(to_py_err)?;
+    Ok(DiskServer {
+        served: std::sync::Mutex::new(Some(Served::Fuse(fuse))),
+        info,
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -892,6 +997,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(restore_define, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(fuse_disk, m)?)?;
+    m.add_class::<DiskServer>()?;
     m.add_function(wrap_pyfunction!(thaw_orphans, m)?)?;
     m.add_function(wrap_pyfunction!(library_versions, m)?)?;
     m.add_function(wrap_pyfunction!(plan, m)?)?;

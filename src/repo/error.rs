@@ -66,6 +66,11 @@ pub enum RepoError {
         offset: u64,
         problem: super::rbd_diff::RbdDiffProblem,
     },
+    /// A read of a served image that does not lie inside it.
+    #[error(
+        "a read of {length} bytes at offset {offset} goes past the end of the image ({size} bytes)"
+    )]
+    ReadPastEnd { offset: u64, length: u64, size: u64 },
     /// An I/O error while reading or writing an rbd diff stream, at stream byte `offset`.
     #[error("cannot {action} rbd diff stream at byte {offset}: {source}")]
     RbdDiffIo {

@@ -8,7 +8,9 @@
 
 pub mod block_table;
 pub mod chain;
+pub mod chain_image;
 pub mod error;
+pub mod extent_source;
 pub mod hashing_writer;
 pub mod image_file;
 pub mod layout;

@@ -69,10 +69,12 @@ def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
         "thaw_orphans",
         "library_versions",
         "remove_leftover_snapshots",
+        "serve",
+        "fuse_disk",
     }
     for name in functions:
         assert callable(getattr(_native, name)), name
-    assert classes == {"BackupError", "CephSession", *EXCEPTIONS}
+    assert classes == {"BackupError", "CephSession", "DiskServer", *EXCEPTIONS}
     for name in classes:
         assert isinstance(getattr(_native, name), type), name
     assert set(_native.__all__) == functions | classes | {"__version__"}

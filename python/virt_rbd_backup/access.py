@@ -1,0 +1,394 @@
+"""Instant access to backups: serve a disk over NBD, or mount its filesystem, without a restore.
+
+:func:`serve` starts the core's read-only NBD server for one disk of a backup and returns a
+:class:`DiskServer` (its ``address`` is the NBD URI; ``close()`` stops it). :func:`mount` makes
+the disk a file in a FUSE filesystem (the core's, verified block by block like the NBD
+server), attaches it to a loop device (``losetup --read-only --partscan``), finds the
+filesystem on the device or its partitions (``blkid``) and mounts it read-only; a background
+process (``virt-rbd-backup mount --foreground``) keeps the FUSE file served, and its state
+(pid, loop device, FUSE folder) lives in ``$VIRT_RBD_BACKUP_RUNTIME_DIR/mounts/`` (default
+``/run/virt-rbd-backup``) so that :func:`umount` finds it. The kernel's NBD client
+(``nbd-client``, ``qemu-nbd --connect``) is not used: the hosts this was built on have no
+``nbd`` module; FUSE and loop devices are everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from . import _native
+from ._native import UsageError
+
+__all__ = ["DiskServer", "MountState", "default_listen", "mount", "serve", "umount"]
+
+DEFAULT_RUNTIME_DIR = "/run/virt-rbd-backup"
+#: How long :func:`mount` waits for its background process to have the filesystem mounted.
+MOUNT_TIMEOUT = 120.0
+
+
+def _runtime_dir() -> Path:
+    return Path(os.environ.get("VIRT_RBD_BACKUP_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR)
+
+
+def default_listen(domain: str, disk: str | None) -> str:
+    """``unix:RUNTIME_DIR/serve/DOMAIN-DISK.sock``: where :func:`serve` listens by default."""
+    name = f"{domain}-{disk or 'disk'}".replace("/", "_")
+    return f"unix:{_runtime_dir() / 'serve' / name}.sock"
+
+
+class DiskServer:
+    """A backup's disk being served (NBD, or the FUSE file of a mount) until :meth:`close`.
+
+    Usable as a context manager. ``info`` holds the domain, uuid, backup_id, disk, size (bytes),
+    chain (the backup ids whose files make the image, full first) and warnings.
+    """
+
+    def __init__(self, native: _native.DiskServer) -> None:
+        self._native = native
+        self.info: dict[str, Any] = native.info()
+
+    @property
+    def address(self) -> str:
+        """The NBD URI (``nbd+unix:///vda?socket=PATH``, ``nbd://HOST:PORT/vda``) or the FUSE file."""
+        return self._native.address
+
+    @property
+    def serving(self) -> bool:
+        """Whether it still serves."""
+        return self._native.serving
+
+    def close(self) -> None:
+        """Stop serving (close connections and remove the socket, or unmount the FUSE file)."""
+        self._native.close()
+
+    def __enter__(self) -> DiskServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def serve(
+    *,
+    repo: str | os.PathLike[str],
+    domain: str,
+    disk: str | None = None,
+    backup: str | None = None,
+    listen: str | None = None,
+) -> DiskServer:
+    """Serve one disk of a backup over NBD, read-only; return the running :class:`DiskServer`.
+
+    ``backup``: an id, or ``None``/``"latest"``. ``disk``: a target such as ``vda`` (``None``:
+    the backup's only disk). ``listen``: ``unix:PATH`` or ``HOST:PORT`` (default
+    :func:`default_listen`; TCP has no TLS nor authentication). Each 4 MiB block is checked
+    against the backup's block table as it is read: a block that does not match is an I/O
+    error (EIO) to the client and a log line naming the file and offset, never other bytes.
+    """
+    address = listen or default_listen(domain, disk)
+    native = _native.serve(os.fspath(repo), domain, address, disk=disk, backup=backup)
+    return DiskServer(native)
+
+
+@dataclasses.dataclass
+class MountState:
+    """A mounted backup, as recorded in ``RUNTIME_DIR/mounts/KEY/state.json``."""
+
+    mountpoint: str
+    pid: int
+    fuse_dir: str
+    loop_device: str | None = None
+    device: str | None = None
+    fs_type: str | None = None
+    domain: str = ""
+    disk: str = ""
+    backup_id: str = ""
+    ready: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as a JSON-shaped dict."""
+        return dataclasses.asdict(self)
+
+
+def _state_dir(mountpoint: str | os.PathLike[str]) -> Path:
+    real = os.path.realpath(os.fspath(mountpoint))
+    return _runtime_dir() / "mounts" / hashlib.sha256(real.encode()).hexdigest()[:16]
+
+
+def _read_state(folder: Path) -> MountState | None:
+    try:
+        raw = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    fields = {f.name for f in dataclasses.fields(MountState)}
+    try:
+        return MountState(**{k: v for k, v in raw.items() if k in fields})
+    except TypeError:
+        return None
+
+
+def _write_state(folder: Path, state: MountState) -> None:
+    tmp = folder / "state.json.tmp"
+    tmp.write_text(json.dumps(state.to_dict()))
+    os.replace(tmp, folder / "state.json")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tool(name: str, why: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
+    if path is None:
+        raise UsageError(f"{name} is not installed; it is needed to {why} (Debian: util-linux / mount)")
+    return path
+
+
+def _run(argv: list[str], what: str) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise UsageError(f"cannot {what}: {' '.join(argv)} failed: {done.stderr.strip() or done.returncode}")
+    return done.stdout.strip()
+
+
+def _fs_type(device: str) -> str | None:
+    blkid = _tool("blkid", "find the filesystem")
+    done = subprocess.run(
+        [blkid, "-p", "-o", "value", "-s", "TYPE", device], capture_output=True, text=True, check=False
+    )
+    value = done.stdout.strip()
+    return value or None
+
+
+def _partitions(loop_device: str) -> list[str]:
+    name = Path(loop_device).name
+    sysfs = Path("/sys/block") / name
+    # Partition nodes appear a moment after --partscan (devtmpfs); wait for sysfs to settle.
+    for _ in range(20):
+        parts = sorted(p.name for p in sysfs.glob(f"{name}p*"))
+        if parts and all(Path("/dev", p).exists() for p in parts):
+            return [f"/dev/{p}" for p in sorted(parts, key=lambda n: int(n.rsplit("p", 1)[1]))]
+        time.sleep(0.05)
+    return []
+
+
+def _find_filesystem(loop_device: str, partition: int | None) -> tuple[str, str]:
+    """The device holding the filesystem (the whole device or a partition) and its type."""
+    if partition is not None:
+        device = f"{loop_device}p{partition}"
+        _partitions(loop_device)
+        if not Path(device).exists():
+            raise UsageError(f"the disk has no partition {partition} ({device} does not exist)")
+        kind = _fs_type(device)
+        if kind is None:
+            raise UsageError(f"no filesystem found on partition {partition} of the disk")
+        return device, kind
+    kind = _fs_type(loop_device)
+    if kind is not None and kind not in ("dos", "gpt", "PMBR"):
+        return loop_device, kind
+    found = [(p, _fs_type(p)) for p in _partitions(loop_device)]
+    with_fs = [(p, k) for p, k in found if k is not None and k != "swap"]
+    if not with_fs:
+        raise UsageError("no filesystem found on the disk or its partitions (blkid); serve it with `serve` instead")
+    return with_fs[0]
+
+
+def _mount_options(fs_type: str) -> str:
+    # Never replay a journal: the device is read-only, and replay would write.
+    if fs_type in ("ext3", "ext4"):
+        return "ro,noload,nodev,nosuid,noexec"
+    if fs_type == "xfs":
+        return "ro,norecovery,nodev,nosuid,noexec"
+    return "ro,nodev,nosuid,noexec"
+
+
+def _cleanup(state: MountState, folder: Path, server: DiskServer | None) -> list[str]:
+    """Undo a mount in reverse order; return what could not be undone."""
+    problems: list[str] = []
+    if os.path.ismount(state.mountpoint) and state.device is not None:
+        done = subprocess.run(["umount", state.mountpoint], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            problems.append(f"umount {state.mountpoint}: {done.stderr.strip()}")
+    if state.loop_device is not None:
+        done = subprocess.run(["losetup", "-d", state.loop_device], capture_output=True, text=True, check=False)
+        if done.returncode != 0 and "No such device" not in done.stderr:
+            problems.append(f"losetup -d {state.loop_device}: {done.stderr.strip()}")
+    if server is not None:
+        try:
+            server.close()
+        except Exception as exc:
+            problems.append(f"FUSE unmount of {state.fuse_dir}: {exc}")
+    elif os.path.ismount(state.fuse_dir):
+        subprocess.run(["umount", "-l", state.fuse_dir], capture_output=True, check=False)
+    if not problems:
+        shutil.rmtree(folder, ignore_errors=True)
+    return problems
+
+
+def mount_foreground(
+    *,
+    repo: str | os.PathLike[str],
+    domain: str,
+    mountpoint: str | os.PathLike[str],
+    disk: str | None = None,
+    backup: str | None = None,
+    partition: int | None = None,
+    ready: Any = None,
+) -> None:
+    """Mount a backup's filesystem and keep serving it in this process until SIGTERM/SIGINT.
+
+    ``ready``, if given, is called with the :class:`MountState` once mounted. Everything is
+    undone (filesystem, loop device, FUSE file, state) when this returns or raises.
+    """
+    target = os.path.realpath(os.fspath(mountpoint))
+    if not os.path.isdir(target):
+        raise UsageError(f"{target} is not a folder; create it first")
+    if os.path.ismount(target):
+        raise UsageError(f"{target} is already a mount point")
+    if not Path("/dev/fuse").exists():
+        raise UsageError("/dev/fuse is missing: this kernel has no FUSE (modprobe fuse)")
+    if not Path("/dev/loop-control").exists():
+        raise UsageError("/dev/loop-control is missing: this kernel has no loop devices (modprobe loop)")
+    losetup = _tool("losetup", "attach the disk to a loop device")
+    mount_tool = _tool("mount", "mount the filesystem")
+    folder = _state_dir(target)
+    previous = _read_state(folder)
+    if previous is not None and _alive(previous.pid):
+        raise UsageError(f"{target} is already served by virt-rbd-backup (pid {previous.pid}); umount it first")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True)
+    fuse_dir = folder / "fuse"
+    fuse_dir.mkdir(mode=0o700)
+    state = MountState(mountpoint=target, pid=os.getpid(), fuse_dir=str(fuse_dir))
+    _write_state(folder, state)
+    server: DiskServer | None = None
+    try:
+        server = DiskServer(_native.fuse_disk(os.fspath(repo), domain, str(fuse_dir), disk=disk, backup=backup))
+        state.domain, state.disk = server.info["domain"], server.info["disk"]
+        state.backup_id = server.info["backup_id"]
+        state.loop_device = _run(
+            [losetup, "--find", "--show", "--read-only", "--partscan", server.address],
+            "attach the disk to a loop device",
+        )
+        _write_state(folder, state)
+        device, fs_type = _find_filesystem(state.loop_device, partition)
+        _run(
+            [mount_tool, "-t", fs_type, "-o", _mount_options(fs_type), device, target],
+            f"mount the {fs_type} filesystem of {device}",
+        )
+        state.device, state.fs_type, state.ready = device, fs_type, True
+        _write_state(folder, state)
+        if ready is not None:
+            ready(state)
+        stop = {"now": False}
+
+        def _stop(_signum: int, _frame: object) -> None:
+            stop["now"] = True
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, _stop)
+        while not stop["now"] and os.path.ismount(target):
+            time.sleep(0.2)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # finish the clean-up whatever comes
+        problems = _cleanup(state, folder, server)
+        for problem in problems:
+            print(f"virt-rbd-backup mount: could not undo: {problem}", file=sys.stderr)
+
+
+def mount(
+    *,
+    repo: str | os.PathLike[str],
+    domain: str,
+    mountpoint: str | os.PathLike[str],
+    disk: str | None = None,
+    backup: str | None = None,
+    partition: int | None = None,
+    timeout: float = MOUNT_TIMEOUT,
+) -> MountState:
+    """Mount the filesystem of one disk of a backup read-only at ``mountpoint``, in the background.
+
+    Starts ``virt-rbd-backup mount --foreground`` as a process of its own session (it serves
+    the FUSE file the loop device reads) and returns its :class:`MountState` once the
+    filesystem is mounted. ``partition``: the partition number (default: the whole device if it
+    holds a filesystem, else the first partition that does). Undo with :func:`umount`. A block
+    that fails its checksum reads as EIO through the filesystem, never as other bytes.
+    """
+    target = os.path.realpath(os.fspath(mountpoint))
+    folder = _state_dir(target)
+    argv = [sys.executable, "-m", "virt_rbd_backup", "mount", "--foreground", "--repo", os.fspath(repo)]
+    if disk is not None:
+        argv += ["--disk", disk]
+    if backup is not None:
+        argv += ["--backup", backup]
+    if partition is not None:
+        argv += ["--partition", str(partition)]
+    argv += [domain, target]
+    log_path = _runtime_dir() / "mounts" / f"{folder.name}.log"
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _read_state(folder)
+        if state is not None and state.ready and state.pid == child.pid:
+            return state
+        if child.poll() is not None:
+            text = log_path.read_text().strip()
+            raise UsageError(f"mount failed: {text.splitlines()[-1] if text else f'exit status {child.returncode}'}")
+        time.sleep(0.1)
+    child.terminate()
+    raise UsageError(f"mount did not complete within {timeout:.0f} s (log: {log_path})")
+
+
+def umount(mountpoint: str | os.PathLike[str], *, timeout: float = 30.0) -> MountState:
+    """Undo :func:`mount`: unmount the filesystem, detach the loop device, stop the server."""
+    target = os.path.realpath(os.fspath(mountpoint))
+    folder = _state_dir(target)
+    state = _read_state(folder)
+    if state is None:
+        raise UsageError(f"{target} is not mounted by virt-rbd-backup (no state in {folder.parent})")
+    problems: list[str] = []
+    if os.path.ismount(target):
+        done = subprocess.run(["umount", target], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise UsageError(f"cannot unmount {target}: {done.stderr.strip()} (is it in use?)")
+    if _alive(state.pid) and state.pid != os.getpid():
+        os.kill(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(state.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(state.pid, os.WNOHANG)
+            time.sleep(0.1)
+        if _alive(state.pid):
+            problems.append(f"the serving process {state.pid} did not stop")
+    if folder.exists():
+        # The process died without its clean-up (SIGKILL): undo what it left.
+        problems += _cleanup(state, folder, None)
+    if problems:
+        raise UsageError("; ".join(problems))
+    (folder.parent / f"{folder.name}.log").unlink(missing_ok=True)
+    return state
