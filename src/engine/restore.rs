@@ -32,7 +32,7 @@
 //!   still has the id it made) and renames the replaced ones back.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -44,10 +44,10 @@ use crate::ceph::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster, RbdIm
 use crate::error::Error;
 use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
 use crate::plan::{checksum_of_table, ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
-use crate::repo::chain::{data_in, verify_stored_file, ChainLink, RawBlockReader};
+use crate::repo::chain::{data_in, open_diff_link, verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::image_file::nonzero_runs;
 use crate::repo::manifest::sync_dir;
-use crate::repo::rbd_diff::{DiffRecord, RbdDiffReader};
+use crate::repo::rbd_diff::DiffRecord;
 use crate::repo::{RepoError, Repository};
 
 use super::ceph_session::cluster_address;
@@ -729,38 +729,7 @@ fn replay(
             }
             _ => {
                 verify_stored_file(link)?;
-                let path = link.data_path();
-                let (file, _) = crate::repo::stored_file::open_stored_file(&path, None)?;
-                let buffered = BufReader::with_capacity(1 << 20, file);
-                let stream: Box<dyn Read> = if link.disk.format.ends_with("+zstd") {
-                    Box::new(zstd::Decoder::with_buffer(buffered).map_err(|source| {
-                        RepoError::Io {
-                            action: "decompress",
-                            path: path.clone(),
-                            source,
-                        }
-                    })?)
-                } else {
-                    Box::new(buffered)
-                };
-                let mut reader = RbdDiffReader::new(stream)?;
-                let expected_base = link.disk.base_snapshot.as_ref().map(|b| b.name.as_str());
-                if reader.from_snap() != expected_base
-                    || reader.to_snap() != Some(link.disk.snapshot.name.as_str())
-                {
-                    return Err(RepoError::Corrupt {
-                        path,
-                        offset: None,
-                        message: format!(
-                            "it is a diff from {:?} to {:?}, but the chain needs {:?} to {:?}",
-                            reader.from_snap(),
-                            reader.to_snap(),
-                            expected_base,
-                            link.disk.snapshot.name
-                        ),
-                    }
-                    .into());
-                }
+                let mut reader = open_diff_link(link)?;
                 sink.set_size(reader.image_size())?;
                 while let Some(record) = reader.next_record()? {
                     match record {

@@ -2,7 +2,7 @@
 //! their checksums verified.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::block_table::read_block_table;
 use super::error::RepoError;
 use super::manifest::{BackupKind, BackupManifest, DiskRecord};
+use super::rbd_diff::RbdDiffReader;
 use super::stored_file::open_stored_file;
 use super::Repository;
 use crate::plan::{ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
@@ -47,6 +48,44 @@ impl ChainLink {
             self.disk.size.div_ceil(HASH_BLOCK_SIZE),
         )
     }
+}
+
+/// A link's rbd diff as a stream of records (decompressed when the link's file is zstd), after
+/// checking that the diff goes from the snapshot the link's base names to the link's own: a diff
+/// of other snapshots in its place would replay onto the wrong image without a word.
+pub fn open_diff_link(link: &ChainLink) -> Result<RbdDiffReader<Box<dyn Read>>, RepoError> {
+    let path = link.data_path();
+    let (file, _) = open_stored_file(&path, None)?;
+    let buffered = BufReader::with_capacity(1 << 20, file);
+    let stream: Box<dyn Read> = if link.disk.format.ends_with("+zstd") {
+        Box::new(
+            zstd::Decoder::with_buffer(buffered).map_err(|source| RepoError::Io {
+                action: "decompress",
+                path: path.clone(),
+                source,
+            })?,
+        )
+    } else {
+        Box::new(buffered)
+    };
+    let reader = RbdDiffReader::new(stream)?;
+    let expected_base = link.disk.base_snapshot.as_ref().map(|b| b.name.as_str());
+    if reader.from_snap() != expected_base
+        || reader.to_snap() != Some(link.disk.snapshot.name.as_str())
+    {
+        return Err(RepoError::Corrupt {
+            path,
+            offset: None,
+            message: format!(
+                "it is a diff from {:?} to {:?}, but the chain needs {:?} to {:?}",
+                reader.from_snap(),
+                reader.to_snap(),
+                expected_base,
+                link.disk.snapshot.name
+            ),
+        });
+    }
+    Ok(reader)
 }
 
 impl Repository {

@@ -34,16 +34,16 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufReader, Read};
+
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::chain::{verify_stored_file, ChainLink};
+use super::chain::{open_diff_link, verify_stored_file, ChainLink};
 use super::error::RepoError;
 use super::extent_source::{check_range, push_extent, Extent, ExtentSource};
-use super::rbd_diff::{DiffRecord, RbdDiffReader};
+use super::rbd_diff::DiffRecord;
 use super::stored_file::open_stored_file;
 use crate::plan::{ContentHasher, HASH_BLOCK_SIZE};
 
@@ -305,42 +305,10 @@ impl ChainImage {
                     other => return Err(other),
                 }
             }
-            let (file, _) = open_stored_file(&path, None)?;
             let compressed = link.disk.format.ends_with("+zstd");
-            let reread = file.try_clone().map_err(|source| RepoError::Io {
-                action: "open",
-                path: path.clone(),
-                source,
-            })?;
-            let buffered = BufReader::with_capacity(1 << 20, file);
-            let stream: Box<dyn Read> = if compressed {
-                Box::new(
-                    zstd::Decoder::with_buffer(buffered).map_err(|source| RepoError::Io {
-                        action: "decompress",
-                        path: path.clone(),
-                        source,
-                    })?,
-                )
-            } else {
-                Box::new(buffered)
-            };
-            let mut reader = RbdDiffReader::new(stream)?;
-            let expected_base = link.disk.base_snapshot.as_ref().map(|b| b.name.as_str());
-            if reader.from_snap() != expected_base
-                || reader.to_snap() != Some(link.disk.snapshot.name.as_str())
-            {
-                return Err(RepoError::Corrupt {
-                    path,
-                    offset: None,
-                    message: format!(
-                        "it is a diff from {:?} to {:?}, but the chain needs {:?} to {:?}",
-                        reader.from_snap(),
-                        reader.to_snap(),
-                        expected_base,
-                        link.disk.snapshot.name
-                    ),
-                });
-            }
+            let mut reader = open_diff_link(link)?;
+            // A second handle for the random reads of an uncompressed diff's data later.
+            let (reread, _) = open_stored_file(&path, None)?;
             map.resize(reader.image_size());
             let plain_index = if compressed {
                 None
