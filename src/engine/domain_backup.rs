@@ -21,7 +21,7 @@ use crate::repo::leaf_table::{BaseLeaves, LeafTable, LeafTableWriter};
 use crate::repo::manifest::GroupSnapshotRecord;
 use crate::repo::StagedBackup;
 use crate::repo::{
-    BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord,
+    BackupKind, BackupManifest, DiskFormat, DiskRecord, DomainRecord, Repository, SnapshotRecord,
     SparseImageWriter,
 };
 
@@ -444,9 +444,9 @@ fn back_up_to_repo(
             .transpose()
             .map_err(Error::Usage)?;
         let diff_format = if compress.is_some() {
-            "rbd-diff-v1+zstd"
+            DiskFormat::RbdDiffV1Zstd
         } else {
-            "rbd-diff-v1"
+            DiskFormat::RbdDiffV1
         };
         let mut disk_records = Vec::with_capacity(job.disks.len());
         for (index, ((((disk, pool), image), prep), &snapshot_create_ms)) in job
@@ -501,7 +501,7 @@ fn back_up_to_repo(
                     timestamp,
                 },
                 file: String::new(),
-                format: String::new(),
+                format: DiskFormat::SparseRaw,
                 bytes_read: 0,
                 bytes_written: 0,
                 checksum: String::new(),
@@ -587,7 +587,7 @@ fn back_up_to_repo(
                         &ctx.pipeline(&progress),
                     )?;
                     record.bytes_written = writer.finish()?;
-                    record.format = "raw".into();
+                    record.format = DiskFormat::SparseRaw;
                     record.file = file;
                     record.file_size = info.size;
                     stats
@@ -776,12 +776,12 @@ fn record_diff_file(
     staged: &StagedBackup<'_>,
     file: String,
     out: StoredDiffWriter,
-    format: &str,
+    format: DiskFormat,
 ) -> Result<(), Error> {
     let stored = out.finish()?;
     let chunks_file = format!("{file}.b3");
     write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
-    record.format = format.into();
+    record.format = format;
     record.file = file;
     record.file_size = stored.size;
     record.bytes_written = stored.size;

@@ -710,8 +710,8 @@ fn replay(
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        match link.disk.format.as_str() {
-            "raw" => {
+        match link.disk.format {
+            crate::repo::DiskFormat::SparseRaw => {
                 let mut reader = RawBlockReader::open(link)?;
                 sink.set_size(reader.size())?;
                 let mut buf = Vec::new();
@@ -727,22 +727,23 @@ fn replay(
                     }
                 }
             }
-            _ => {
+            crate::repo::DiskFormat::RbdDiffV1 | crate::repo::DiskFormat::RbdDiffV1Zstd => {
                 verify_stored_file(link)?;
                 let path = link.data_path();
                 let (file, _) = crate::repo::stored_file::open_stored_file(&path, None)?;
                 let buffered = BufReader::with_capacity(1 << 20, file);
-                let stream: Box<dyn Read> = if link.disk.format.ends_with("+zstd") {
-                    Box::new(zstd::Decoder::with_buffer(buffered).map_err(|source| {
-                        RepoError::Io {
-                            action: "decompress",
-                            path: path.clone(),
-                            source,
-                        }
-                    })?)
-                } else {
-                    Box::new(buffered)
-                };
+                let stream: Box<dyn Read> =
+                    if link.disk.format == crate::repo::DiskFormat::RbdDiffV1Zstd {
+                        Box::new(zstd::Decoder::with_buffer(buffered).map_err(|source| {
+                            RepoError::Io {
+                                action: "decompress",
+                                path: path.clone(),
+                                source,
+                            }
+                        })?)
+                    } else {
+                        Box::new(buffered)
+                    };
                 let mut reader = RbdDiffReader::new(stream)?;
                 let expected_base = link.disk.base_snapshot.as_ref().map(|b| b.name.as_str());
                 if reader.from_snap() != expected_base

@@ -333,12 +333,13 @@ mod tests {
     use super::*;
     use crate::repo::manifest::tests::sample;
     use crate::repo::stored_file::tests::make_fifo;
+    use crate::repo::DiskFormat;
     use std::time::{Duration, Instant};
 
-    fn link_in(folder: &Path, file: &str, format: &str) -> ChainLink {
+    fn link_in(folder: &Path, file: &str, format: DiskFormat) -> ChainLink {
         let mut disk = sample().disks.remove(0);
         disk.file = file.into();
-        disk.format = format.into();
+        disk.format = format;
         disk.size = 8 << 20;
         disk.file_size = 8 << 20;
         ChainLink {
@@ -356,7 +357,10 @@ mod tests {
         make_fifo(&dir.path().join("vdb.raw"));
         make_fifo(&dir.path().join("vdb.rbdiff"));
         let started = Instant::now();
-        for (file, format) in [("vda.raw", "raw"), ("vdb.raw", "raw")] {
+        for (file, format) in [
+            ("vda.raw", DiskFormat::SparseRaw),
+            ("vdb.raw", DiskFormat::SparseRaw),
+        ] {
             let err = RawBlockReader::open(&link_in(dir.path(), file, format))
                 .err()
                 .expect("must fail");
@@ -366,7 +370,8 @@ mod tests {
             );
         }
         for file in ["vda.rbdiff", "vdb.rbdiff"] {
-            let err = verify_stored_file(&link_in(dir.path(), file, "rbd-diff-v1")).unwrap_err();
+            let err =
+                verify_stored_file(&link_in(dir.path(), file, DiskFormat::RbdDiffV1)).unwrap_err();
             assert!(
                 matches!(err, RepoError::NotARegularFile { .. }),
                 "{file}: {err}"

@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 pub use error::RepoError;
 pub use image_file::SparseImageWriter;
 pub use manifest::{
-    read_manifest, write_manifest, BackupKind, BackupManifest, DiskRecord, DomainRecord,
-    SnapshotRecord,
+    read_manifest, write_manifest, BackupKind, BackupManifest, Consistency, DiskFormat, DiskRecord,
+    DomainRecord, FreezeReport, SnapshotRecord,
 };
 
 use layout::{

@@ -53,7 +53,7 @@ MIRRORS: dict[type, tuple[str, str]] = {
     BackupReport: ("engine/report.rs", "BackupReport"),
     DomainReport: ("engine/report.rs", "DomainReport"),
     DiskReport: ("engine/report.rs", "DiskReport"),
-    FreezeReport: ("engine/report.rs", "FreezeReport"),
+    FreezeReport: ("repo/manifest.rs", "FreezeReport"),
     DomainListing: ("engine/listing.rs", "DomainListing"),
     SkippedDisk: ("engine/listing.rs", "SkippedDisk"),
     BackupListing: ("engine/listing.rs", "BackupListing"),
@@ -82,7 +82,7 @@ ENUM_MIRRORS: dict[str, tuple[str, str]] = {
     "SkipReason": ("libvirt/domain_xml.rs", "SkipReason"),
     "PruneStatus": ("engine/prune.rs", "PruneStatus"),
     "DomainStatus": ("engine/report.rs", "DomainStatus"),
-    "Consistency": ("engine/report.rs", "Consistency"),
+    "Consistency": ("repo/manifest.rs", "Consistency"),
 }
 
 
