@@ -8,6 +8,7 @@
 
 pub mod block_table;
 pub mod chain;
+pub mod disk_writer;
 pub mod error;
 pub mod hashing_writer;
 pub mod image_file;
@@ -22,6 +23,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+pub use disk_writer::{DiskContent, DiskOrigin, DiskSink, DiskWriter, Lineage};
 pub use error::RepoError;
 pub use image_file::SparseImageWriter;
 pub use manifest::{
@@ -443,8 +445,19 @@ pub struct StagedBackup<'l> {
 }
 
 impl StagedBackup<'_> {
-    /// Where a disk's file is written.
-    pub fn file_path(&self, file_name: &str) -> PathBuf {
+    /// Starts writing one disk of the backup (`disk_writer`: it names and creates the disk's
+    /// files); `compress` is a zstd level.
+    pub fn disk_writer(
+        &self,
+        origin: DiskOrigin,
+        compress: Option<i32>,
+    ) -> Result<DiskWriter<'_>, RepoError> {
+        DiskWriter::create(&self.staging_dir, origin, compress)
+    }
+
+    /// Where a file of the backup is written (tests plant files with it).
+    #[cfg(test)]
+    fn file_path(&self, file_name: &str) -> PathBuf {
         self.staging_dir.join(file_name)
     }
 
@@ -454,7 +467,7 @@ impl StagedBackup<'_> {
     }
 
     /// Writes the manifest and renames the folder into place. The disk files must have been
-    /// fsynced (`SparseImageWriter::finish`).
+    /// fsynced (`DiskWriter::finish`).
     pub fn commit(mut self, manifest: &BackupManifest) -> Result<PathBuf, RepoError> {
         write_manifest(&self.staging_dir.join(MANIFEST_FILE), manifest)?;
         fs::rename(&self.staging_dir, &self.final_dir)
