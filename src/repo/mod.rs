@@ -6,6 +6,7 @@
 //! a `.partial-` name is never a backup: a crash leaves at most such a folder, which the next
 //! run of the same domain removes. Files are created 0600, folders 0700.
 
+pub mod backup_removal;
 pub mod block_table;
 pub mod chain;
 pub mod disk_writer;
