@@ -53,6 +53,7 @@
 
 mod ceph_session;
 mod cluster_lock;
+mod discovery;
 mod disk_plan;
 mod domain_backup;
 pub mod events;
@@ -88,7 +89,7 @@ pub use restore::{
 pub use verify::{verify, verify_with_source, SourceOptions, VerifyProblem, VerifyReport};
 
 use crate::error::Error;
-use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
+use crate::libvirt::HypervisorConnection;
 use crate::repo::Repository;
 
 use ceph_session::ConnectionCache;
@@ -212,7 +213,7 @@ pub fn run_backup(
     validate(options)?;
     let started_at = unix_now();
     let libvirt = HypervisorConnection::open(&options.connect)?;
-    let domains = libvirt.list_domains(&options.domains)?;
+    let domains = discovery::discover_domains(&libvirt, &options.domains)?;
     // Before any freeze of ours: guests left frozen by a run that died with its watchdog.
     let orphan_warnings = thaw_orphans_before_run();
     // The repository is created only once the run can start: a typo in a domain name must
@@ -227,16 +228,11 @@ pub fn run_backup(
 
     let mut reports: Vec<Option<DomainReport>> = Vec::with_capacity(domains.len());
     let mut jobs: Vec<(usize, DomainJob)> = Vec::new();
-    for (index, info) in domains.into_iter().enumerate() {
-        let parsed = info.xml.map_err(Error::from).and_then(|xml| {
-            parse_domain_xml(&info.name, &xml)
-                .map(|d| (xml, d))
-                .map_err(Error::from)
-        });
-        let (xml, description) = match parsed {
-            Ok(ok) => ok,
+    for (index, found) in domains.into_iter().enumerate() {
+        let disks = match found.disks {
+            Ok(disks) => disks,
             Err(e) => {
-                let mut report = new_report(&info.name, &info.uuid, DomainStatus::Failed);
+                let mut report = new_report(&found.name, &found.uuid, DomainStatus::Failed);
                 report.error = Some(e.to_string());
                 events.emit(&BackupEvent::DomainFinished {
                     report: report.clone(),
@@ -245,22 +241,18 @@ pub fn run_backup(
                 continue;
             }
         };
-        let mut disks = Vec::new();
-        for entry in description.disks {
-            match entry {
-                DiskEntry::Rbd(spec) => disks.push(spec),
-                DiskEntry::Skipped { target, reason } => events.emit(&BackupEvent::DiskSkipped {
-                    domain: info.name.clone(),
-                    uuid: info.uuid.clone(),
-                    target,
-                    reason,
-                }),
-            }
+        for skipped in disks.skipped {
+            events.emit(&BackupEvent::DiskSkipped {
+                domain: found.name.clone(),
+                uuid: found.uuid.clone(),
+                target: skipped.target,
+                reason: skipped.reason,
+            });
         }
-        if disks.is_empty() {
+        if disks.rbd.is_empty() {
             reports.push(Some(new_report(
-                &info.name,
-                &info.uuid,
+                &found.name,
+                &found.uuid,
                 DomainStatus::Skipped,
             )));
         } else {
@@ -269,10 +261,10 @@ pub fn run_backup(
                 index,
                 DomainJob {
                     report_index: index,
-                    name: info.name,
-                    uuid: info.uuid,
-                    xml,
-                    disks,
+                    name: found.name,
+                    uuid: found.uuid,
+                    xml: disks.xml,
+                    disks: disks.rbd,
                 },
             ));
         }

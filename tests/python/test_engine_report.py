@@ -55,7 +55,7 @@ MIRRORS: dict[type, tuple[str, str]] = {
     DiskReport: ("engine/report.rs", "DiskReport"),
     FreezeReport: ("repo/manifest.rs", "FreezeReport"),
     DomainListing: ("engine/listing.rs", "DomainListing"),
-    SkippedDisk: ("engine/listing.rs", "SkippedDisk"),
+    SkippedDisk: ("engine/discovery.rs", "SkippedDisk"),
     BackupListing: ("engine/listing.rs", "BackupListing"),
     BackupDiskListing: ("engine/listing.rs", "BackupDiskListing"),
     RbdDisk: ("libvirt/domain_xml.rs", "RbdDiskSpec"),
