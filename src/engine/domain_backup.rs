@@ -198,9 +198,7 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
     match (ctx.repo, &ctx.options.restic) {
         (_, Some(restic)) => back_up_to_restic(ctx, job, report, restic),
         (Some(repo), None) => back_up_to_repo(ctx, repo, job, report),
-        (None, None) => Err(Error::Usage(
-            "no backup target: give a repository or a restic repository".into(),
-        )),
+        (None, None) => Err(Error::NoBackupTarget),
     }
 }
 
@@ -273,11 +271,12 @@ fn back_up_to_restic(
                         let restic_snapshot = summary.snapshot_id;
                         // Committed; only a seal makes it a backup (`restic` module doc).
                         if let Some(bytes) = summary.bytes_processed.filter(|&b| b != info.size) {
-                            return Err(Error::Restic(format!(
-                                "restic snapshot {restic_snapshot} of {} holds {bytes} bytes, the image has {}; it is left unsealed (incomplete: restore ignores it)",
-                                image.spec(),
-                                info.size
-                            )));
+                            return Err(Error::ResticSizeMismatch {
+                                snapshot: restic_snapshot,
+                                image: image.spec().to_string(),
+                                stored: bytes,
+                                size: info.size,
+                            });
                         }
                         test_pause("sealing");
                         restic.seal(

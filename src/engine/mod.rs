@@ -117,31 +117,42 @@ impl CancelToken {
     }
 }
 
+/// `Error::OptionOutOfRange` unless `min <= value <= max`.
+fn in_range(
+    option: &'static str,
+    value: u64,
+    (min, max): (u64, u64),
+    unit: &'static str,
+) -> Result<(), Error> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::OptionOutOfRange {
+            option,
+            value,
+            min,
+            max,
+            unit,
+        })
+    }
+}
+
 fn validate(options: &BackupOptions) -> Result<(), Error> {
-    if options.workers == 0 || options.workers > 64 {
-        return Err(Error::Usage(format!(
-            "workers must be between 1 and 64, not {}",
-            options.workers
-        )));
-    }
-    if options.queue_depth == 0 || options.queue_depth > 256 {
-        return Err(Error::Usage(format!(
-            "queue depth must be between 1 and 256, not {}",
-            options.queue_depth
-        )));
-    }
-    if options.agent_timeout == 0 || options.agent_timeout > 3600 {
-        return Err(Error::Usage(format!(
-            "agent timeout must be between 1 and 3600 seconds, not {}",
-            options.agent_timeout
-        )));
-    }
-    if options.freeze_timeout == 0 || options.freeze_timeout > 3600 {
-        return Err(Error::Usage(format!(
-            "freeze timeout must be between 1 and 3600 seconds, not {}",
-            options.freeze_timeout
-        )));
-    }
+    in_range("workers", options.workers as u64, (1, 64), "")?;
+    in_range("queue depth", options.queue_depth as u64, (1, 256), "")?;
+    let seconds = " seconds";
+    in_range(
+        "agent timeout",
+        u64::from(options.agent_timeout),
+        (1, 3600),
+        seconds,
+    )?;
+    in_range(
+        "freeze timeout",
+        u64::from(options.freeze_timeout),
+        (1, 3600),
+        seconds,
+    )?;
     if options.agent_timeout >= options.freeze_timeout {
         return Err(Error::Usage(format!(
             "the agent timeout ({} s) must be shorter than the freeze timeout ({} s): the freeze \
@@ -157,12 +168,12 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
     if options.bwlimit == Some(0) {
         return Err(Error::Usage("--bwlimit must be positive".into()));
     }
-    if options.ceph_timeout == 0 || options.ceph_timeout > 86400 {
-        return Err(Error::Usage(format!(
-            "the Ceph timeout must be between 1 and 86400 seconds, not {}",
-            options.ceph_timeout
-        )));
-    }
+    in_range(
+        "the Ceph timeout",
+        u64::from(options.ceph_timeout),
+        (1, 86400),
+        seconds,
+    )?;
     if options.full_every == Some(0) {
         return Err(Error::Usage("--full-every must be at least 1".into()));
     }
@@ -335,4 +346,42 @@ pub fn run_backup(
         finished_at: unix_now(),
         domains: reports.into_iter().flatten().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_options_are_typed_and_say_what_they_always_said() {
+        let mut options = BackupOptions {
+            workers: 0,
+            ..BackupOptions::default()
+        };
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::OptionOutOfRange {
+                option: "workers",
+                value: 0,
+                ..
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "invalid option: workers must be between 1 and 64, not 0"
+        );
+        options.workers = 4;
+        options.freeze_timeout = 4000;
+        assert_eq!(
+            validate(&options).unwrap_err().to_string(),
+            "invalid option: freeze timeout must be between 1 and 3600 seconds, not 4000"
+        );
+        options.freeze_timeout = 60;
+        options.ceph_timeout = 0;
+        assert_eq!(
+            validate(&options).unwrap_err().to_string(),
+            "invalid option: the Ceph timeout must be between 1 and 86400 seconds, not 0"
+        );
+    }
 }

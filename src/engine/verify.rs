@@ -167,9 +167,7 @@ pub fn verify_with_source(
         }
     }
     if let (Some(id), true) = (backup, report.checked.is_empty()) {
-        return Err(Error::Usage(format!(
-            "no backup {id} in the repository; `virt-rbd-backup list` shows the backups"
-        )));
+        return Err(Error::NoSuchBackup { id: id.to_string() });
     }
     Ok(report)
 }
