@@ -26,9 +26,12 @@
 //!    members are what is read, the markers are the next incremental's bases (librbd diffs
 //!    only from snapshots it can name; group members have internal names).
 //! 5. After the thaw: export each snapshot (allocated blocks only, `queue_depth` reads in
-//!    flight) into `.partial-<id>/`, then check the snapshot still exists with the id it was
-//!    created with: one removed meanwhile by someone else fails the domain (reads at a removed
-//!    snapshot may return other data). A guest that stops after the snapshots does not matter.
+//!    flight) into a disk writer of the staged backup `.partial-<id>/` (`repo::disk_writer`:
+//!    it names, creates and fsyncs the disk's files and builds its manifest record; the engine
+//!    only chooses full or incremental and runs the reads), then check the snapshot still
+//!    exists with the id it was created with: one removed meanwhile by someone else fails the
+//!    domain (reads at a removed snapshot may return other data). A guest that stops after the
+//!    snapshots does not matter.
 //! 6. Check the cluster locks were never lost (a lease that ran out fails the domain), write
 //!    the manifest, fsync, rename the folder into place: only now is it a backup.
 //! 7. Keep the new snapshots as the base of the next incremental. Every other snapshot of this
@@ -46,7 +49,14 @@
 //!    its seal is written, after restic committed it and the snapshot check passed: `restic`.)
 //!
 //! Before any domain, the run thaws guests that earlier runs of this host left frozen
-//! (`freeze_ledger::thaw_orphans`) and says so in those domains' reports.
+//! (`freeze_ledger::thaw_orphans`) and says so in those domains' reports. Which domains and
+//! disks a run sees is `discovery::discover_domains`, the same walk `plan` and `list` use.
+//!
+//! In the code (`domain_backup`), steps 1 to 7 for a repository are `back_up_to_repo`:
+//! `with_open_images` (2), `remove_dead_partials`, `read_history` and `plan_disks` (full or
+//! incremental, `disk_plan`), `find_group` and `snapshot_domain` (3, 4), `export_disks` and
+//! `back_up_disk` (5), `domain_manifest` and `StagedBackup::commit` (6), `stale_after_commit`
+//! (7). restic targets take `back_up_to_restic` through the same steps 2 to 4.
 //!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.

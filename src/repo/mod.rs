@@ -1,10 +1,18 @@
 //! The backup repository on disk: layout, marker, per-domain locks, staged backups that become
 //! visible only when complete, and listing.
 //!
-//! A backup is written into `<domain>/.partial-<id>/`, its files and the manifest are fsynced,
-//! then the folder is renamed to `<domain>/<id>/` and the domain folder fsynced. Anything under
-//! a `.partial-` name is never a backup: a crash leaves at most such a folder, which the next
-//! run of the same domain removes. Files are created 0600, folders 0700.
+//! A backup is written into `<domain>/.partial-<id>/`, one `disk_writer::DiskWriter` per disk
+//! (it names, creates and fsyncs the disk's files and returns the disk's manifest record), then
+//! the manifest is written and fsynced, the folder renamed to `<domain>/<id>/` and the domain
+//! folder fsynced (`StagedBackup::commit`). Anything under a `.partial-` name is never a
+//! backup: a crash leaves at most such a folder, which the next run of the same domain
+//! removes. Backups leave a domain's folder only through `backup_removal` (quarantine, or a
+//! rename to `.partial-` before deletion). Files are created 0600, folders 0700.
+//!
+//! Files: `layout` (where things live), `manifest` (the record of a backup, `DiskFormat`),
+//! `disk_writer` (a disk's files, written), `image_file`, `hashing_writer`, `rbd_diff`,
+//! `block_table`, `leaf_table` (the file formats), `chain` and `stored_file` (reading back,
+//! never through links or FIFOs), `backup_removal`.
 
 pub mod backup_removal;
 pub mod block_table;
