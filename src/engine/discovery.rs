@@ -81,3 +81,36 @@ fn sort_disks(xml: String, entries: Vec<DiskEntry>) -> DomainDisks {
     }
     disks
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_sorted_into_backed_up_and_skipped_in_xml_order() {
+        let xml = r#"<domain type='kvm'><name>web</name><uuid>3b1f9b7e-8c43-4b71-9a5d-0c2d7f1e6a10</uuid><devices>
+            <disk type='file' device='disk'><source file='/var/a.img'/><target dev='vda'/></disk>
+            <disk type='network' device='disk'><source protocol='rbd' name='rbd/web-b'>
+              <host name='10.0.0.1' port='6789'/></source><target dev='vdb'/></disk>
+            <disk type='network' device='disk'><source protocol='nbd' name='x'/><target dev='vdc'/></disk>
+            <disk type='network' device='disk'><source protocol='rbd' name='rbd/web-d'/><target dev='vdd'/></disk>
+            </devices></domain>"#;
+        let description = parse_domain_xml("web", xml).unwrap();
+        let disks = sort_disks(xml.to_string(), description.disks);
+        let rbd: Vec<&str> = disks.rbd.iter().map(|d| d.target.as_str()).collect();
+        assert_eq!(rbd, ["vdb", "vdd"]);
+        let skipped: Vec<(Option<&str>, SkipReason)> = disks
+            .skipped
+            .iter()
+            .map(|s| (s.target.as_deref(), s.reason))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                (Some("vda"), SkipReason::NotNetwork),
+                (Some("vdc"), SkipReason::NotRbd)
+            ]
+        );
+        assert_eq!(disks.xml, xml);
+    }
+}
