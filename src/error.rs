@@ -89,6 +89,42 @@ pub enum Error {
     /// The run was cancelled (Ctrl-C).
     #[error("cancelled")]
     Cancelled,
+    /// A numeric option outside what the tool accepts (exit status 2, like `Usage`).
+    #[error("invalid option: {option} must be between {min} and {max}{unit}, not {value}")]
+    OptionOutOfRange {
+        /// The option as the message names it ("workers", "the Ceph timeout").
+        option: &'static str,
+        /// What was given.
+        value: u64,
+        /// Smallest allowed.
+        min: u64,
+        /// Largest allowed.
+        max: u64,
+        /// Unit after the bounds, with its leading space ("" or " seconds").
+        unit: &'static str,
+    },
+    /// A backup was asked for with neither a repository nor a restic repository to write to.
+    #[error("invalid option: no backup target: give a repository or a restic repository")]
+    NoBackupTarget,
+    /// `verify --backup ID` named a backup the repository does not hold.
+    #[error("invalid option: no backup {id} in the repository; `virt-rbd-backup list` shows the backups")]
+    NoSuchBackup {
+        /// The id asked for.
+        id: String,
+    },
+    /// restic committed a disk's snapshot with another size than the image's: it is left
+    /// unsealed, so restore never takes it for a disk.
+    #[error("restic snapshot {snapshot} of {image} holds {stored} bytes, the image has {size}; it is left unsealed (incomplete: restore ignores it)")]
+    ResticSizeMismatch {
+        /// restic's snapshot id.
+        snapshot: String,
+        /// pool/image.
+        image: String,
+        /// Bytes restic says it stored.
+        stored: u64,
+        /// The image's size.
+        size: u64,
+    },
 }
 
 /// Result with the crate error.

@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::libvirt::RbdDiskSpec;
 use crate::plan::{plan_disk, BaseCandidate, DiskPlan, ImageState, HASH_BLOCK_SIZE};
 use crate::repo::block_table::read_block_table;
-use crate::repo::{BackupKind, BackupManifest, DiskRecord, Repository};
+use crate::repo::{BackupKind, BackupManifest, DiskRecord, Lineage, Repository, SnapshotRecord};
 
 use super::options::BackupOptions;
 
@@ -20,6 +20,57 @@ pub(super) type PreviousBackup = (PathBuf, BackupManifest);
 pub(super) struct PreparedDisk {
     pub plan: DiskPlan,
     pub parent: Option<(DiskRecord, Vec<[u8; 32]>)>,
+}
+
+/// What an incremental of a disk builds on: the plan's base and the parent's record and
+/// verified block table.
+pub(super) struct IncrementalParent<'a> {
+    /// The base snapshot's name: the start of the diff.
+    pub base_snapshot: &'a str,
+    /// The parent's record of the disk.
+    pub record: &'a DiskRecord,
+    /// The parent's block table, verified against its manifest.
+    pub table: &'a [[u8; 32]],
+}
+
+impl PreparedDisk {
+    /// The incremental's parent; `None` for a full backup.
+    pub fn incremental(&self) -> Option<IncrementalParent<'_>> {
+        match (&self.plan, &self.parent) {
+            (DiskPlan::Incremental { base_snapshot, .. }, Some((record, table))) => {
+                Some(IncrementalParent {
+                    base_snapshot,
+                    record,
+                    table,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Full, or what the incremental continues, as the repository records it.
+    pub fn lineage(&self) -> Lineage {
+        match (&self.plan, &self.parent) {
+            (
+                DiskPlan::Incremental {
+                    parent_backup,
+                    base_snapshot,
+                    base_snapshot_id,
+                    chain_position,
+                },
+                Some(_),
+            ) => Lineage::Incremental {
+                parent_backup: parent_backup.clone(),
+                base_snapshot: SnapshotRecord {
+                    name: base_snapshot.clone(),
+                    id: *base_snapshot_id,
+                    timestamp: None,
+                },
+                chain_position: *chain_position,
+            },
+            _ => Lineage::Full,
+        }
+    }
 }
 
 /// The complete backups of the domain whose manifests read, oldest first by sequence (the last

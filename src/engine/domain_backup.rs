@@ -14,24 +14,20 @@ use crate::plan::DiskPlan;
 use crate::plan::{
     backup_id_from_unix, domain_snapshot_name, is_owned_snapshot, is_stale_for_domain,
 };
-use crate::repo::block_table::write_block_table;
-use crate::repo::hashing_writer::StoredDiffWriter;
-use crate::repo::layout::safe_component;
-use crate::repo::leaf_table::{BaseLeaves, LeafTable, LeafTableWriter};
+use crate::repo::leaf_table::{BaseLeaves, LeafTable};
 use crate::repo::manifest::GroupSnapshotRecord;
-use crate::repo::StagedBackup;
 use crate::repo::{
-    BackupKind, BackupManifest, DiskRecord, DomainRecord, Repository, SnapshotRecord,
-    SparseImageWriter,
+    BackupKind, BackupManifest, DiskContent, DiskOrigin, DiskRecord, DiskSink, DiskWriter,
+    DomainLock, DomainRecord, Repository, SnapshotRecord, StagedBackup,
 };
 
 use super::ceph_session::{cluster_address, ConnectionCache};
 use super::cluster_lock::{foreign_watcher, renew_until, ImageLocks, LockOwner};
-use super::disk_plan::{prepare_disk, readable_backups, PreviousBackup};
+use super::disk_plan::{prepare_disk, readable_backups, PreparedDisk, PreviousBackup};
 use super::events::{BackupEvent, EventSink};
 use super::export::{
     export_full, export_full_diff, export_incremental, export_stream, BandwidthLimit,
-    ExportProgress, IncrementalBase, ReadPipeline,
+    ExportProgress, ExportStats, IncrementalBase, ReadPipeline,
 };
 use super::freeze_ledger::{self, FreezeRecordFile};
 use super::group_snapshot::{domain_group, GroupSnapshotGuard};
@@ -202,9 +198,7 @@ fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> 
     match (ctx.repo, &ctx.options.restic) {
         (_, Some(restic)) => back_up_to_restic(ctx, job, report, restic),
         (Some(repo), None) => back_up_to_repo(ctx, repo, job, report),
-        (None, None) => Err(Error::Usage(
-            "no backup target: give a repository or a restic repository".into(),
-        )),
+        (None, None) => Err(Error::NoBackupTarget),
     }
 }
 
@@ -277,11 +271,12 @@ fn back_up_to_restic(
                         let restic_snapshot = summary.snapshot_id;
                         // Committed; only a seal makes it a backup (`restic` module doc).
                         if let Some(bytes) = summary.bytes_processed.filter(|&b| b != info.size) {
-                            return Err(Error::Restic(format!(
-                                "restic snapshot {restic_snapshot} of {} holds {bytes} bytes, the image has {}; it is left unsealed (incomplete: restore ignores it)",
-                                image.spec(),
-                                info.size
-                            )));
+                            return Err(Error::ResticSizeMismatch {
+                                snapshot: restic_snapshot,
+                                image: image.spec().to_string(),
+                                stored: bytes,
+                                size: info.size,
+                            });
                         }
                         test_pause("sealing");
                         restic.seal(
@@ -361,6 +356,8 @@ fn back_up_to_restic(
     })
 }
 
+/// Backs up one domain into the repository: the steps of the engine's order of operations
+/// (module doc of `engine`), each a function below.
 fn back_up_to_repo(
     ctx: &RunContext<'_>,
     repo: &Repository,
@@ -369,64 +366,20 @@ fn back_up_to_repo(
 ) -> Result<(), Error> {
     let started_at = unix_now();
     let lock = repo.lock_domain(&job.uuid, &job.name)?;
-
     with_open_images(ctx, job, |clusters, pools, images, cluster_locks| {
-        // Only now, holding the cluster lock of every image of the domain: on a folder shared
-        // by several hosts (NFS) the folder lock may not exclude another host, but no run
-        // elsewhere can be writing a backup of these images while we hold their locks, so a
-        // `.partial-*` here is a dead run's.
-        for leftover in lock.remove_partial_backups()? {
-            warn(
-                ctx,
-                report,
-                format!("removed {} left by an interrupted run", leftover.display()),
-            );
-        }
-        let (backups, unreadable) = readable_backups(repo, &job.uuid)?;
-        let previous = backups.last();
-        for message in unreadable {
-            warn(ctx, report, message);
-        }
-        let mut prepared = Vec::with_capacity(images.len());
-        for (image, disk) in images.iter().zip(&job.disks) {
-            let disk_plan = prepare_disk(ctx.options, image, disk, &backups)?;
-            if let DiskPlan::Full {
-                reason: Some(reason),
-            } = &disk_plan.plan
-            {
-                warn(
-                    ctx,
-                    report,
-                    format!(
-                        "{}: full backup instead of incremental: {reason}",
-                        disk.target
-                    ),
-                );
-            }
-            prepared.push(disk_plan);
-        }
+        remove_dead_partials(ctx, &lock, report)?;
+        let backups = read_history(ctx, repo, job, report)?;
+        let prepared = plan_disks(ctx, job, images, &backups, report)?;
         if ctx.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-
         // Under the domain's lock: the order of backups is the sequence, whatever the clock
         // did since the last one; the id is the clock's, made unique (see `repo::manifest`).
         let sequence = lock.next_sequence()?;
         let backup_id = lock.free_backup_id(id_clock_ms());
         let snap_name = domain_snapshot_name(repo.id(), &job.uuid, &backup_id);
         let staged = lock.stage_backup(&backup_id)?;
-
-        let image_names: Vec<&str> = job.disks.iter().map(|d| d.image.as_str()).collect();
-        let (group, group_warning) = domain_group(
-            ctx.options.consistency,
-            &job.uuid,
-            pools,
-            images,
-            &image_names,
-        )?;
-        if let Some(message) = group_warning {
-            warn(ctx, report, message);
-        }
+        let group = find_group(ctx, job, pools, images, report)?;
         let active = ctx.libvirt.is_active(&job.uuid)?;
         // With `per-disk` the group is only known so that its old snapshots are removed.
         let snapshot_group = group
@@ -434,222 +387,13 @@ fn back_up_to_repo(
             .filter(|_| ctx.options.consistency != ConsistencyPolicy::PerDisk);
         let snapshots =
             snapshot_domain(ctx, job, images, &snap_name, active, snapshot_group, report)?;
-        let create_ms = snapshots.create_ms();
-
-        let compress = ctx
-            .options
-            .compress
-            .as_deref()
-            .map(parse_compression)
-            .transpose()
-            .map_err(Error::Usage)?;
-        let diff_format = if compress.is_some() {
-            "rbd-diff-v1+zstd"
-        } else {
-            "rbd-diff-v1"
-        };
-        let mut disk_records = Vec::with_capacity(job.disks.len());
-        for (index, ((((disk, pool), image), prep), &snapshot_create_ms)) in job
-            .disks
-            .iter()
-            .zip(pools)
-            .zip(images)
-            .zip(&prepared)
-            .zip(&create_ms)
-            .enumerate()
-        {
-            // A group snapshot's member is read; the marker of the same name is the next base.
-            let group_snapshot =
-                snapshots
-                    .group_member(index)
-                    .map(|(group, id)| GroupSnapshotRecord {
-                        pool: group.pool().describe(),
-                        group: group.name().to_string(),
-                        name: snap_name.clone(),
-                        id,
-                    });
-            let snap_image = match &group_snapshot {
-                Some(g) => RbdImage::open_at_snapshot_id(pool, &disk.image, g.id),
-                None => RbdImage::open_at_snapshot(pool, &disk.image, &snap_name),
-            }
-            .map_err(|e| snapshot_gone(e, image, &snap_name))?;
-            let info = snap_image.info()?;
-            let snap_id = image
-                .snapshot_id(&snap_name)
-                .map_err(|e| snapshot_gone(e, image, &snap_name))?;
-            let timestamp = image.snapshot_timestamp(snap_id).ok();
-            let progress = DiskProgress {
-                ctx,
-                job,
-                target: &disk.target,
-            };
-            let stem = safe_component(&disk.target);
-            let blocks_file = format!("{stem}.blocks");
-            let leaves_file = format!("{stem}.leaves");
-            let mut leaves_out = LeafTableWriter::create(&staged.file_path(&leaves_file))?;
-            let mut record = DiskRecord {
-                target: disk.target.clone(),
-                pool: disk.pool.clone(),
-                namespace: disk.namespace.clone(),
-                image: disk.image.clone(),
-                image_id: info.id.clone(),
-                size: info.size,
-                object_size: info.object_size,
-                snapshot: SnapshotRecord {
-                    name: snap_name.clone(),
-                    id: snap_id,
-                    timestamp,
-                },
-                file: String::new(),
-                format: String::new(),
-                bytes_read: 0,
-                bytes_written: 0,
-                checksum: String::new(),
-                kind: BackupKind::Full,
-                chain_position: 0,
-                parent_backup: None,
-                base_snapshot: None,
-                file_size: 0,
-                file_checksum: None,
-                blocks_file: Some(blocks_file.clone()),
-                file_chunks: None,
-                leaves_file: Some(leaves_file),
-                group_snapshot,
-            };
-            let stats = match (&prep.plan, &prep.parent) {
-                (
-                    DiskPlan::Incremental {
-                        parent_backup,
-                        base_snapshot,
-                        base_snapshot_id,
-                        chain_position,
-                    },
-                    Some((parent, table)),
-                ) => {
-                    let file = format!(
-                        "{stem}.rbdiff{}",
-                        if compress.is_some() { ".zst" } else { "" }
-                    );
-                    let out = StoredDiffWriter::create(&staged.file_path(&file), compress)?;
-                    let leaves = base_leaves(&backups, &disk.target);
-                    let base = IncrementalBase {
-                        snapshot: base_snapshot,
-                        size: parent.size,
-                        block_table: table,
-                        leaves: &leaves,
-                    };
-                    let (stats, out) = export_incremental(
-                        &snap_image,
-                        &snap_name,
-                        info.size,
-                        &base,
-                        info.fast_diff_usable(),
-                        out,
-                        Some(&mut leaves_out),
-                        &ctx.pipeline(&progress),
-                    )?;
-                    record_diff_file(&mut record, &staged, file, out, diff_format)?;
-                    record.kind = BackupKind::Incremental;
-                    record.chain_position = *chain_position;
-                    record.parent_backup = Some(parent_backup.clone());
-                    record.base_snapshot = Some(SnapshotRecord {
-                        name: base_snapshot.clone(),
-                        id: *base_snapshot_id,
-                        timestamp: None,
-                    });
-                    stats
-                }
-                _ if compress.is_some() => {
-                    let file = format!("{stem}.rbdiff.zst");
-                    let out = StoredDiffWriter::create(&staged.file_path(&file), compress)?;
-                    let (stats, out) = export_full_diff(
-                        &snap_image,
-                        &snap_name,
-                        info.size,
-                        info.fast_diff_usable(),
-                        out,
-                        Some(&mut leaves_out),
-                        &ctx.pipeline(&progress),
-                    )?;
-                    record_diff_file(&mut record, &staged, file, out, diff_format)?;
-                    stats
-                }
-                _ => {
-                    let file = format!("{stem}.raw");
-                    let mut writer =
-                        SparseImageWriter::create(&staged.file_path(&file), info.size)?;
-                    let stats = export_full(
-                        &snap_image,
-                        info.size,
-                        info.fast_diff_usable(),
-                        &mut writer,
-                        Some(&mut leaves_out),
-                        &ctx.pipeline(&progress),
-                    )?;
-                    record.bytes_written = writer.finish()?;
-                    record.format = "raw".into();
-                    record.file = file;
-                    record.file_size = info.size;
-                    stats
-                }
-            };
-            snapshot_still_there(image, &snap_name, snap_id)?;
-            if let Some(g) = &record.group_snapshot {
-                group_member_still_there(image, g)?;
-            }
-            write_block_table(&staged.file_path(&blocks_file), &stats.block_table)?;
-            leaves_out.finish()?;
-            record.checksum = stats.checksum.clone();
-            record.bytes_read = stats.bytes_read;
-            report.disks.push(DiskReport {
-                target: disk.target.clone(),
-                image: image.spec().to_string(),
-                size: info.size,
-                kind: record.kind,
-                bytes_read: stats.bytes_read,
-                bytes_written: record.bytes_written,
-                snapshot: snap_name.clone(),
-                snapshot_timestamp: timestamp,
-                file: Some(record.file.clone()),
-                checksum: Some(stats.checksum),
-                seconds: stats.elapsed.as_secs_f64(),
-                snapshot_create_ms: Some(snapshot_create_ms),
-            });
-            disk_records.push(record);
-        }
-
-        let incremental = disk_records
-            .iter()
-            .any(|d| d.kind == BackupKind::Incremental);
-        let manifest = BackupManifest {
-            format: crate::repo::manifest::MANIFEST_FORMAT.into(),
-            version: crate::repo::manifest::MANIFEST_VERSION,
-            backup_id: backup_id.clone(),
-            sequence: Some(sequence),
-            kind: if incremental {
-                BackupKind::Incremental
-            } else {
-                BackupKind::Full
-            },
-            parent: if incremental {
-                previous.map(|(_, m)| m.backup_id.clone())
-            } else {
-                None
-            },
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            domain: DomainRecord {
-                name: job.name.clone(),
-                uuid: job.uuid.clone(),
-                xml: job.xml.clone(),
-            },
-            started_at,
-            completed_at: unix_now(),
-            consistency: report
-                .consistency
-                .unwrap_or(Consistency::CrashConsistentPerDisk),
-            freeze: report.freeze.clone(),
-            disks: disk_records,
-        };
+        let records = export_disks(
+            ctx, job, pools, images, &prepared, &snapshots, &snap_name, &staged, &backups, report,
+        )?;
+        let previous = backups.last().map(|(_, m)| m.backup_id.as_str());
+        let manifest = domain_manifest(
+            job, &backup_id, previous, sequence, started_at, report, records,
+        );
         test_pause("committing");
         // Not committed if another host may have taken the images meanwhile.
         cluster_locks.check_held()?;
@@ -657,39 +401,390 @@ fn back_up_to_repo(
         report.backup_id = Some(backup_id);
         report.kind = Some(manifest.kind);
         report.path = Some(path.display().to_string());
-
-        // The new snapshots stay as the base of the next incremental; every other tool snapshot
-        // (the previous base, or one left by a killed run) goes now that this backup is complete.
-        // This runs after the thaw: a removal makes the monitor commit and would lengthen a freeze.
+        // The new snapshots stay as the base of the next incremental. This runs after the
+        // thaw: a removal makes the monitor commit and would lengthen a freeze.
         snapshots.keep();
-        // The other snapshots of this repository on these disks go at the end of the run,
-        // together with every other domain's (`stale_snapshots`).
-        // Only this domain's: an image can be a disk of several domains (`plan::naming`).
-        let recorded = recorded_snapshots(&backups);
-        let is_stale =
-            |name: &str| is_stale_for_domain(name, repo.id(), &job.uuid, &snap_name, &recorded);
-        let mut stale = owned_leftovers(clusters, job, images, &is_stale)?;
-        if let Some(group) = &group {
-            let pool_index = pools
-                .iter()
-                .position(|p| std::ptr::eq(p, group.pool()))
-                .unwrap_or(0);
-            for snap in group.snapshots()? {
-                if is_stale(&snap.name) {
-                    stale.push(StaleSnapshot {
-                        cluster: Arc::clone(&clusters[pool_index]),
-                        pool: job.disks[pool_index].pool.clone(),
-                        namespace: job.disks[pool_index].namespace.clone(),
-                        target: StaleTarget::Group(group.name().to_string()),
-                        snapshot: snap.name,
-                        domain: job.report_index,
-                    });
-                }
-            }
-        }
+        let stale = stale_after_commit(
+            repo,
+            job,
+            clusters,
+            pools,
+            images,
+            group.as_ref(),
+            &snap_name,
+            &backups,
+        )?;
         ctx.stale.add(stale);
         Ok(())
     })
+}
+
+/// Removes the `.partial-*` folders of dead runs, with a warning each. Only now, holding the
+/// cluster lock of every image of the domain: on a folder shared by several hosts (NFS) the
+/// folder lock may not exclude another host, but no run elsewhere can be writing a backup of
+/// these images while we hold their locks, so a `.partial-*` here is a dead run's.
+fn remove_dead_partials(
+    ctx: &RunContext<'_>,
+    lock: &DomainLock,
+    report: &mut DomainReport,
+) -> Result<(), Error> {
+    for leftover in lock.remove_partial_backups()? {
+        warn(
+            ctx,
+            report,
+            format!("removed {} left by an interrupted run", leftover.display()),
+        );
+    }
+    Ok(())
+}
+
+/// The domain's readable backups, oldest first (the last is the previous backup); a warning
+/// for each one whose manifest cannot be read (it is not a backup, and is skipped).
+fn read_history(
+    ctx: &RunContext<'_>,
+    repo: &Repository,
+    job: &DomainJob,
+    report: &mut DomainReport,
+) -> Result<Vec<PreviousBackup>, Error> {
+    let (backups, unreadable) = readable_backups(repo, &job.uuid)?;
+    for message in unreadable {
+        warn(ctx, report, message);
+    }
+    Ok(backups)
+}
+
+/// Full or incremental for each disk (`disk_plan`), with a warning for each disk that falls
+/// back to a full backup.
+fn plan_disks(
+    ctx: &RunContext<'_>,
+    job: &DomainJob,
+    images: &[RbdImage<'_>],
+    backups: &[PreviousBackup],
+    report: &mut DomainReport,
+) -> Result<Vec<PreparedDisk>, Error> {
+    let mut prepared = Vec::with_capacity(images.len());
+    for (image, disk) in images.iter().zip(&job.disks) {
+        let disk_plan = prepare_disk(ctx.options, image, disk, backups)?;
+        if let DiskPlan::Full {
+            reason: Some(reason),
+        } = &disk_plan.plan
+        {
+            let message = format!(
+                "{}: full backup instead of incremental: {reason}",
+                disk.target
+            );
+            warn(ctx, report, message);
+        }
+        prepared.push(disk_plan);
+    }
+    Ok(prepared)
+}
+
+/// The RBD group of the domain's images, if they share one (`group_snapshot::domain_group`,
+/// per `--consistency`), with its warning if any.
+fn find_group<'p>(
+    ctx: &RunContext<'_>,
+    job: &DomainJob,
+    pools: &'p [PoolContext<'p>],
+    images: &[RbdImage<'_>],
+    report: &mut DomainReport,
+) -> Result<Option<RbdGroup<'p>>, Error> {
+    let image_names: Vec<&str> = job.disks.iter().map(|d| d.image.as_str()).collect();
+    let (group, warning) = domain_group(
+        ctx.options.consistency,
+        &job.uuid,
+        pools,
+        images,
+        &image_names,
+    )?;
+    if let Some(message) = warning {
+        warn(ctx, report, message);
+    }
+    Ok(group)
+}
+
+/// Exports every disk of the domain into the staged backup, one after the other; returns
+/// their manifest records.
+#[allow(clippy::too_many_arguments)]
+fn export_disks(
+    ctx: &RunContext<'_>,
+    job: &DomainJob,
+    pools: &[PoolContext<'_>],
+    images: &[RbdImage<'_>],
+    prepared: &[PreparedDisk],
+    snapshots: &DomainSnapshots<'_, '_>,
+    snap_name: &str,
+    staged: &StagedBackup<'_>,
+    backups: &[PreviousBackup],
+    report: &mut DomainReport,
+) -> Result<Vec<DiskRecord>, Error> {
+    let compress = ctx
+        .options
+        .compress
+        .as_deref()
+        .map(parse_compression)
+        .transpose()
+        .map_err(Error::Usage)?;
+    let create_ms = snapshots.create_ms();
+    let mut records = Vec::with_capacity(job.disks.len());
+    for (index, disk) in job.disks.iter().enumerate() {
+        // A group snapshot's member is read; the marker of the same name is the next base.
+        let group_snapshot = snapshots
+            .group_member(index)
+            .map(|(group, id)| GroupSnapshotRecord {
+                pool: group.pool().describe(),
+                group: group.name().to_string(),
+                name: snap_name.to_string(),
+                id,
+            });
+        let source = DiskSource {
+            disk,
+            pool: &pools[index],
+            image: &images[index],
+            prepared: &prepared[index],
+            snap_name,
+            group_snapshot,
+            snapshot_create_ms: create_ms[index],
+        };
+        records.push(back_up_disk(
+            ctx, job, &source, staged, backups, compress, report,
+        )?);
+    }
+    Ok(records)
+}
+
+/// What one disk's export reads from.
+struct DiskSource<'a, 'i> {
+    disk: &'a RbdDiskSpec,
+    pool: &'a PoolContext<'i>,
+    /// The image, open at its head.
+    image: &'a RbdImage<'i>,
+    prepared: &'a PreparedDisk,
+    snap_name: &'a str,
+    /// The group snapshot member to read instead of `snap_name`, for group consistency.
+    group_snapshot: Option<GroupSnapshotRecord>,
+    snapshot_create_ms: f64,
+}
+
+/// Exports one disk: opens the snapshot that fixed its content, exports it into a disk writer
+/// of the staged backup, checks the snapshot is still the one we created, and hands the
+/// content to the writer, which returns the disk's manifest record. Reports the disk.
+fn back_up_disk(
+    ctx: &RunContext<'_>,
+    job: &DomainJob,
+    source: &DiskSource<'_, '_>,
+    staged: &StagedBackup<'_>,
+    backups: &[PreviousBackup],
+    compress: Option<i32>,
+    report: &mut DomainReport,
+) -> Result<DiskRecord, Error> {
+    let (image, snap_name) = (source.image, source.snap_name);
+    let snap_image = match &source.group_snapshot {
+        Some(g) => RbdImage::open_at_snapshot_id(source.pool, &source.disk.image, g.id),
+        None => RbdImage::open_at_snapshot(source.pool, &source.disk.image, snap_name),
+    }
+    .map_err(|e| snapshot_gone(e, image, snap_name))?;
+    let info = snap_image.info()?;
+    let snap_id = image
+        .snapshot_id(snap_name)
+        .map_err(|e| snapshot_gone(e, image, snap_name))?;
+    let timestamp = image.snapshot_timestamp(snap_id).ok();
+    let origin = DiskOrigin {
+        target: source.disk.target.clone(),
+        pool: source.disk.pool.clone(),
+        namespace: source.disk.namespace.clone(),
+        image: source.disk.image.clone(),
+        image_id: info.id.clone(),
+        size: info.size,
+        object_size: info.object_size,
+        snapshot: SnapshotRecord {
+            name: snap_name.to_string(),
+            id: snap_id,
+            timestamp,
+        },
+        lineage: source.prepared.lineage(),
+        group_snapshot: source.group_snapshot.clone(),
+    };
+    let mut writer = staged.disk_writer(origin, compress)?;
+    let progress = DiskProgress {
+        ctx,
+        job,
+        target: &source.disk.target,
+    };
+    let export = SnapshotExport {
+        image: &snap_image,
+        snap_name,
+        size: info.size,
+        use_object_map: info.fast_diff_usable(),
+        pipeline: ctx.pipeline(&progress),
+    };
+    let parent = source.prepared.incremental();
+    let leaves = match &parent {
+        Some(_) => base_leaves(backups, &source.disk.target),
+        None => BaseLeaves::none(),
+    };
+    let base = parent.map(|parent| IncrementalBase {
+        snapshot: parent.base_snapshot,
+        size: parent.record.size,
+        block_table: parent.table,
+        leaves: &leaves,
+    });
+    let stats = export.run(base.as_ref(), &mut writer)?;
+    snapshot_still_there(image, snap_name, snap_id)?;
+    if let Some(g) = &source.group_snapshot {
+        group_member_still_there(image, g)?;
+    }
+    let record = writer.finish(DiskContent {
+        checksum: stats.checksum.clone(),
+        block_table: stats.block_table,
+        bytes_read: stats.bytes_read,
+    })?;
+    report.disks.push(DiskReport {
+        target: record.target.clone(),
+        image: image.spec().to_string(),
+        size: record.size,
+        kind: record.kind,
+        bytes_read: record.bytes_read,
+        bytes_written: record.bytes_written,
+        snapshot: snap_name.to_string(),
+        snapshot_timestamp: timestamp,
+        file: Some(record.file.clone()),
+        checksum: Some(stats.checksum),
+        seconds: stats.elapsed.as_secs_f64(),
+        snapshot_create_ms: Some(source.snapshot_create_ms),
+    });
+    Ok(record)
+}
+
+/// One snapshot's content on its way into a disk writer.
+struct SnapshotExport<'a> {
+    /// The image open at the snapshot (or group snapshot member) to read.
+    image: &'a RbdImage<'a>,
+    /// The snapshot's name: the end of a diff stream.
+    snap_name: &'a str,
+    size: u64,
+    use_object_map: bool,
+    pipeline: ReadPipeline<'a>,
+}
+
+impl SnapshotExport<'_> {
+    /// Runs the export the writer's sink takes: a raw image (only ever a full, see
+    /// `DiskFormat::for_backup`), or a diff from `base` (an incremental) or from nothing.
+    fn run(
+        &self,
+        base: Option<&IncrementalBase<'_>>,
+        writer: &mut DiskWriter<'_>,
+    ) -> Result<ExportStats, Error> {
+        let (sink, leaves) = writer.sink();
+        let (image, size, map) = (self.image, self.size, self.use_object_map);
+        match (sink, base) {
+            (DiskSink::SparseRaw(raw), _) => {
+                export_full(image, size, map, raw, Some(leaves), &self.pipeline)
+            }
+            (DiskSink::Diff(out), Some(base)) => export_incremental(
+                image,
+                self.snap_name,
+                size,
+                base,
+                map,
+                out,
+                Some(leaves),
+                &self.pipeline,
+            )
+            .map(|(stats, _)| stats),
+            (DiskSink::Diff(out), None) => export_full_diff(
+                image,
+                self.snap_name,
+                size,
+                map,
+                out,
+                Some(leaves),
+                &self.pipeline,
+            )
+            .map(|(stats, _)| stats),
+        }
+    }
+}
+
+/// The manifest of the domain's backup, from its disks' records and the report so far.
+#[allow(clippy::too_many_arguments)]
+fn domain_manifest(
+    job: &DomainJob,
+    backup_id: &str,
+    previous: Option<&str>,
+    sequence: u64,
+    started_at: f64,
+    report: &DomainReport,
+    disks: Vec<DiskRecord>,
+) -> BackupManifest {
+    let incremental = disks.iter().any(|d| d.kind == BackupKind::Incremental);
+    // An incremental disk builds on the previous backup (`disk_plan`).
+    let parent = previous.filter(|_| incremental).map(str::to_string);
+    BackupManifest {
+        format: crate::repo::manifest::MANIFEST_FORMAT.into(),
+        version: crate::repo::manifest::MANIFEST_VERSION,
+        backup_id: backup_id.to_string(),
+        sequence: Some(sequence),
+        kind: if incremental {
+            BackupKind::Incremental
+        } else {
+            BackupKind::Full
+        },
+        parent,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        domain: DomainRecord {
+            name: job.name.clone(),
+            uuid: job.uuid.clone(),
+            xml: job.xml.clone(),
+        },
+        started_at,
+        completed_at: unix_now(),
+        consistency: report
+            .consistency
+            .unwrap_or(Consistency::CrashConsistentPerDisk),
+        freeze: report.freeze.clone(),
+        disks,
+    }
+}
+
+/// Every other snapshot of this repository on the domain's disks and group, once the backup
+/// with `snap_name` is complete: the previous base, leftovers of killed runs. They go at the
+/// end of the run, together with every other domain's (`stale_snapshots`). Only this
+/// domain's: an image can be a disk of several domains (`plan::naming`).
+#[allow(clippy::too_many_arguments)]
+fn stale_after_commit(
+    repo: &Repository,
+    job: &DomainJob,
+    clusters: &[Arc<RadosCluster>],
+    pools: &[PoolContext<'_>],
+    images: &[RbdImage<'_>],
+    group: Option<&RbdGroup<'_>>,
+    snap_name: &str,
+    backups: &[PreviousBackup],
+) -> Result<Vec<StaleSnapshot>, Error> {
+    let recorded = recorded_snapshots(backups);
+    let is_stale =
+        |name: &str| is_stale_for_domain(name, repo.id(), &job.uuid, snap_name, &recorded);
+    let mut stale = owned_leftovers(clusters, job, images, &is_stale)?;
+    if let Some(group) = group {
+        let pool_index = pools
+            .iter()
+            .position(|p| std::ptr::eq(p, group.pool()))
+            .unwrap_or(0);
+        for snap in group.snapshots()? {
+            if is_stale(&snap.name) {
+                stale.push(StaleSnapshot {
+                    cluster: Arc::clone(&clusters[pool_index]),
+                    pool: job.disks[pool_index].pool.clone(),
+                    namespace: job.disks[pool_index].namespace.clone(),
+                    target: StaleTarget::Group(group.name().to_string()),
+                    snapshot: snap.name,
+                    domain: job.report_index,
+                });
+            }
+        }
+    }
+    Ok(stale)
 }
 
 /// Owner part of the snapshots of restic targets (`virt-rbd-backup-restic-<uuid>-<id>`).
@@ -735,8 +830,6 @@ fn recorded_snapshots(backups: &[PreviousBackup]) -> HashSet<String> {
     names
 }
 
-/// Finishes a diff file written into the staged backup, writes the chunk table of its stored
-/// bytes next to it (`FILE.b3`) and records both in the disk's record.
 /// The leaf tables of the chain that the last of `backups` (oldest first, as read for this
 /// run) ends for disk `target`, newest first; walked on the manifests already read. Any
 /// problem (a broken chain, a table of an older version or a damaged one) only leaves tables
@@ -767,27 +860,6 @@ fn base_leaves(backups: &[PreviousBackup], target: &str) -> BaseLeaves {
             .and_then(|id| backups.iter().find(|(_, m)| &m.backup_id == id));
     }
     BaseLeaves::new(tables)
-}
-
-/// Finishes a diff file written into the staged backup, writes the chunk table of its stored
-/// bytes next to it (`FILE.b3`) and records both in the disk's record.
-fn record_diff_file(
-    record: &mut DiskRecord,
-    staged: &StagedBackup<'_>,
-    file: String,
-    out: StoredDiffWriter,
-    format: &str,
-) -> Result<(), Error> {
-    let stored = out.finish()?;
-    let chunks_file = format!("{file}.b3");
-    write_block_table(&staged.file_path(&chunks_file), &stored.chunks)?;
-    record.format = format.into();
-    record.file = file;
-    record.file_size = stored.size;
-    record.bytes_written = stored.size;
-    record.file_checksum = Some(stored.checksum);
-    record.file_chunks = Some(chunks_file);
-    Ok(())
 }
 
 /// `SnapshotRemoved` when `error` says our snapshot `snap_name` of `image` does not exist

@@ -3,9 +3,11 @@
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection, RbdDiskSpec, SkipReason};
+use crate::libvirt::{HypervisorConnection, RbdDiskSpec};
 use crate::repo::Repository;
 
+use super::discovery::discover_domains;
+pub use super::discovery::SkippedDisk;
 use super::report::Consistency;
 
 /// A domain as discovery sees it.
@@ -25,42 +27,23 @@ pub struct DomainListing {
     pub error: Option<String>,
 }
 
-/// A disk that a backup skips.
-#[derive(Debug, Clone, Serialize)]
-pub struct SkippedDisk {
-    /// Guest device, if it has one.
-    pub target: Option<String>,
-    /// Why.
-    pub reason: SkipReason,
-}
-
 /// Lists the domains and what a backup would do with their disks.
 pub fn list_domains(connect: &str, selection: &[String]) -> Result<Vec<DomainListing>, Error> {
     let libvirt = HypervisorConnection::open(connect)?;
     let mut listings = Vec::new();
-    for info in libvirt.list_domains(selection)? {
+    for found in discover_domains(&libvirt, selection)? {
         let mut listing = DomainListing {
-            name: info.name.clone(),
-            uuid: info.uuid.clone(),
-            active: info.active,
+            name: found.name,
+            uuid: found.uuid,
+            active: found.active,
             rbd_disks: Vec::new(),
             skipped_disks: Vec::new(),
             error: None,
         };
-        match info
-            .xml
-            .map_err(Error::from)
-            .and_then(|xml| parse_domain_xml(&info.name, &xml).map_err(Error::from))
-        {
-            Ok(description) => {
-                for entry in description.disks {
-                    match entry {
-                        DiskEntry::Rbd(spec) => listing.rbd_disks.push(spec),
-                        DiskEntry::Skipped { target, reason } => {
-                            listing.skipped_disks.push(SkippedDisk { target, reason })
-                        }
-                    }
-                }
+        match found.disks {
+            Ok(disks) => {
+                listing.rbd_disks = disks.rbd;
+                listing.skipped_disks = disks.skipped;
             }
             Err(e) => listing.error = Some(e.to_string()),
         }

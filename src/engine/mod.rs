@@ -26,9 +26,12 @@
 //!    members are what is read, the markers are the next incremental's bases (librbd diffs
 //!    only from snapshots it can name; group members have internal names).
 //! 5. After the thaw: export each snapshot (allocated blocks only, `queue_depth` reads in
-//!    flight) into `.partial-<id>/`, then check the snapshot still exists with the id it was
-//!    created with: one removed meanwhile by someone else fails the domain (reads at a removed
-//!    snapshot may return other data). A guest that stops after the snapshots does not matter.
+//!    flight) into a disk writer of the staged backup `.partial-<id>/` (`repo::disk_writer`:
+//!    it names, creates and fsyncs the disk's files and builds its manifest record; the engine
+//!    only chooses full or incremental and runs the reads), then check the snapshot still
+//!    exists with the id it was created with: one removed meanwhile by someone else fails the
+//!    domain (reads at a removed snapshot may return other data). A guest that stops after the
+//!    snapshots does not matter.
 //! 6. Check the cluster locks were never lost (a lease that ran out fails the domain), write
 //!    the manifest, fsync, rename the folder into place: only now is it a backup.
 //! 7. Keep the new snapshots as the base of the next incremental. Every other snapshot of this
@@ -46,7 +49,14 @@
 //!    its seal is written, after restic committed it and the snapshot check passed: `restic`.)
 //!
 //! Before any domain, the run thaws guests that earlier runs of this host left frozen
-//! (`freeze_ledger::thaw_orphans`) and says so in those domains' reports.
+//! (`freeze_ledger::thaw_orphans`) and says so in those domains' reports. Which domains and
+//! disks a run sees is `discovery::discover_domains`, the same walk `plan` and `list` use.
+//!
+//! In the code (`domain_backup`), steps 1 to 7 for a repository are `back_up_to_repo`:
+//! `with_open_images` (2), `remove_dead_partials`, `read_history` and `plan_disks` (full or
+//! incremental, `disk_plan`), `find_group` and `snapshot_domain` (3, 4), `export_disks` and
+//! `back_up_disk` (5), `domain_manifest` and `StagedBackup::commit` (6), `stale_after_commit`
+//! (7). restic targets take `back_up_to_restic` through the same steps 2 to 4.
 //!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
@@ -54,6 +64,7 @@
 mod ceph_session;
 mod cluster_lock;
 pub mod compat_session;
+mod discovery;
 mod disk_plan;
 mod domain_backup;
 pub mod events;
@@ -90,7 +101,7 @@ pub use restore::{
 pub use verify::{verify, verify_with_source, SourceOptions, VerifyProblem, VerifyReport};
 
 use crate::error::Error;
-use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
+use crate::libvirt::HypervisorConnection;
 use crate::repo::Repository;
 
 use ceph_session::ConnectionCache;
@@ -118,31 +129,42 @@ impl CancelToken {
     }
 }
 
+/// `Error::OptionOutOfRange` unless `min <= value <= max`.
+fn in_range(
+    option: &'static str,
+    value: u64,
+    (min, max): (u64, u64),
+    unit: &'static str,
+) -> Result<(), Error> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::OptionOutOfRange {
+            option,
+            value,
+            min,
+            max,
+            unit,
+        })
+    }
+}
+
 fn validate(options: &BackupOptions) -> Result<(), Error> {
-    if options.workers == 0 || options.workers > 64 {
-        return Err(Error::Usage(format!(
-            "workers must be between 1 and 64, not {}",
-            options.workers
-        )));
-    }
-    if options.queue_depth == 0 || options.queue_depth > 256 {
-        return Err(Error::Usage(format!(
-            "queue depth must be between 1 and 256, not {}",
-            options.queue_depth
-        )));
-    }
-    if options.agent_timeout == 0 || options.agent_timeout > 3600 {
-        return Err(Error::Usage(format!(
-            "agent timeout must be between 1 and 3600 seconds, not {}",
-            options.agent_timeout
-        )));
-    }
-    if options.freeze_timeout == 0 || options.freeze_timeout > 3600 {
-        return Err(Error::Usage(format!(
-            "freeze timeout must be between 1 and 3600 seconds, not {}",
-            options.freeze_timeout
-        )));
-    }
+    in_range("workers", options.workers as u64, (1, 64), "")?;
+    in_range("queue depth", options.queue_depth as u64, (1, 256), "")?;
+    let seconds = " seconds";
+    in_range(
+        "agent timeout",
+        u64::from(options.agent_timeout),
+        (1, 3600),
+        seconds,
+    )?;
+    in_range(
+        "freeze timeout",
+        u64::from(options.freeze_timeout),
+        (1, 3600),
+        seconds,
+    )?;
     if options.agent_timeout >= options.freeze_timeout {
         return Err(Error::Usage(format!(
             "the agent timeout ({} s) must be shorter than the freeze timeout ({} s): the freeze \
@@ -158,12 +180,12 @@ fn validate(options: &BackupOptions) -> Result<(), Error> {
     if options.bwlimit == Some(0) {
         return Err(Error::Usage("--bwlimit must be positive".into()));
     }
-    if options.ceph_timeout == 0 || options.ceph_timeout > 86400 {
-        return Err(Error::Usage(format!(
-            "the Ceph timeout must be between 1 and 86400 seconds, not {}",
-            options.ceph_timeout
-        )));
-    }
+    in_range(
+        "the Ceph timeout",
+        u64::from(options.ceph_timeout),
+        (1, 86400),
+        seconds,
+    )?;
     if options.full_every == Some(0) {
         return Err(Error::Usage("--full-every must be at least 1".into()));
     }
@@ -214,7 +236,7 @@ pub fn run_backup(
     validate(options)?;
     let started_at = unix_now();
     let libvirt = HypervisorConnection::open(&options.connect)?;
-    let domains = libvirt.list_domains(&options.domains)?;
+    let domains = discovery::discover_domains(&libvirt, &options.domains)?;
     // Before any freeze of ours: guests left frozen by a run that died with its watchdog.
     let orphan_warnings = thaw_orphans_before_run();
     // The repository is created only once the run can start: a typo in a domain name must
@@ -229,16 +251,11 @@ pub fn run_backup(
 
     let mut reports: Vec<Option<DomainReport>> = Vec::with_capacity(domains.len());
     let mut jobs: Vec<(usize, DomainJob)> = Vec::new();
-    for (index, info) in domains.into_iter().enumerate() {
-        let parsed = info.xml.map_err(Error::from).and_then(|xml| {
-            parse_domain_xml(&info.name, &xml)
-                .map(|d| (xml, d))
-                .map_err(Error::from)
-        });
-        let (xml, description) = match parsed {
-            Ok(ok) => ok,
+    for (index, found) in domains.into_iter().enumerate() {
+        let disks = match found.disks {
+            Ok(disks) => disks,
             Err(e) => {
-                let mut report = new_report(&info.name, &info.uuid, DomainStatus::Failed);
+                let mut report = new_report(&found.name, &found.uuid, DomainStatus::Failed);
                 report.error = Some(e.to_string());
                 events.emit(&BackupEvent::DomainFinished {
                     report: report.clone(),
@@ -247,22 +264,18 @@ pub fn run_backup(
                 continue;
             }
         };
-        let mut disks = Vec::new();
-        for entry in description.disks {
-            match entry {
-                DiskEntry::Rbd(spec) => disks.push(spec),
-                DiskEntry::Skipped { target, reason } => events.emit(&BackupEvent::DiskSkipped {
-                    domain: info.name.clone(),
-                    uuid: info.uuid.clone(),
-                    target,
-                    reason,
-                }),
-            }
+        for skipped in disks.skipped {
+            events.emit(&BackupEvent::DiskSkipped {
+                domain: found.name.clone(),
+                uuid: found.uuid.clone(),
+                target: skipped.target,
+                reason: skipped.reason,
+            });
         }
-        if disks.is_empty() {
+        if disks.rbd.is_empty() {
             reports.push(Some(new_report(
-                &info.name,
-                &info.uuid,
+                &found.name,
+                &found.uuid,
                 DomainStatus::Skipped,
             )));
         } else {
@@ -271,10 +284,10 @@ pub fn run_backup(
                 index,
                 DomainJob {
                     report_index: index,
-                    name: info.name,
-                    uuid: info.uuid,
-                    xml,
-                    disks,
+                    name: found.name,
+                    uuid: found.uuid,
+                    xml: disks.xml,
+                    disks: disks.rbd,
                 },
             ));
         }
@@ -345,4 +358,42 @@ pub fn run_backup(
         finished_at: unix_now(),
         domains: reports.into_iter().flatten().collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_options_are_typed_and_say_what_they_always_said() {
+        let mut options = BackupOptions {
+            workers: 0,
+            ..BackupOptions::default()
+        };
+        let err = validate(&options).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::OptionOutOfRange {
+                option: "workers",
+                value: 0,
+                ..
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "invalid option: workers must be between 1 and 64, not 0"
+        );
+        options.workers = 4;
+        options.freeze_timeout = 4000;
+        assert_eq!(
+            validate(&options).unwrap_err().to_string(),
+            "invalid option: freeze timeout must be between 1 and 3600 seconds, not 4000"
+        );
+        options.freeze_timeout = 60;
+        options.ceph_timeout = 0;
+        assert_eq!(
+            validate(&options).unwrap_err().to_string(),
+            "invalid option: the Ceph timeout must be between 1 and 86400 seconds, not 0"
+        );
+    }
 }

@@ -6,13 +6,13 @@ use serde::Serialize;
 
 use crate::ceph::RbdImage;
 use crate::error::Error;
-use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection, RbdDiskSpec};
+use crate::libvirt::{HypervisorConnection, RbdDiskSpec};
 use crate::plan::{blocks_to_read, ByteRange, DiskPlan, HASH_BLOCK_SIZE};
 use crate::repo::{BackupKind, Repository};
 
 use super::ceph_session::{cluster_address, ConnectionCache};
+use super::discovery::{discover_domains, SkippedDisk};
 use super::disk_plan::{prepare_disk, readable_backups};
-use super::listing::SkippedDisk;
 use super::options::{BackupOptions, FreezePolicy};
 
 /// One disk in a plan.
@@ -73,32 +73,20 @@ pub fn plan_backup(options: &BackupOptions) -> Result<BackupPlan, Error> {
     };
     let ceph = ConnectionCache::new(options.ceph_timeouts());
     let mut domains = Vec::new();
-    for info in libvirt.list_domains(&options.domains)? {
+    for found in discover_domains(&libvirt, &options.domains)? {
         let mut planned = PlannedDomain {
-            name: info.name.clone(),
-            uuid: info.uuid.clone(),
-            active: info.active,
-            would_freeze: info.active && options.freeze != FreezePolicy::Off,
+            name: found.name.clone(),
+            uuid: found.uuid.clone(),
+            active: found.active,
+            would_freeze: found.active && options.freeze != FreezePolicy::Off,
             disks: Vec::new(),
             skipped_disks: Vec::new(),
             error: None,
         };
-        let parsed = info
-            .xml
-            .map_err(Error::from)
-            .and_then(|xml| Ok(parse_domain_xml(&info.name, &xml)?));
-        match parsed {
-            Ok(description) => {
-                let mut rbd = Vec::new();
-                for entry in description.disks {
-                    match entry {
-                        DiskEntry::Rbd(spec) => rbd.push(spec),
-                        DiskEntry::Skipped { target, reason } => {
-                            planned.skipped_disks.push(SkippedDisk { target, reason })
-                        }
-                    }
-                }
-                if rbd.is_empty() {
+        match found.disks {
+            Ok(disks) => {
+                planned.skipped_disks = disks.skipped;
+                if disks.rbd.is_empty() {
                     planned.would_freeze = false;
                 }
                 if let Err(e) = plan_disks(
@@ -106,9 +94,9 @@ pub fn plan_backup(options: &BackupOptions) -> Result<BackupPlan, Error> {
                     &libvirt,
                     repo.as_ref(),
                     &ceph,
-                    &info.uuid,
-                    &info.name,
-                    &rbd,
+                    &found.uuid,
+                    &found.name,
+                    &disks.rbd,
                     &mut planned.disks,
                 ) {
                     planned.error = Some(e.to_string());

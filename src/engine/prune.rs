@@ -27,10 +27,10 @@
 //!
 //! "Newest" is by the manifests' sequence, not by id or clock (see `repo::manifest`).
 //!
-//! A backup is removed by renaming its folder to `.partial-<id>`, fsyncing the domain folder,
-//! then deleting it: a crash part-way leaves a `.partial-` folder (never read as a backup and
-//! removed by the next run), never a half-deleted folder that looks like a backup. Removal
-//! goes newest first, so an interruption cannot leave an incremental without its parent.
+//! Renames, removals and their fsyncs are `repo::backup_removal`'s (a removed backup is first
+//! renamed `.partial-<id>`, so a crash never leaves a half-deleted folder that looks like a
+//! backup). Removal goes newest first, so an interruption cannot leave an incremental without
+//! its parent.
 
 use std::collections::HashMap;
 use std::fs;
@@ -41,11 +41,13 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::plan::retention::{compute_prune, parse_backup_id, BackupEntry, KeepOptions, PruneMark};
 use crate::plan::snapshot_backup_id;
-use crate::repo::layout::{is_canonical_uuid, MANIFEST_FILE, PARTIAL_PREFIX, QUARANTINE_PREFIX};
-use crate::repo::manifest::{sync_dir, ManifestHints};
+use crate::repo::backup_removal::{Quarantine, Removal};
+use crate::repo::disk_writer::DiskFileNames;
+use crate::repo::layout::{is_canonical_uuid, MANIFEST_FILE, PARTIAL_PREFIX};
+use crate::repo::manifest::ManifestHints;
 use crate::repo::rbd_diff::RbdDiffReader;
 use crate::repo::stored_file::open_stored_file;
-use crate::repo::{BackupManifest, DomainLock, RepoError, Repository};
+use crate::repo::{BackupManifest, DiskFormat, DomainLock, RepoError, Repository};
 
 /// Version of the JSON prune report.
 pub const PRUNE_REPORT_VERSION: u32 = 1;
@@ -229,23 +231,22 @@ fn parent_hint(folder: &Path, repo_id: &str) -> Option<String> {
     if let Some(parent) = ManifestHints::read(&folder.join(MANIFEST_FILE)).and_then(|h| h.parent) {
         return Some(parent);
     }
-    let mut names: Vec<PathBuf> = fs::read_dir(folder)
+    // Named by the disk writer: its names say which files are diff streams, and compressed.
+    let mut diffs: Vec<(PathBuf, DiskFormat)> = fs::read_dir(folder)
         .ok()?
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().contains(".rbdiff"))
-                && !p.to_string_lossy().ends_with(".b3")
+        .filter_map(|e| {
+            let format = DiskFileNames::stored_format(&e.file_name().to_string_lossy())?;
+            Some((e.path(), format))
         })
         .collect();
-    names.sort();
-    names.into_iter().find_map(|path| {
+    diffs.sort_by(|a, b| a.0.cmp(&b.0));
+    diffs.into_iter().find_map(|(path, format)| {
         let (file, _) = open_stored_file(&path, None).ok()?;
-        let stream: Box<dyn std::io::Read> = if path.to_string_lossy().ends_with(".zst") {
-            Box::new(zstd::Decoder::new(file).ok()?)
-        } else {
-            Box::new(std::io::BufReader::new(file))
+        let stream: Box<dyn std::io::Read> = match format {
+            DiskFormat::SparseRaw => return None,
+            DiskFormat::RbdDiffV1 => Box::new(std::io::BufReader::new(file)),
+            DiskFormat::RbdDiffV1Zstd => Box::new(zstd::Decoder::new(file).ok()?),
         };
         let reader = RbdDiffReader::new(stream).ok()?;
         let id = snapshot_backup_id(reader.from_snap()?, repo_id)?;
@@ -295,11 +296,9 @@ fn prune_locked(
     dry_run: bool,
     report: &mut DomainPruneReport,
 ) -> Result<(), Error> {
-    let dir = repo.domain_dir(uuid);
-
     // Interrupted runs first, so their names are free for the renames below.
     let partials = if dry_run {
-        partial_folders(&dir)?
+        lock.partial_backups()?
     } else {
         lock.remove_partial_backups()?
     };
@@ -386,24 +385,15 @@ fn prune_locked(
     // report. The entry stays held whether or not the rename worked.
     let mut renamed_any = false;
     for (id, error) in to_quarantine {
-        let to = dir.join(format!("{QUARANTINE_PREFIX}{id}"));
-        let from = folders[&id].clone();
         if dry_run {
             report.errors.push(format!(
                 "{error}; would be quarantined as {} and kept with the backups of its chain",
-                to.display()
+                lock.quarantine_path(&id).display()
             ));
             continue;
         }
-        if fs::symlink_metadata(&to).is_ok() {
-            report.errors.push(format!(
-                "{error}; cannot be quarantined ({} exists), left in place and kept with the backups of its chain",
-                to.display()
-            ));
-            continue;
-        }
-        match fs::rename(&from, &to) {
-            Ok(()) => {
+        match lock.quarantine(&id, &folders[&id]) {
+            Quarantine::Done(to) => {
                 renamed_any = true;
                 report.errors.push(format!(
                     "{error}; quarantined as {} (never removed by prune) and kept with the backups \
@@ -412,14 +402,18 @@ fn prune_locked(
                 ));
                 folders.insert(id, to);
             }
-            Err(e) => report.errors.push(format!(
+            Quarantine::NameTaken(to) => report.errors.push(format!(
+                "{error}; cannot be quarantined ({} exists), left in place and kept with the backups of its chain",
+                to.display()
+            )),
+            Quarantine::Failed(to, e) => report.errors.push(format!(
                 "{error}; cannot be quarantined (rename to {}: {e}), left in place and kept with the backups of its chain",
                 to.display()
             )),
         }
     }
     if renamed_any {
-        sync_dir(&dir)?;
+        lock.sync_folder()?;
     }
 
     entries.sort_by(|a, b| (a.sequence, &a.id).cmp(&(b.sequence, &b.id)));
@@ -445,33 +439,29 @@ fn prune_locked(
     if dry_run {
         removed = doomed;
     } else {
-        // Rename all, make the renames durable, then delete: from the first fsync on, none
-        // of these is a backup any more, whatever happens to the deletion.
-        let mut renamed = Vec::new();
-        for (id, reason) in doomed {
-            let to = dir.join(format!("{PARTIAL_PREFIX}{id}"));
-            match fs::rename(&folders[&id], &to) {
-                Ok(()) => renamed.push((id, reason, to)),
-                Err(e) => report.errors.push(format!(
+        // From the first fsync on, none of these is a backup any more (`repo::backup_removal`).
+        let targets: Vec<(String, PathBuf)> = doomed
+            .iter()
+            .map(|(id, _)| (id.clone(), folders[id].clone()))
+            .collect();
+        let outcomes = lock.remove_backups(&targets)?;
+        for ((id, reason), outcome) in doomed.into_iter().zip(outcomes) {
+            match outcome {
+                Removal::Removed => removed.push((id, reason)),
+                Removal::NotRenamed(to, e) => report.errors.push(format!(
                     "cannot remove {} ({reason}): rename to {}: {e}; left as it is",
                     folders[&id].display(),
                     to.display()
                 )),
+                Removal::NotDeleted(to, e) => {
+                    report.errors.push(format!(
+                        "{} is no longer a backup but could not be deleted ({e}); the next backup or prune of this domain removes it",
+                        to.display()
+                    ));
+                    removed.push((id, reason));
+                }
             }
         }
-        if !renamed.is_empty() {
-            sync_dir(&dir)?;
-        }
-        for (id, reason, to) in renamed {
-            if let Err(e) = fs::remove_dir_all(&to) {
-                report.errors.push(format!(
-                    "{} is no longer a backup but could not be deleted ({e}); the next backup or prune of this domain removes it",
-                    to.display()
-                ));
-            }
-            removed.push((id, reason));
-        }
-        sync_dir(&dir)?;
     }
     // Oldest first, as the report lists them.
     removed.sort_by(|a, b| order[&a.0].cmp(&order[&b.0]));
@@ -485,32 +475,11 @@ fn prune_locked(
     Ok(())
 }
 
-/// `.partial-*` folders of a domain (what `remove_partial_backups` would remove).
-fn partial_folders(dir: &Path) -> Result<Vec<PathBuf>, RepoError> {
-    let io = |source| RepoError::Io {
-        action: "read folder",
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut found = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(PARTIAL_PREFIX)
-        {
-            found.push(entry.path());
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::snapshot_name;
+    use crate::repo::layout::QUARANTINE_PREFIX;
     use crate::repo::manifest::tests::sample;
     use crate::repo::write_manifest;
 

@@ -2,6 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+// Recorded in the manifest too: defined with it (`repo` must not depend on `engine`), and
+// re-exported here so the report's names stay where the public API has them.
+pub use crate::repo::manifest::{Consistency, FreezeReport};
+
 /// Whether a domain's backup succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -12,35 +16,6 @@ pub enum DomainStatus {
     Failed,
     /// The domain has no RBD disk, or another client holds its images (see `skip_reason`).
     Skipped,
-}
-
-/// What consistency the snapshots of a domain have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Consistency {
-    /// Guest filesystems were frozen while the snapshots were taken.
-    Frozen,
-    /// No freeze; each disk's snapshot is crash-consistent on its own.
-    CrashConsistentPerDisk,
-    /// No freeze; all disks were snapshotted at one instant by an RBD group snapshot.
-    CrashConsistentGroup,
-    /// The domain was shut off: its disks were not in use.
-    ShutOff,
-}
-
-/// The freeze of one domain.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FreezeReport {
-    /// Whether a freeze was attempted.
-    pub attempted: bool,
-    /// Filesystems the agent froze.
-    pub frozen_filesystems: u32,
-    /// From the freeze call returning to the thaw call returning, in milliseconds.
-    pub window_ms: Option<f64>,
-    /// Wall-clock time (Unix seconds) when the freeze call returned.
-    pub frozen_at: Option<f64>,
-    /// Wall-clock time (Unix seconds) when the thaw call returned.
-    pub thawed_at: Option<f64>,
 }
 
 /// One disk's backup.

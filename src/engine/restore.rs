@@ -710,8 +710,8 @@ fn replay(
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        match link.disk.format.as_str() {
-            "raw" => {
+        match link.disk.format {
+            crate::repo::DiskFormat::SparseRaw => {
                 let mut reader = RawBlockReader::open(link)?;
                 sink.set_size(reader.size())?;
                 let mut buf = Vec::new();
@@ -727,7 +727,7 @@ fn replay(
                     }
                 }
             }
-            _ => {
+            crate::repo::DiskFormat::RbdDiffV1 | crate::repo::DiskFormat::RbdDiffV1Zstd => {
                 verify_stored_file(link)?;
                 let mut reader = open_diff_link(link)?;
                 sink.set_size(reader.image_size())?;

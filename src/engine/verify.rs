@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::Error;
 use crate::repo::chain::{verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::leaf_table::verify_leaf_table;
-use crate::repo::Repository;
+use crate::repo::{DiskFormat, Repository};
 
 /// One problem found.
 #[derive(Debug, Clone, Serialize)]
@@ -167,9 +167,7 @@ pub fn verify_with_source(
         }
     }
     if let (Some(id), true) = (backup, report.checked.is_empty()) {
-        return Err(Error::Usage(format!(
-            "no backup {id} in the repository; `virt-rbd-backup list` shows the backups"
-        )));
+        return Err(Error::NoSuchBackup { id: id.to_string() });
     }
     Ok(report)
 }
@@ -184,8 +182,8 @@ fn verify_link(link: &ChainLink) -> Result<(), String> {
 }
 
 fn verify_link_data(link: &ChainLink) -> Result<(), String> {
-    match link.disk.format.as_str() {
-        "raw" => {
+    match link.disk.format {
+        DiskFormat::SparseRaw => {
             let mut reader = RawBlockReader::open(link).map_err(|e| e.to_string())?;
             let mut buf = Vec::new();
             while reader
@@ -195,7 +193,9 @@ fn verify_link_data(link: &ChainLink) -> Result<(), String> {
             {}
             Ok(())
         }
-        _ => {
+        // The stored bytes are checked against their chunk table, compressed or not: damage
+        // is found without decompressing.
+        DiskFormat::RbdDiffV1 | DiskFormat::RbdDiffV1Zstd => {
             link.block_table().map_err(|e| e.to_string())?;
             verify_stored_file(link).map_err(|e| e.to_string())
         }

@@ -133,15 +133,20 @@ fn to_py_err(err: Error) -> PyErr {
     // Exhaustive on purpose: a new variant must be given its exception here, not fall on the
     // base class unnoticed.
     match err {
-        Error::Usage(_) | Error::HostPassthrough { .. } | Error::Nbd(_) => {
-            UsageError::new_err(message)
-        }
+        Error::Usage(_)
+        | Error::HostPassthrough { .. }
+        | Error::Nbd(_)
+        | Error::OptionOutOfRange { .. }
+        | Error::NoBackupTarget
+        | Error::NoSuchBackup { .. } => UsageError::new_err(message),
         Error::Libvirt(_) | Error::DomainStoppedWhileFrozen { .. } => {
             LibvirtError::new_err(message)
         }
         Error::Ceph(_) | Error::ClusterLockLost { .. } => CephError::new_err(message),
         Error::Repo(_) => RepositoryError::new_err(message),
-        Error::Restic(_) | Error::ResticUntrusted { .. } => ResticError::new_err(message),
+        Error::Restic(_) | Error::ResticUntrusted { .. } | Error::ResticSizeMismatch { .. } => {
+            ResticError::new_err(message)
+        }
         Error::Inconsistent(_) | Error::SnapshotRemoved { .. } => {
             InconsistentError::new_err(message)
         }

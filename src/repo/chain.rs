@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::block_table::read_block_table;
 use super::error::RepoError;
-use super::manifest::{BackupKind, BackupManifest, DiskRecord};
+use super::manifest::{BackupKind, BackupManifest, DiskFormat, DiskRecord};
 use super::rbd_diff::RbdDiffReader;
 use super::stored_file::open_stored_file;
 use super::Repository;
@@ -57,7 +57,7 @@ pub fn open_diff_link(link: &ChainLink) -> Result<RbdDiffReader<Box<dyn Read>>, 
     let path = link.data_path();
     let (file, _) = open_stored_file(&path, None)?;
     let buffered = BufReader::with_capacity(1 << 20, file);
-    let stream: Box<dyn Read> = if link.disk.format.ends_with("+zstd") {
+    let stream: Box<dyn Read> = if link.disk.format == DiskFormat::RbdDiffV1Zstd {
         Box::new(
             zstd::Decoder::with_buffer(buffered).map_err(|source| RepoError::Io {
                 action: "decompress",
@@ -372,12 +372,13 @@ mod tests {
     use super::*;
     use crate::repo::manifest::tests::sample;
     use crate::repo::stored_file::tests::make_fifo;
+    use crate::repo::DiskFormat;
     use std::time::{Duration, Instant};
 
-    fn link_in(folder: &Path, file: &str, format: &str) -> ChainLink {
+    fn link_in(folder: &Path, file: &str, format: DiskFormat) -> ChainLink {
         let mut disk = sample().disks.remove(0);
         disk.file = file.into();
-        disk.format = format.into();
+        disk.format = format;
         disk.size = 8 << 20;
         disk.file_size = 8 << 20;
         ChainLink {
@@ -395,7 +396,10 @@ mod tests {
         make_fifo(&dir.path().join("vdb.raw"));
         make_fifo(&dir.path().join("vdb.rbdiff"));
         let started = Instant::now();
-        for (file, format) in [("vda.raw", "raw"), ("vdb.raw", "raw")] {
+        for (file, format) in [
+            ("vda.raw", DiskFormat::SparseRaw),
+            ("vdb.raw", DiskFormat::SparseRaw),
+        ] {
             let err = RawBlockReader::open(&link_in(dir.path(), file, format))
                 .err()
                 .expect("must fail");
@@ -405,7 +409,8 @@ mod tests {
             );
         }
         for file in ["vda.rbdiff", "vdb.rbdiff"] {
-            let err = verify_stored_file(&link_in(dir.path(), file, "rbd-diff-v1")).unwrap_err();
+            let err =
+                verify_stored_file(&link_in(dir.path(), file, DiskFormat::RbdDiffV1)).unwrap_err();
             assert!(
                 matches!(err, RepoError::NotARegularFile { .. }),
                 "{file}: {err}"

@@ -43,6 +43,7 @@ use std::sync::{Arc, Mutex};
 use super::chain::{open_diff_link, verify_stored_file, ChainLink};
 use super::error::RepoError;
 use super::extent_source::{check_range, push_extent, Extent, ExtentSource};
+use super::manifest::DiskFormat;
 use super::rbd_diff::DiffRecord;
 use super::stored_file::open_stored_file;
 use crate::plan::{ContentHasher, HASH_BLOCK_SIZE};
@@ -252,15 +253,6 @@ impl ChainImage {
                 })
             }
         };
-        if first.disk.format != "raw" {
-            return Err(RepoError::BadManifest {
-                path: first.folder.join(super::layout::MANIFEST_FILE),
-                message: format!(
-                    "the chain of disk {} starts with a {:?} file, not a full backup's raw file",
-                    first.disk.target, first.disk.format
-                ),
-            });
-        }
         let table = target.block_table()?;
         let table_path = target
             .folder
@@ -270,32 +262,39 @@ impl ChainImage {
         let mut warnings = Vec::new();
         let mut spill: Option<(u32, u64)> = None; // (file index, bytes written)
 
-        // The full backup: its data extents, read where they are.
-        let path = first.data_path();
-        let (file, len) = open_stored_file(&path, None)?;
-        if len != first.disk.size {
-            return Err(RepoError::Corrupt {
-                path,
-                offset: None,
-                message: format!("holds {len} bytes, the image had {}", first.disk.size),
-            });
-        }
-        map.resize(len);
-        let extents = data_extents(&file, len).map_err(|source| RepoError::Io {
-            action: "map the data of",
-            path: path.clone(),
-            source,
-        })?;
-        for (offset, length) in extents {
-            map.set(offset, length, Some((0, offset)));
-        }
-        files.push(SourceFile {
-            file,
-            path,
-            copy: false,
-        });
+        // The full backup: a raw file's data extents are read where they are; a compressed
+        // full is a diff from nothing, replayed like the incrementals.
+        let diffs = match first.disk.format {
+            DiskFormat::SparseRaw => {
+                let path = first.data_path();
+                let (file, len) = open_stored_file(&path, None)?;
+                if len != first.disk.size {
+                    return Err(RepoError::Corrupt {
+                        path,
+                        offset: None,
+                        message: format!("holds {len} bytes, the image had {}", first.disk.size),
+                    });
+                }
+                map.resize(len);
+                let extents = data_extents(&file, len).map_err(|source| RepoError::Io {
+                    action: "map the data of",
+                    path: path.clone(),
+                    source,
+                })?;
+                for (offset, length) in extents {
+                    map.set(offset, length, Some((0, offset)));
+                }
+                files.push(SourceFile {
+                    file,
+                    path,
+                    copy: false,
+                });
+                &chain[1..]
+            }
+            DiskFormat::RbdDiffV1 | DiskFormat::RbdDiffV1Zstd => chain,
+        };
 
-        for link in &chain[1..] {
+        for link in diffs {
             let path = link.data_path();
             if let Err(e) = verify_stored_file(link) {
                 match e {
@@ -305,7 +304,7 @@ impl ChainImage {
                     other => return Err(other),
                 }
             }
-            let compressed = link.disk.format.ends_with("+zstd");
+            let compressed = link.disk.format == DiskFormat::RbdDiffV1Zstd;
             let mut reader = open_diff_link(link)?;
             // A second handle for the random reads of an uncompressed diff's data later.
             let (reread, _) = open_stored_file(&path, None)?;
@@ -606,18 +605,44 @@ mod tests {
                 links: Vec::new(),
                 model: image,
             };
-            b.commit(folder, "raw", "vda.raw", BackupKind::Full);
+            b.commit(folder, DiskFormat::SparseRaw, "vda.raw", BackupKind::Full);
             b
         }
 
-        fn commit(&mut self, folder: PathBuf, format: &str, file: &str, kind: BackupKind) {
+        /// A full backup of `image` as a compressed repository stores it: a zstd rbd diff from
+        /// nothing (its nonzero 4 KiB pieces as data records).
+        fn full_compressed(image: Vec<u8>) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let folder = dir.path().join("b0");
+            std::fs::create_dir(&folder).unwrap();
+            let stored = StoredDiffWriter::create(&folder.join("vda.rbdiff"), Some(3)).unwrap();
+            let mut w = RbdDiffWriter::new(stored, None, "snap0", image.len() as u64).unwrap();
+            for (s, e) in crate::repo::image_file::nonzero_runs(&image, 4096) {
+                w.write_data(s as u64, &image[s..e]).unwrap();
+            }
+            w.finish().unwrap().finish().unwrap();
+            let mut b = ChainBuilder {
+                dir,
+                links: Vec::new(),
+                model: image,
+            };
+            b.commit(
+                folder,
+                DiskFormat::RbdDiffV1Zstd,
+                "vda.rbdiff",
+                BackupKind::Full,
+            );
+            b
+        }
+
+        fn commit(&mut self, folder: PathBuf, format: DiskFormat, file: &str, kind: BackupKind) {
             let table = table_of(&self.model);
             write_block_table(&folder.join("vda.blocks"), &table).unwrap();
             let mut disk = sample().disks.remove(0);
             let n = self.links.len();
             disk.target = "vda".into();
             disk.file = file.into();
-            disk.format = format.into();
+            disk.format = format;
             disk.size = self.model.len() as u64;
             disk.checksum = checksum_of_table(&table);
             disk.blocks_file = Some("vda.blocks".into());
@@ -630,7 +655,7 @@ mod tests {
             disk.base_snapshot = self.links.last().map(|l| l.disk.snapshot.clone());
             let bytes = std::fs::read(folder.join(file)).unwrap();
             disk.file_size = bytes.len() as u64;
-            if format == "raw" {
+            if format == DiskFormat::SparseRaw {
                 disk.file_checksum = None;
                 disk.file_chunks = None;
             } else {
@@ -677,9 +702,9 @@ mod tests {
             }
             w.finish().unwrap().finish().unwrap();
             let format = if zstd {
-                "rbd-diff-v1+zstd"
+                DiskFormat::RbdDiffV1Zstd
             } else {
-                "rbd-diff-v1"
+                DiskFormat::RbdDiffV1
             };
             self.commit(folder, format, "vda.rbdiff", BackupKind::Incremental);
             self
@@ -760,6 +785,31 @@ mod tests {
             "the hole between 1 MiB and 6 MiB is reported: {map:?}"
         );
         assert_eq!(map.iter().map(|e| e.length).sum::<u64>(), served.size());
+    }
+
+    #[test]
+    fn a_chain_whose_full_backup_is_compressed_reads_as_its_last_backup() {
+        // `--compress zstd` stores full backups as a zstd rbd diff from nothing, not raw.
+        let mut image = vec![0u8; (9 * MIB + 777) as usize];
+        image[..(3 * MIB) as usize].copy_from_slice(&noise((3 * MIB) as usize, 11));
+        let mut chain = ChainBuilder::full_compressed(image);
+        chain.incremental(
+            9 * MIB + 777,
+            vec![
+                Change::Zero(0, MIB),
+                Change::Write(5 * MIB, noise(70_000, 12)),
+            ],
+            true,
+        );
+        let served = chain.open();
+        assert_reads_match(&served, &chain.model);
+        assert!(
+            served
+                .allocation(0, MIB)
+                .iter()
+                .all(|e| !e.allocated || e.length == 0),
+            "the zeroed first MiB is a hole"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!     .lock                           flock held by the run backing up this domain
 //!     <backup id>/                    a complete backup (renamed into place last)
 //!       manifest.json
-//!       <disk target>.raw             sparse raw image of one disk
+//!       <disk target>.raw, .rbdiff[.zst], .b3, .blocks, .leaves
+//!                                     one disk's files (named by `disk_writer`, which lists
+//!                                     them; the manifest records each name)
 //!     .partial-<backup id>/           a backup being written; never read as a backup
 //!     .quarantine-<backup id>/        a backup whose manifest could not be read, set aside by
 //!                                     prune (never removed by the tool; see `engine::prune`)
@@ -70,11 +72,6 @@ pub fn domain_folder(uuid: &str) -> String {
     } else {
         safe_component(uuid)
     }
-}
-
-/// The file name of a disk's raw image.
-pub fn disk_file_name(target: &str) -> String {
-    format!("{}.raw", safe_component(target))
 }
 
 #[cfg(test)]

@@ -13,16 +13,19 @@
 //!   id; only the sequence says which is newer.
 //! - `domain`: `name`, `uuid`, `xml` (as libvirt returned it; holds no secret values).
 //! - `started_at`, `completed_at`: Unix seconds (float).
-//! - `consistency`: `"frozen"`, `"crash_consistent_per_disk"` or `"shut_off"`; `freeze`: the
-//!   freeze report (attempted, frozen_filesystems, window_ms, frozen_at, thawed_at).
+//! - `consistency` (`Consistency`): `"frozen"`, `"crash_consistent_group"`,
+//!   `"crash_consistent_per_disk"` or `"shut_off"`; `freeze` (`FreezeReport`): the freeze
+//!   report (attempted, frozen_filesystems, window_ms, frozen_at, thawed_at).
 //! - `disks[]`: `target`, `pool`, `namespace`, `image`, `image_id`, `size`, `object_size`,
 //!   `snapshot` {`name`, `id`, `timestamp`}, `bytes_read`, `bytes_written`, and:
 //!   - `kind`: `"full"` or `"incremental"`; `chain_position`: 0 for a full, parent's + 1;
 //!     `parent_backup` and `base_snapshot` {`name`, `id`, `timestamp`}: what an incremental
 //!     was taken against.
-//!   - `file` (a plain name inside the backup folder) and `format`: `"raw"` (a sparse raw
-//!     image of exactly `size` bytes) or `"rbd-diff-v1"` (Ceph's `rbd export-diff` stream, from
-//!     `base_snapshot` to `snapshot`: `rbd import-diff` replays it). `file_size` in bytes.
+//!   - `file` (a plain name inside the backup folder) and `format` (`DiskFormat`): `"raw"` (a
+//!     sparse raw image of exactly `size` bytes), `"rbd-diff-v1"` (Ceph's `rbd export-diff`
+//!     stream, from `base_snapshot`, or from nothing for a full, to `snapshot`: `rbd
+//!     import-diff` replays it) or `"rbd-diff-v1+zstd"` (that stream in zstd frames). Files are
+//!     named by `repo::disk_writer`, the one place that writes them. `file_size` in bytes.
 //!   - `checksum`: content checksum of the image at `snapshot` (`blake3-4m:<hex>`, see
 //!     `plan::blocks`), and `blocks_file`: the table of its 4 MiB block hashes (32 bytes each,
 //!     in order; BLAKE3 of the table's bytes is the checksum), carried forward by the next
@@ -56,7 +59,6 @@ use serde::{Deserialize, Serialize};
 
 use super::error::RepoError;
 use super::stored_file::{read_stored_file, MAX_MANIFEST_BYTES};
-use crate::engine::report::{Consistency, FreezeReport};
 
 /// The `format` field's value.
 pub const MANIFEST_FORMAT: &str = "virt-rbd-backup-manifest";
@@ -64,6 +66,82 @@ pub const MANIFEST_FORMAT: &str = "virt-rbd-backup-manifest";
 pub const MANIFEST_VERSION: u32 = 2;
 /// The first version that records `sequence`.
 pub const SEQUENCE_VERSION: u32 = 2;
+
+/// What consistency the snapshots of a domain have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Guest filesystems were frozen while the snapshots were taken.
+    Frozen,
+    /// No freeze; each disk's snapshot is crash-consistent on its own.
+    CrashConsistentPerDisk,
+    /// No freeze; all disks were snapshotted at one instant by an RBD group snapshot.
+    CrashConsistentGroup,
+    /// The domain was shut off: its disks were not in use.
+    ShutOff,
+}
+
+/// The freeze of one domain.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FreezeReport {
+    /// Whether a freeze was attempted.
+    pub attempted: bool,
+    /// Filesystems the agent froze.
+    pub frozen_filesystems: u32,
+    /// From the freeze call returning to the thaw call returning, in milliseconds.
+    pub window_ms: Option<f64>,
+    /// Wall-clock time (Unix seconds) when the freeze call returned.
+    pub frozen_at: Option<f64>,
+    /// Wall-clock time (Unix seconds) when the thaw call returned.
+    pub thawed_at: Option<f64>,
+}
+
+/// How a disk's content is stored: the manifest's `format`, serialized as the strings every
+/// version wrote (`"raw"`, `"rbd-diff-v1"`, `"rbd-diff-v1+zstd"`). A value outside these makes
+/// the manifest unreadable (damaged, or written by a version that should have bumped
+/// `MANIFEST_VERSION` for a new format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DiskFormat {
+    /// A sparse raw image of exactly the disk's `size` bytes (full backups, uncompressed).
+    #[serde(rename = "raw")]
+    SparseRaw,
+    /// An `rbd export-diff` v1 stream from `base_snapshot` (or from nothing, for a full) to
+    /// `snapshot`: `rbd import-diff` replays it.
+    #[serde(rename = "rbd-diff-v1")]
+    RbdDiffV1,
+    /// The same stream as a sequence of zstd frames (`zstd -dc FILE | rbd import-diff - IMG`);
+    /// compressed repositories store full backups this way too.
+    #[serde(rename = "rbd-diff-v1+zstd")]
+    RbdDiffV1Zstd,
+}
+
+impl DiskFormat {
+    /// The format a disk is stored in: a full backup is a raw image unless compressed (a raw
+    /// image cannot be compressed and stay usable as a disk, a diff stream can), an
+    /// incremental is always a diff.
+    pub fn for_backup(kind: BackupKind, compressed: bool) -> Self {
+        match (kind, compressed) {
+            (BackupKind::Full, false) => DiskFormat::SparseRaw,
+            (BackupKind::Incremental, false) => DiskFormat::RbdDiffV1,
+            (_, true) => DiskFormat::RbdDiffV1Zstd,
+        }
+    }
+
+    /// The string the manifest records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::SparseRaw => "raw",
+            DiskFormat::RbdDiffV1 => "rbd-diff-v1",
+            DiskFormat::RbdDiffV1Zstd => "rbd-diff-v1+zstd",
+        }
+    }
+}
+
+impl std::fmt::Display for DiskFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Full or incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,8 +201,8 @@ pub struct DiskRecord {
     pub snapshot: SnapshotRecord,
     /// File name inside the backup folder.
     pub file: String,
-    /// `"raw"`.
-    pub format: String,
+    /// How the file stores the content.
+    pub format: DiskFormat,
     /// Bytes read from the cluster.
     pub bytes_read: u64,
     /// Bytes of data written (the rest are holes).
@@ -434,7 +512,7 @@ pub(crate) mod tests {
                     timestamp: Some(1.65),
                 },
                 file: "vda.raw".into(),
-                format: "raw".into(),
+                format: DiskFormat::SparseRaw,
                 bytes_read: 8 << 20,
                 bytes_written: 5 << 20,
                 checksum: "blake3-4m:00".into(),
@@ -537,6 +615,7 @@ pub(crate) mod tests {
         assert_eq!((v1.version, v1.sequence), (1, None));
         assert_eq!(v1.parent.as_deref(), Some("20261125T095243.001Z"));
         assert_eq!(v1.disks[0].leaves_file.as_deref(), Some("vda.leaves"));
+        assert_eq!(v1.disks[0].format, DiskFormat::RbdDiffV1);
         let current =
             read_manifest(&fixtures.join(format!("manifest-v{MANIFEST_VERSION}.json"))).unwrap();
         assert_eq!((current.version, current.sequence), (2, Some(12)));
@@ -546,6 +625,49 @@ pub(crate) mod tests {
         let path = dir.path().join(MANIFEST_FILE_NAME);
         write_manifest(&path, &current).unwrap();
         assert_eq!(read_manifest(&path).unwrap(), current);
+    }
+
+    #[test]
+    fn disk_formats_read_the_strings_every_version_wrote_and_round_trip() {
+        for (text, format) in [
+            ("raw", DiskFormat::SparseRaw),
+            ("rbd-diff-v1", DiskFormat::RbdDiffV1),
+            ("rbd-diff-v1+zstd", DiskFormat::RbdDiffV1Zstd),
+        ] {
+            let json = format!("{text:?}");
+            assert_eq!(serde_json::from_str::<DiskFormat>(&json).unwrap(), format);
+            assert_eq!(serde_json::to_string(&format).unwrap(), json);
+            assert_eq!(format.as_str(), text);
+        }
+        assert!(serde_json::from_str::<DiskFormat>("\"qcow2\"").is_err());
+        // A manifest with an unknown format is unusable, not read as some other format.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_FILE_NAME);
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["disks"][0]["format"] = "qcow2".into();
+        fs::write(&path, value.to_string()).unwrap();
+        assert!(matches!(
+            read_manifest(&path),
+            Err(RepoError::BadManifest { .. })
+        ));
+    }
+
+    #[test]
+    fn the_stored_format_follows_kind_and_compression() {
+        use BackupKind::{Full, Incremental};
+        assert_eq!(DiskFormat::for_backup(Full, false), DiskFormat::SparseRaw);
+        assert_eq!(
+            DiskFormat::for_backup(Incremental, false),
+            DiskFormat::RbdDiffV1
+        );
+        assert_eq!(
+            DiskFormat::for_backup(Full, true),
+            DiskFormat::RbdDiffV1Zstd
+        );
+        assert_eq!(
+            DiskFormat::for_backup(Incremental, true),
+            DiskFormat::RbdDiffV1Zstd
+        );
     }
 
     #[test]

@@ -1,14 +1,24 @@
 //! The backup repository on disk: layout, marker, per-domain locks, staged backups that become
 //! visible only when complete, and listing.
 //!
-//! A backup is written into `<domain>/.partial-<id>/`, its files and the manifest are fsynced,
-//! then the folder is renamed to `<domain>/<id>/` and the domain folder fsynced. Anything under
-//! a `.partial-` name is never a backup: a crash leaves at most such a folder, which the next
-//! run of the same domain removes. Files are created 0600, folders 0700.
+//! A backup is written into `<domain>/.partial-<id>/`, one `disk_writer::DiskWriter` per disk
+//! (it names, creates and fsyncs the disk's files and returns the disk's manifest record), then
+//! the manifest is written and fsynced, the folder renamed to `<domain>/<id>/` and the domain
+//! folder fsynced (`StagedBackup::commit`). Anything under a `.partial-` name is never a
+//! backup: a crash leaves at most such a folder, which the next run of the same domain
+//! removes. Backups leave a domain's folder only through `backup_removal` (quarantine, or a
+//! rename to `.partial-` before deletion). Files are created 0600, folders 0700.
+//!
+//! Files: `layout` (where things live), `manifest` (the record of a backup, `DiskFormat`),
+//! `disk_writer` (a disk's files, written), `image_file`, `hashing_writer`, `rbd_diff`,
+//! `block_table`, `leaf_table` (the file formats), `chain` and `stored_file` (reading back,
+//! never through links or FIFOs), `backup_removal`.
 
+pub mod backup_removal;
 pub mod block_table;
 pub mod chain;
 pub mod chain_image;
+pub mod disk_writer;
 pub mod error;
 pub mod extent_source;
 pub mod hashing_writer;
@@ -24,11 +34,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+pub use disk_writer::{DiskContent, DiskOrigin, DiskSink, DiskWriter, Lineage};
 pub use error::RepoError;
 pub use image_file::SparseImageWriter;
 pub use manifest::{
-    read_manifest, write_manifest, BackupKind, BackupManifest, DiskRecord, DomainRecord,
-    SnapshotRecord,
+    read_manifest, write_manifest, BackupKind, BackupManifest, Consistency, DiskFormat, DiskRecord,
+    DomainRecord, FreezeReport, SnapshotRecord,
 };
 
 use layout::{
@@ -445,8 +456,19 @@ pub struct StagedBackup<'l> {
 }
 
 impl StagedBackup<'_> {
-    /// Where a disk's file is written.
-    pub fn file_path(&self, file_name: &str) -> PathBuf {
+    /// Starts writing one disk of the backup (`disk_writer`: it names and creates the disk's
+    /// files); `compress` is a zstd level.
+    pub fn disk_writer(
+        &self,
+        origin: DiskOrigin,
+        compress: Option<i32>,
+    ) -> Result<DiskWriter<'_>, RepoError> {
+        DiskWriter::create(&self.staging_dir, origin, compress)
+    }
+
+    /// Where a file of the backup is written (tests plant files with it).
+    #[cfg(test)]
+    fn file_path(&self, file_name: &str) -> PathBuf {
         self.staging_dir.join(file_name)
     }
 
@@ -456,7 +478,7 @@ impl StagedBackup<'_> {
     }
 
     /// Writes the manifest and renames the folder into place. The disk files must have been
-    /// fsynced (`SparseImageWriter::finish`).
+    /// fsynced (`DiskWriter::finish`).
     pub fn commit(mut self, manifest: &BackupManifest) -> Result<PathBuf, RepoError> {
         write_manifest(&self.staging_dir.join(MANIFEST_FILE), manifest)?;
         fs::rename(&self.staging_dir, &self.final_dir)

@@ -53,9 +53,9 @@ MIRRORS: dict[type, tuple[str, str]] = {
     BackupReport: ("engine/report.rs", "BackupReport"),
     DomainReport: ("engine/report.rs", "DomainReport"),
     DiskReport: ("engine/report.rs", "DiskReport"),
-    FreezeReport: ("engine/report.rs", "FreezeReport"),
+    FreezeReport: ("repo/manifest.rs", "FreezeReport"),
     DomainListing: ("engine/listing.rs", "DomainListing"),
-    SkippedDisk: ("engine/listing.rs", "SkippedDisk"),
+    SkippedDisk: ("engine/discovery.rs", "SkippedDisk"),
     BackupListing: ("engine/listing.rs", "BackupListing"),
     BackupDiskListing: ("engine/listing.rs", "BackupDiskListing"),
     RbdDisk: ("libvirt/domain_xml.rs", "RbdDiskSpec"),
@@ -82,7 +82,7 @@ ENUM_MIRRORS: dict[str, tuple[str, str]] = {
     "SkipReason": ("libvirt/domain_xml.rs", "SkipReason"),
     "PruneStatus": ("engine/prune.rs", "PruneStatus"),
     "DomainStatus": ("engine/report.rs", "DomainStatus"),
-    "Consistency": ("engine/report.rs", "Consistency"),
+    "Consistency": ("repo/manifest.rs", "Consistency"),
 }
 
 
