@@ -112,7 +112,14 @@ if [[ $systemd -eq 1 ]]; then
     fi
     if [[ -d /run/systemd/system ]]; then
         systemctl daemon-reload
-        systemctl enable --now virt-rbd-backup.timer virt-rbd-backup-prune.timer virt-rbd-backup-verify.timer
+        timers=(virt-rbd-backup.timer virt-rbd-backup-verify.timer)
+        # prune refuses to run without a keep rule: its timer would fail the unit every day.
+        if grep -qE '^[[:space:]]*keep_[a-z]+[[:space:]]*=' /etc/virt-rbd-backup/config.toml; then
+            timers+=(virt-rbd-backup-prune.timer)
+        else
+            log "no keep_* rule in /etc/virt-rbd-backup/config.toml: set one, then systemctl enable --now virt-rbd-backup-prune.timer"
+        fi
+        systemctl enable --now "${timers[@]}"
     else
         log "systemd is not running here: units installed, timers not enabled"
     fi
