@@ -21,6 +21,8 @@ PACKAGES=(
     mmdebstrap systemd
     # serve/mount lab tests: nbdinfo --map; mount attaches the FUSE file with losetup (util-linux)
     libnbd-bin
+    # The object-store target (lab.sh rgw up): Ceph's S3 gateway; curl signs the bucket creation
+    radosgw curl openssl
 )
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }

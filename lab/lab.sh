@@ -12,6 +12,11 @@
 #                  GiB (default 40) in $LAB_DIR, serving only pool rbd-disk:
 #                  for benchmarks at sizes memstore cannot hold (bench/run.py
 #                  --disk). Tests never use it.
+#   lab.sh rgw up | down
+#                  start (remove) a RADOS Gateway (S3) on the lab cluster:
+#                  http://127.0.0.1:7480 and https://127.0.0.1:7443 (lab CA),
+#                  user vrb-lab, bucket vrb-lab, keys in $LAB_DIR/s3.credentials
+#                  (see `lab.sh env` for the LAB_S3_* settings).
 #
 # Everything lives in $LAB_DIR (default /var/lib/virt-rbd-backup-lab), except
 # the downloaded kernel package, cached in $LAB_CACHE so CI re-runs need no
@@ -321,6 +326,7 @@ ceph_up() {
 ceph_daemons() {
     local pid
     {
+        for pid in $(rgw_pid) $(pids_of radosgw "$CONF"); do echo "$pid:radosgw:TERM"; done
         for pid in $(osd_pid) $(pids_of ceph-osd "$CONF"); do echo "$pid:ceph-osd:KILL"; done
         for pid in $(mon_pid) $(pids_of ceph-mon "$CONF"); do echo "$pid:ceph-mon:TERM"; done
     } | sort -u
@@ -878,6 +884,15 @@ cmd_status() {
             printf '%-4s %s\n' warn "ceph-osd $DISK_OSD_ID (disk-osd) not running: lab.sh disk-osd down, then up"
         fi
     fi
+    # Optional (lab.sh rgw up): reported when it was started.
+    pid=$(rgw_pid)
+    if [[ -n $pid ]]; then
+        if pid_matches "$pid" radosgw "$CONF" && rgw_answers; then
+            report ok "radosgw (pid $pid) on 127.0.0.1:$RGW_PORT and :$RGW_TLS_PORT, bucket $RGW_BUCKET"
+        else
+            report FAIL "radosgw not running or not answering: lab.sh rgw up"
+        fi
+    fi
     for d in virtlogd libvirtd; do
         pid=$(cat "/run/$d.pid" 2>/dev/null || true)
         if pid_matches "$pid" "$d"; then
@@ -1009,6 +1024,143 @@ cmd_disk_osd_down() {
     log "osd.$DISK_OSD_ID and pool $DISK_POOL removed"
 }
 
+# ---------------------------------------------------------------- RADOS Gateway (S3)
+
+# The object-store target of issue 18: Ceph's own S3 gateway on the lab
+# cluster, plain HTTP on RGW_PORT and HTTPS (a lab CA in $LAB_DIR/s3-ca.pem)
+# on RGW_TLS_PORT, one user and one bucket. Its pools get 8 PGs each, made
+# before the gateway starts: with the default 32 the seven RGW pools and pool
+# rbd would pass the monitor's 250 PGs per OSD on the lab's single OSD.
+RGW_NAME=client.rgw.lab
+RGW_PORT=7480
+RGW_TLS_PORT=7443
+RGW_USER=vrb-lab
+RGW_BUCKET=vrb-lab
+RGW_DIR=$CEPH_DIR/rgw
+RGW_KEYRING=$CEPH_DIR/rgw.keyring
+S3_CREDENTIALS=$LAB_DIR/s3.credentials
+S3_CA=$LAB_DIR/s3-ca.pem
+RGW_POOLS=(.rgw.root default.rgw.control default.rgw.meta default.rgw.log
+    default.rgw.buckets.index default.rgw.buckets.data default.rgw.buckets.non-ec)
+
+rgw_pid() { cat "$RUN/rgw.lab.pid" 2>/dev/null || true; }
+rgw_running() { pid_matches "$(rgw_pid)" radosgw "$CONF"; }
+rgw_answers() { curl -sf -o /dev/null "http://127.0.0.1:$RGW_PORT/"; }
+
+# A CA and a server certificate for 127.0.0.1 and localhost, so clients are
+# tested with a CA file (never with verification off).
+rgw_tls_files() {
+    [[ -s $RGW_DIR/server.pem && -s $S3_CA ]] && return 0
+    ( umask 077
+      openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=virt-rbd-backup lab CA" \
+          -keyout "$RGW_DIR/ca.key" -out "$S3_CA" 2>/dev/null
+      openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+          -keyout "$RGW_DIR/server.key" -out "$RGW_DIR/server.csr" 2>/dev/null
+      printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$RGW_DIR/server.ext"
+      openssl x509 -req -in "$RGW_DIR/server.csr" -CA "$S3_CA" -CAkey "$RGW_DIR/ca.key" -CAcreateserial \
+          -days 3650 -extfile "$RGW_DIR/server.ext" -out "$RGW_DIR/server.crt" 2>/dev/null
+      cat "$RGW_DIR/server.crt" "$RGW_DIR/server.key" >"$RGW_DIR/server.pem"
+    ) || die "could not make the lab's S3 TLS certificate (openssl)"
+    chmod 0644 "$S3_CA"
+}
+
+# The gateway's section of ceph.conf, appended once (ceph.conf is the lab's).
+rgw_conf() {
+    grep -qx "\[$RGW_NAME\]" "$CONF" && return 0
+    cat >>"$CONF" <<EOF
+
+[$RGW_NAME]
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT ssl_endpoint=127.0.0.1:$RGW_TLS_PORT ssl_certificate=$RGW_DIR/server.pem
+rgw data = $RGW_DIR
+keyring = $RGW_KEYRING
+log file = $LOGS/rgw.lab.log
+pid file = $RUN/rgw.lab.pid
+admin socket = $RUN/rgw.lab.asok
+EOF
+}
+
+# Writes the user's keys as an AWS shared credentials file (0600): the form
+# the tool and the AWS tools read, and never a command line.
+rgw_user() {
+    [[ -s $S3_CREDENTIALS ]] && return 0
+    local json
+    json=$(timeout 60 radosgw-admin --conf "$CONF" -n client.admin user info --uid="$RGW_USER" 2>/dev/null ||
+        timeout 60 radosgw-admin --conf "$CONF" -n client.admin user create --uid="$RGW_USER" \
+            --display-name="virt-rbd-backup lab" 2>>"$LOGS/rgw-admin.log") ||
+        die "radosgw-admin user create failed, see $LOGS/rgw-admin.log"
+    ( umask 077
+      python3 -c 'import json, sys
+key = json.load(sys.stdin)["keys"][0]
+print("[default]")
+print("aws_access_key_id = " + key["access_key"])
+print("aws_secret_access_key = " + key["secret_key"])' <<<"$json" >"$S3_CREDENTIALS"
+    ) || die "could not read the keys of S3 user $RGW_USER"
+}
+
+# curl with the user's keys passed in a config on a pipe, not on its command line.
+s3_curl() {
+    local ak sk
+    ak=$(sed -n 's/^aws_access_key_id = //p' "$S3_CREDENTIALS")
+    sk=$(sed -n 's/^aws_secret_access_key = //p' "$S3_CREDENTIALS")
+    # RGW checks x-amz-content-sha256, which curl 7.88 does not send by itself.
+    curl -sS --aws-sigv4 "aws:amz:default:s3" -K <(printf 'user = "%s:%s"\n' "$ak" "$sk") \
+        -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
+}
+
+rgw_bucket() {
+    local code
+    code=$(s3_curl -o /dev/null -w '%{http_code}' -I "http://127.0.0.1:$RGW_PORT/$RGW_BUCKET") || true
+    [[ $code == 200 ]] && return 0
+    s3_curl -f -X PUT -o /dev/null "http://127.0.0.1:$RGW_PORT/$RGW_BUCKET" ||
+        die "could not create bucket $RGW_BUCKET on the lab's gateway, see $LOGS/rgw.lab.log"
+}
+
+cmd_rgw_up() {
+    local t0 p
+    t0=$(now_ms)
+    lab_ceph_up
+    command -v radosgw >/dev/null || die "radosgw not installed (bash lab/install-deps.sh)"
+    mkdir -p "$RGW_DIR"
+    if ! rgw_running; then
+        for p in "${RGW_POOLS[@]}"; do
+            if ! prints_line "$p" ceph_ osd pool ls; then
+                quiet ceph_ osd pool create "$p" 8 8
+                quiet ceph_ osd pool application enable "$p" rgw
+            fi
+        done
+        if [[ ! -s $RGW_KEYRING ]]; then
+            ( umask 077
+              quiet ceph_ auth get-or-create "$RGW_NAME" mon 'allow rw' osd 'allow rwx' -o "$RGW_KEYRING"
+            )
+        fi
+        rgw_tls_files
+        rgw_conf
+        # 9>&-: daemons must not inherit the lab lock (see lab_lock).
+        radosgw --conf "$CONF" -n "$RGW_NAME" >>"$LOGS/rgw-start.log" 2>&1 9>&- ||
+            die "radosgw failed to start, see $LOGS/rgw.lab.log"
+    fi
+    wait_until 60 "the RADOS Gateway on 127.0.0.1:$RGW_PORT (see $LOGS/rgw.lab.log)" rgw_answers
+    rgw_user
+    rgw_bucket
+    log "RADOS Gateway up in $(secs_since "$t0") s: http://127.0.0.1:$RGW_PORT, https://127.0.0.1:$RGW_TLS_PORT (CA $S3_CA), bucket $RGW_BUCKET, keys in $S3_CREDENTIALS"
+}
+
+cmd_rgw_down() {
+    local pid p
+    lab_ceph_up
+    pid=$(rgw_pid)
+    if pid_matches "$pid" radosgw "$CONF"; then stop_pids 15 "$pid:radosgw:TERM"; fi
+    quiet ceph_ tell mon.\* injectargs --mon-allow-pool-delete=true
+    for p in "${RGW_POOLS[@]}"; do
+        if prints_line "$p" ceph_ osd pool ls; then quiet ceph_ osd pool rm "$p" "$p" --yes-i-really-really-mean-it; fi
+    done
+    quiet ceph_ tell mon.\* injectargs --mon-allow-pool-delete=false
+    if ceph_ auth get "$RGW_NAME" >/dev/null 2>&1; then quiet ceph_ auth del "$RGW_NAME"; fi
+    # The gateway's ceph.conf section stays: harmless without the daemon.
+    rm -rf "$RGW_DIR" "$RGW_KEYRING" "$S3_CREDENTIALS" "$S3_CA" "$RUN/rgw.lab.pid" "$RUN/rgw.lab.asok"
+    log "RADOS Gateway, its pools, user and bucket removed"
+}
+
 cmd_env() {
     local v
     for v in \
@@ -1025,7 +1177,13 @@ cmd_env() {
         "LAB_GUEST4_CONSOLE_LOG=$LAB_DIR/lab-guest4.console.log" \
         "LAB_OFF_CONSOLE_LOG=$LAB_DIR/lab-off.console.log" \
         "LAB_LOCAL_CONSOLE_LOG=$LAB_DIR/lab-local.console.log" \
-        "LAB_DISK_OSD_BLOCK=$DISK_OSD_BLOCK"; do
+        "LAB_DISK_OSD_BLOCK=$DISK_OSD_BLOCK" \
+        "LAB_S3_ENDPOINT=http://127.0.0.1:$RGW_PORT" \
+        "LAB_S3_TLS_ENDPOINT=https://127.0.0.1:$RGW_TLS_PORT" \
+        "LAB_S3_CA=$S3_CA" \
+        "LAB_S3_BUCKET=$RGW_BUCKET" \
+        "LAB_S3_REGION=default" \
+        "LAB_S3_CREDENTIALS=$S3_CREDENTIALS"; do
         printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"
     done
 }
@@ -1053,6 +1211,13 @@ case ${1:-} in
         case ${2:-} in
             up) cmd_disk_osd_up "${3:-$DISK_OSD_GIB}" ;;
             down) cmd_disk_osd_down ;;
+            *) usage ;;
+        esac ;;
+    rgw)
+        need_root; lab_lock
+        case ${2:-} in
+            up) cmd_rgw_up ;;
+            down) cmd_rgw_down ;;
             *) usage ;;
         esac ;;
     -h|--help|help) usage ;;
