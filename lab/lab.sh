@@ -20,7 +20,8 @@
 #
 # Everything lives in $LAB_DIR (default /var/lib/virt-rbd-backup-lab), except
 # the downloaded kernel package, cached in $LAB_CACHE so CI re-runs need no
-# download. Set LAB_GUEST4=1 for a fourth guest with four RBD disks.
+# download. Set LAB_GUEST4=1 for a fourth guest with four RBD disks, LAB_RGW=0
+# for a lab without the RADOS Gateway (the S3 tests need it).
 #
 # Guests: lab-guest (running; rbd/lab-guest-a on vda -> /mnt/a, rbd/lab-guest-b
 # on vdb -> /mnt/b, local qcow2 on vdc, unformatted), lab-off (shut off; rbd
@@ -35,6 +36,7 @@ shopt -s inherit_errexit
 LAB_DIR=${LAB_DIR:-/var/lib/virt-rbd-backup-lab}
 LAB_CACHE=${LAB_CACHE:-/var/cache/virt-rbd-backup-lab}
 LAB_GUEST4=${LAB_GUEST4:-0}
+LAB_RGW=${LAB_RGW:-1}
 LAB_AGENT_TIMEOUT=${LAB_AGENT_TIMEOUT:-60}
 
 LAB_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -784,6 +786,7 @@ cmd_up() {
     ensure_domain lab-off off vda rbd:lab-off-a:256:vda
     ensure_domain lab-local off vda fs:lab-local-a.qcow2:128:vda
 
+    if [[ $LAB_RGW == 1 ]]; then cmd_rgw_up; fi
     wait_guest lab-guest /mnt/a /mnt/b
     if [[ $LAB_GUEST4 == 1 ]]; then
         wait_guest lab-guest4 /mnt/a /mnt/b /mnt/c /mnt/d
@@ -884,9 +887,9 @@ cmd_status() {
             printf '%-4s %s\n' warn "ceph-osd $DISK_OSD_ID (disk-osd) not running: lab.sh disk-osd down, then up"
         fi
     fi
-    # Optional (lab.sh rgw up): reported when it was started.
+    # Part of the lab unless LAB_RGW=0.
     pid=$(rgw_pid)
-    if [[ -n $pid ]]; then
+    if [[ -n $pid || $LAB_RGW == 1 ]]; then
         if pid_matches "$pid" radosgw "$CONF" && rgw_answers; then
             report ok "radosgw (pid $pid) on 127.0.0.1:$RGW_PORT and :$RGW_TLS_PORT, bucket $RGW_BUCKET"
         else

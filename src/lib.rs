@@ -12,6 +12,7 @@ pub mod error;
 pub mod fuse;
 pub mod libvirt;
 pub mod nbd;
+pub mod objstore;
 pub mod plan;
 pub mod repo;
 pub mod secret;
