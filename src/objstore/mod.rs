@@ -24,6 +24,7 @@
 mod credentials;
 mod folder;
 mod location;
+pub mod object_format;
 mod s3;
 
 #[doc(hidden)]
