@@ -21,6 +21,7 @@
 //!
 //! [`SecretString`]: crate::secret::SecretString
 
+pub mod block_list;
 mod credentials;
 mod folder;
 mod location;
