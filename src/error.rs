@@ -14,6 +14,9 @@ pub enum Error {
     /// From the backup repository.
     #[error(transparent)]
     Repo(#[from] crate::repo::RepoError),
+    /// From a repository in the block layout (`block_repo`).
+    #[error(transparent)]
+    BlockRepo(#[from] crate::block_repo::BlockRepoError),
     /// From the NBD server (`serve`).
     #[error(transparent)]
     Nbd(#[from] crate::nbd::NbdError),

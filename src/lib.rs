@@ -5,6 +5,7 @@
 //! `libvirt` (discovery, secrets, freeze), `repo` (the on-disk repository) and `plan` (pure
 //! decisions). `python` is the PyO3 face and the only module that knows Python exists.
 
+pub mod block_repo;
 pub mod buffer;
 pub mod ceph;
 pub mod engine;

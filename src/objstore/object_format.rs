@@ -255,6 +255,16 @@ impl ObjectCodec {
         ObjectCodec { key, zstd_level }
     }
 
+    /// The data key of an encrypted repository.
+    pub fn key(&self) -> Option<&DataKey> {
+        self.key.as_ref()
+    }
+
+    /// The data key, to build a codec with other settings from it.
+    pub fn into_key(self) -> Option<DataKey> {
+        self.key
+    }
+
     /// The id of a block with this content.
     pub fn block_id(&self, content: &[u8]) -> BlockId {
         BlockId(match &self.key {

@@ -143,7 +143,7 @@ fn to_py_err(err: Error) -> PyErr {
             LibvirtError::new_err(message)
         }
         Error::Ceph(_) | Error::ClusterLockLost { .. } => CephError::new_err(message),
-        Error::Repo(_) => RepositoryError::new_err(message),
+        Error::Repo(_) | Error::BlockRepo(_) => RepositoryError::new_err(message),
         Error::Restic(_) | Error::ResticUntrusted { .. } | Error::ResticSizeMismatch { .. } => {
             ResticError::new_err(message)
         }
