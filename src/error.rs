@@ -132,3 +132,9 @@ pub enum Error {
 
 /// Result with the crate error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::objstore::StoreError> for Error {
+    fn from(e: crate::objstore::StoreError) -> Self {
+        Error::BlockRepo(crate::block_repo::BlockRepoError::Store(e))
+    }
+}

@@ -35,6 +35,33 @@ impl fmt::Display for SecretString {
     }
 }
 
+/// Reads a file that holds a secret, refusing one that other users may read (mode & 077).
+pub fn read_private_file(path: &std::path::Path) -> std::io::Result<Zeroizing<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path)?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("mode {mode:04o} lets other users read the key: chmod 600 it"),
+        ));
+    }
+    Ok(Zeroizing::new(std::fs::read_to_string(path)?))
+}
+
+/// Creates a new file (mode 0600, never over an existing one) holding a secret, fsynced.
+pub fn write_private_file(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(content)?;
+    file.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,6 +74,7 @@ from .report import (
     ResticSnapshot,
     RestoreReport,
     SkippedDisk,
+    SweepSummary,
     VerifyProblem,
     VerifyReport,
 )
@@ -111,12 +112,14 @@ __all__ = [
     "RbdAuth",
     "RbdDisk",
     "RemovedBackup",
+    "RepoAccess",
     "RepositoryError",
     "ResticError",
     "ResticSnapshot",
     "ResticTarget",
     "RestoreReport",
     "SkippedDisk",
+    "SweepSummary",
     "UsageError",
     "VerifyProblem",
     "VerifyReport",
@@ -194,6 +197,46 @@ class ResticTarget:
         return {"repository": self.repository, "password_file": self.password_file, "binary": self.binary}
 
 
+@dataclasses.dataclass(frozen=True)
+class RepoAccess:
+    """How to open a repository beyond its location (``repo``): its layout, key and S3 settings.
+
+    ``repo`` is a folder or ``s3://BUCKET/PREFIX``. S3 always holds the block layout (each
+    4 MiB block stored once under its hash: deduplicated, every backup complete on its own); a
+    folder holds the layout it was created with, by default the folder layout (sparse raw
+    images and rbd diffs, readable with stock tools). No field is a secret: the S3 keys come
+    from ``s3_credentials`` (an AWS credentials file, mode 0600) or the ``AWS_*`` environment,
+    the encryption key from ``key_file`` (mode 0600).
+    """
+
+    layout: Literal["folder", "blocks"] | None = None
+    """The layout of a new repository in a folder (``"blocks"`` for dedup and encryption)."""
+    key_file: str | os.PathLike[str] | None = None
+    """Key file of an encrypted block repository; a new repository creates it (0600). Keep a
+    copy off the host: without it the backups cannot be read."""
+    s3_endpoint: str | None = None
+    """``https://host:port`` of an S3-compatible store (RADOS Gateway, MinIO)."""
+    s3_region: str | None = None
+    """The region the endpoint signs for."""
+    s3_credentials: str | os.PathLike[str] | None = None
+    """An AWS shared credentials file (0600) with the S3 keys."""
+    s3_ca_file: str | os.PathLike[str] | None = None
+    """CA certificates (PEM) for the endpoint's TLS."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape of the core's ``RepoAccess``."""
+        return {
+            field.name: (os.fspath(value) if isinstance(value, os.PathLike) else value)
+            for field in dataclasses.fields(self)
+            if (value := getattr(self, field.name)) is not None
+        }
+
+
+def _access(access: RepoAccess | None) -> dict[str, Any] | None:
+    """The core's JSON of repository access options, if any."""
+    return None if access is None else access.to_dict()
+
+
 @overload
 def _restic(target: ResticTarget | str) -> dict[str, Any]: ...
 @overload
@@ -239,6 +282,7 @@ def backup(
     compress: str | None = None,
     bwlimit: int | str | None = None,
     restic: ResticTarget | str | None = None,
+    access: RepoAccess | None = None,
     on_event: EventCallback | None = None,
 ) -> BackupReport:
     """Back up the RBD disks of libvirt domains into a repository.
@@ -278,6 +322,8 @@ def backup(
             with the domain UUID, name and disk) instead of ``repo``; a string is a
             repository whose password comes from the environment. Every backup is then full
             (restic deduplicates) and the tool's snapshots are removed after the upload.
+        access: How to open ``repo`` when it is ``s3://BUCKET/PREFIX`` or a block repository
+            in a folder: layout, key file, S3 endpoint and credentials (:class:`RepoAccess`).
         on_event: Called with each event as it happens, as a dict whose ``"event"`` key is
             ``disk_skipped``, ``domain_started``, ``domain_warning``, ``disk_progress`` or
             ``domain_finished``. It runs on worker threads and must return quickly; an exception
@@ -319,6 +365,7 @@ _OPTION_TO_NATIVE: dict[str, Callable[[Any], Any]] = {
     "repo": os.fspath,
     "bwlimit": _rate,
     "restic": _restic,
+    "access": lambda value: _access(value) or {},
 }
 """How the value of a backup (or plan) option is given to the core, where it is not as it is."""
 
@@ -451,15 +498,18 @@ def _list_domains_json(connect: str, domains: Iterable[str]) -> list[dict[str, A
     return _native.list_domains(connect, _names(domains, "domains"))
 
 
-def list_backups(*, repo: str | os.PathLike[str] = DEFAULT_REPO, domain: str | None = None) -> list[BackupListing]:
+def list_backups(
+    *, repo: str | os.PathLike[str] = DEFAULT_REPO, domain: str | None = None, access: RepoAccess | None = None
+) -> list[BackupListing]:
     """List the complete backups in a repository, per domain, oldest first.
 
     Needs no libvirt: only the repository is read. A backup whose manifest cannot be read is
     listed with its ``error`` set.
 
     Args:
-        repo: The backup repository directory.
+        repo: The backup repository: a folder or ``s3://BUCKET/PREFIX``.
         domain: Keep only the backups of this domain (name or UUID).
+        access: How to open a block repository (:class:`RepoAccess`).
 
     Returns:
         One listing per backup.
@@ -472,12 +522,14 @@ def list_backups(*, repo: str | os.PathLike[str] = DEFAULT_REPO, domain: str | N
         ...     print(b.domain, b.backup_id, [d.target for d in b.disks])
         web1 20261126T100000Z-1a2b ['vda', 'vdb']
     """
-    return [BackupListing.from_dict(b) for b in _list_backups_json(repo, domain)]
+    return [BackupListing.from_dict(b) for b in _list_backups_json(repo, domain, access)]
 
 
-def _list_backups_json(repo: str | os.PathLike[str], domain: str | None) -> list[dict[str, Any]]:
+def _list_backups_json(
+    repo: str | os.PathLike[str], domain: str | None, access: RepoAccess | None = None
+) -> list[dict[str, Any]]:
     """Return the listings exactly as the core wrote them (``list --repo --json``)."""
-    return _native.list_backups(os.fspath(repo), domain)
+    return _native.list_backups(os.fspath(repo), domain, _access(access))
 
 
 def list_restic(restic: ResticTarget | str, domain: str | None = None) -> list[ResticSnapshot]:
@@ -739,6 +791,8 @@ def verify(
     ceph_conf: str | os.PathLike[str] | None = None,
     ceph_user: str | None = None,
     connect: str = DEFAULT_CONNECT,
+    access: RepoAccess | None = None,
+    read_data: bool = False,
 ) -> VerifyReport:
     """Check backups in a repository against their checksums and, if asked, against the cluster.
 
@@ -762,6 +816,10 @@ def verify(
         ceph_user: The Ceph user with ``ceph_conf`` (default ``admin``).
         connect: With ``source``: libvirt URI, to read the domain's Ceph key when no
             ``ceph_conf`` is given.
+        access: How to open a block repository (:class:`RepoAccess`). There verify checks
+            every manifest, block list and table and that every block they name exists.
+        read_data: In a block repository, also read every block and check it against its id
+            and its block table (a folder repository's verify always reads every byte).
 
     Returns:
         The report; damage is in :attr:`VerifyReport.problems` and :attr:`VerifyReport.ok`
@@ -789,6 +847,8 @@ def verify(
             ceph_conf=ceph_conf,
             ceph_user=ceph_user,
             connect=connect,
+            access=access,
+            read_data=read_data,
         )
     )
 
@@ -802,18 +862,20 @@ def _verify_json(
     ceph_conf: str | os.PathLike[str] | None,
     ceph_user: str | None,
     connect: str,
+    access: RepoAccess | None = None,
+    read_data: bool = False,
 ) -> dict[str, Any]:
     """Run :func:`verify` and return the report exactly as the core wrote it (``--json``)."""
     if not source:
         if ceph_conf is not None or ceph_user is not None:
             raise UsageError("ceph_conf and ceph_user are for comparing with the cluster: add source (--source)")
-        return _native.verify(os.fspath(repo), domain, backup)
+        return _native.verify(os.fspath(repo), domain, backup, None, _access(access), read_data)
     options = {
         "connect": connect,
         "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
         "ceph_user": ceph_user,
     }
-    return _native.verify(os.fspath(repo), domain, backup, options)
+    return _native.verify(os.fspath(repo), domain, backup, options, _access(access), read_data)
 
 
 _DURATION_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -870,6 +932,7 @@ def prune(
     keep_within: int | datetime.timedelta | str | None = None,
     dry_run: bool = False,
     repo: str | os.PathLike[str] = DEFAULT_REPO,
+    access: RepoAccess | None = None,
 ) -> PruneReport:
     """Remove the backups no keep option selects (restic's ``forget --prune`` rules).
 
@@ -889,7 +952,9 @@ def prune(
         keep_within: Keep every backup this much older than the newest at most: seconds, a
             :class:`datetime.timedelta` or a string such as ``"7d"`` (see :func:`parse_duration`).
         dry_run: Remove nothing; the report lists what would be removed.
-        repo: The backup repository directory.
+        repo: The backup repository: a folder or ``s3://BUCKET/PREFIX``.
+        access: How to open a block repository (:class:`RepoAccess`); there the blocks no
+            backup names any more are removed too, never while a backup runs.
 
     Returns:
         The report; :attr:`PruneReport.has_problems` tells whether a domain was skipped or
@@ -921,12 +986,18 @@ def prune(
             },
             dry_run=dry_run,
             repo=repo,
+            access=access,
         )
     )
 
 
 def _prune_json(
-    domain: str | None, *, keep: dict[str, int | None], dry_run: bool, repo: str | os.PathLike[str]
+    domain: str | None,
+    *,
+    keep: dict[str, int | None],
+    dry_run: bool,
+    repo: str | os.PathLike[str],
+    access: RepoAccess | None = None,
 ) -> dict[str, Any]:
     """Run :func:`prune` and return the report exactly as the core wrote it (``--json``)."""
-    return _native.prune(os.fspath(repo), keep, domain, dry_run)
+    return _native.prune(os.fspath(repo), keep, domain, dry_run, _access(access))

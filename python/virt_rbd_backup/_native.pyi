@@ -83,7 +83,8 @@ def backup(
     (int or None), ``agent_timeout``, ``freeze_timeout`` and ``ceph_timeout`` (seconds),
     ``compress`` (None, ``"zstd"`` or ``"zstd:LEVEL"``, 1 to 19), ``bwlimit`` (None or bytes per
     second for the whole run; :func:`parse_rate` reads ``"200M"``), ``restic`` (None or
-    ``{"repository": ..., "password_file": ..., "binary": ...}``)); missing fields take their
+    ``{"repository": ..., "password_file": ..., "binary": ...}``), ``access`` (how to open the
+    repository: the fields of ``RepoAccess``, see ``list_backups``)); missing fields take their
     defaults and an unknown one is a :class:`UsageError`. ``on_event`` is called with each event
     as a dict, from worker threads; an exception it raises is logged on the ``virt_rbd_backup``
     logger and the run goes on.
@@ -233,10 +234,17 @@ def list_domains(connect: str, domains: Sequence[str]) -> list[dict[str, Any]]:
     libvirt is asked; Ctrl-C interrupts at once (nothing needs cleaning up).
     """
 
-def list_backups(repo: str | os.PathLike[str], domain: str | None = None) -> list[dict[str, Any]]:
+def list_backups(
+    repo: str | os.PathLike[str],
+    domain: str | None = None,
+    access: str | Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """List the complete backups in a repository (oldest first per domain), as a list of dicts.
 
     ``domain`` (name or UUID) keeps only that domain's backups. Only the repository is read.
+    ``access`` (a JSON object (str) or a mapping with the fields of ``RepoAccess``:
+    ``layout``, ``key_file``, ``s3_endpoint``, ``s3_region``, ``s3_credentials``,
+    ``s3_ca_file``) opens a block repository (``s3://BUCKET/PREFIX`` or a folder).
     """
 
 def restore(options: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -281,8 +289,13 @@ def verify(
     domain: str | None = None,
     backup: str | None = None,
     source: str | Mapping[str, Any] | None = None,
+    access: str | Mapping[str, Any] | None = None,
+    read_data: bool = False,
 ) -> dict[str, Any]:
     """Verify the backups in a repository; return the report as a dict.
+
+    ``access`` opens a block repository (see ``list_backups``); ``read_data`` then reads and
+    checks every block too (a folder repository's verify always reads every byte).
 
     ``domain`` (name or UUID) limits it to that domain, ``backup`` (an id or ``"latest"``) to
     that backup and the chain it depends on. With ``source`` (a JSON object (str) or a mapping
@@ -299,8 +312,12 @@ def prune(
     keep: str | Mapping[str, Any],
     domain: str | None = None,
     dry_run: bool = False,
+    access: str | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Remove the backups that no keep option selects; return the report as a dict.
+
+    ``access`` opens a block repository (see ``list_backups``), where the blocks no backup
+    names any more are then removed too (under a prune lock; a running backup holds it off).
 
     ``keep`` is a JSON object (str) or a mapping with the fields of ``KeepOptions``
     (``last``, ``hourly``, ``daily``, ``weekly``, ``monthly``, ``yearly``,

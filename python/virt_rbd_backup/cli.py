@@ -78,6 +78,7 @@ from . import (
     DomainListing,
     OrphanThaw,
     PruneReport,
+    RepoAccess,
     ResticSnapshot,
     ResticTarget,
     RestoreReport,
@@ -432,6 +433,7 @@ def _add_target(parser: argparse.ArgumentParser, *, repo_default: str | None = D
     parser.add_argument(
         "--restic-binary", metavar="PATH", default="restic", help="the restic program (default: restic)"
     )
+    _add_repo_access(parser)
 
 
 def _add_backup_options(parser: argparse.ArgumentParser) -> None:
@@ -740,6 +742,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also compare the latest backup (or --backup) with its RBD snapshot in the cluster",
     )
+    verifying.add_argument(
+        "--read-data",
+        action="store_true",
+        help="block repositories: also read every block and check it against its id and block "
+        "table (folder repositories always read every byte)",
+    )
     _add_ceph_conf(verifying, "with --source")
     _add_repo(verifying)
     _add_metrics_file(verifying, "verify")
@@ -948,8 +956,50 @@ def _add_repo(parser: argparse.ArgumentParser) -> None:
         "--repo",
         metavar="DIR",
         default=DEFAULT_REPO,
-        help=f"backup repository (default: {DEFAULT_REPO})",
+        help=f"backup repository: a folder or s3://BUCKET/PREFIX (default: {DEFAULT_REPO})",
     )
+    _add_repo_access(parser)
+
+
+# The options of `RepoAccess`, by their CLI and config.toml names (`repo_key_file` is the
+# access's `key_file`).
+_REPO_ACCESS_OPTIONS = ("layout", "repo_key_file", "s3_endpoint", "s3_region", "s3_credentials", "s3_ca_file")
+
+
+def _add_repo_access(parser: argparse.ArgumentParser) -> None:
+    """How to open a block repository: layout, key file, S3 endpoint and credentials."""
+    parser.add_argument(
+        "--layout",
+        choices=("folder", "blocks"),
+        default=None,
+        help="layout of a new repository in a folder: folder (sparse raw + rbd diffs, readable "
+        "with stock tools; the default) or blocks (deduplicated 4 MiB blocks, optionally "
+        "encrypted; always on s3://)",
+    )
+    parser.add_argument(
+        "--repo-key-file",
+        metavar="FILE",
+        default=None,
+        help="key file (0600) of an encrypted block repository; a new repository creates it: keep a copy off this host",
+    )
+    parser.add_argument("--s3-endpoint", metavar="URL", default=None, help="S3 endpoint, https://HOST[:PORT]")
+    parser.add_argument("--s3-region", metavar="REGION", default=None, help="S3 region the endpoint signs for")
+    parser.add_argument(
+        "--s3-credentials",
+        metavar="FILE",
+        default=None,
+        help="AWS credentials file (0600) with the S3 keys (default: the AWS_* environment)",
+    )
+    parser.add_argument("--s3-ca-file", metavar="FILE", default=None, help="CA certificates (PEM) for the S3 endpoint")
+
+
+def _repo_access(args: argparse.Namespace) -> RepoAccess | None:
+    """The repository access options given, if any."""
+    values = {name: getattr(args, name, None) for name in _REPO_ACCESS_OPTIONS}
+    if all(value is None for value in values.values()):
+        return None
+    values["key_file"] = values.pop("repo_key_file")
+    return RepoAccess(**values)
 
 
 # Settings of a configuration file each subcommand takes (when it has the option at all).
@@ -980,13 +1030,24 @@ _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
             "restic_repo",
             "restic_password_file",
             "restic_binary",
+            *_REPO_ACCESS_OPTIONS,
         }
     ),
-    "list": frozenset({"connect", "restic_password_file", "restic_binary"}),
+    "list": frozenset({"connect", "restic_password_file", "restic_binary", *_REPO_ACCESS_OPTIONS}),
     "restore": frozenset({"connect", "repo", "restic_repo", "restic_password_file", "restic_binary"}),
-    "verify": frozenset({"connect", "repo"}),
+    "verify": frozenset({"connect", "repo", *_REPO_ACCESS_OPTIONS}),
     "prune": frozenset(
-        {"repo", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly", "keep_within"}
+        {
+            "repo",
+            "keep_last",
+            "keep_hourly",
+            "keep_daily",
+            "keep_weekly",
+            "keep_monthly",
+            "keep_yearly",
+            "keep_within",
+            *_REPO_ACCESS_OPTIONS,
+        }
     ),
 }
 _CONFIG_SETTINGS["plan"] = _CONFIG_SETTINGS["backup"]
@@ -1147,7 +1208,7 @@ def _run_list(args: argparse.Namespace, out: IO[str]) -> int:
     else:
         raw = [
             b
-            for b in _list_backups_json(args.repo, None)
+            for b in _list_backups_json(args.repo, None, _repo_access(args))
             if not wanted or b.get("domain") in wanted or b.get("uuid") in wanted
         ]
         listings = [BackupListing.from_dict(b) for b in raw]
@@ -1296,6 +1357,12 @@ def format_prune(report: PruneReport, *, quiet: bool = False) -> list[str]:
         # Backup ids are UTC timestamps: sorting them interleaves keeps and removals in time.
         lines.extend(line for _, line in sorted(marks, key=lambda mark: mark[0]))
         lines.extend(f"error {name}: {error}" for error in domain.errors)
+    if report.blocks is not None:
+        verb = "would remove" if report.dry_run else "removed"
+        lines.append(
+            f"blocks: {verb} {report.blocks.removed} unreferenced ({report.blocks.bytes_removed} bytes), "
+            f"{report.blocks.kept} referenced"
+        )
     return lines
 
 
@@ -1343,6 +1410,7 @@ def _backup_options(args: argparse.Namespace) -> dict[str, Any]:
         "compress": args.compress,
         "bwlimit": args.bwlimit,
         "restic": _restic_target(args),
+        "access": _repo_access(args),
     }
 
 
@@ -1530,6 +1598,8 @@ def _run_verify(args: argparse.Namespace, out: IO[str]) -> int:
             ceph_conf=args.ceph_conf,
             ceph_user=args.ceph_user,
             connect=args.connect,
+            access=_repo_access(args),
+            read_data=args.read_data,
         )
         report = VerifyReport.from_dict(raw)
         status = _print_report(raw, report, lambda r: format_verify(r, quiet=args.quiet), args, out)
@@ -1553,7 +1623,7 @@ def _run_prune(args: argparse.Namespace, out: IO[str]) -> int:
     }
 
     def run() -> tuple[int, PruneReport]:
-        raw = _prune_json(args.domain, keep=keep, dry_run=args.dry_run, repo=args.repo)
+        raw = _prune_json(args.domain, keep=keep, dry_run=args.dry_run, repo=args.repo, access=_repo_access(args))
         report = PruneReport.from_dict(raw)
         return _print_report(raw, report, lambda r: format_prune(r, quiet=args.quiet), args, out), report
 

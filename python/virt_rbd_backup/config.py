@@ -16,7 +16,13 @@ line sets, and the command line overrides them. Two kinds exist:
     ceph_timeout = 60                   # seconds per Ceph monitor or OSD operation
     compress = "zstd:3"                 # zstd or zstd:LEVEL (1-19); default: uncompressed
     bwlimit = "200M"                    # read rate of the run: "200M", "1.5G", or bytes per second
-    repo = "/var/lib/virt-rbd-backup"   # the repository folder
+    repo = "/var/lib/virt-rbd-backup"   # the repository: a folder or "s3://BUCKET/PREFIX"
+    layout = "blocks"                   # a new folder repository: folder (default) | blocks
+    repo_key_file = "/etc/virt-rbd-backup/repo.key"   # encrypts a new block repository (0600)
+    s3_endpoint = "https://rgw.backup.example:7443"   # S3 settings of an s3:// repository;
+    s3_region = "default"                             #   the keys go into an AWS credentials
+    s3_credentials = "/etc/virt-rbd-backup/s3.credentials"  # file (0600), never in here
+    s3_ca_file = "/etc/virt-rbd-backup/s3-ca.pem"
     mode = "auto"                       # auto | full
     full_every = 7                      # a new chain every N backups of a disk
     metrics_file = "/var/lib/prometheus/node-exporter/virt-rbd-backup.prom"
@@ -150,6 +156,12 @@ class BackupConfig:
     keep_yearly: int | None = None
     keep_within: int | None = None
     """Seconds (the file says ``"7d"``)."""
+    layout: str | None = None
+    repo_key_file: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_credentials: str | None = None
+    s3_ca_file: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """Return the settings the file sets, by option name (lists for the list options)."""
@@ -302,6 +314,12 @@ _TOP_LEVEL: dict[str, tuple[str, Callable[[object], Any]]] = {
     "keep_yearly": ("keep_yearly", _positive),
     "keep_within": ("keep_within", _duration),
     "legacy_exit_status": ("legacy_exit_status", _boolean),
+    "layout": ("layout", _choice("folder", "blocks")),
+    "repo_key_file": ("repo_key_file", _string),
+    "s3_endpoint": ("s3_endpoint", _string),
+    "s3_region": ("s3_region", _string),
+    "s3_credentials": ("s3_credentials", _string),
+    "s3_ca_file": ("s3_ca_file", _string),
 }
 _RESTIC: dict[str, tuple[str, Callable[[object], Any]]] = {
     "repository": ("restic_repo", _string),

@@ -702,6 +702,18 @@ class DomainPruneReport(_JsonShaped):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepSummary(_JsonShaped):
+    """What the sweep of a block repository did (or would do): blocks no backup names go."""
+
+    kept: int
+    """Blocks the remaining backups name."""
+    removed: int
+    """Unreferenced blocks removed."""
+    bytes_removed: int
+    """Their stored bytes."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PruneReport(_JsonShaped):
     """What ``prune()`` returns and ``prune --json`` prints."""
 
@@ -711,6 +723,8 @@ class PruneReport(_JsonShaped):
     """Nothing was removed; ``removed`` lists what would have been."""
     domains: tuple[DomainPruneReport, ...] = ()
     """One entry per domain folder considered."""
+    blocks: SweepSummary | None = None
+    """A block repository's sweep; ``None`` for the folder layout."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PruneReport:
@@ -723,6 +737,7 @@ class PruneReport(_JsonShaped):
             version=int(data["version"]),
             dry_run=bool(data.get("dry_run", False)),
             domains=tuple(DomainPruneReport.from_dict(d) for d in data.get("domains", ())),
+            blocks=None if data.get("blocks") is None else SweepSummary(**data["blocks"]),
         )
 
     @property

@@ -171,7 +171,7 @@ impl BlockRepository {
                 store: store.describe(),
             });
         }
-        let mut random = [0u8; 8];
+        let mut random = [0u8; 6];
         getrandom::getrandom(&mut random).map_err(|e| {
             BlockRepoError::Format(crate::objstore::object_format::FormatError::Random(
                 e.to_string(),

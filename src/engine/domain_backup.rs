@@ -49,12 +49,24 @@ pub(super) struct RunContext<'a> {
     pub options: &'a BackupOptions,
     pub libvirt: &'a HypervisorConnection,
     /// The repository; `None` when the target is restic.
-    pub repo: Option<&'a Repository>,
+    pub repo: Option<RunTarget<'a>>,
     pub ceph: &'a ConnectionCache,
     pub events: &'a dyn EventSink,
     pub cancel: &'a CancelToken,
     /// Old snapshots, removed at the end of the run.
     pub stale: &'a StaleSnapshots,
+}
+
+/// The repository a run writes into.
+#[derive(Clone, Copy)]
+pub(super) enum RunTarget<'a> {
+    /// The folder layout.
+    Folder(&'a Repository),
+    /// The block layout, with the run's repository lock.
+    Blocks(
+        &'a crate::block_repo::BlockRepository,
+        &'a crate::block_repo::lock::RepoLock,
+    ),
 }
 
 /// A domain with RBD disks to back up.
@@ -80,7 +92,7 @@ pub(super) fn unix_now() -> f64 {
 /// lab test can show what a clock stepped back does to ids without touching the machine's
 /// clock (which other programs share). Read from the environment of the backup process only;
 /// it shifts nothing else (snapshot times, `started_at`) and does nothing unless set.
-fn id_clock_ms() -> i64 {
+pub(super) fn id_clock_ms() -> i64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -155,7 +167,7 @@ pub(super) fn backup_domain(ctx: &RunContext<'_>, job: &DomainJob) -> DomainRepo
 
 impl<'a> RunContext<'a> {
     /// Read settings for one disk's export.
-    fn pipeline(&'a self, progress: &'a dyn ExportProgress) -> ReadPipeline<'a> {
+    pub(super) fn pipeline(&'a self, progress: &'a dyn ExportProgress) -> ReadPipeline<'a> {
         ReadPipeline {
             queue_depth: self.options.queue_depth,
             limit: self.limit,
@@ -165,7 +177,7 @@ impl<'a> RunContext<'a> {
     }
 }
 
-fn warn(ctx: &RunContext<'_>, report: &mut DomainReport, message: String) {
+pub(super) fn warn(ctx: &RunContext<'_>, report: &mut DomainReport, message: String) {
     // The event carries the warning to the operator; the log keeps it for debugging only.
     log::info!("domain {}: {message}", report.name);
     ctx.events.emit(&BackupEvent::DomainWarning {
@@ -176,10 +188,10 @@ fn warn(ctx: &RunContext<'_>, report: &mut DomainReport, message: String) {
     report.warnings.push(message);
 }
 
-struct DiskProgress<'a> {
-    ctx: &'a RunContext<'a>,
-    job: &'a DomainJob,
-    target: &'a str,
+pub(super) struct DiskProgress<'a> {
+    pub ctx: &'a RunContext<'a>,
+    pub job: &'a DomainJob,
+    pub target: &'a str,
 }
 
 impl ExportProgress for DiskProgress<'_> {
@@ -197,7 +209,10 @@ impl ExportProgress for DiskProgress<'_> {
 fn back_up(ctx: &RunContext<'_>, job: &DomainJob, report: &mut DomainReport) -> Result<(), Error> {
     match (ctx.repo, &ctx.options.restic) {
         (_, Some(restic)) => back_up_to_restic(ctx, job, report, restic),
-        (Some(repo), None) => back_up_to_repo(ctx, repo, job, report),
+        (Some(RunTarget::Folder(repo)), None) => back_up_to_repo(ctx, repo, job, report),
+        (Some(RunTarget::Blocks(repo, lock)), None) => {
+            super::block_backup::back_up_to_blocks(ctx, repo, lock, job, report)
+        }
         (None, None) => Err(Error::NoBackupTarget),
     }
 }
@@ -482,7 +497,7 @@ fn plan_disks(
 
 /// The RBD group of the domain's images, if they share one (`group_snapshot::domain_group`,
 /// per `--consistency`), with its warning if any.
-fn find_group<'p>(
+pub(super) fn find_group<'p>(
     ctx: &RunContext<'_>,
     job: &DomainJob,
     pools: &'p [PoolContext<'p>],
@@ -766,6 +781,21 @@ fn stale_after_commit(
     let is_stale =
         |name: &str| is_stale_for_domain(name, repo.id(), &job.uuid, snap_name, &recorded);
     let mut stale = owned_leftovers(clusters, job, images, &is_stale)?;
+    stale.extend(stale_group_snapshots(
+        job, clusters, pools, group, &is_stale,
+    )?);
+    Ok(stale)
+}
+
+/// The snapshots of the domain's RBD group that `is_stale` picks.
+pub(super) fn stale_group_snapshots(
+    job: &DomainJob,
+    clusters: &[Arc<RadosCluster>],
+    pools: &[PoolContext<'_>],
+    group: Option<&RbdGroup<'_>>,
+    is_stale: &dyn Fn(&str) -> bool,
+) -> Result<Vec<StaleSnapshot>, Error> {
+    let mut stale = Vec::new();
     if let Some(group) = group {
         let pool_index = pools
             .iter()
@@ -792,7 +822,7 @@ const RESTIC_OWNER: &str = "restic";
 
 /// The snapshots on the domain's disks that `is_stale` picks: this domain's older ones, and
 /// those left by its killed runs.
-fn owned_leftovers(
+pub(super) fn owned_leftovers(
     clusters: &[Arc<RadosCluster>],
     job: &DomainJob,
     images: &[RbdImage<'_>],
@@ -864,7 +894,7 @@ fn base_leaves(backups: &[PreviousBackup], target: &str) -> BaseLeaves {
 
 /// `SnapshotRemoved` when `error` says our snapshot `snap_name` of `image` does not exist
 /// (someone removed it after we created it), else `error` as it is.
-fn snapshot_gone(error: CephError, image: &RbdImage<'_>, snap_name: &str) -> Error {
+pub(super) fn snapshot_gone(error: CephError, image: &RbdImage<'_>, snap_name: &str) -> Error {
     if error.errno() == Some(-libc::ENOENT) {
         Error::SnapshotRemoved {
             image: image.spec().to_string(),
@@ -879,7 +909,11 @@ fn snapshot_gone(error: CephError, image: &RbdImage<'_>, snap_name: &str) -> Err
 /// created (same id). librbd and the OSDs do not fail every read at a snapshot removed
 /// meanwhile: reads may return data of its trimmed clones or the head, and the export would
 /// look fine. A removal after this check does not matter: every byte was read before it.
-fn snapshot_still_there(image: &RbdImage<'_>, snap_name: &str, snap_id: u64) -> Result<(), Error> {
+pub(super) fn snapshot_still_there(
+    image: &RbdImage<'_>,
+    snap_name: &str,
+    snap_id: u64,
+) -> Result<(), Error> {
     match image.snapshot_id(snap_name) {
         Ok(id) if id == snap_id => Ok(()),
         Ok(_) => Err(Error::SnapshotRemoved {
@@ -891,7 +925,10 @@ fn snapshot_still_there(image: &RbdImage<'_>, snap_name: &str, snap_id: u64) -> 
 }
 
 /// As `snapshot_still_there`, for the group snapshot member a group-consistent export read.
-fn group_member_still_there(image: &RbdImage<'_>, g: &GroupSnapshotRecord) -> Result<(), Error> {
+pub(super) fn group_member_still_there(
+    image: &RbdImage<'_>,
+    g: &GroupSnapshotRecord,
+) -> Result<(), Error> {
     match image.group_snapshot_id(&g.group, &g.name)? {
         Some(id) if id == g.id => Ok(()),
         _ => Err(Error::SnapshotRemoved {
@@ -909,7 +946,7 @@ fn group_member_still_there(image: &RbdImage<'_>, g: &GroupSnapshotRecord) -> Re
 /// after. Everything that can fail or talk to the monitors happens here, before any freeze.
 /// `Error::Skipped` when another client holds an image's lock, or when the domain is shut off
 /// here but a client elsewhere has one of its images open for writing (it runs on another host).
-fn with_open_images<T>(
+pub(super) fn with_open_images<T>(
     ctx: &RunContext<'_>,
     job: &DomainJob,
     f: impl FnOnce(
@@ -975,14 +1012,14 @@ fn with_open_images<T>(
 /// The snapshots a backup of one domain took: one per disk, and with group consistency the
 /// group snapshot whose members were read (the per-disk ones are then markers taken just
 /// before it, the bases of the next incremental). Dropped, they remove themselves.
-struct DomainSnapshots<'i, 'g> {
+pub(super) struct DomainSnapshots<'i, 'g> {
     per_disk: Vec<SnapshotGuard<'i>>,
     group: Option<(GroupSnapshotGuard<'g>, &'g RbdGroup<'g>, Vec<u64>)>,
 }
 
 impl DomainSnapshots<'_, '_> {
     /// Per disk, the create time of the snapshot that fixed its content.
-    fn create_ms(&self) -> Vec<f64> {
+    pub(super) fn create_ms(&self) -> Vec<f64> {
         match &self.group {
             Some((guard, _, _)) => vec![guard.create_ms(); self.per_disk.len()],
             None => self.per_disk.iter().map(|g| g.create_ms()).collect(),
@@ -990,14 +1027,14 @@ impl DomainSnapshots<'_, '_> {
     }
 
     /// The group and the member snapshot id of disk `index`, when a group snapshot was taken.
-    fn group_member(&self, index: usize) -> Option<(&RbdGroup<'_>, u64)> {
+    pub(super) fn group_member(&self, index: usize) -> Option<(&RbdGroup<'_>, u64)> {
         self.group
             .as_ref()
             .and_then(|(_, group, ids)| ids.get(index).map(|&id| (*group, id)))
     }
 
     /// Keeps every snapshot: the backup is complete.
-    fn keep(self) {
+    pub(super) fn keep(self) {
         for guard in self.per_disk {
             guard.keep();
         }
@@ -1062,7 +1099,7 @@ fn snapshot_group<'i, 'g>(
 /// Freezes (per policy), creates every disk's snapshot concurrently, thaws. Without a freeze,
 /// a running domain whose disks share `group` gets a group snapshot instead. On error every
 /// snapshot already made is removed (after the thaw).
-fn snapshot_domain<'i, 'g>(
+pub(super) fn snapshot_domain<'i, 'g>(
     ctx: &RunContext<'_>,
     job: &DomainJob,
     images: &'i [RbdImage<'i>],

@@ -580,6 +580,42 @@ pub fn export_full_diff<W: Write>(
     Ok((ExportStats::new(hasher, bytes_read, started), out))
 }
 
+/// The 4 MiB blocks an incremental reads: every block that an extent changed (written or
+/// discarded) since `from_snapshot` touches. The others are taken over from the parent.
+pub fn changed_blocks(
+    image: &RbdImage<'_>,
+    from_snapshot: &str,
+    size: u64,
+    use_object_map: bool,
+) -> Result<Vec<u64>, Error> {
+    let extents = image.diff_extents(Some(from_snapshot), size, use_object_map)?;
+    let ranges: Vec<ByteRange> = extents.iter().map(byte_range).collect();
+    Ok(blocks_to_read(&ranges, size, HASH_BLOCK_SIZE))
+}
+
+/// Reads `blocks` of `image` (open at the snapshot, `size` bytes) with the read pipeline and
+/// stores each in the block repository from `workers` upload threads (`block_repo::upload`:
+/// holes are not stored, blocks already there are not uploaded). Returns what became of each
+/// block and the bytes read.
+pub fn export_blocks(
+    image: &RbdImage<'_>,
+    size: u64,
+    blocks: &[u64],
+    repo: &BlockRepository,
+    workers: usize,
+    pipeline: &ReadPipeline<'_>,
+) -> Result<(Vec<UploadedBlock>, u64), Error> {
+    let pieces = whole_blocks(blocks, size);
+    let mut bytes_read = 0;
+    let uploaded = upload_blocks(repo, workers, |submitter| -> Result<(), Error> {
+        bytes_read = read_pieces_into(image, &pieces, pipeline, |piece, data| {
+            Ok(submitter.submit(piece.block, data)?)
+        })?;
+        Ok(())
+    })?;
+    Ok((uploaded, bytes_read))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,40 +709,4 @@ mod tests {
         let pairs: Vec<(u64, u64)> = runs.iter().map(|r| (r.offset, r.length)).collect();
         assert_eq!(pairs, vec![(0, 8), (12, 4), (20, 4)]);
     }
-}
-
-/// The 4 MiB blocks an incremental reads: every block that an extent changed (written or
-/// discarded) since `from_snapshot` touches. The others are taken over from the parent.
-pub fn changed_blocks(
-    image: &RbdImage<'_>,
-    from_snapshot: &str,
-    size: u64,
-    use_object_map: bool,
-) -> Result<Vec<u64>, Error> {
-    let extents = image.diff_extents(Some(from_snapshot), size, use_object_map)?;
-    let ranges: Vec<ByteRange> = extents.iter().map(byte_range).collect();
-    Ok(blocks_to_read(&ranges, size, HASH_BLOCK_SIZE))
-}
-
-/// Reads `blocks` of `image` (open at the snapshot, `size` bytes) with the read pipeline and
-/// stores each in the block repository from `workers` upload threads (`block_repo::upload`:
-/// holes are not stored, blocks already there are not uploaded). Returns what became of each
-/// block and the bytes read.
-pub fn export_blocks(
-    image: &RbdImage<'_>,
-    size: u64,
-    blocks: &[u64],
-    repo: &BlockRepository,
-    workers: usize,
-    pipeline: &ReadPipeline<'_>,
-) -> Result<(Vec<UploadedBlock>, u64), Error> {
-    let pieces = whole_blocks(blocks, size);
-    let mut bytes_read = 0;
-    let uploaded = upload_blocks(repo, workers, |submitter| -> Result<(), Error> {
-        bytes_read = read_pieces_into(image, &pieces, pipeline, |piece, data| {
-            Ok(submitter.submit(piece.block, data)?)
-        })?;
-        Ok(())
-    })?;
-    Ok((uploaded, bytes_read))
 }

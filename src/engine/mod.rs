@@ -61,6 +61,8 @@
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
 
+mod block_backup;
+pub mod block_commands;
 mod ceph_session;
 mod cluster_lock;
 pub mod compat_session;
@@ -76,6 +78,7 @@ mod monitor_quiet;
 pub mod options;
 pub mod plan_report;
 pub mod prune;
+pub mod repo_access;
 pub mod report;
 pub mod restic;
 pub mod restore;
@@ -100,12 +103,13 @@ pub use restore::{
 };
 pub use verify::{verify, verify_with_source, SourceOptions, VerifyProblem, VerifyReport};
 
+use crate::block_repo::lock::RepoLock;
 use crate::error::Error;
 use crate::libvirt::HypervisorConnection;
-use crate::repo::Repository;
 
 use ceph_session::ConnectionCache;
-use domain_backup::{backup_domain, new_report, unix_now, DomainJob, RunContext};
+use domain_backup::{backup_domain, new_report, unix_now, DomainJob, RunContext, RunTarget};
+use repo_access::AnyRepository;
 
 /// Version of the JSON report.
 pub const REPORT_VERSION: u32 = 1;
@@ -246,7 +250,27 @@ pub fn run_backup(
             restic.validate()?;
             None
         }
-        None => Some(Repository::open_or_create(&options.repo)?),
+        None => {
+            let access = options.repo_access().map_err(Error::Usage)?;
+            let location = options.repo.to_string_lossy();
+            Some(repo_access::open_repository(&location, &access, true)?)
+        }
+    };
+    // A block repository is locked for the whole run (`block_repo::lock`): a prune must not
+    // sweep a block that one of the run's backups found present and reuses.
+    let block_lock = match &repo {
+        Some(AnyRepository::Blocks(blocks)) => Some(RepoLock::for_backup(
+            blocks,
+            &restic::host_name(),
+            repo_access::LOCK_LEASE,
+            repo_access::PRUNE_WAIT,
+        )?),
+        _ => None,
+    };
+    let target = match (&repo, &block_lock) {
+        (Some(AnyRepository::Folder(folder)), _) => Some(RunTarget::Folder(folder)),
+        (Some(AnyRepository::Blocks(blocks)), Some(lock)) => Some(RunTarget::Blocks(blocks, lock)),
+        _ => None,
     };
 
     let mut reports: Vec<Option<DomainReport>> = Vec::with_capacity(domains.len());
@@ -302,7 +326,7 @@ pub fn run_backup(
         limit: limit.as_ref(),
         options,
         libvirt: &libvirt,
-        repo: repo.as_ref(),
+        repo: target,
         ceph: &ceph,
         events,
         cancel,

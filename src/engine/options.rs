@@ -82,9 +82,24 @@ pub struct BackupOptions {
     pub bwlimit: Option<u64>,
     /// Send the disks to restic instead of the repository folder.
     pub restic: Option<super::restic::ResticTarget>,
+    /// How to open the repository beyond its location: layout, key file, S3 settings
+    /// (`repo_access::RepoAccess`).
+    pub access: super::repo_access::RepoAccess,
 }
 
 impl BackupOptions {
+    /// How to open the repository these options name.
+    pub fn repo_access(&self) -> Result<super::repo_access::RepoAccess, String> {
+        Ok(super::repo_access::RepoAccess {
+            zstd_level: self
+                .compress
+                .as_deref()
+                .map(parse_compression)
+                .transpose()?,
+            ..self.access.clone()
+        })
+    }
+
     /// The Ceph timeouts these options ask for.
     pub fn ceph_timeouts(&self) -> crate::ceph::CephTimeouts {
         let t = std::time::Duration::from_secs(u64::from(self.ceph_timeout.max(1)));
@@ -111,6 +126,7 @@ impl Default for BackupOptions {
             bwlimit: None,
             compress: None,
             ceph_timeout: 60,
+            access: super::repo_access::RepoAccess::default(),
         }
     }
 }

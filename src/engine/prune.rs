@@ -61,6 +61,19 @@ pub struct PruneReport {
     pub dry_run: bool,
     /// One entry per domain folder considered.
     pub domains: Vec<DomainPruneReport>,
+    /// A block repository's sweep of unreferenced blocks (null for the folder layout).
+    pub blocks: Option<SweepSummary>,
+}
+
+/// What the sweep of a block repository did (or would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepSummary {
+    /// Blocks the remaining backups name.
+    pub kept: u64,
+    /// Unreferenced blocks removed.
+    pub removed: u64,
+    /// Their stored bytes.
+    pub bytes_removed: u64,
 }
 
 impl PruneReport {
@@ -163,6 +176,7 @@ pub fn prune(
         version: PRUNE_REPORT_VERSION,
         dry_run,
         domains,
+        blocks: None,
     })
 }
 

@@ -226,6 +226,21 @@ fn parse_source_options(py: Python<'_>, source: &Bound<'_, PyAny>) -> PyResult<S
         .map_err(|e| UsageError::new_err(format!("invalid source options: {e}")))
 }
 
+/// Reads how to open a repository (`RepoAccess`: `layout`, `key_file`, `s3_endpoint`,
+/// `s3_region`, `s3_credentials`, `s3_ca_file`) from a JSON string or a mapping; `None` is the
+/// default (a folder repository, or a plain block repository on a folder).
+fn parse_repo_access(
+    py: Python<'_>,
+    access: Option<&Bound<'_, PyAny>>,
+) -> PyResult<engine::repo_access::RepoAccess> {
+    let Some(access) = access else {
+        return Ok(engine::repo_access::RepoAccess::default());
+    };
+    let value = options_json(py, access, "repository access")?;
+    serde_json::from_value(value)
+        .map_err(|e| UsageError::new_err(format!("invalid repository access options: {e}")))
+}
+
 /// Reads a restic target (`repository`, `password_file`, `binary`) from a JSON string or a
 /// mapping; a bad or unknown field is a `UsageError`.
 fn parse_restic_target(py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<ResticTarget> {
@@ -563,16 +578,21 @@ fn thaw_orphans<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
 
 /// Lists the complete backups in a repository (oldest first per domain), as a list of dicts;
 /// `domain` (name or UUID) keeps only that domain's.
+///
+/// `access` (a JSON object (str) or a mapping with the fields of `RepoAccess`) opens a block
+/// repository: its layout, key file and S3 settings.
 #[pyfunction]
-#[pyo3(signature = (repo, domain=None))]
+#[pyo3(signature = (repo, domain=None, access=None))]
 fn list_backups<'py>(
     py: Python<'py>,
     repo: PathBuf,
     domain: Option<String>,
+    access: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let access = parse_repo_access(py, access)?;
     refresh_logging();
     let result = run_interruptible(py, OnInterrupt::Abandon, move || {
-        engine::list_backups(&repo, domain.as_deref())
+        engine::repo_access::list_backups_at(&repo.to_string_lossy(), &access, domain.as_deref())
     })?;
     let listings = result.map_err(to_py_err)?;
     to_py(py, &listings)
@@ -627,20 +647,33 @@ fn restore_define<'py>(
 /// With `source` (a JSON object (str) or a mapping with the fields of `SourceOptions`, possibly
 /// empty), each domain's latest backup (or `backup`) is also compared with its snapshot still
 /// in the cluster.
+///
+/// `access` opens a block repository (as for `list_backups`); `read_data` also reads and
+/// checks every block there (a folder repository's verify always reads every byte).
 #[pyfunction]
-#[pyo3(signature = (repo, domain=None, backup=None, source=None))]
+#[pyo3(signature = (repo, domain=None, backup=None, source=None, access=None, read_data=false))]
 fn verify<'py>(
     py: Python<'py>,
     repo: PathBuf,
     domain: Option<String>,
     backup: Option<String>,
     source: Option<&Bound<'py, PyAny>>,
+    access: Option<&Bound<'py, PyAny>>,
+    read_data: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let source = source.map(|s| parse_source_options(py, s)).transpose()?;
+    let access = parse_repo_access(py, access)?;
     refresh_logging();
     // Read-only, also against the cluster: on Ctrl-C the call raises at once.
     let result = run_interruptible(py, OnInterrupt::Abandon, move || {
-        engine::verify_with_source(&repo, domain.as_deref(), backup.as_deref(), source.as_ref())
+        engine::repo_access::verify_at(
+            &repo.to_string_lossy(),
+            &access,
+            domain.as_deref(),
+            backup.as_deref(),
+            source.as_ref(),
+            read_data,
+        )
     })?;
     let report = result.map_err(to_py_err)?;
     to_py(py, &report)
@@ -650,20 +683,31 @@ fn verify<'py>(
 ///
 /// `keep` is a JSON object (str) or a mapping with the fields of `KeepOptions`. With `dry_run`
 /// nothing is removed.
+///
+/// `access` opens a block repository (as for `list_backups`); there the blocks no backup
+/// names any more are swept too.
 #[pyfunction]
-#[pyo3(signature = (repo, keep, domain=None, dry_run=false))]
+#[pyo3(signature = (repo, keep, domain=None, dry_run=false, access=None))]
 fn prune<'py>(
     py: Python<'py>,
     repo: PathBuf,
     keep: &Bound<'py, PyAny>,
     domain: Option<String>,
     dry_run: bool,
+    access: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let keep = parse_keep_options(py, keep)?;
+    let access = parse_repo_access(py, access)?;
     refresh_logging();
     let on_interrupt = OnInterrupt::Finish("the prune (its removals under the domain locks)");
     let result = run_interruptible(py, on_interrupt, move || {
-        engine::prune(&repo, domain.as_deref(), &keep, dry_run)
+        engine::repo_access::prune_at(
+            &repo.to_string_lossy(),
+            &access,
+            domain.as_deref(),
+            &keep,
+            dry_run,
+        )
     })?;
     let report = result.map_err(to_py_err)?;
     to_py(py, &report)

@@ -495,8 +495,31 @@ def test_bare_command_runs_a_backup_with_the_defaults(
         "compress": None,
         "bwlimit": None,
         "restic": None,
+        "access": None,
     }
     assert capsys.readouterr().out == "Summary: 0 succeeded, 0 failed, 0 skipped\n"
+
+
+def test_repository_access_options_reach_the_core_as_one_value(fake_core: dict[str, Any]) -> None:
+    argv = ["backup", "--repo", "s3://vrb/hv1", "--s3-endpoint", "https://rgw:7443", "--s3-region", "default"]
+    argv += ["--s3-credentials", "/etc/vrb/s3.cred", "--s3-ca-file", "/etc/vrb/ca.pem", "--repo-key-file", "/etc/vrb/k"]
+    assert cli.main(argv) == 0
+    access = fake_core["options"]["access"]
+    assert access == virt_rbd_backup.RepoAccess(
+        key_file="/etc/vrb/k",
+        s3_endpoint="https://rgw:7443",
+        s3_region="default",
+        s3_credentials="/etc/vrb/s3.cred",
+        s3_ca_file="/etc/vrb/ca.pem",
+    )
+    assert access.to_dict() == {
+        "key_file": "/etc/vrb/k",
+        "s3_endpoint": "https://rgw:7443",
+        "s3_region": "default",
+        "s3_credentials": "/etc/vrb/s3.cred",
+        "s3_ca_file": "/etc/vrb/ca.pem",
+    }
+    assert fake_core["options"]["repo"] == "s3://vrb/hv1"
 
 
 def test_a_run_prints_lines_as_events_arrive_then_the_summary(
@@ -643,7 +666,7 @@ def test_list_with_repo_lists_backups_filtered_by_domain(
         }
         for name, uuid in (("web1", UUID_A), ("db1", UUID_B))
     ]
-    monkeypatch.setattr(cli, "_list_backups_json", lambda repo, domain: backups)
+    monkeypatch.setattr(cli, "_list_backups_json", lambda repo, domain, access: backups)
     assert cli.main(["list", "--repo", "/repo", "--domain", "db1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [backups[1]]
 
@@ -912,6 +935,8 @@ def test_verify_run(fake_repo_core: dict[str, Any], capsys: pytest.CaptureFixtur
                 "ceph_conf": None,
                 "ceph_user": None,
                 "connect": "qemu:///system",
+                "access": None,
+                "read_data": False,
             },
         )
     ]
@@ -957,6 +982,7 @@ def test_prune_run_passes_keep_options_as_the_core_names_them(
                 },
                 "dry_run": True,
                 "repo": "/var/lib/virt-rbd-backup",
+                "access": None,
             },
         )
     ]
@@ -1334,6 +1360,8 @@ def test_verify_source_run_passes_the_cluster_options(
         "ceph_conf": "/etc/ceph/ceph.conf",
         "ceph_user": "backup",
         "connect": "qemu:///system",
+        "access": None,
+        "read_data": False,
     }
     assert capsys.readouterr().out.splitlines() == [
         "OK: 1 backups verified",

@@ -623,8 +623,9 @@ def test_a_bad_file_exits_2_naming_it(
             f"error: {path}: unknown key 'colour'; known keys: agent_timeout, bwlimit, ceph_timeout, compress, "
             "connect, consistency, domains, freeze, "
             "freeze_mountpoints, freeze_timeout, full_every, json, keep_daily, keep_hourly, keep_last, "
-            "keep_monthly, keep_weekly, keep_within, keep_yearly, legacy_exit_status, metrics_file, mode, "
-            "on_failure, queue_depth, repo, restic, workers\n"
+            "keep_monthly, keep_weekly, keep_within, keep_yearly, layout, legacy_exit_status, metrics_file, "
+            "mode, on_failure, queue_depth, repo, repo_key_file, restic, s3_ca_file, s3_credentials, "
+            "s3_endpoint, s3_region, workers\n"
         )
 
 

@@ -417,7 +417,8 @@ PRUNE_JSON = """
       "removed": [],
       "errors": []
     }
-  ]
+  ],
+  "blocks": null
 }
 """
 
