@@ -278,7 +278,7 @@ pub(super) fn back_up_to_blocks(
         report.backup_id = Some(backup_id.clone());
         report.kind = Some(kind);
         report.path = Some(format!(
-            "{}/backups/{}/{backup_id}.manifest",
+            "{}: backups/{}/{backup_id}.manifest",
             repo.describe(),
             job.uuid
         ));

@@ -75,7 +75,7 @@ pub fn list(repo: &BlockRepository, domain: Option<&str>) -> Result<Vec<BackupLi
                 backup_id: m.backup_id.clone(),
                 kind: kind_name(&m),
                 path: format!(
-                    "{}/backups/{}/{}.manifest",
+                    "{}: backups/{}/{}.manifest",
                     repo.describe(),
                     m.domain.uuid,
                     m.backup_id
@@ -203,7 +203,7 @@ pub fn prune(
                     report.removed.push(RemovedBackup {
                         backup_id: decision.id.clone(),
                         path: format!(
-                            "{}/backups/{uuid}/{}.manifest",
+                            "{}: backups/{uuid}/{}.manifest",
                             repo.describe(),
                             decision.id
                         ),
