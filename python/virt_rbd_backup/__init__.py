@@ -612,9 +612,7 @@ def _restore_json(
         "backup": backup,
         "to": target,
         "force": force,
-        "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
-        "ceph_user": ceph_user,
-        "connect": connect,
+        "ceph": _ceph_access(ceph_conf, ceph_user, connect),
         "restic": _restic(restic),
     }
     return _native.restore(options)
@@ -722,9 +720,7 @@ def _restore_define_json(
         "name": name,
         "pool": pool,
         "force": force,
-        "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
-        "ceph_user": ceph_user,
-        "connect": connect,
+        "ceph": _ceph_access(ceph_conf, ceph_user, connect),
         "allow_host_passthrough": allow_host_passthrough,
     }
     return _native.restore_define(options)
@@ -808,12 +804,18 @@ def _verify_json(
         if ceph_conf is not None or ceph_user is not None:
             raise UsageError("ceph_conf and ceph_user are for comparing with the cluster: add source (--source)")
         return _native.verify(os.fspath(repo), domain, backup)
-    options = {
+    return _native.verify(os.fspath(repo), domain, backup, _ceph_access(ceph_conf, ceph_user, connect))
+
+
+def _ceph_access(
+    ceph_conf: str | os.PathLike[str] | None, ceph_user: str | None, connect: str
+) -> dict[str, str | None]:
+    """The core's ``CephAccess`` (how restore and ``verify --source`` reach a cluster)."""
+    return {
         "connect": connect,
         "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
         "ceph_user": ceph_user,
     }
-    return _native.verify(os.fspath(repo), domain, backup, options)
 
 
 _DURATION_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

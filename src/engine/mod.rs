@@ -61,6 +61,7 @@
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
 
+pub mod ceph_access;
 mod ceph_session;
 mod cluster_lock;
 pub mod compat_session;
@@ -88,6 +89,7 @@ pub mod verify;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use ceph_access::CephAccess;
 pub use events::{BackupEvent, EventSink, NoEvents};
 pub use listing::{list_backups, list_domains, BackupListing, DomainListing};
 pub use options::{BackupOptions, ConsistencyPolicy, FreezePolicy};
@@ -98,7 +100,7 @@ pub use restore::{
     restore, restore_define, DefineOptions, DefineReport, RestoreOptions, RestoreReport,
     RestoreTarget,
 };
-pub use verify::{verify, verify_with_source, SourceOptions, VerifyProblem, VerifyReport};
+pub use verify::{verify, verify_with_source, VerifyProblem, VerifyReport};
 
 use crate::error::Error;
 use crate::libvirt::HypervisorConnection;

@@ -40,9 +40,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ceph::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster, RbdImage};
+use crate::ceph::{PoolContext, RadosCluster, RbdImage};
 use crate::error::Error;
-use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
+use crate::libvirt::HypervisorConnection;
 use crate::plan::{checksum_of_table, ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
 use crate::repo::chain::{data_in, open_diff_link, verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::image_file::nonzero_runs;
@@ -50,7 +50,7 @@ use crate::repo::manifest::sync_dir;
 use crate::repo::rbd_diff::DiffRecord;
 use crate::repo::{RepoError, Repository};
 
-use super::ceph_session::cluster_address;
+use super::ceph_access::{connect, CephAccess};
 use super::export::image_block_table;
 use super::restic::{choose_restic_snapshot, list_restic, unsealed, ResticTarget};
 use super::CancelToken;
@@ -124,23 +124,13 @@ pub struct RestoreOptions {
     /// Overwrite an existing target.
     #[serde(default)]
     pub force: bool,
-    /// For RBD targets: a ceph.conf (with its keyring) instead of the domain's monitors and key.
+    /// For RBD targets: how to reach the cluster (a ceph.conf, or the saved XML and libvirt).
     #[serde(default)]
-    pub ceph_conf: Option<PathBuf>,
-    /// For RBD targets: the Ceph user with `ceph_conf` (default `admin`).
-    #[serde(default)]
-    pub ceph_user: Option<String>,
-    /// libvirt URI, to read the domain's Ceph key when no `ceph_conf` is given.
-    #[serde(default = "default_connect")]
-    pub connect: String,
+    pub ceph: CephAccess,
     /// Restore from this restic repository instead of the repository folder; `backup` is then
     /// a restic snapshot id (or `latest`).
     #[serde(default)]
     pub restic: Option<ResticTarget>,
-}
-
-fn default_connect() -> String {
-    "qemu:///system".into()
 }
 
 /// The outcome of a restore.
@@ -227,12 +217,9 @@ fn restore_disk(
         options,
         last.disk.size,
         || {
-            rbd_target_cluster(
-                options,
-                &manifest.domain.xml,
-                &manifest.domain.name,
-                &target,
-            )
+            options
+                .ceph
+                .connect_for_disk(&manifest.domain.xml, &manifest.domain.name, &target)
         },
         |sink| replay(&chain, sink, &expected, cancel),
     )?;
@@ -280,15 +267,8 @@ fn restore_from_restic(
     let (target_text, bytes_written, placed) = restore_into(
         options,
         size,
-        || match &options.ceph_conf {
-            Some(conf) => Ok((
-                ClusterAddress {
-                    monitors: Vec::new(),
-                    conf_file: Some(conf.display().to_string()),
-                    user: options.ceph_user.clone().unwrap_or_else(|| "admin".into()),
-                },
-                None,
-            )),
+        || match options.ceph.from_conf() {
+            Some(address) => connect(&address, None),
             None => Err(Error::Usage(
                 "restoring from restic into RBD needs --ceph-conf (restic keeps no domain XML)"
                     .into(),
@@ -404,7 +384,7 @@ fn restore_from_restic(
 fn restore_into(
     options: &RestoreOptions,
     size: u64,
-    cluster: impl FnOnce() -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error>,
+    cluster: impl FnOnce() -> Result<RadosCluster, Error>,
     fill: impl FnOnce(&mut dyn BlockSink) -> Result<u64, Error>,
 ) -> Result<(String, u64, Option<PlacedImage>), Error> {
     match &options.to {
@@ -421,8 +401,7 @@ fn restore_into(
             namespace,
             image,
         } => {
-            let (address, key) = cluster()?;
-            let cluster = RadosCluster::connect(&address, key.as_ref(), CephTimeouts::default())?;
+            let cluster = cluster()?;
             let (spec, written, id, aside) = {
                 let ctx = cluster.open_pool(pool, namespace.as_deref())?;
                 let (written, id, aside) = restore_image(&ctx, image, size, options.force, fill)?;
@@ -643,59 +622,6 @@ impl PlacedImage {
             }
         }
     }
-}
-
-/// The cluster and key a saved domain XML names for disk `target` (key read from libvirt).
-pub(super) fn cluster_from_saved_xml(
-    connect: &str,
-    xml: &str,
-    domain: &str,
-    target: &str,
-) -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error> {
-    let description = parse_domain_xml(domain, xml)?;
-    let spec = description
-        .disks
-        .into_iter()
-        .find_map(|d| match d {
-            DiskEntry::Rbd(spec) if spec.target == target => Some(spec),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "the saved XML of {domain} has no RBD disk {target}; give --ceph-conf"
-            ))
-        })?;
-    let key = match &spec.auth {
-        Some(auth) => {
-            let libvirt = HypervisorConnection::open(connect)?;
-            Some(libvirt.ceph_key(
-                domain,
-                &auth.username,
-                auth.secret_uuid.as_deref(),
-                auth.secret_usage.as_deref(),
-            )?)
-        }
-        None => None,
-    };
-    Ok((cluster_address(&spec), key))
-}
-
-/// The cluster and key for an RBD restore target.
-fn rbd_target_cluster(
-    options: &RestoreOptions,
-    xml: &str,
-    domain: &str,
-    target: &str,
-) -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error> {
-    if let Some(conf) = &options.ceph_conf {
-        let address = ClusterAddress {
-            monitors: Vec::new(),
-            conf_file: Some(conf.display().to_string()),
-            user: options.ceph_user.clone().unwrap_or_else(|| "admin".into()),
-        };
-        return Ok((address, None));
-    }
-    cluster_from_saved_xml(&options.connect, xml, domain, target)
 }
 
 /// Replays `chain` into `sink` and checks the result against `expected`. Returns data bytes written.
@@ -1381,15 +1307,9 @@ pub struct DefineOptions {
     /// Replace existing images of those names.
     #[serde(default)]
     pub force: bool,
-    /// A ceph.conf (with its keyring) instead of the domain's monitors and key.
+    /// How to reach the cluster; its `connect` is also the libvirt the domain is defined on.
     #[serde(default)]
-    pub ceph_conf: Option<PathBuf>,
-    /// The Ceph user with `ceph_conf`.
-    #[serde(default)]
-    pub ceph_user: Option<String>,
-    /// libvirt URI.
-    #[serde(default = "default_connect")]
-    pub connect: String,
+    pub ceph: CephAccess,
     /// Define the domain even if its saved XML gives it host resources
     /// (`libvirt::domain_rewrite::host_passthrough`); refused otherwise.
     #[serde(default)]
@@ -1437,7 +1357,7 @@ pub fn restore_define(
         .resolve_domain(&options.domain)
         .map_err(|e| Error::Usage(e.to_string()))?;
     let (_, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
-    let libvirt = HypervisorConnection::open(&options.connect)?;
+    let libvirt = HypervisorConnection::open(&options.ceph.connect)?;
     if libvirt.domain_exists(&options.name) {
         return Err(Error::Usage(format!(
             "a domain named {} exists already; choose another name",
@@ -1471,9 +1391,7 @@ pub fn restore_define(
                 image,
             },
             force: options.force,
-            ceph_conf: options.ceph_conf.clone(),
-            ceph_user: options.ceph_user.clone(),
-            connect: options.connect.clone(),
+            ceph: options.ceph.clone(),
             restic: None,
         });
     }

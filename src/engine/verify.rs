@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::ceph_access::CephAccess;
 use crate::error::Error;
 use crate::repo::chain::{verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::leaf_table::verify_leaf_table;
@@ -34,25 +35,6 @@ pub struct VerifyReport {
     pub source_checked: Vec<(String, String)>,
 }
 
-/// How to reach the cluster for `--source`.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceOptions {
-    /// libvirt URI, to read the domain's Ceph key.
-    #[serde(default = "default_connect")]
-    pub connect: String,
-    /// A ceph.conf (with its keyring) instead of the domain's monitors and key.
-    #[serde(default)]
-    pub ceph_conf: Option<PathBuf>,
-    /// The Ceph user with `ceph_conf`.
-    #[serde(default)]
-    pub ceph_user: Option<String>,
-}
-
-fn default_connect() -> String {
-    "qemu:///system".into()
-}
-
 impl VerifyReport {
     /// Whether everything checked is intact.
     pub fn ok(&self) -> bool {
@@ -76,7 +58,7 @@ pub fn verify_with_source(
     repo: &std::path::Path,
     domain: Option<&str>,
     backup: Option<&str>,
-    source: Option<&SourceOptions>,
+    source: Option<&CephAccess>,
 ) -> Result<VerifyReport, Error> {
     let repo = Repository::open(repo)?;
     let uuids = match domain {
@@ -208,10 +190,10 @@ fn compare_with_source(
     uuid: &str,
     folder: &std::path::Path,
     manifest: &crate::repo::BackupManifest,
-    source: &SourceOptions,
+    source: &CephAccess,
     report: &mut VerifyReport,
 ) -> Result<(), Error> {
-    use crate::ceph::{CephTimeouts, ClusterAddress, RadosCluster, RbdImage};
+    use crate::ceph::RbdImage;
     use crate::plan::HASH_BLOCK_SIZE;
 
     for disk in &manifest.disks {
@@ -220,23 +202,8 @@ fn compare_with_source(
             disk: disk.target.clone(),
             message,
         };
-        let (address, key) = match &source.ceph_conf {
-            Some(conf) => (
-                ClusterAddress {
-                    monitors: Vec::new(),
-                    conf_file: Some(conf.display().to_string()),
-                    user: source.ceph_user.clone().unwrap_or_else(|| "admin".into()),
-                },
-                None,
-            ),
-            None => super::restore::cluster_from_saved_xml(
-                &source.connect,
-                &manifest.domain.xml,
-                &manifest.domain.name,
-                &disk.target,
-            )?,
-        };
-        let cluster = RadosCluster::connect(&address, key.as_ref(), CephTimeouts::default())?;
+        let cluster =
+            source.connect_for_disk(&manifest.domain.xml, &manifest.domain.name, &disk.target)?;
         let pool = cluster.open_pool(&disk.pool, disk.namespace.as_deref())?;
         // A group-consistent backup was read from the group snapshot's member, not the marker.
         let (opened, source_name) = match &disk.group_snapshot {
