@@ -61,6 +61,7 @@
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
 
+pub mod block_io;
 pub mod ceph_access;
 mod ceph_session;
 mod cluster_lock;

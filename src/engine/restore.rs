@@ -47,11 +47,11 @@ use crate::plan::{checksum_of_table, ContentHasher, StreamHasher, HASH_BLOCK_SIZ
 use crate::repo::chain::{data_in, open_diff_link, verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::image_file::nonzero_runs;
 use crate::repo::manifest::sync_dir;
-use crate::repo::rbd_diff::DiffRecord;
+use crate::repo::rbd_diff::{DiffRecord, RbdDiffReader};
 use crate::repo::{RepoError, Repository};
 
+use super::block_io::{ExtentSink, RbdSink};
 use super::ceph_access::{connect, CephAccess};
-use super::export::image_block_table;
 use super::restic::{choose_restic_snapshot, list_restic, unsealed, ResticTarget};
 use super::CancelToken;
 
@@ -158,15 +158,6 @@ pub struct RestoreReport {
     pub warnings: Vec<String>,
     /// Newer backups `latest` passed over, and why (restic: snapshots without a seal).
     pub skipped: Vec<String>,
-}
-
-/// A place blocks are written to: a sparse file or an RBD image.
-trait BlockSink {
-    fn set_size(&mut self, size: u64) -> Result<(), Error>;
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error>;
-    fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error>;
-    /// Hash of every block of the result, for the final check.
-    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error>;
 }
 
 /// Restores one disk.
@@ -312,10 +303,7 @@ fn restore_from_restic(
                     )));
                 }
                 hasher.update(&buf[..filled]);
-                for (start, end) in nonzero_runs(&buf[..filled], 4096) {
-                    sink.write(offset + start as u64, &buf[start..end])?;
-                    written += (end - start) as u64;
-                }
+                written += write_data(sink, offset, &buf[..filled])?;
                 offset += filled as u64;
             }
             let status = child
@@ -344,7 +332,7 @@ fn restore_from_restic(
                 )));
             }
             // The target holds what restic returned (an RBD write is not trusted blindly).
-            let landed = checksum_of_table(&sink.block_hashes(size)?);
+            let landed = checksum_of_table(&sink.read_back_hashes(size)?);
             if landed != checksum {
                 return Err(untrusted(format!(
                     "restic returned the sealed content, but the target reads back as {landed}; the target's storage lost writes"
@@ -385,12 +373,12 @@ fn restore_into(
     options: &RestoreOptions,
     size: u64,
     cluster: impl FnOnce() -> Result<RadosCluster, Error>,
-    fill: impl FnOnce(&mut dyn BlockSink) -> Result<u64, Error>,
+    fill: impl FnOnce(&mut dyn ExtentSink) -> Result<u64, Error>,
 ) -> Result<(String, u64, Option<PlacedImage>), Error> {
     match &options.to {
         RestoreTarget::File { path } => {
             let mut sink = FileSink::create(path, options.force)?;
-            sink.set_size(size)?;
+            sink.resize(size)?;
             let written = fill(&mut sink)?;
             super::thaw_guard::test_pause("restored");
             sink.commit()?;
@@ -440,7 +428,7 @@ fn restore_image(
     image: &str,
     size: u64,
     force: bool,
-    fill: impl FnOnce(&mut dyn BlockSink) -> Result<u64, Error>,
+    fill: impl FnOnce(&mut dyn ExtentSink) -> Result<u64, Error>,
 ) -> Result<(u64, String, Option<String>), Error> {
     let spec = ctx.image_spec(image);
     let tmp = restoring_name(image);
@@ -627,7 +615,7 @@ impl PlacedImage {
 /// Replays `chain` into `sink` and checks the result against `expected`. Returns data bytes written.
 fn replay(
     chain: &[ChainLink],
-    sink: &mut dyn BlockSink,
+    sink: &mut dyn ExtentSink,
     expected: &[[u8; 32]],
     cancel: &CancelToken,
 ) -> Result<u64, Error> {
@@ -639,14 +627,11 @@ fn replay(
         match link.disk.format {
             crate::repo::DiskFormat::SparseRaw => {
                 let mut reader = RawBlockReader::open(link)?;
-                sink.set_size(reader.size())?;
+                sink.resize(reader.size())?;
                 let mut buf = Vec::new();
                 while let Some((offset, has_data)) = reader.next_block(&mut buf)? {
                     if has_data {
-                        for (start, end) in nonzero_runs(&buf, 4096) {
-                            sink.write(offset + start as u64, &buf[start..end])?;
-                            written += (end - start) as u64;
-                        }
+                        written += write_data(sink, offset, &buf)?;
                     }
                     if cancel.is_cancelled() {
                         return Err(Error::Cancelled);
@@ -655,43 +640,89 @@ fn replay(
             }
             crate::repo::DiskFormat::RbdDiffV1 | crate::repo::DiskFormat::RbdDiffV1Zstd => {
                 verify_stored_file(link)?;
-                let mut reader = open_diff_link(link)?;
-                sink.set_size(reader.image_size())?;
-                while let Some(record) = reader.next_record()? {
-                    match record {
-                        DiffRecord::Data { offset, data } => {
-                            let mut pos = 0;
-                            for (start, end) in nonzero_runs(&data, 4096) {
-                                if start > pos {
-                                    sink.zero(offset + pos as u64, (start - pos) as u64)?;
-                                }
-                                sink.write(offset + start as u64, &data[start..end])?;
-                                written += (end - start) as u64;
-                                pos = end;
-                            }
-                            if pos < data.len() {
-                                sink.zero(offset + pos as u64, (data.len() - pos) as u64)?;
-                            }
-                        }
-                        DiffRecord::Zero { offset, length } => sink.zero(offset, length)?,
-                    }
-                }
+                written += replay_diff(&mut open_diff_link(link)?, sink, cancel)?;
             }
         }
     }
     let size = chain.last().map_or(0, |l| l.disk.size);
-    let actual = sink.block_hashes(size)?;
-    if let Some(index) =
-        (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i))
-    {
+    let path = chain.last().map(|l| l.data_path()).unwrap_or_default();
+    check_restored(sink, size, expected, &path)?;
+    Ok(written)
+}
+
+/// Writes the non-zero 4 KiB runs of `data` at `offset`; its zero runs are left alone (holes
+/// of a new image). Returns the bytes written.
+fn write_data(sink: &mut dyn ExtentSink, offset: u64, data: &[u8]) -> Result<u64, Error> {
+    let mut written = 0;
+    for (start, end) in nonzero_runs(data, 4096) {
+        sink.write_at(offset + start as u64, &data[start..end])?;
+        written += (end - start) as u64;
+    }
+    Ok(written)
+}
+
+/// Applies an rbd diff to `sink`: resized to the diff's image size, data records written
+/// (their zero runs zeroed, as they replace older data), zero records zeroed. Returns the data
+/// bytes written.
+fn replay_diff<R: Read>(
+    reader: &mut RbdDiffReader<R>,
+    sink: &mut dyn ExtentSink,
+    cancel: &CancelToken,
+) -> Result<u64, Error> {
+    sink.resize(reader.image_size())?;
+    let mut written = 0u64;
+    while let Some(record) = reader.next_record()? {
+        match record {
+            DiffRecord::Data { offset, data } => {
+                let mut pos = 0;
+                for (start, end) in nonzero_runs(&data, 4096) {
+                    if start > pos {
+                        sink.zero(offset + pos as u64, (start - pos) as u64)?;
+                    }
+                    sink.write_at(offset + start as u64, &data[start..end])?;
+                    written += (end - start) as u64;
+                    pos = end;
+                }
+                if pos < data.len() {
+                    sink.zero(offset + pos as u64, (data.len() - pos) as u64)?;
+                }
+            }
+            DiffRecord::Zero { offset, length } => sink.zero(offset, length)?,
+        }
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+    }
+    Ok(written)
+}
+
+/// Reads `sink` back and compares it, block by block, with `expected` (the backup's block
+/// table); the first block that differs fails the restore, naming `path` (the chain's last
+/// file) and the offset.
+fn check_restored(
+    sink: &mut dyn ExtentSink,
+    size: u64,
+    expected: &[[u8; 32]],
+    path: &Path,
+) -> Result<(), Error> {
+    let actual = sink.read_back_hashes(size)?;
+    if let Some(offset) = first_difference(expected, &actual) {
         return Err(RepoError::Corrupt {
-            path: chain.last().map(|l| l.data_path()).unwrap_or_default(),
-            offset: Some(index as u64 * HASH_BLOCK_SIZE),
+            path: path.to_path_buf(),
+            offset: Some(offset),
             message: "the restored image differs from the backup's checksum there; the restore is incomplete and was discarded".into(),
         }
         .into());
     }
-    Ok(written)
+    Ok(())
+}
+
+/// The offset of the first block whose hash differs between two block tables (one longer than
+/// the other differs at the first block only one has).
+pub(super) fn first_difference(expected: &[[u8; 32]], actual: &[[u8; 32]]) -> Option<u64> {
+    (0..expected.len().max(actual.len()))
+        .find(|&i| expected.get(i) != actual.get(i))
+        .map(|index| index as u64 * HASH_BLOCK_SIZE)
 }
 
 /// How a `FileSink` writes.
@@ -1006,8 +1037,8 @@ impl Drop for FileSink {
     }
 }
 
-impl BlockSink for FileSink {
-    fn set_size(&mut self, size: u64) -> Result<(), Error> {
+impl ExtentSink for FileSink {
+    fn resize(&mut self, size: u64) -> Result<(), Error> {
         match self.mode {
             FileMode::Renamed { .. } => self.file.set_len(size).map_err(self.io("resize")),
             FileMode::Device { capacity, valid_to } => {
@@ -1030,7 +1061,7 @@ impl BlockSink for FileSink {
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.file
             .write_all_at(data, offset)
             .map_err(self.io("write"))
@@ -1055,7 +1086,7 @@ impl BlockSink for FileSink {
         Ok(())
     }
 
-    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
+    fn read_back_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
         let device = matches!(self.mode, FileMode::Device { .. });
         if device {
             // Read back what the device holds, not the page cache's copy of our writes: write
@@ -1085,33 +1116,6 @@ impl BlockSink for FileSink {
             }
         }
         Ok(hasher.finish_with_hashes().1)
-    }
-}
-
-/// An RBD image being restored.
-struct RbdSink<'a> {
-    image: &'a RbdImage<'a>,
-}
-
-impl BlockSink for RbdSink<'_> {
-    fn set_size(&mut self, size: u64) -> Result<(), Error> {
-        if self.image.info()?.size != size {
-            self.image.resize(size)?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        Ok(self.image.write_at(offset, data)?)
-    }
-
-    fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error> {
-        Ok(self.image.discard(offset, length)?)
-    }
-
-    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
-        self.image.flush()?;
-        image_block_table(self.image, size, false)
     }
 }
 
@@ -1188,8 +1192,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vda.raw");
         let mut sink = FileSink::create(&path, false).unwrap();
-        sink.set_size(8192).unwrap();
-        sink.write(0, b"restored data").unwrap();
+        sink.resize(8192).unwrap();
+        sink.write_at(0, b"restored data").unwrap();
         // Someone creates the target between the check and the rename.
         fs::write(&path, b"created meanwhile").unwrap();
         let message = usage_message(sink.commit());
@@ -1227,8 +1231,8 @@ mod tests {
         let path = dir.path().join("vda.raw");
         fs::write(&path, b"old content that is longer").unwrap();
         let mut sink = FileSink::create(&path, true).unwrap();
-        sink.set_size(4).unwrap();
-        sink.write(0, b"new!").unwrap();
+        sink.resize(4).unwrap();
+        sink.write_at(0, b"new!").unwrap();
         sink.commit().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new!");
         assert_eq!(leftovers(dir.path()), Vec::<String>::new());
@@ -1276,12 +1280,231 @@ mod tests {
         assert!(!path.exists());
     }
 
+    /// Export and restore through the block I/O seams, in memory: an image exported as an
+    /// rbd diff (full, then incrementals) and replayed as a restore replays it must come back
+    /// byte for byte, and its block table must equal one computed from the bytes directly.
+    mod through_memory {
+        use super::super::*;
+        use crate::engine::block_io::{block_table_of, MemorySink, MemorySnapshot};
+        use crate::engine::export::{
+            export_full_diff, export_incremental, ExportProgress, IncrementalBase, ReadPipeline,
+        };
+        use crate::repo::leaf_table::BaseLeaves;
+        use crate::repo::rbd_diff::RbdDiffWriter;
+
+        const B: usize = HASH_BLOCK_SIZE as usize;
+
+        struct Quiet;
+        impl ExportProgress for Quiet {
+            fn progress(&self, _done: u64, _total: u64) {}
+        }
+
+        /// `size` bytes, zero but for `fills` (`start`, `end`, byte).
+        fn image(size: usize, fills: &[(usize, usize, u8)]) -> Vec<u8> {
+            let mut data = vec![0u8; size];
+            for &(start, end, byte) in fills {
+                data[start..end].fill(byte);
+            }
+            data
+        }
+
+        /// Backs `now` up as a diff (from nothing, or from `base`: its bytes and table) and
+        /// replays it into `sink`. Returns the export's block table.
+        fn back_up_and_replay(
+            sink: &mut MemorySink,
+            now: &[u8],
+            base: Option<(&[u8], &[[u8; 32]])>,
+            use_object_map: bool,
+        ) -> Result<Vec<[u8; 32]>, Error> {
+            let cancel = CancelToken::new();
+            let pipeline = ReadPipeline {
+                queue_depth: 3,
+                limit: None,
+                cancel: &cancel,
+                progress: &Quiet,
+            };
+            let size = now.len() as u64;
+            let (stats, stream) = match base {
+                None => export_full_diff(
+                    &MemorySnapshot::new("rbd/m@s", now.to_vec()),
+                    "s",
+                    size,
+                    use_object_map,
+                    Vec::new(),
+                    None,
+                    &pipeline,
+                )?,
+                Some((base_data, base_table)) => {
+                    let leaves = BaseLeaves::none();
+                    let source = MemorySnapshot::new("rbd/m@s", now.to_vec())
+                        .with_base("b", base_data.to_vec());
+                    export_incremental(
+                        &source,
+                        "s",
+                        size,
+                        &IncrementalBase {
+                            snapshot: "b",
+                            size: base_data.len() as u64,
+                            block_table: base_table,
+                            leaves: &leaves,
+                        },
+                        use_object_map,
+                        Vec::new(),
+                        None,
+                        &pipeline,
+                    )?
+                }
+            };
+            let mut reader = RbdDiffReader::new(&stream[..])?;
+            replay_diff(&mut reader, sink, &cancel)?;
+            check_restored(sink, size, &stats.block_table, Path::new("(memory)"))?;
+            Ok(stats.block_table)
+        }
+
+        #[test]
+        fn a_full_backup_comes_back_with_its_holes_and_its_short_last_block() {
+            // Block 0: data with a hole inside; block 1: all hole; block 2 (half a block, the
+            // short last one): data up to the last byte.
+            let size = 2 * B + B / 2;
+            let now = image(
+                size,
+                &[(100, 9000, 1), (65536, 70000, 2), (size - 5000, size, 3)],
+            );
+            let mut sink = MemorySink::default();
+            let table = back_up_and_replay(&mut sink, &now, None, false).unwrap();
+            assert!(sink.data == now, "restored bytes differ");
+            assert_eq!(table, block_table_of(&now));
+            // Only the non-zero 4 KiB pieces were written: the holes stayed holes.
+            let pieces = now
+                .chunks(4096)
+                .filter(|c| c.iter().any(|&b| b != 0))
+                .count();
+            let last_piece = size % 4096; // the last piece is short when the size is not 4 KiB aligned
+            assert_eq!(
+                sink.written,
+                (pieces * 4096 - (4096 - last_piece) % 4096) as u64
+            );
+        }
+
+        #[test]
+        fn incrementals_follow_a_shrink_then_a_grow_and_the_regrown_part_reads_zeros() {
+            for use_object_map in [false, true] {
+                // 3.5 blocks, data nearly everywhere.
+                let s0 = image(3 * B + B / 2, &[(0, 3 * B + B / 2, 7)]);
+                // Shrunk to 1.5 blocks; a range in block 0 zeroed, one in block 1 rewritten.
+                let s1 = image(
+                    B + B / 2,
+                    &[
+                        (0, B + B / 2, 7),
+                        (8192, 65536, 0),
+                        (B + 4096, B + 12288, 9),
+                    ],
+                );
+                // Grown to 4 blocks: only block 3 gets data; 1.5..3 must read as zeros, not as
+                // the data s0 had there.
+                let mut s2 = s1.clone();
+                s2.resize(4 * B, 0);
+                s2[3 * B + 10..3 * B + 20].fill(5);
+
+                let mut sink = MemorySink::default();
+                let t0 = back_up_and_replay(&mut sink, &s0, None, use_object_map).unwrap();
+                let t1 =
+                    back_up_and_replay(&mut sink, &s1, Some((&s0, &t0)), use_object_map).unwrap();
+                assert!(
+                    sink.data == s1,
+                    "after the shrink (object map: {use_object_map})"
+                );
+                assert_eq!(t1, block_table_of(&s1));
+                let t2 =
+                    back_up_and_replay(&mut sink, &s2, Some((&s1, &t1)), use_object_map).unwrap();
+                assert!(
+                    sink.data == s2,
+                    "after the grow (object map: {use_object_map})"
+                );
+                assert_eq!(t2, block_table_of(&s2));
+            }
+        }
+
+        #[test]
+        fn zero_runs_inside_a_data_record_replace_older_data() {
+            let mut diff = RbdDiffWriter::new(Vec::new(), Some("a"), "b", 3 * 4096).unwrap();
+            let mut data = vec![4u8; 3 * 4096];
+            data[4096..8192].fill(0);
+            diff.write_data(0, &data).unwrap();
+            let stream = diff.finish().unwrap();
+            let mut sink = MemorySink {
+                data: vec![0xff; 3 * 4096],
+                ..MemorySink::default()
+            };
+            let mut reader = RbdDiffReader::new(&stream[..]).unwrap();
+            let written = replay_diff(&mut reader, &mut sink, &CancelToken::new()).unwrap();
+            assert!(sink.data == data);
+            assert_eq!(written, 2 * 4096);
+        }
+
+        #[test]
+        fn a_failing_sink_fails_the_restore() {
+            let now = image(B, &[(0, B, 1)]);
+            let mut sink = MemorySink {
+                fail_write_at: Some(B as u64 / 2),
+                ..MemorySink::default()
+            };
+            let err = back_up_and_replay(&mut sink, &now, None, false).unwrap_err();
+            assert!(err.to_string().contains("write of"), "{err}");
+        }
+
+        #[test]
+        fn a_sink_that_lost_a_write_fails_the_check_at_that_block() {
+            let now = image(2 * B, &[(0, 2 * B, 1)]);
+            let mut sink = MemorySink::default();
+            let table = back_up_and_replay(&mut sink, &now, None, false).unwrap();
+            sink.data[B + 17] = 0;
+            match check_restored(
+                &mut sink,
+                now.len() as u64,
+                &table,
+                Path::new("/r/vda.rbdiff"),
+            ) {
+                Err(Error::Repo(RepoError::Corrupt { offset, path, .. })) => {
+                    assert_eq!(
+                        (offset, path),
+                        (Some(B as u64), PathBuf::from("/r/vda.rbdiff"))
+                    );
+                }
+                other => panic!("expected a corrupt restore, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_failing_read_fails_the_export() {
+            let now = image(2 * B, &[(0, 2 * B, 1)]);
+            let cancel = CancelToken::new();
+            let pipeline = ReadPipeline {
+                queue_depth: 2,
+                limit: None,
+                cancel: &cancel,
+                progress: &Quiet,
+            };
+            let source = MemorySnapshot::new("rbd/m@s", now).failing_at(B as u64 + 1);
+            let result = export_full_diff(
+                &source,
+                "s",
+                2 * B as u64,
+                false,
+                Vec::new(),
+                None,
+                &pipeline,
+            );
+            assert!(result.is_err());
+        }
+    }
+
     #[test]
     fn a_failed_restore_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vda.raw");
         let mut sink = FileSink::create(&path, false).unwrap();
-        sink.write(0, b"partial").unwrap();
+        sink.write_at(0, b"partial").unwrap();
         drop(sink);
         assert_eq!(leftovers(dir.path()), Vec::<String>::new());
         assert!(!path.exists());

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::block_io::SnapshotSource;
 use super::ceph_access::CephAccess;
 use crate::error::Error;
 use crate::repo::chain::{verify_stored_file, ChainLink, RawBlockReader};
@@ -194,7 +195,6 @@ fn compare_with_source(
     report: &mut VerifyReport,
 ) -> Result<(), Error> {
     use crate::ceph::RbdImage;
-    use crate::plan::HASH_BLOCK_SIZE;
 
     for disk in &manifest.disks {
         let problem = |message: String| VerifyProblem {
@@ -242,11 +242,9 @@ fn compare_with_source(
             None => continue,
         };
         let info = image.info()?;
-        let actual = super::export::image_block_table(&image, info.size, info.fast_diff_usable())?;
-        match (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i)) {
-            Some(index) => report.problems.push(problem(format!(
-                "differs from its source snapshot {source_name} at offset {}",
-                index as u64 * HASH_BLOCK_SIZE
+        match difference_from_source(&expected, &image, info.size, info.fast_diff_usable())? {
+            Some(offset) => report.problems.push(problem(format!(
+                "differs from its source snapshot {source_name} at offset {offset}"
             ))),
             None => report
                 .source_checked
@@ -254,4 +252,54 @@ fn compare_with_source(
         }
     }
     Ok(())
+}
+
+/// Where the content of `source` (`size` bytes; its allocated blocks read, `use_object_map`
+/// as in the export) first differs from the block table `expected`: `None` when it equals it.
+fn difference_from_source<S: SnapshotSource + ?Sized>(
+    expected: &[[u8; 32]],
+    source: &S,
+    size: u64,
+    use_object_map: bool,
+) -> Result<Option<u64>, Error> {
+    let actual = super::export::image_block_table(source, size, use_object_map)?;
+    Ok(super::restore::first_difference(expected, &actual))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::block_io::{block_table_of, MemorySnapshot};
+    use crate::plan::HASH_BLOCK_SIZE;
+
+    #[test]
+    fn a_source_equal_to_the_backup_passes_and_one_that_differs_names_the_block() {
+        const B: usize = HASH_BLOCK_SIZE as usize;
+        let mut data = vec![0u8; 3 * B - 100];
+        data[5..50].fill(1);
+        data[2 * B + 7] = 9;
+        let expected = block_table_of(&data);
+        let same = MemorySnapshot::new("rbd/m@s", data.clone());
+        for use_object_map in [false, true] {
+            let found = difference_from_source(&expected, &same, data.len() as u64, use_object_map);
+            assert_eq!(found.unwrap(), None);
+        }
+        data[2 * B + 7] = 8;
+        let changed = MemorySnapshot::new("rbd/m@s", data.clone());
+        let found = difference_from_source(&expected, &changed, data.len() as u64, false);
+        assert_eq!(found.unwrap(), Some(2 * HASH_BLOCK_SIZE));
+        // A source that grew differs at the first block the backup does not have.
+        data.resize(3 * B + 1, 0);
+        let grown = MemorySnapshot::new("rbd/m@s", data.clone());
+        let found = difference_from_source(&expected, &grown, data.len() as u64, false);
+        assert_eq!(found.unwrap(), Some(2 * HASH_BLOCK_SIZE));
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_read_is_an_error_not_a_pass() {
+        let data = vec![1u8; 8192];
+        let expected = block_table_of(&data);
+        let failing = MemorySnapshot::new("rbd/m@s", data).failing_at(100);
+        assert!(difference_from_source(&expected, &failing, 8192, false).is_err());
+    }
 }
