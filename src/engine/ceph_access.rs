@@ -117,10 +117,9 @@ fn cluster_from_saved_xml(
             DiskEntry::Rbd(spec) if spec.target == target => Some(spec),
             _ => None,
         })
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "the saved XML of {domain} has no RBD disk {target}; give --ceph-conf"
-            ))
+        .ok_or_else(|| Error::NoRbdDiskInSavedXml {
+            domain: domain.to_string(),
+            target: target.to_string(),
         })?;
     let key = match &spec.auth {
         Some(auth) => {

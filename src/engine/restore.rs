@@ -55,6 +55,104 @@ use super::ceph_access::{connect, CephAccess};
 use super::restic::{choose_restic_snapshot, list_restic, unsealed, ResticTarget};
 use super::CancelToken;
 
+/// Why a restore target was refused or left alone: nothing of it was replaced. Each names
+/// the target (a path, or `image POOL/IMAGE`) and says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// `--to ""`.
+    #[error("the restore target is empty")]
+    Empty,
+    /// An `rbd:` target that is not `rbd:POOL/IMAGE` or `rbd:POOL/NAMESPACE/IMAGE`.
+    #[error("bad RBD target {text:?}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE")]
+    BadRbdSpec {
+        /// The target as given.
+        text: String,
+    },
+    /// The target exists and `--force` was not given.
+    #[error("{target} exists{note}; use --force to replace it")]
+    Exists {
+        /// The path, or `image POOL/IMAGE`.
+        target: String,
+        /// What it is, where that matters (" (a symbolic link to nothing)").
+        note: &'static str,
+    },
+    /// The image an earlier `--force` restore replaced is still aside under its name.
+    #[error("{leftover} exists: an earlier --force restore into {target} could not remove the image it replaced; remove or rename it first")]
+    ReplacedImageLeft {
+        /// `image POOL/IMAGE.virt-rbd-backup-replaced`.
+        leftover: String,
+        /// The target image.
+        target: String,
+    },
+    /// The temporary name of a restore into the target is taken: another restore runs, or a
+    /// killed one left it (it is never removed or reused).
+    #[error("{leftover} exists: another restore into {target} is running, or one was killed; remove it{how} if none runs")]
+    RestoreInProgress {
+        /// The temporary file or image.
+        leftover: String,
+        /// The target.
+        target: String,
+        /// How to remove it (" with `rbd rm`"), or "".
+        how: &'static str,
+    },
+    /// Something was created under the target's name during the restore (without `--force`).
+    #[error("{target} appeared during the restore (created by someone else); it was not replaced, and the restored copy was discarded")]
+    Appeared {
+        /// The path, or `image POOL/IMAGE`.
+        target: String,
+    },
+    /// A block device target without `--force`.
+    #[error("{} is a block device; use --force to write the restore into it (what it holds is overwritten)", path.display())]
+    BlockDeviceNeedsForce {
+        /// The device (as given; may be a link to it).
+        path: PathBuf,
+    },
+    /// A directory, FIFO or socket at the target's name: never replaced, even with `--force`.
+    #[error("{} is neither a regular file nor a block device; it is not replaced", path.display())]
+    NotReplaceable {
+        /// The target.
+        path: PathBuf,
+    },
+    /// A target path with no file name (`/`, `..`).
+    #[error("{} names no file", path.display())]
+    NamesNoFile {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The block device is mounted or held (`EBUSY` on an exclusive open).
+    #[error("{} is in use (mounted, or held by another program); it was not written", path.display())]
+    DeviceInUse {
+        /// The device.
+        path: PathBuf,
+    },
+    /// The name stopped being a block device between the check and the open.
+    #[error("{} stopped being a block device while the restore opened it; nothing was written", path.display())]
+    StoppedBeingADevice {
+        /// The target.
+        path: PathBuf,
+    },
+    /// With `--force`, the target turned into something other than a regular file meanwhile.
+    #[error("{} changed into something that is not a regular file during the restore; it was not replaced, and the restored copy was discarded", path.display())]
+    ChangedDuringRestore {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The block device is smaller than the image.
+    #[error("block device {} holds {capacity} bytes, the image {size}: it is too small", path.display())]
+    DeviceTooSmall {
+        /// The device.
+        path: PathBuf,
+        /// Its size.
+        capacity: u64,
+        /// The image's size.
+        size: u64,
+    },
+    /// A restore from restic into RBD without `--ceph-conf`: restic keeps no domain XML to
+    /// find the cluster with.
+    #[error("invalid option: restoring from restic into RBD needs --ceph-conf (restic keeps no domain XML)")]
+    ResticNeedsCephConf,
+}
+
 /// Where a restore goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -70,12 +168,15 @@ pub enum RestoreTarget {
 }
 
 impl std::str::FromStr for RestoreTarget {
-    type Err = String;
+    type Err = TargetError;
     /// `rbd:POOL/IMAGE`, `rbd:POOL/NAMESPACE/IMAGE`, or a file path.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, TargetError> {
+        let bad = || TargetError::BadRbdSpec {
+            text: s.to_string(),
+        };
         let Some(spec) = s.strip_prefix("rbd:") else {
             if s.is_empty() {
-                return Err("the restore target is empty".into());
+                return Err(TargetError::Empty);
             }
             return Ok(RestoreTarget::File {
                 path: PathBuf::from(s),
@@ -83,9 +184,7 @@ impl std::str::FromStr for RestoreTarget {
         };
         let parts: Vec<&str> = spec.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {
-            return Err(format!(
-                "bad RBD target {s:?}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"
-            ));
+            return Err(bad());
         }
         match parts.as_slice() {
             [pool, image] => Ok(RestoreTarget::Rbd {
@@ -98,9 +197,7 @@ impl std::str::FromStr for RestoreTarget {
                 namespace: Some(ns.to_string()),
                 image: image.to_string(),
             }),
-            _ => Err(format!(
-                "bad RBD target {s:?}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"
-            )),
+            _ => Err(bad()),
         }
     }
 }
@@ -182,19 +279,17 @@ fn restore_disk(
     let repo = Repository::open(&options.repo)?;
     let uuid = repo
         .resolve_domain(&options.domain)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+        .map_err(Error::NotInRepository)?;
     let (folder, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
     let target = match &options.disk {
         Some(t) => t.clone(),
         None if manifest.disks.len() == 1 => manifest.disks[0].target.clone(),
         None => {
-            let names: Vec<&str> = manifest.disks.iter().map(|d| d.target.as_str()).collect();
-            return Err(Error::Usage(format!(
-                "backup {} has {} disks ({}); choose one with --disk",
-                manifest.backup_id,
-                names.len(),
-                names.join(", ")
-            )));
+            return Err(Error::DiskNotChosen {
+                backup_id: manifest.backup_id.clone(),
+                domain: manifest.domain.name.clone(),
+                disks: manifest.disks.iter().map(|d| d.target.clone()).collect(),
+            });
         }
     };
     let chain = repo.disk_chain(&uuid, &folder, &manifest, &target)?;
@@ -260,10 +355,7 @@ fn restore_from_restic(
         size,
         || match options.ceph.from_conf() {
             Some(address) => connect(&address, None),
-            None => Err(Error::Usage(
-                "restoring from restic into RBD needs --ceph-conf (restic keeps no domain XML)"
-                    .into(),
-            )),
+            None => Err(TargetError::ResticNeedsCephConf.into()),
         },
         |sink| {
             let mut child = restic.start_dump(&chosen.id, &chosen.file)?;
@@ -434,24 +526,29 @@ fn restore_image(
     let tmp = restoring_name(image);
     if ctx.image_exists(image)? {
         if !force {
-            return Err(Error::Usage(format!(
-                "image {spec} exists; use --force to replace it"
-            )));
+            return Err(TargetError::Exists {
+                target: format!("image {spec}"),
+                note: "",
+            }
+            .into());
         }
         if ctx.image_exists(&replaced_name(image))? {
-            return Err(Error::Usage(format!(
-                "image {} exists: an earlier --force restore into {spec} could not remove the image it replaced; remove or rename it first",
-                ctx.image_spec(&replaced_name(image))
-            )));
+            return Err(TargetError::ReplacedImageLeft {
+                leftover: format!("image {}", ctx.image_spec(&replaced_name(image))),
+                target: spec,
+            }
+            .into());
         }
     }
     // Created exclusively: another restore's image is never removed or written into.
     match ctx.create_image(&tmp, size) {
         Err(e) if e.errno() == Some(-libc::EEXIST) => {
-            return Err(Error::Usage(format!(
-                "image {} exists: another restore into {spec} is running, or one was killed; remove it with `rbd rm` if none runs",
-                ctx.image_spec(&tmp)
-            )))
+            return Err(TargetError::RestoreInProgress {
+                leftover: format!("image {}", ctx.image_spec(&tmp)),
+                target: spec,
+                how: " with `rbd rm`",
+            }
+            .into())
         }
         other => other?,
     }
@@ -491,10 +588,11 @@ fn place_image(
     force: bool,
 ) -> Result<Option<String>, Error> {
     let spec = ctx.image_spec(image);
-    let appeared = || {
-        Error::Usage(format!(
-            "image {spec} appeared during the restore (created by someone else); it was not replaced, and the restored copy was discarded"
-        ))
+    let appeared = || -> Error {
+        TargetError::Appeared {
+            target: format!("image {spec}"),
+        }
+        .into()
     };
     if !force {
         return match ctx.rename_image(tmp, image) {
@@ -744,11 +842,12 @@ struct FileSink {
     committed: bool,
 }
 
-fn exists_error(path: &Path, what: &str) -> Error {
-    Error::Usage(format!(
-        "{} exists{what}; use --force to replace it",
-        path.display()
-    ))
+fn exists_error(path: &Path, note: &'static str) -> Error {
+    TargetError::Exists {
+        target: path.display().to_string(),
+        note,
+    }
+    .into()
 }
 
 impl FileSink {
@@ -757,10 +856,10 @@ impl FileSink {
         match fs::metadata(path) {
             Ok(meta) if meta.file_type().is_block_device() => {
                 if !force {
-                    return Err(Error::Usage(format!(
-                        "{} is a block device; use --force to write the restore into it (what it holds is overwritten)",
-                        path.display()
-                    )));
+                    return Err(TargetError::BlockDeviceNeedsForce {
+                        path: path.to_path_buf(),
+                    }
+                    .into());
                 }
                 return Self::open_device(path);
             }
@@ -769,10 +868,10 @@ impl FileSink {
                     return Err(exists_error(path, ""));
                 }
                 if !meta.is_file() {
-                    return Err(Error::Usage(format!(
-                        "{} is neither a regular file nor a block device; it is not replaced",
-                        path.display()
-                    )));
+                    return Err(TargetError::NotReplaceable {
+                        path: path.to_path_buf(),
+                    }
+                    .into());
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -789,10 +888,12 @@ impl FileSink {
                 .into())
             }
         }
-        let mut tmp_name = path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .ok_or_else(|| Error::Usage(format!("{} names no file", path.display())))?;
+        let mut tmp_name =
+            path.file_name()
+                .map(|n| n.to_os_string())
+                .ok_or_else(|| TargetError::NamesNoFile {
+                    path: path.to_path_buf(),
+                })?;
         tmp_name.push(".virt-rbd-backup-restoring");
         let tmp = path.with_file_name(tmp_name);
         // Exclusive: a file of the same name belongs to another restore (running, or killed);
@@ -805,11 +906,11 @@ impl FileSink {
             .open(&tmp)
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::Usage(format!(
-                        "{} exists: another restore into {} is running, or one was killed; remove it if none runs",
-                        tmp.display(),
-                        path.display()
-                    ))
+                    Error::Target(TargetError::RestoreInProgress {
+                        leftover: tmp.display().to_string(),
+                        target: path.display().to_string(),
+                        how: "",
+                    })
                 } else {
                     RepoError::Io {
                         action: "create",
@@ -841,10 +942,9 @@ impl FileSink {
             .open(path)
             .map_err(|source| {
                 if source.raw_os_error() == Some(libc::EBUSY) {
-                    Error::Usage(format!(
-                        "{} is in use (mounted, or held by another program); it was not written",
-                        path.display()
-                    ))
+                    Error::Target(TargetError::DeviceInUse {
+                        path: path.to_path_buf(),
+                    })
                 } else {
                     RepoError::Io {
                         action: "open",
@@ -871,10 +971,10 @@ impl FileSink {
             .file_type()
             .is_block_device()
         {
-            return Err(Error::Usage(format!(
-                "{} stopped being a block device while the restore opened it; nothing was written",
-                path.display()
-            )));
+            return Err(TargetError::StoppedBeingADevice {
+                path: path.to_path_buf(),
+            }
+            .into());
         }
         let capacity = file.seek(SeekFrom::End(0)).map_err(io("size"))?;
         Ok(FileSink {
@@ -955,10 +1055,10 @@ impl FileSink {
             // something else since the check.
             match fs::symlink_metadata(&self.path) {
                 Ok(meta) if !(meta.is_file() || meta.file_type().is_symlink()) => {
-                    return Err(Error::Usage(format!(
-                        "{} changed into something that is not a regular file during the restore; it was not replaced, and the restored copy was discarded",
-                        self.path.display()
-                    )));
+                    return Err(TargetError::ChangedDuringRestore {
+                        path: self.path.clone(),
+                    }
+                    .into());
                 }
                 _ => fs::rename(tmp, &self.path),
             }
@@ -967,10 +1067,9 @@ impl FileSink {
         };
         renamed.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Usage(format!(
-                    "{} appeared during the restore (created by someone else); it was not replaced, and the restored copy was discarded",
-                    self.path.display()
-                ))
+                Error::Target(TargetError::Appeared {
+                    target: self.path.display().to_string(),
+                })
             } else {
                 RepoError::Io {
                     action: "rename into place",
@@ -1043,10 +1142,12 @@ impl ExtentSink for FileSink {
             FileMode::Renamed { .. } => self.file.set_len(size).map_err(self.io("resize")),
             FileMode::Device { capacity, valid_to } => {
                 if size > capacity {
-                    return Err(Error::Usage(format!(
-                        "block device {} holds {capacity} bytes, the image {size}: it is too small",
-                        self.path.display()
-                    )));
+                    return Err(TargetError::DeviceTooSmall {
+                        path: self.path.clone(),
+                        capacity,
+                        size,
+                    }
+                    .into());
                 }
                 // A device is not sparse: the image's holes must read as zeros.
                 if size > valid_to {
@@ -1153,11 +1254,119 @@ mod tests {
         assert!("".parse::<RestoreTarget>().is_err());
     }
 
+    #[test]
+    fn target_and_restore_errors_say_what_happened_and_what_to_do() {
+        let p = || PathBuf::from("/srv/vda.raw");
+        let cases: Vec<(Error, &str)> = vec![
+            (TargetError::Empty.into(), "the restore target is empty"),
+            (
+                TargetError::BadRbdSpec { text: "rbd:x".into() }.into(),
+                r#"bad RBD target "rbd:x": expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"#,
+            ),
+            (
+                TargetError::Exists { target: "image rbd/web".into(), note: "" }.into(),
+                "image rbd/web exists; use --force to replace it",
+            ),
+            (
+                TargetError::Exists { target: "/srv/vda.raw".into(), note: " (a symbolic link to nothing)" }.into(),
+                "/srv/vda.raw exists (a symbolic link to nothing); use --force to replace it",
+            ),
+            (
+                TargetError::ReplacedImageLeft {
+                    leftover: "image rbd/web.virt-rbd-backup-replaced".into(),
+                    target: "rbd/web".into(),
+                }
+                .into(),
+                "image rbd/web.virt-rbd-backup-replaced exists: an earlier --force restore into rbd/web could not remove the image it replaced; remove or rename it first",
+            ),
+            (
+                TargetError::RestoreInProgress {
+                    leftover: "image rbd/web.virt-rbd-backup-restoring".into(),
+                    target: "rbd/web".into(),
+                    how: " with `rbd rm`",
+                }
+                .into(),
+                "image rbd/web.virt-rbd-backup-restoring exists: another restore into rbd/web is running, or one was killed; remove it with `rbd rm` if none runs",
+            ),
+            (
+                TargetError::Appeared { target: "image rbd/web".into() }.into(),
+                "image rbd/web appeared during the restore (created by someone else); it was not replaced, and the restored copy was discarded",
+            ),
+            (
+                TargetError::BlockDeviceNeedsForce { path: "/dev/sdx".into() }.into(),
+                "/dev/sdx is a block device; use --force to write the restore into it (what it holds is overwritten)",
+            ),
+            (
+                TargetError::NotReplaceable { path: p() }.into(),
+                "/srv/vda.raw is neither a regular file nor a block device; it is not replaced",
+            ),
+            (TargetError::NamesNoFile { path: "/".into() }.into(), "/ names no file"),
+            (
+                TargetError::DeviceInUse { path: "/dev/sdx".into() }.into(),
+                "/dev/sdx is in use (mounted, or held by another program); it was not written",
+            ),
+            (
+                TargetError::StoppedBeingADevice { path: p() }.into(),
+                "/srv/vda.raw stopped being a block device while the restore opened it; nothing was written",
+            ),
+            (
+                TargetError::ChangedDuringRestore { path: p() }.into(),
+                "/srv/vda.raw changed into something that is not a regular file during the restore; it was not replaced, and the restored copy was discarded",
+            ),
+            (
+                TargetError::DeviceTooSmall { path: "/dev/sdx".into(), capacity: 10, size: 20 }.into(),
+                "block device /dev/sdx holds 10 bytes, the image 20: it is too small",
+            ),
+            (
+                TargetError::ResticNeedsCephConf.into(),
+                "invalid option: restoring from restic into RBD needs --ceph-conf (restic keeps no domain XML)",
+            ),
+            (
+                Error::NotInRepository(RepoError::NoSuchDomain { name: "web".into(), repo: "/r".into() }),
+                r#"invalid option: no backup of a domain named or with UUID "web" in /r"#,
+            ),
+            (
+                Error::NotInRepository(RepoError::AmbiguousDomain { name: "web".into(), uuids: vec!["u1".into(), "u2".into()] }),
+                r#"invalid option: several domains were named "web" (u1, u2); give the UUID"#,
+            ),
+            (
+                Error::NotInRepository(RepoError::NoSuchBackup { uuid: "u1".into(), id: Some("20261126T100000Z".into()) }),
+                "invalid option: no backup 20261126T100000Z of domain u1; `virt-rbd-backup list` shows the backups",
+            ),
+            (
+                Error::DiskNotChosen { backup_id: "b1".into(), domain: "web".into(), disks: vec!["vda".into(), "vdb".into()] },
+                "invalid option: backup b1 of web has 2 disks (vda, vdb); choose one with --disk",
+            ),
+            (
+                Error::NoRbdDiskInSavedXml { domain: "web".into(), target: "vdc".into() },
+                "invalid option: the saved XML of web has no RBD disk vdc; give --ceph-conf",
+            ),
+            (
+                Error::BadDomainName { name: "a b".into() },
+                r#"invalid option: "a b" cannot name the new domain and its images: use up to 64 letters, digits, '-', '_' or '.'"#,
+            ),
+            (
+                Error::DomainExists { name: "web-copy".into() },
+                "a domain named web-copy exists already; choose another name",
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
+        assert_eq!(
+            "rbd:a/b/c/d".parse::<RestoreTarget>(),
+            Err(TargetError::BadRbdSpec {
+                text: "rbd:a/b/c/d".into()
+            })
+        );
+        assert_eq!("".parse::<RestoreTarget>(), Err(TargetError::Empty));
+    }
+
     fn usage_message<T>(result: Result<T, Error>) -> String {
         match result {
-            Err(Error::Usage(message)) => message,
-            Err(other) => panic!("expected a usage error, got {other:?}"),
-            Ok(_) => panic!("expected a usage error, got success"),
+            Err(Error::Target(e)) => e.to_string(),
+            Err(other) => panic!("expected a target error, got {other:?}"),
+            Ok(_) => panic!("expected a target error, got success"),
         }
     }
 
@@ -1570,22 +1779,20 @@ pub fn restore_define(
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !options.name.starts_with('.');
     if !valid {
-        return Err(Error::Usage(format!(
-            "{:?} cannot name the new domain and its images: use up to 64 letters, digits, '-', '_' or '.'",
-            options.name
-        )));
+        return Err(Error::BadDomainName {
+            name: options.name.clone(),
+        });
     }
     let repo = Repository::open(&options.repo)?;
     let uuid = repo
         .resolve_domain(&options.domain)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+        .map_err(Error::NotInRepository)?;
     let (_, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
     let libvirt = HypervisorConnection::open(&options.ceph.connect)?;
     if libvirt.domain_exists(&options.name) {
-        return Err(Error::Usage(format!(
-            "a domain named {} exists already; choose another name",
-            options.name
-        )));
+        return Err(Error::DomainExists {
+            name: options.name.clone(),
+        });
     }
     // Every image name and the new XML, checked, before any image is written: a refusal
     // leaves nothing behind.

@@ -63,9 +63,7 @@ pub fn verify_with_source(
 ) -> Result<VerifyReport, Error> {
     let repo = Repository::open(repo)?;
     let uuids = match domain {
-        Some(d) => vec![repo
-            .resolve_domain(d)
-            .map_err(|e| Error::Usage(e.to_string()))?],
+        Some(d) => vec![repo.resolve_domain(d).map_err(Error::NotInRepository)?],
         None => repo.domain_uuids()?,
     };
     let mut report = VerifyReport {
@@ -79,7 +77,7 @@ pub fn verify_with_source(
                 // Without a domain, only the domains that have this backup are checked.
                 Ok((folder, manifest)) => vec![(folder, manifest.backup_id)],
                 Err(_) if domain.is_none() => Vec::new(),
-                Err(e) => return Err(Error::Usage(e.to_string())),
+                Err(e) => return Err(Error::NotInRepository(e)),
             },
             None => repo
                 .backups_of(&uuid)?

@@ -134,6 +134,12 @@ fn to_py_err(err: Error) -> PyErr {
     // base class unnoticed.
     match err {
         Error::Usage(_)
+        | Error::Target(_)
+        | Error::NotInRepository(_)
+        | Error::DiskNotChosen { .. }
+        | Error::NoRbdDiskInSavedXml { .. }
+        | Error::BadDomainName { .. }
+        | Error::DomainExists { .. }
         | Error::HostPassthrough { .. }
         | Error::Nbd(_)
         | Error::OptionOutOfRange { .. }
@@ -198,9 +204,10 @@ fn parse_restore_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult
     let mut value = options_json(py, options, "restore options")?;
     if let Some(to) = value.get_mut("to") {
         if let Some(text) = to.as_str() {
-            let target: RestoreTarget = text
-                .parse()
-                .map_err(|e: String| UsageError::new_err(format!("invalid restore target: {e}")))?;
+            let target: RestoreTarget =
+                text.parse().map_err(|e: engine::restore::TargetError| {
+                    UsageError::new_err(format!("invalid restore target: {e}"))
+                })?;
             *to = serde_json::to_value(&target).map_err(|e| {
                 BackupError::new_err(format!("internal error: cannot serialize a target: {e}"))
             })?;
