@@ -1,6 +1,9 @@
 //! Exporting one snapshot: only the blocks that matter, several reads in flight, hashed and
 //! written as they arrive.
 //!
+//! The snapshot is read through `block_io::SnapshotSource` (an `RbdImage` in a backup run,
+//! `block_io::MemorySnapshot` in the unit tests).
+//!
 //! A full export reads every 4 MiB block that holds allocated data and writes it into a sparse
 //! raw file. An incremental writes the changed extents as an rbd diff (`rbd export-diff`
 //! format) and re-hashes only the blocks they touch: it reads the 64 KiB leaves around the

@@ -58,6 +58,12 @@
 //! `back_up_disk` (5), `domain_manifest` and `StagedBackup::commit` (6), `stale_after_commit`
 //! (7). restic targets take `back_up_to_restic` through the same steps 2 to 4.
 //!
+//! Export reads a snapshot through `block_io::SnapshotSource` (an `RbdImage` at the snapshot
+//! in a run); restore writes through `block_io::ExtentSink` and verify's `--source` check reads
+//! through the same source trait, so their logic is unit-tested with the in-memory
+//! implementations. Restore, `restore --define` and `verify --source` reach a cluster through
+//! `ceph_access::CephAccess`.
+//!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
 

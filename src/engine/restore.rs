@@ -7,6 +7,10 @@
 //! exact content or fails, never "succeeds" with other data. It is written under a temporary
 //! name and renamed into place only then.
 //!
+//! Everything is written through `block_io::ExtentSink` (the file target here, an RBD image
+//! through `block_io::RbdSink`): `write_data`, `replay_diff` and `check_restored` are the
+//! replay, tested with `block_io::MemorySink`. A target that is refused is a `TargetError`.
+//!
 //! # What a target may replace
 //!
 //! - A file target is written as `NAME.virt-rbd-backup-restoring` beside it (created with
