@@ -56,6 +56,28 @@ pub enum Error {
         /// The name given.
         name: String,
     },
+    /// No restic snapshot of the domain (and `--disk`, `--backup`) is in the restic repository.
+    #[error("invalid option: no restic snapshot of {domain} matches; `virt-rbd-backup list --restic-repo ...` shows them")]
+    NoResticSnapshot {
+        /// The domain as given.
+        domain: String,
+    },
+    /// The restic repository holds several disks of the domain, and no `--disk` says which.
+    #[error("invalid option: the restic repository holds several disks of {domain} ({}); choose one with --disk", disks.join(", "))]
+    ResticDiskNotChosen {
+        /// The domain as given.
+        domain: String,
+        /// Its disks in the restic repository.
+        disks: Vec<String>,
+    },
+    /// `prune DOMAIN` names no domain the repository has backups of.
+    #[error("invalid option: no backups of domain {domain} in {}; give a name or UUID that `list` shows", repo.display())]
+    NoBackupsOfDomain {
+        /// The domain as given.
+        domain: String,
+        /// The repository.
+        repo: std::path::PathBuf,
+    },
     /// `restore --define` was given the name of a domain libvirt already has.
     #[error("a domain named {name} exists already; choose another name")]
     DomainExists {

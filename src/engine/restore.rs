@@ -1350,6 +1350,18 @@ mod tests {
                 r#"invalid option: "a b" cannot name the new domain and its images: use up to 64 letters, digits, '-', '_' or '.'"#,
             ),
             (
+                Error::NoResticSnapshot { domain: "web".into() },
+                "invalid option: no restic snapshot of web matches; `virt-rbd-backup list --restic-repo ...` shows them",
+            ),
+            (
+                Error::ResticDiskNotChosen { domain: "web".into(), disks: vec!["vda".into(), "vdb".into()] },
+                "invalid option: the restic repository holds several disks of web (vda, vdb); choose one with --disk",
+            ),
+            (
+                Error::NoBackupsOfDomain { domain: "web".into(), repo: "/r".into() },
+                "invalid option: no backups of domain web in /r; give a name or UUID that `list` shows",
+            ),
+            (
                 Error::DomainExists { name: "web-copy".into() },
                 "a domain named web-copy exists already; choose another name",
             ),

@@ -140,6 +140,9 @@ fn to_py_err(err: Error) -> PyErr {
         | Error::NoRbdDiskInSavedXml { .. }
         | Error::BadDomainName { .. }
         | Error::DomainExists { .. }
+        | Error::NoResticSnapshot { .. }
+        | Error::ResticDiskNotChosen { .. }
+        | Error::NoBackupsOfDomain { .. }
         | Error::HostPassthrough { .. }
         | Error::Nbd(_)
         | Error::OptionOutOfRange { .. }
