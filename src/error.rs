@@ -20,9 +20,73 @@ pub enum Error {
     /// From the NBD server (`serve`).
     #[error(transparent)]
     Nbd(#[from] crate::nbd::NbdError),
-    /// Options that make no sense (exit status 2).
+    /// A restore target that cannot be written or placed (exists, is in use, appeared or
+    /// changed meanwhile, a bad `--to`); exit status 2, nothing was replaced.
+    #[error(transparent)]
+    Target(#[from] crate::engine::restore::TargetError),
+    /// Options that make no sense (exit status 2), in free form; conditions the code knows
+    /// have their own variants.
     #[error("invalid option: {0}")]
     Usage(String),
+    /// A domain, backup or disk named in the options that the repository does not hold (or a
+    /// name that fits several domains): exit status 2, like `Usage`.
+    #[error("invalid option: {0}")]
+    NotInRepository(#[source] crate::repo::RepoError),
+    /// A backup of several disks, and no `--disk` to say which.
+    #[error("invalid option: backup {backup_id} of {domain} has {} disks ({}); choose one with --disk", disks.len(), disks.join(", "))]
+    DiskNotChosen {
+        /// The backup.
+        backup_id: String,
+        /// The domain's name.
+        domain: String,
+        /// Its disks' targets.
+        disks: Vec<String>,
+    },
+    /// The domain XML saved with a backup names no RBD disk of that target, so it cannot say
+    /// where the cluster is.
+    #[error(
+        "invalid option: the saved XML of {domain} has no RBD disk {target}; give --ceph-conf"
+    )]
+    NoRbdDiskInSavedXml {
+        /// The domain's name.
+        domain: String,
+        /// The disk's target.
+        target: String,
+    },
+    /// A name `restore --define` cannot give a domain and its images.
+    #[error("invalid option: {name:?} cannot name the new domain and its images: use up to 64 letters, digits, '-', '_' or '.'")]
+    BadDomainName {
+        /// The name given.
+        name: String,
+    },
+    /// No restic snapshot of the domain (and `--disk`, `--backup`) is in the restic repository.
+    #[error("invalid option: no restic snapshot of {domain} matches; `virt-rbd-backup list --restic-repo ...` shows them")]
+    NoResticSnapshot {
+        /// The domain as given.
+        domain: String,
+    },
+    /// The restic repository holds several disks of the domain, and no `--disk` says which.
+    #[error("invalid option: the restic repository holds several disks of {domain} ({}); choose one with --disk", disks.join(", "))]
+    ResticDiskNotChosen {
+        /// The domain as given.
+        domain: String,
+        /// Its disks in the restic repository.
+        disks: Vec<String>,
+    },
+    /// `prune DOMAIN` names no domain the repository has backups of.
+    #[error("invalid option: no backups of domain {domain} in {}; give a name or UUID that `list` shows", repo.display())]
+    NoBackupsOfDomain {
+        /// The domain as given.
+        domain: String,
+        /// The repository.
+        repo: std::path::PathBuf,
+    },
+    /// `restore --define` was given the name of a domain libvirt already has.
+    #[error("a domain named {name} exists already; choose another name")]
+    DomainExists {
+        /// The name given.
+        name: String,
+    },
     /// The snapshots cannot be trusted to be consistent (the freeze outlived its timeout).
     #[error("inconsistent: {0}")]
     Inconsistent(String),

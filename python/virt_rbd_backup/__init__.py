@@ -624,52 +624,21 @@ def restore(
         >>> r.chain, r.target  # doctest: +SKIP
         (('20261126T100000Z', '20261127T100000Z'), 'rbd:rbd/web1-root-restored')
     """
-    return RestoreReport.from_dict(
-        _restore_json(
-            domain,
-            to=to,
-            disk=disk,
-            backup=backup,
-            force=force,
-            repo=repo,
-            ceph_conf=ceph_conf,
-            ceph_user=ceph_user,
-            connect=connect,
-            restic=restic,
-        )
-    )
+    # Every parameter, by name: the list of options is written once, in the signature above.
+    return RestoreReport.from_dict(_restore_json(**locals()))
 
 
-def _restore_json(
-    domain: str,
-    *,
-    to: str | os.PathLike[str],
-    disk: str | None,
-    backup: str | None,
-    force: bool,
-    repo: str | os.PathLike[str],
-    ceph_conf: str | os.PathLike[str] | None,
-    ceph_user: str | None,
-    connect: str,
-    restic: ResticTarget | str | None = None,
-) -> dict[str, Any]:
-    """Run :func:`restore` and return the report exactly as the core wrote it (``--json``)."""
+def _restore_json(domain: str, **options: Any) -> dict[str, Any]:
+    """Run :func:`restore` and return the report exactly as the core wrote it (``--json``).
+
+    ``options`` are the keyword arguments of :func:`restore`.
+    """
+    to = options.pop("to")
     # A string is read by the core in the CLI syntax; a path object is a file, even one whose
     # name starts with "rbd:".
-    target: str | dict[str, str] = to if isinstance(to, str) else {"type": "file", "path": os.fspath(to)}
-    options = {
-        "repo": os.fspath(repo),
-        "domain": domain,
-        "disk": disk,
-        "backup": backup,
-        "to": target,
-        "force": force,
-        "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
-        "ceph_user": ceph_user,
-        "connect": connect,
-        "restic": _restic(restic),
-    }
-    return _native.restore(options)
+    options["to"] = to if isinstance(to, str) else {"type": "file", "path": os.fspath(to)}
+    options["restic"] = _restic(options.pop("restic", None))
+    return _native.restore(_repository_options(domain, options))
 
 
 def restore_define(
@@ -737,49 +706,25 @@ def restore_define(
         >>> [d.target for d in r.disks], r.dropped_disks  # doctest: +SKIP
         (['rbd:rbd/web1-copy-vda', 'rbd:rbd/web1-copy-vdb'], ('vdc',))
     """
-    return DefineReport.from_dict(
-        _restore_define_json(
-            domain,
-            name=name,
-            backup=backup,
-            pool=pool,
-            force=force,
-            repo=repo,
-            ceph_conf=ceph_conf,
-            ceph_user=ceph_user,
-            connect=connect,
-            allow_host_passthrough=allow_host_passthrough,
-        )
-    )
+    return DefineReport.from_dict(_restore_define_json(**locals()))
 
 
-def _restore_define_json(
-    domain: str,
-    *,
-    name: str,
-    backup: str | None,
-    pool: str | None,
-    force: bool,
-    repo: str | os.PathLike[str],
-    ceph_conf: str | os.PathLike[str] | None,
-    ceph_user: str | None,
-    connect: str,
-    allow_host_passthrough: bool = False,
-) -> dict[str, Any]:
-    """Run :func:`restore_define` and return the report exactly as the core wrote it (``--json``)."""
-    options = {
-        "repo": os.fspath(repo),
-        "domain": domain,
-        "backup": backup,
-        "name": name,
-        "pool": pool,
-        "force": force,
-        "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
-        "ceph_user": ceph_user,
-        "connect": connect,
-        "allow_host_passthrough": allow_host_passthrough,
-    }
-    return _native.restore_define(options)
+def _restore_define_json(domain: str, **options: Any) -> dict[str, Any]:
+    """Run :func:`restore_define` and return the report exactly as the core wrote it (``--json``).
+
+    ``options`` are the keyword arguments of :func:`restore_define`.
+    """
+    return _native.restore_define(_repository_options(domain, options))
+
+
+def _repository_options(domain: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The core's ``RestoreOptions`` or ``DefineOptions`` from :func:`restore`'s or :func:`restore_define`'s arguments.
+
+    The repository becomes a path string, the cluster options the core's ``CephAccess``; the
+    others stay as they are.
+    """
+    ceph = _ceph_access(options.pop("ceph_conf"), options.pop("ceph_user"), options.pop("connect"))
+    return {**options, "domain": domain, "repo": os.fspath(options["repo"]), "ceph": ceph}
 
 
 def verify(
@@ -838,44 +783,33 @@ def verify(
         >>> report.ok, len(report.checked), report.source_checked  # doctest: +SKIP
         (True, 14, (('20261126T100000.000Z', 'vda'),))
     """
-    return VerifyReport.from_dict(
-        _verify_json(
-            domain,
-            backup=backup,
-            repo=repo,
-            source=source,
-            ceph_conf=ceph_conf,
-            ceph_user=ceph_user,
-            connect=connect,
-            access=access,
-            read_data=read_data,
-        )
-    )
+    return VerifyReport.from_dict(_verify_json(**locals()))
 
 
-def _verify_json(
-    domain: str | None,
-    *,
-    backup: str | None,
-    repo: str | os.PathLike[str],
-    source: bool,
-    ceph_conf: str | os.PathLike[str] | None,
-    ceph_user: str | None,
-    connect: str,
-    access: RepoAccess | None = None,
-    read_data: bool = False,
-) -> dict[str, Any]:
-    """Run :func:`verify` and return the report exactly as the core wrote it (``--json``)."""
-    if not source:
-        if ceph_conf is not None or ceph_user is not None:
+def _verify_json(domain: str | None, **options: Any) -> dict[str, Any]:
+    """Run :func:`verify` and return the report exactly as the core wrote it (``--json``).
+
+    ``options`` are the keyword arguments of :func:`verify`.
+    """
+    repo, backup = os.fspath(options.pop("repo")), options.pop("backup")
+    access, read_data = _access(options.pop("access", None)), options.pop("read_data", False)
+    ceph = _ceph_access(options.pop("ceph_conf"), options.pop("ceph_user"), options.pop("connect"))
+    if not options.pop("source"):
+        if ceph["ceph_conf"] is not None or ceph["ceph_user"] is not None:
             raise UsageError("ceph_conf and ceph_user are for comparing with the cluster: add source (--source)")
-        return _native.verify(os.fspath(repo), domain, backup, None, _access(access), read_data)
-    options = {
+        return _native.verify(repo, domain, backup, None, access, read_data)
+    return _native.verify(repo, domain, backup, ceph, access, read_data)
+
+
+def _ceph_access(
+    ceph_conf: str | os.PathLike[str] | None, ceph_user: str | None, connect: str
+) -> dict[str, str | None]:
+    """The core's ``CephAccess`` (how restore and ``verify --source`` reach a cluster)."""
+    return {
         "connect": connect,
         "ceph_conf": None if ceph_conf is None else os.fspath(ceph_conf),
         "ceph_user": ceph_user,
     }
-    return _native.verify(os.fspath(repo), domain, backup, options, _access(access), read_data)
 
 
 _DURATION_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -972,23 +906,22 @@ def prune(
         >>> [r.backup_id for d in report.domains for r in d.removed]  # doctest: +SKIP
         ['20261101T100000Z']
     """
-    return PruneReport.from_dict(
-        _prune_json(
-            domain,
-            keep={
-                "last": keep_last,
-                "hourly": keep_hourly,
-                "daily": keep_daily,
-                "weekly": keep_weekly,
-                "monthly": keep_monthly,
-                "yearly": keep_yearly,
-                "within_seconds": None if keep_within is None else _seconds(keep_within),
-            },
-            dry_run=dry_run,
-            repo=repo,
-            access=access,
-        )
-    )
+    options = dict(locals())
+    del options["domain"]
+    return PruneReport.from_dict(_prune_json(domain, keep=_keep_options(options), **options))
+
+
+def _keep_options(options: dict[str, Any]) -> dict[str, int | None]:
+    """The core's ``KeepOptions`` from the ``keep_*`` keyword arguments of :func:`prune`.
+
+    They are taken out of ``options``; ``keep_within`` becomes seconds.
+    """
+    keep: dict[str, int | None] = {
+        name.removeprefix("keep_"): options.pop(name) for name in list(options) if name.startswith("keep_")
+    }
+    within = keep.pop("within")
+    keep["within_seconds"] = None if within is None else _seconds(within)
+    return keep
 
 
 def _prune_json(

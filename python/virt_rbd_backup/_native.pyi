@@ -252,7 +252,8 @@ def restore(options: str | Mapping[str, Any]) -> dict[str, Any]:
 
     ``options`` is a JSON object (str) or a mapping with the fields of ``RestoreOptions``:
     ``repo``, ``domain`` and ``to`` are required; ``disk``, ``backup`` (an id or ``"latest"``),
-    ``force``, ``ceph_conf``, ``ceph_user``, ``connect`` and ``restic`` (a ``ResticTarget``
+    ``force``, ``ceph`` (a ``CephAccess`` object: ``connect``, ``ceph_conf``, ``ceph_user``,
+    each optional) and ``restic`` (a ``ResticTarget``
     object: restore from restic, ``backup`` then being a snapshot id prefix) are optional; an
     unknown field is a :class:`UsageError`. ``to`` is either a string in the CLI syntax (``rbd:POOL/IMAGE``,
     ``rbd:POOL/NAMESPACE/IMAGE``, or a file path), a malformed one being a
@@ -270,7 +271,8 @@ def restore_define(options: str | Mapping[str, Any]) -> dict[str, Any]:
     ``options`` is a JSON object (str) or a mapping with the fields of ``DefineOptions``:
     ``repo``, ``domain`` and ``name`` (the new domain; its images are ``POOL/NAME-TARGET``) are
     required; ``backup`` (an id or ``"latest"``), ``pool`` (default: each disk's own),
-    ``force``, ``ceph_conf``, ``ceph_user``, ``connect`` and ``allow_host_passthrough`` are
+    ``force``, ``ceph`` (a ``CephAccess`` object, as for :func:`restore`; its ``connect`` is
+    also where the domain is defined) and ``allow_host_passthrough`` are
     optional; a missing or unknown field is a :class:`UsageError`, and so are a domain of that
     name that exists already and saved XML that gives the domain host resources (host devices,
     filesystem passthrough, another emulator, qemu:commandline, ...) without
@@ -299,7 +301,7 @@ def verify(
 
     ``domain`` (name or UUID) limits it to that domain, ``backup`` (an id or ``"latest"``) to
     that backup and the chain it depends on. With ``source`` (a JSON object (str) or a mapping
-    with the fields of ``SourceOptions``: ``connect``, ``ceph_conf``, ``ceph_user``, each
+    with the fields of ``CephAccess``: ``connect``, ``ceph_conf``, ``ceph_user``, each
     optional; an unknown one is a :class:`UsageError`), the latest backup of each domain (or
     ``backup``) is also compared with its snapshot still in the cluster; the disks found equal
     are in the report's ``source_checked``. Damage is in the report's ``problems``; an

@@ -55,6 +55,8 @@ exit 0, as the original always did; the ``Backup failed`` lines are still printe
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -86,6 +88,7 @@ from . import (
     VerifyReport,
     __version__,
     _backup_json,
+    _keep_options,
     _list_backups_json,
     _list_domains_json,
     _list_restic_json,
@@ -96,10 +99,15 @@ from . import (
     _restore_json,
     _verify_json,
     access,
+    backup,
     journal,
     parse_duration,
     parse_rate,
+    prune,
+    restore,
+    restore_define,
     thaw_orphans,
+    verify,
 )
 from .config import BackupConfig, find_config
 from .metrics import render_prune_metrics, render_verify_metrics, write_metrics, write_metrics_text
@@ -436,97 +444,121 @@ def _add_target(parser: argparse.ArgumentParser, *, repo_default: str | None = D
     _add_repo_access(parser)
 
 
-def _add_backup_options(parser: argparse.ArgumentParser) -> None:
-    """The options of a backup (also taken by ``plan``, so one command line fits both)."""
-    parser.add_argument(
-        "--workers",
-        metavar="N",
-        type=_positive_int,
-        default=4,
-        help="domains backed up at once (default: 4)",
-    )
-    parser.add_argument(
-        "--queue-depth",
-        metavar="N",
-        type=_positive_int,
-        default=8,
-        help="reads in flight per image (default: 8)",
-    )
-    parser.add_argument(
+_BACKUP_ARGUMENTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "workers": ("--workers", {"metavar": "N", "type": _positive_int, "help": "domains backed up at once"}),
+    "queue_depth": ("--queue-depth", {"metavar": "N", "type": _positive_int, "help": "reads in flight per image"}),
+    "freeze": (
         "--freeze",
-        choices=("auto", "required", "off"),
-        default="auto",
-        help="freeze guest filesystems: auto (fall back to crash-consistent with a warning), "
-        "required (a failed freeze fails the domain) or off (default: auto)",
-    )
-    parser.add_argument(
+        {
+            "choices": ("auto", "required", "off"),
+            "help": "freeze guest filesystems: auto (fall back to crash-consistent with a warning), "
+            "required (a failed freeze fails the domain) or off",
+        },
+    ),
+    "freeze_mountpoints": (
         "--freeze-mountpoint",
-        metavar="PATH",
-        dest="freeze_mountpoints",
-        action="append",
-        default=[],
-        help="freeze only this guest mountpoint; repeat for several (default: all)",
-    )
-    parser.add_argument(
+        {
+            "metavar": "PATH",
+            "action": "append",
+            "help": "freeze only this guest mountpoint; repeat for several (default: all)",
+        },
+    ),
+    "consistency": (
         "--consistency",
-        choices=("auto", "group", "per-disk"),
-        default="auto",
-        help="one instant for all disks of a domain when no freeze gives it: auto (an RBD group "
-        "snapshot when all its disks are in one RBD group), group (also put ungrouped disks into "
-        "a group per domain, virt-rbd-backup-UUID) or per-disk (default: auto)",
-    )
-    parser.add_argument(
-        "--agent-timeout",
-        metavar="S",
-        type=_positive_int,
-        default=30,
-        help="seconds to wait for the guest agent to answer a freeze or thaw (default: 30)",
-    )
-    parser.add_argument(
-        "--freeze-timeout",
-        metavar="S",
-        type=_positive_int,
-        default=60,
-        help="longest a guest may stay frozen, counted from before the freeze call and longer than "
-        "--agent-timeout: past it a watchdog thaws it and the domain fails (default: 60)",
-    )
-    parser.add_argument(
-        "--ceph-timeout",
-        metavar="S",
-        type=_positive_int,
-        default=60,
-        help="seconds a Ceph monitor or OSD operation may take before the domain fails (default: 60)",
-    )
-    parser.add_argument(
-        "--compress",
-        metavar="zstd[:LEVEL]",
-        default=None,
-        help="compress the stored files with zstd, level 1-19 (zstd alone: level 3); "
-        "'zstd -dc FILE' gives the stock file back (default: uncompressed)",
-    )
-    parser.add_argument(
-        "--bwlimit",
-        metavar="RATE",
-        type=_rate,
-        default=None,
-        help="read at most RATE bytes per second from the cluster, all disks together: "
-        "200M, 1.5G, 512K or a number of bytes (binary units; default: no limit)",
-    )
-    parser.add_argument(
+        {
+            "choices": ("auto", "group", "per-disk"),
+            "help": "one instant for all disks of a domain when no freeze gives it: auto (an RBD group "
+            "snapshot when all its disks are in one RBD group), group (also put ungrouped disks into "
+            "a group per domain, virt-rbd-backup-UUID) or per-disk",
+        },
+    ),
+    "mode": (
         "--mode",
-        choices=("auto", "full"),
-        default="auto",
-        help="auto: incremental when the previous backup can serve as base, else full (with "
-        "the reason as a warning); full: always full (default: auto)",
-    )
-    parser.add_argument(
+        {
+            "choices": ("auto", "full"),
+            "help": "auto: incremental when the previous backup can serve as base, else full (with "
+            "the reason as a warning); full: always full",
+        },
+    ),
+    "full_every": (
         "--full-every",
-        metavar="N",
-        type=_positive_int,
-        default=None,
-        help="take a full backup (a new chain) of a disk every N backups of it "
-        "(default: only when no incremental is possible)",
-    )
+        {
+            "metavar": "N",
+            "type": _positive_int,
+            "help": "take a full backup (a new chain) of a disk every N backups of it "
+            "(default: only when no incremental is possible)",
+        },
+    ),
+    "agent_timeout": (
+        "--agent-timeout",
+        {
+            "metavar": "S",
+            "type": _positive_int,
+            "help": "seconds to wait for the guest agent to answer a freeze or thaw",
+        },
+    ),
+    "freeze_timeout": (
+        "--freeze-timeout",
+        {
+            "metavar": "S",
+            "type": _positive_int,
+            "help": "longest a guest may stay frozen, counted from before the freeze call and longer than "
+            "--agent-timeout: past it a watchdog thaws it and the domain fails",
+        },
+    ),
+    "ceph_timeout": (
+        "--ceph-timeout",
+        {
+            "metavar": "S",
+            "type": _positive_int,
+            "help": "seconds a Ceph monitor or OSD operation may take before the domain fails",
+        },
+    ),
+    "compress": (
+        "--compress",
+        {
+            "metavar": "zstd[:LEVEL]",
+            "help": "compress the stored files with zstd, level 1-19 (zstd alone: level 3); "
+            "'zstd -dc FILE' gives the stock file back (default: uncompressed)",
+        },
+    ),
+    "bwlimit": (
+        "--bwlimit",
+        {
+            "metavar": "RATE",
+            "type": _rate,
+            "help": "read at most RATE bytes per second from the cluster, all disks together: "
+            "200M, 1.5G, 512K or a number of bytes (binary units; default: no limit)",
+        },
+    ),
+}
+"""The command-line option of each keyword argument of :func:`backup` (and of ``plan``), by the
+argument's name; its default is the signature's. A new argument of :func:`backup` needs its
+entry here (or in ``_BACKUP_ARGUMENTS_ELSEWHERE``): building the parser fails otherwise."""
+
+_BACKUP_ARGUMENTS_ELSEWHERE = frozenset({"connect", "domains", "repo", "restic", "access", "on_event"})
+"""Keyword arguments of :func:`backup` whose options other commands share (the connection and
+selection options, ``_add_target``, which also adds the flags of ``access``), or that have none
+(``on_event``: a callback)."""
+
+_API_ONLY = frozenset({"on_event"})
+"""Keyword arguments of the API functions that no command-line option gives."""
+
+
+def _add_backup_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a backup (also taken by ``plan``, so one command line fits both).
+
+    One per keyword argument of :func:`backup`, in its order, with its default.
+    """
+    for name, parameter in inspect.signature(backup).parameters.items():
+        if name in _BACKUP_ARGUMENTS_ELSEWHERE:
+            continue
+        flag, spec = _BACKUP_ARGUMENTS[name]
+        default = list(parameter.default) if isinstance(parameter.default, tuple) else parameter.default
+        help_text = (
+            spec["help"] if default is None or "(default:" in spec["help"] else f"{spec['help']} (default: {default})"
+        )
+        parser.add_argument(flag, dest=name, **{**spec, "default": default, "help": help_text})
     parser.add_argument(
         "--legacy-exit-status",
         action="store_true",
@@ -535,6 +567,23 @@ def _add_backup_options(parser: argparse.ArgumentParser) -> None:
         "lines are still printed; errors that stop the run still exit 2)",
     )
     _add_target(parser)
+
+
+def _api_options(function: Callable[..., Any], args: argparse.Namespace, **given: Any) -> dict[str, Any]:
+    """The keyword arguments of the API ``function`` from the parsed options.
+
+    Each keyword-only parameter of ``function`` takes the option of the same name (``given``
+    overrides, for the options the command line spells otherwise): the list of options is the
+    function's signature, written once.
+    """
+    options: dict[str, Any] = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or name in _API_ONLY:
+            continue
+        options[name] = given.pop(name) if name in given else getattr(args, name)
+    if given:
+        raise TypeError(f"{function.__name__}() takes no {', '.join(sorted(given))}")
+    return options
 
 
 def _subparser(
@@ -1002,53 +1051,37 @@ def _repo_access(args: argparse.Namespace) -> RepoAccess | None:
     return RepoAccess(**values)
 
 
+_SETTINGS = frozenset(f.name for f in dataclasses.fields(BackupConfig)) - {"path", "legacy"}
+"""Every setting a configuration file may hold (``BackupConfig``'s fields)."""
+
+_RESTIC_SETTINGS = frozenset({"restic_repo", "restic_password_file", "restic_binary"})
+
+
+def _config_settings(function: Callable[..., Any], *cli_only: str) -> frozenset[str]:
+    """The settings of a configuration file a command takes.
+
+    They are the keyword arguments of its API ``function`` that are settings (``restic`` as the
+    three restic settings), and the settings of options only the command line has (``cli_only``).
+    """
+    names = set(inspect.signature(function).parameters)
+    if "restic" in names:
+        names |= _RESTIC_SETTINGS
+    if "access" in names:
+        names |= set(_REPO_ACCESS_OPTIONS)
+    return frozenset((names | set(cli_only)) & _SETTINGS)
+
+
 # Settings of a configuration file each subcommand takes (when it has the option at all).
 # `list` takes no target and no domains from it (they would change what it lists), nor do
-# the repository commands take the backup's output format.
+# the repository commands take the backup's output format; restore, verify and prune take
+# only what names the place (connect, repo, restic) and prune its keep rules, never what
+# names the backup or disk.
 _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
-    "backup": frozenset(
-        {
-            "connect",
-            "domains",
-            "workers",
-            "queue_depth",
-            "freeze",
-            "freeze_mountpoints",
-            "consistency",
-            "agent_timeout",
-            "freeze_timeout",
-            "ceph_timeout",
-            "compress",
-            "bwlimit",
-            "repo",
-            "mode",
-            "full_every",
-            "metrics_file",
-            "on_failure",
-            "json",
-            "legacy_exit_status",
-            "restic_repo",
-            "restic_password_file",
-            "restic_binary",
-            *_REPO_ACCESS_OPTIONS,
-        }
-    ),
+    "backup": _config_settings(backup, "metrics_file", "on_failure", "json", "legacy_exit_status"),
     "list": frozenset({"connect", "restic_password_file", "restic_binary", *_REPO_ACCESS_OPTIONS}),
-    "restore": frozenset({"connect", "repo", "restic_repo", "restic_password_file", "restic_binary"}),
-    "verify": frozenset({"connect", "repo", *_REPO_ACCESS_OPTIONS}),
-    "prune": frozenset(
-        {
-            "repo",
-            "keep_last",
-            "keep_hourly",
-            "keep_daily",
-            "keep_weekly",
-            "keep_monthly",
-            "keep_yearly",
-            "keep_within",
-            *_REPO_ACCESS_OPTIONS,
-        }
-    ),
+    "restore": _config_settings(restore),
+    "verify": _config_settings(verify),
+    "prune": _config_settings(prune),
 }
 _CONFIG_SETTINGS["plan"] = _CONFIG_SETTINGS["backup"]
 
@@ -1101,6 +1134,8 @@ def parse_args(argv: Sequence[str] | None = None, *, config: BackupConfig | None
     args = build_parser().parse_args(args_list)
     if config is not None:
         _apply_config(args, _explicit_options(args_list), config)
+    # The API's one `access` argument, from the flags (and settings) that spell it out.
+    args.access = _repo_access(args)
     return args
 
 
@@ -1208,7 +1243,7 @@ def _run_list(args: argparse.Namespace, out: IO[str]) -> int:
     else:
         raw = [
             b
-            for b in _list_backups_json(args.repo, None, _repo_access(args))
+            for b in _list_backups_json(args.repo, None, args.access)
             if not wanted or b.get("domain") in wanted or b.get("uuid") in wanted
         ]
         listings = [BackupListing.from_dict(b) for b in raw]
@@ -1393,25 +1428,7 @@ def _print_report(
 
 def _backup_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of a backup (and of its plan) from the options."""
-    return {
-        "connect": args.connect,
-        "domains": args.domains,
-        "workers": args.workers,
-        "queue_depth": args.queue_depth,
-        "freeze": args.freeze,
-        "freeze_mountpoints": args.freeze_mountpoints,
-        "consistency": args.consistency,
-        "repo": args.repo,
-        "mode": args.mode,
-        "full_every": args.full_every,
-        "agent_timeout": args.agent_timeout,
-        "freeze_timeout": args.freeze_timeout,
-        "ceph_timeout": args.ceph_timeout,
-        "compress": args.compress,
-        "bwlimit": args.bwlimit,
-        "restic": _restic_target(args),
-        "access": _repo_access(args),
-    }
+    return _api_options(backup, args, restic=_restic_target(args))
 
 
 def _run_plan(args: argparse.Namespace, out: IO[str]) -> int:
@@ -1518,18 +1535,7 @@ def _run_restore(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         raise UsageError("--pool goes with --define (with --to, the target names its pool: rbd:POOL/IMAGE)")
     if args.allow_host_passthrough:
         raise UsageError("--allow-host-passthrough goes with --define (with --to, no domain is defined)")
-    raw = _restore_json(
-        args.domain,
-        to=args.to,
-        disk=args.disk,
-        backup=args.backup,
-        force=args.force,
-        repo=args.repo,
-        ceph_conf=args.ceph_conf,
-        ceph_user=args.ceph_user,
-        connect=args.connect,
-        restic=_restic_target(args),
-    )
+    raw = _restore_json(args.domain, **_api_options(restore, args, restic=_restic_target(args)))
     report = RestoreReport.from_dict(raw)
     _print_lines([f"warning: {w}" for w in report.warnings], err)
     for skipped in report.skipped:
@@ -1545,18 +1551,7 @@ def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) ->
         raise UsageError(
             "--define restores from a backup repository (--repo), not from restic: restic keeps no domain XML"
         )
-    raw = _restore_define_json(
-        args.domain,
-        name=args.define,
-        backup=args.backup,
-        pool=args.pool,
-        force=args.force,
-        repo=args.repo,
-        ceph_conf=args.ceph_conf,
-        ceph_user=args.ceph_user,
-        connect=args.connect,
-        allow_host_passthrough=args.allow_host_passthrough,
-    )
+    raw = _restore_define_json(args.domain, **_api_options(restore_define, args, name=args.define))
     report = DefineReport.from_dict(raw)
     _print_lines([f"warning: {w}" for d in report.disks for w in d.warnings], err)
     if args.json:
@@ -1590,17 +1585,7 @@ def _with_metrics(
 
 def _run_verify(args: argparse.Namespace, out: IO[str]) -> int:
     def run() -> tuple[int, VerifyReport]:
-        raw = _verify_json(
-            args.domain,
-            backup=args.backup,
-            repo=args.repo,
-            source=args.source,
-            ceph_conf=args.ceph_conf,
-            ceph_user=args.ceph_user,
-            connect=args.connect,
-            access=_repo_access(args),
-            read_data=args.read_data,
-        )
+        raw = _verify_json(args.domain, **_api_options(verify, args))
         report = VerifyReport.from_dict(raw)
         status = _print_report(raw, report, lambda r: format_verify(r, quiet=args.quiet), args, out)
         return status, report
@@ -1612,18 +1597,11 @@ def _run_verify(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _run_prune(args: argparse.Namespace, out: IO[str]) -> int:
-    keep = {
-        "last": args.keep_last,
-        "hourly": args.keep_hourly,
-        "daily": args.keep_daily,
-        "weekly": args.keep_weekly,
-        "monthly": args.keep_monthly,
-        "yearly": args.keep_yearly,
-        "within_seconds": args.keep_within,
-    }
+    options = _api_options(prune, args)
+    keep = _keep_options(options)
 
     def run() -> tuple[int, PruneReport]:
-        raw = _prune_json(args.domain, keep=keep, dry_run=args.dry_run, repo=args.repo, access=_repo_access(args))
+        raw = _prune_json(args.domain, keep=keep, **options)
         report = PruneReport.from_dict(raw)
         return _print_report(raw, report, lambda r: format_prune(r, quiet=args.quiet), args, out), report
 

@@ -27,10 +27,10 @@ pub fn cluster_address(spec: &RbdDiskSpec) -> ClusterAddress {
     ClusterAddress {
         monitors,
         conf_file: spec.config_file.clone(),
-        user: spec
-            .auth
-            .as_ref()
-            .map_or_else(|| "admin".to_string(), |a| a.username.clone()),
+        user: spec.auth.as_ref().map_or_else(
+            || super::ceph_access::DEFAULT_CEPH_USER.to_string(),
+            |a| a.username.clone(),
+        ),
     }
 }
 

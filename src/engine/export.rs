@@ -1,6 +1,9 @@
 //! Exporting one snapshot: only the blocks that matter, several reads in flight, hashed and
 //! written as they arrive.
 //!
+//! The snapshot is read through `block_io::SnapshotSource` (an `RbdImage` in a backup run,
+//! `block_io::MemorySnapshot` in the unit tests).
+//!
 //! A full export reads every 4 MiB block that holds allocated data and writes it into a sparse
 //! raw file. An incremental writes the changed extents as an rbd diff (`rbd export-diff`
 //! format) and re-hashes only the blocks they touch: it reads the 64 KiB leaves around the
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::block_repo::upload::{upload_blocks, UploadedBlock};
 use crate::block_repo::BlockRepository;
 use crate::buffer::AlignedBuf;
-use crate::ceph::{Extent, PendingRead, RbdImage};
+use crate::ceph::Extent;
 use crate::error::Error;
 use crate::plan::{
     block_leaves, blocks_to_read, leaf_cv, leaf_runs, root_of, BlockLeaves, ByteRange,
@@ -27,6 +30,7 @@ use crate::repo::leaf_table::{BaseLeaves, LeafTableWriter};
 use crate::repo::rbd_diff::RbdDiffWriter;
 use crate::repo::SparseImageWriter;
 
+use super::block_io::{InFlightRead, SnapshotSource};
 use super::CancelToken;
 
 /// What an export did.
@@ -102,8 +106,8 @@ pub trait ExportProgress {
 
 /// The 4 MiB blocks of `image` (`size` bytes) that hold allocated data; the others are
 /// never read.
-pub fn allocated_blocks(
-    image: &RbdImage<'_>,
+pub fn allocated_blocks<S: SnapshotSource + ?Sized>(
+    image: &S,
     size: u64,
     use_object_map: bool,
 ) -> Result<Vec<u64>, Error> {
@@ -118,8 +122,8 @@ pub fn allocated_blocks(
 
 /// The block hash table of `image` as it is now, reading one allocated block at a time
 /// (for checks of a result, where speed matters less than simplicity).
-pub fn image_block_table(
-    image: &RbdImage<'_>,
+pub fn image_block_table<S: SnapshotSource + ?Sized>(
+    image: &S,
     size: u64,
     use_object_map: bool,
 ) -> Result<Vec<[u8; 32]>, Error> {
@@ -159,8 +163,8 @@ fn whole_block(block: u64, size: u64) -> Piece {
 
 /// Reads `pieces` (ascending) of `image` with `queue_depth` reads in flight and hands each to
 /// `consume(piece, data)` in order. Returns the bytes read.
-fn read_pieces(
-    image: &RbdImage<'_>,
+fn read_pieces<S: SnapshotSource + ?Sized>(
+    image: &S,
     pieces: &[Piece],
     pipeline: &ReadPipeline<'_>,
     mut consume: impl FnMut(Piece, &[u8]) -> Result<(), Error>,
@@ -173,8 +177,8 @@ fn read_pieces(
 
 /// `read_pieces`, where `consume` takes each buffer and hands back one to reuse, if it has one
 /// (a writer keeps the buffers it is writing and hands them back later).
-fn read_pieces_into(
-    image: &RbdImage<'_>,
+fn read_pieces_into<S: SnapshotSource + ?Sized>(
+    image: &S,
     pieces: &[Piece],
     pipeline: &ReadPipeline<'_>,
     mut consume: impl FnMut(Piece, AlignedBuf) -> Result<Option<AlignedBuf>, Error>,
@@ -187,7 +191,7 @@ fn read_pieces_into(
     // than the reads in flight, unless nothing is in flight (then one more is allocated).
     let max_buffers = queue_depth + 2;
     let mut buffers = 0usize;
-    let mut in_flight: VecDeque<(Piece, PendingRead<'_>)> = VecDeque::with_capacity(queue_depth);
+    let mut in_flight: VecDeque<(Piece, S::Read<'_>)> = VecDeque::with_capacity(queue_depth);
     let mut next = pieces.iter().copied().peekable();
     let mut done = 0u64;
     let mut last_report = Instant::now();
@@ -255,8 +259,8 @@ fn hash_whole_block(
 }
 
 /// Full export of `image` (open at the snapshot, `size` bytes) into a sparse raw file.
-pub fn export_full(
-    image: &RbdImage<'_>,
+pub fn export_full<S: SnapshotSource + ?Sized>(
+    image: &S,
     size: u64,
     use_object_map: bool,
     writer: &mut SparseImageWriter,
@@ -397,8 +401,8 @@ fn finish_leaves_block(
 /// Incremental export of `image` (open at the new snapshot `to_snapshot`, `size` bytes) against
 /// `base`, written as an rbd diff; the leaves of every block re-hashed go to `leaves_out`.
 #[allow(clippy::too_many_arguments)]
-pub fn export_incremental<W: Write>(
-    image: &RbdImage<'_>,
+pub fn export_incremental<S: SnapshotSource + ?Sized, W: Write>(
+    image: &S,
     to_snapshot: &str,
     size: u64,
     base: &IncrementalBase<'_>,
@@ -518,8 +522,8 @@ pub fn export_incremental<W: Write>(
 
 /// Streams the whole image (allocated blocks read, holes sent as zeros) to `out`, in order, for
 /// targets that take a byte stream (restic). Unallocated blocks are never read from Ceph.
-pub fn export_stream<W: Write>(
-    image: &RbdImage<'_>,
+pub fn export_stream<S: SnapshotSource + ?Sized, W: Write>(
+    image: &S,
     size: u64,
     use_object_map: bool,
     out: &mut W,
@@ -555,8 +559,8 @@ pub fn export_stream<W: Write>(
 /// Full export written as an rbd diff from nothing (only non-zero 4 KiB runs become data
 /// records), for compressed repositories: a raw image file cannot be compressed and stay
 /// usable as a disk, a diff stream can (`zstd -d < vda.rbdiff.zst | rbd import-diff - IMG`).
-pub fn export_full_diff<W: Write>(
-    image: &RbdImage<'_>,
+pub fn export_full_diff<S: SnapshotSource + ?Sized, W: Write>(
+    image: &S,
     to_snapshot: &str,
     size: u64,
     use_object_map: bool,
@@ -582,8 +586,8 @@ pub fn export_full_diff<W: Write>(
 
 /// The 4 MiB blocks an incremental reads: every block that an extent changed (written or
 /// discarded) since `from_snapshot` touches. The others are taken over from the parent.
-pub fn changed_blocks(
-    image: &RbdImage<'_>,
+pub fn changed_blocks<S: SnapshotSource + ?Sized>(
+    image: &S,
     from_snapshot: &str,
     size: u64,
     use_object_map: bool,
@@ -597,8 +601,8 @@ pub fn changed_blocks(
 /// stores each in the block repository from `workers` upload threads (`block_repo::upload`:
 /// holes are not stored, blocks already there are not uploaded). Returns what became of each
 /// block and the bytes read.
-pub fn export_blocks(
-    image: &RbdImage<'_>,
+pub fn export_blocks<S: SnapshotSource + ?Sized>(
+    image: &S,
     size: u64,
     blocks: &[u64],
     repo: &BlockRepository,
@@ -626,6 +630,62 @@ mod tests {
             length,
             exists,
         }
+    }
+
+    struct Quiet;
+    impl ExportProgress for Quiet {
+        fn progress(&self, _done: u64, _total: u64) {}
+    }
+
+    #[test]
+    fn a_full_export_into_a_sparse_file_reads_only_allocated_blocks_and_keeps_holes() {
+        use crate::engine::block_io::{block_table_of, MemorySnapshot};
+        const B: usize = HASH_BLOCK_SIZE as usize;
+        // Block 0 data, block 1 a hole, block 2 the short last block with data at its end.
+        let size = 2 * B + 12345;
+        let mut data = vec![0u8; size];
+        data[10..5000].fill(1);
+        data[size - 3..].fill(2);
+        let source = MemorySnapshot::new("rbd/m@s", data.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vda.raw");
+        let mut writer = SparseImageWriter::create(&path, size as u64).unwrap();
+        let cancel = CancelToken::new();
+        let pipeline = ReadPipeline {
+            queue_depth: 2,
+            limit: None,
+            cancel: &cancel,
+            progress: &Quiet,
+        };
+        let stats = export_full(&source, size as u64, false, &mut writer, None, &pipeline).unwrap();
+        writer.finish().unwrap();
+        assert_eq!(
+            stats.bytes_read,
+            (B + 12345) as u64,
+            "the hole block is never read"
+        );
+        assert_eq!(stats.block_table, block_table_of(&data));
+        assert!(std::fs::read(&path).unwrap() == data);
+        // The hole stays a hole in the file.
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(!crate::repo::chain::data_in(&file, B as u64, B as u64).unwrap());
+    }
+
+    #[test]
+    fn a_cancelled_export_stops_with_cancelled() {
+        use crate::engine::block_io::MemorySnapshot;
+        let source = MemorySnapshot::new("rbd/m@s", vec![1u8; 8192]);
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let pipeline = ReadPipeline {
+            queue_depth: 2,
+            limit: None,
+            cancel: &cancel,
+            progress: &Quiet,
+        };
+        let mut out = Vec::new();
+        let result = export_stream(&source, 8192, false, &mut out, &pipeline);
+        assert!(matches!(result, Err(Error::Cancelled)));
     }
 
     #[test]

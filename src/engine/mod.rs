@@ -58,11 +58,19 @@
 //! `back_up_disk` (5), `domain_manifest` and `StagedBackup::commit` (6), `stale_after_commit`
 //! (7). restic targets take `back_up_to_restic` through the same steps 2 to 4.
 //!
+//! Export reads a snapshot through `block_io::SnapshotSource` (an `RbdImage` at the snapshot
+//! in a run); restore writes through `block_io::ExtentSink` and verify's `--source` check reads
+//! through the same source trait, so their logic is unit-tested with the in-memory
+//! implementations. Restore, `restore --define` and `verify --source` reach a cluster through
+//! `ceph_access::CephAccess`.
+//!
 //! Domains run on `workers` threads of their own (blocking I/O must not starve a shared pool);
 //! a failure in one domain is recorded in its report and the others go on.
 
 mod block_backup;
 pub mod block_commands;
+pub mod block_io;
+pub mod ceph_access;
 mod ceph_session;
 mod cluster_lock;
 pub mod compat_session;
@@ -91,6 +99,7 @@ pub mod verify;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use ceph_access::CephAccess;
 pub use events::{BackupEvent, EventSink, NoEvents};
 pub use listing::{list_backups, list_domains, BackupListing, DomainListing};
 pub use options::{BackupOptions, ConsistencyPolicy, FreezePolicy};
@@ -101,7 +110,7 @@ pub use restore::{
     restore, restore_define, DefineOptions, DefineReport, RestoreOptions, RestoreReport,
     RestoreTarget,
 };
-pub use verify::{verify, verify_with_source, SourceOptions, VerifyProblem, VerifyReport};
+pub use verify::{verify, verify_with_source, VerifyProblem, VerifyReport};
 
 use crate::block_repo::lock::RepoLock;
 use crate::error::Error;

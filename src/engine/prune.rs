@@ -163,10 +163,10 @@ pub fn prune(
         }
     }
     if let (Some(d), true) = (domain, selected.is_empty()) {
-        return Err(Error::Usage(format!(
-            "no backups of domain {d} in {}; give a name or UUID that `list` shows",
-            repo.display()
-        )));
+        return Err(Error::NoBackupsOfDomain {
+            domain: d.to_string(),
+            repo: repo.to_path_buf(),
+        });
     }
     let domains = selected
         .into_iter()
@@ -855,7 +855,10 @@ mod tests {
         assert_eq!(ids(&report.domains, |d| &d.uuid), [WEB, DB]);
 
         let err = prune(dir.path(), Some("nope"), &keep_last(1), false).unwrap_err();
-        assert!(matches!(err, Error::Usage(_)), "{err}");
+        assert!(
+            matches!(err, Error::NoBackupsOfDomain { ref domain, .. } if domain == "nope"),
+            "{err}"
+        );
         assert!(dir.path().join("lost+found").is_dir());
     }
 

@@ -212,7 +212,7 @@ pub fn verify_at(
     access: &RepoAccess,
     domain: Option<&str>,
     backup: Option<&str>,
-    source: Option<&super::verify::SourceOptions>,
+    source: Option<&super::ceph_access::CephAccess>,
     read_data: bool,
 ) -> Result<super::verify::VerifyReport, Error> {
     match open_repository(location, access, false)? {

@@ -586,7 +586,7 @@ mod tests {
         assert!(matches!(&none, Error::ResticUntrusted { snapshot, .. } if snapshot == "d4"));
         assert!(matches!(
             choose_restic_snapshot(Vec::new(), "web", None, None),
-            Err(Error::Usage(_))
+            Err(Error::NoResticSnapshot { .. })
         ));
     }
 
@@ -595,7 +595,7 @@ mod tests {
         let list = vec![snapshot("a1", "vda", true), snapshot("b2", "vdb", true)];
         assert!(matches!(
             choose_restic_snapshot(list.clone(), "web", None, None),
-            Err(Error::Usage(m)) if m.contains("--disk")
+            Err(e @ Error::ResticDiskNotChosen { .. }) if e.to_string().contains("(vda, vdb); choose one with --disk")
         ));
         let (chosen, _) = choose_restic_snapshot(list, "web", Some("vdb"), None).unwrap();
         assert_eq!(chosen.id, "b2");
@@ -789,10 +789,8 @@ pub fn choose_restic_snapshot(
     if let Some(disk) = disk {
         candidates.retain(|s| s.disk == disk);
     }
-    let none_matches = || {
-        Error::Usage(format!(
-            "no restic snapshot of {domain} matches; `virt-rbd-backup list --restic-repo ...` shows them"
-        ))
+    let none_matches = || Error::NoResticSnapshot {
+        domain: domain.to_string(),
     };
     if let Some(id) = wanted.filter(|w| *w != "latest") {
         let chosen = candidates
@@ -807,10 +805,10 @@ pub fn choose_restic_snapshot(
     let disks: std::collections::BTreeSet<&str> =
         candidates.iter().map(|s| s.disk.as_str()).collect();
     if disks.len() > 1 {
-        return Err(Error::Usage(format!(
-            "the restic repository holds several disks of {domain} ({}); choose one with --disk",
-            disks.into_iter().collect::<Vec<_>>().join(", ")
-        )));
+        return Err(Error::ResticDiskNotChosen {
+            domain: domain.to_string(),
+            disks: disks.into_iter().map(str::to_string).collect(),
+        });
     }
     let Some(newest) = candidates.iter().rposition(|s| s.complete) else {
         return match candidates.last() {

@@ -7,6 +7,10 @@
 //! exact content or fails, never "succeeds" with other data. It is written under a temporary
 //! name and renamed into place only then.
 //!
+//! Everything is written through `block_io::ExtentSink` (the file target here, an RBD image
+//! through `block_io::RbdSink`): `write_data`, `replay_diff` and `check_restored` are the
+//! replay, tested with `block_io::MemorySink`. A target that is refused is a `TargetError`.
+//!
 //! # What a target may replace
 //!
 //! - A file target is written as `NAME.virt-rbd-backup-restoring` beside it (created with
@@ -40,20 +44,118 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ceph::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster, RbdImage};
+use crate::ceph::{PoolContext, RadosCluster, RbdImage};
 use crate::error::Error;
-use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
+use crate::libvirt::HypervisorConnection;
 use crate::plan::{checksum_of_table, ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
 use crate::repo::chain::{data_in, open_diff_link, verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::image_file::nonzero_runs;
 use crate::repo::manifest::sync_dir;
-use crate::repo::rbd_diff::DiffRecord;
+use crate::repo::rbd_diff::{DiffRecord, RbdDiffReader};
 use crate::repo::{RepoError, Repository};
 
-use super::ceph_session::cluster_address;
-use super::export::image_block_table;
+use super::block_io::{ExtentSink, RbdSink};
+use super::ceph_access::{connect, CephAccess};
 use super::restic::{choose_restic_snapshot, list_restic, unsealed, ResticTarget};
 use super::CancelToken;
+
+/// Why a restore target was refused or left alone: nothing of it was replaced. Each names
+/// the target (a path, or `image POOL/IMAGE`) and says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// `--to ""`.
+    #[error("the restore target is empty")]
+    Empty,
+    /// An `rbd:` target that is not `rbd:POOL/IMAGE` or `rbd:POOL/NAMESPACE/IMAGE`.
+    #[error("bad RBD target {text:?}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE")]
+    BadRbdSpec {
+        /// The target as given.
+        text: String,
+    },
+    /// The target exists and `--force` was not given.
+    #[error("{target} exists{note}; use --force to replace it")]
+    Exists {
+        /// The path, or `image POOL/IMAGE`.
+        target: String,
+        /// What it is, where that matters (" (a symbolic link to nothing)").
+        note: &'static str,
+    },
+    /// The image an earlier `--force` restore replaced is still aside under its name.
+    #[error("{leftover} exists: an earlier --force restore into {target} could not remove the image it replaced; remove or rename it first")]
+    ReplacedImageLeft {
+        /// `image POOL/IMAGE.virt-rbd-backup-replaced`.
+        leftover: String,
+        /// The target image.
+        target: String,
+    },
+    /// The temporary name of a restore into the target is taken: another restore runs, or a
+    /// killed one left it (it is never removed or reused).
+    #[error("{leftover} exists: another restore into {target} is running, or one was killed; remove it{how} if none runs")]
+    RestoreInProgress {
+        /// The temporary file or image.
+        leftover: String,
+        /// The target.
+        target: String,
+        /// How to remove it (" with `rbd rm`"), or "".
+        how: &'static str,
+    },
+    /// Something was created under the target's name during the restore (without `--force`).
+    #[error("{target} appeared during the restore (created by someone else); it was not replaced, and the restored copy was discarded")]
+    Appeared {
+        /// The path, or `image POOL/IMAGE`.
+        target: String,
+    },
+    /// A block device target without `--force`.
+    #[error("{} is a block device; use --force to write the restore into it (what it holds is overwritten)", path.display())]
+    BlockDeviceNeedsForce {
+        /// The device (as given; may be a link to it).
+        path: PathBuf,
+    },
+    /// A directory, FIFO or socket at the target's name: never replaced, even with `--force`.
+    #[error("{} is neither a regular file nor a block device; it is not replaced", path.display())]
+    NotReplaceable {
+        /// The target.
+        path: PathBuf,
+    },
+    /// A target path with no file name (`/`, `..`).
+    #[error("{} names no file", path.display())]
+    NamesNoFile {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The block device is mounted or held (`EBUSY` on an exclusive open).
+    #[error("{} is in use (mounted, or held by another program); it was not written", path.display())]
+    DeviceInUse {
+        /// The device.
+        path: PathBuf,
+    },
+    /// The name stopped being a block device between the check and the open.
+    #[error("{} stopped being a block device while the restore opened it; nothing was written", path.display())]
+    StoppedBeingADevice {
+        /// The target.
+        path: PathBuf,
+    },
+    /// With `--force`, the target turned into something other than a regular file meanwhile.
+    #[error("{} changed into something that is not a regular file during the restore; it was not replaced, and the restored copy was discarded", path.display())]
+    ChangedDuringRestore {
+        /// The target.
+        path: PathBuf,
+    },
+    /// The block device is smaller than the image.
+    #[error("block device {} holds {capacity} bytes, the image {size}: it is too small", path.display())]
+    DeviceTooSmall {
+        /// The device.
+        path: PathBuf,
+        /// Its size.
+        capacity: u64,
+        /// The image's size.
+        size: u64,
+    },
+    /// A restore from restic into RBD without `--ceph-conf`: restic keeps no domain XML to
+    /// find the cluster with.
+    #[error("invalid option: restoring from restic into RBD needs --ceph-conf (restic keeps no domain XML)")]
+    ResticNeedsCephConf,
+}
 
 /// Where a restore goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,12 +172,15 @@ pub enum RestoreTarget {
 }
 
 impl std::str::FromStr for RestoreTarget {
-    type Err = String;
+    type Err = TargetError;
     /// `rbd:POOL/IMAGE`, `rbd:POOL/NAMESPACE/IMAGE`, or a file path.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, TargetError> {
+        let bad = || TargetError::BadRbdSpec {
+            text: s.to_string(),
+        };
         let Some(spec) = s.strip_prefix("rbd:") else {
             if s.is_empty() {
-                return Err("the restore target is empty".into());
+                return Err(TargetError::Empty);
             }
             return Ok(RestoreTarget::File {
                 path: PathBuf::from(s),
@@ -83,9 +188,7 @@ impl std::str::FromStr for RestoreTarget {
         };
         let parts: Vec<&str> = spec.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {
-            return Err(format!(
-                "bad RBD target {s:?}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"
-            ));
+            return Err(bad());
         }
         match parts.as_slice() {
             [pool, image] => Ok(RestoreTarget::Rbd {
@@ -98,9 +201,7 @@ impl std::str::FromStr for RestoreTarget {
                 namespace: Some(ns.to_string()),
                 image: image.to_string(),
             }),
-            _ => Err(format!(
-                "bad RBD target {s:?}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"
-            )),
+            _ => Err(bad()),
         }
     }
 }
@@ -124,23 +225,13 @@ pub struct RestoreOptions {
     /// Overwrite an existing target.
     #[serde(default)]
     pub force: bool,
-    /// For RBD targets: a ceph.conf (with its keyring) instead of the domain's monitors and key.
+    /// For RBD targets: how to reach the cluster (a ceph.conf, or the saved XML and libvirt).
     #[serde(default)]
-    pub ceph_conf: Option<PathBuf>,
-    /// For RBD targets: the Ceph user with `ceph_conf` (default `admin`).
-    #[serde(default)]
-    pub ceph_user: Option<String>,
-    /// libvirt URI, to read the domain's Ceph key when no `ceph_conf` is given.
-    #[serde(default = "default_connect")]
-    pub connect: String,
+    pub ceph: CephAccess,
     /// Restore from this restic repository instead of the repository folder; `backup` is then
     /// a restic snapshot id (or `latest`).
     #[serde(default)]
     pub restic: Option<ResticTarget>,
-}
-
-fn default_connect() -> String {
-    "qemu:///system".into()
 }
 
 /// The outcome of a restore.
@@ -170,15 +261,6 @@ pub struct RestoreReport {
     pub skipped: Vec<String>,
 }
 
-/// A place blocks are written to: a sparse file or an RBD image.
-trait BlockSink {
-    fn set_size(&mut self, size: u64) -> Result<(), Error>;
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error>;
-    fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error>;
-    /// Hash of every block of the result, for the final check.
-    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error>;
-}
-
 /// Restores one disk.
 pub fn restore(options: &RestoreOptions, cancel: &CancelToken) -> Result<RestoreReport, Error> {
     let (mut report, placed) = match &options.restic {
@@ -201,19 +283,17 @@ fn restore_disk(
     let repo = Repository::open(&options.repo)?;
     let uuid = repo
         .resolve_domain(&options.domain)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+        .map_err(Error::NotInRepository)?;
     let (folder, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
     let target = match &options.disk {
         Some(t) => t.clone(),
         None if manifest.disks.len() == 1 => manifest.disks[0].target.clone(),
         None => {
-            let names: Vec<&str> = manifest.disks.iter().map(|d| d.target.as_str()).collect();
-            return Err(Error::Usage(format!(
-                "backup {} has {} disks ({}); choose one with --disk",
-                manifest.backup_id,
-                names.len(),
-                names.join(", ")
-            )));
+            return Err(Error::DiskNotChosen {
+                backup_id: manifest.backup_id.clone(),
+                domain: manifest.domain.name.clone(),
+                disks: manifest.disks.iter().map(|d| d.target.clone()).collect(),
+            });
         }
     };
     let chain = repo.disk_chain(&uuid, &folder, &manifest, &target)?;
@@ -227,12 +307,9 @@ fn restore_disk(
         options,
         last.disk.size,
         || {
-            rbd_target_cluster(
-                options,
-                &manifest.domain.xml,
-                &manifest.domain.name,
-                &target,
-            )
+            options
+                .ceph
+                .connect_for_disk(&manifest.domain.xml, &manifest.domain.name, &target)
         },
         |sink| replay(&chain, sink, &expected, cancel),
     )?;
@@ -280,19 +357,9 @@ fn restore_from_restic(
     let (target_text, bytes_written, placed) = restore_into(
         options,
         size,
-        || match &options.ceph_conf {
-            Some(conf) => Ok((
-                ClusterAddress {
-                    monitors: Vec::new(),
-                    conf_file: Some(conf.display().to_string()),
-                    user: options.ceph_user.clone().unwrap_or_else(|| "admin".into()),
-                },
-                None,
-            )),
-            None => Err(Error::Usage(
-                "restoring from restic into RBD needs --ceph-conf (restic keeps no domain XML)"
-                    .into(),
-            )),
+        || match options.ceph.from_conf() {
+            Some(address) => connect(&address, None),
+            None => Err(TargetError::ResticNeedsCephConf.into()),
         },
         |sink| {
             let mut child = restic.start_dump(&chosen.id, &chosen.file)?;
@@ -332,10 +399,7 @@ fn restore_from_restic(
                     )));
                 }
                 hasher.update(&buf[..filled]);
-                for (start, end) in nonzero_runs(&buf[..filled], 4096) {
-                    sink.write(offset + start as u64, &buf[start..end])?;
-                    written += (end - start) as u64;
-                }
+                written += write_data(sink, offset, &buf[..filled])?;
                 offset += filled as u64;
             }
             let status = child
@@ -364,7 +428,7 @@ fn restore_from_restic(
                 )));
             }
             // The target holds what restic returned (an RBD write is not trusted blindly).
-            let landed = checksum_of_table(&sink.block_hashes(size)?);
+            let landed = checksum_of_table(&sink.read_back_hashes(size)?);
             if landed != checksum {
                 return Err(untrusted(format!(
                     "restic returned the sealed content, but the target reads back as {landed}; the target's storage lost writes"
@@ -404,13 +468,13 @@ fn restore_from_restic(
 fn restore_into(
     options: &RestoreOptions,
     size: u64,
-    cluster: impl FnOnce() -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error>,
-    fill: impl FnOnce(&mut dyn BlockSink) -> Result<u64, Error>,
+    cluster: impl FnOnce() -> Result<RadosCluster, Error>,
+    fill: impl FnOnce(&mut dyn ExtentSink) -> Result<u64, Error>,
 ) -> Result<(String, u64, Option<PlacedImage>), Error> {
     match &options.to {
         RestoreTarget::File { path } => {
             let mut sink = FileSink::create(path, options.force)?;
-            sink.set_size(size)?;
+            sink.resize(size)?;
             let written = fill(&mut sink)?;
             super::thaw_guard::test_pause("restored");
             sink.commit()?;
@@ -421,8 +485,7 @@ fn restore_into(
             namespace,
             image,
         } => {
-            let (address, key) = cluster()?;
-            let cluster = RadosCluster::connect(&address, key.as_ref(), CephTimeouts::default())?;
+            let cluster = cluster()?;
             let (spec, written, id, aside) = {
                 let ctx = cluster.open_pool(pool, namespace.as_deref())?;
                 let (written, id, aside) = restore_image(&ctx, image, size, options.force, fill)?;
@@ -461,30 +524,35 @@ fn restore_image(
     image: &str,
     size: u64,
     force: bool,
-    fill: impl FnOnce(&mut dyn BlockSink) -> Result<u64, Error>,
+    fill: impl FnOnce(&mut dyn ExtentSink) -> Result<u64, Error>,
 ) -> Result<(u64, String, Option<String>), Error> {
     let spec = ctx.image_spec(image);
     let tmp = restoring_name(image);
     if ctx.image_exists(image)? {
         if !force {
-            return Err(Error::Usage(format!(
-                "image {spec} exists; use --force to replace it"
-            )));
+            return Err(TargetError::Exists {
+                target: format!("image {spec}"),
+                note: "",
+            }
+            .into());
         }
         if ctx.image_exists(&replaced_name(image))? {
-            return Err(Error::Usage(format!(
-                "image {} exists: an earlier --force restore into {spec} could not remove the image it replaced; remove or rename it first",
-                ctx.image_spec(&replaced_name(image))
-            )));
+            return Err(TargetError::ReplacedImageLeft {
+                leftover: format!("image {}", ctx.image_spec(&replaced_name(image))),
+                target: spec,
+            }
+            .into());
         }
     }
     // Created exclusively: another restore's image is never removed or written into.
     match ctx.create_image(&tmp, size) {
         Err(e) if e.errno() == Some(-libc::EEXIST) => {
-            return Err(Error::Usage(format!(
-                "image {} exists: another restore into {spec} is running, or one was killed; remove it with `rbd rm` if none runs",
-                ctx.image_spec(&tmp)
-            )))
+            return Err(TargetError::RestoreInProgress {
+                leftover: format!("image {}", ctx.image_spec(&tmp)),
+                target: spec,
+                how: " with `rbd rm`",
+            }
+            .into())
         }
         other => other?,
     }
@@ -524,10 +592,11 @@ fn place_image(
     force: bool,
 ) -> Result<Option<String>, Error> {
     let spec = ctx.image_spec(image);
-    let appeared = || {
-        Error::Usage(format!(
-            "image {spec} appeared during the restore (created by someone else); it was not replaced, and the restored copy was discarded"
-        ))
+    let appeared = || -> Error {
+        TargetError::Appeared {
+            target: format!("image {spec}"),
+        }
+        .into()
     };
     if !force {
         return match ctx.rename_image(tmp, image) {
@@ -645,63 +714,10 @@ impl PlacedImage {
     }
 }
 
-/// The cluster and key a saved domain XML names for disk `target` (key read from libvirt).
-pub(super) fn cluster_from_saved_xml(
-    connect: &str,
-    xml: &str,
-    domain: &str,
-    target: &str,
-) -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error> {
-    let description = parse_domain_xml(domain, xml)?;
-    let spec = description
-        .disks
-        .into_iter()
-        .find_map(|d| match d {
-            DiskEntry::Rbd(spec) if spec.target == target => Some(spec),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "the saved XML of {domain} has no RBD disk {target}; give --ceph-conf"
-            ))
-        })?;
-    let key = match &spec.auth {
-        Some(auth) => {
-            let libvirt = HypervisorConnection::open(connect)?;
-            Some(libvirt.ceph_key(
-                domain,
-                &auth.username,
-                auth.secret_uuid.as_deref(),
-                auth.secret_usage.as_deref(),
-            )?)
-        }
-        None => None,
-    };
-    Ok((cluster_address(&spec), key))
-}
-
-/// The cluster and key for an RBD restore target.
-fn rbd_target_cluster(
-    options: &RestoreOptions,
-    xml: &str,
-    domain: &str,
-    target: &str,
-) -> Result<(ClusterAddress, Option<crate::secret::SecretString>), Error> {
-    if let Some(conf) = &options.ceph_conf {
-        let address = ClusterAddress {
-            monitors: Vec::new(),
-            conf_file: Some(conf.display().to_string()),
-            user: options.ceph_user.clone().unwrap_or_else(|| "admin".into()),
-        };
-        return Ok((address, None));
-    }
-    cluster_from_saved_xml(&options.connect, xml, domain, target)
-}
-
 /// Replays `chain` into `sink` and checks the result against `expected`. Returns data bytes written.
 fn replay(
     chain: &[ChainLink],
-    sink: &mut dyn BlockSink,
+    sink: &mut dyn ExtentSink,
     expected: &[[u8; 32]],
     cancel: &CancelToken,
 ) -> Result<u64, Error> {
@@ -713,14 +729,11 @@ fn replay(
         match link.disk.format {
             crate::repo::DiskFormat::SparseRaw => {
                 let mut reader = RawBlockReader::open(link)?;
-                sink.set_size(reader.size())?;
+                sink.resize(reader.size())?;
                 let mut buf = Vec::new();
                 while let Some((offset, has_data)) = reader.next_block(&mut buf)? {
                     if has_data {
-                        for (start, end) in nonzero_runs(&buf, 4096) {
-                            sink.write(offset + start as u64, &buf[start..end])?;
-                            written += (end - start) as u64;
-                        }
+                        written += write_data(sink, offset, &buf)?;
                     }
                     if cancel.is_cancelled() {
                         return Err(Error::Cancelled);
@@ -729,43 +742,89 @@ fn replay(
             }
             crate::repo::DiskFormat::RbdDiffV1 | crate::repo::DiskFormat::RbdDiffV1Zstd => {
                 verify_stored_file(link)?;
-                let mut reader = open_diff_link(link)?;
-                sink.set_size(reader.image_size())?;
-                while let Some(record) = reader.next_record()? {
-                    match record {
-                        DiffRecord::Data { offset, data } => {
-                            let mut pos = 0;
-                            for (start, end) in nonzero_runs(&data, 4096) {
-                                if start > pos {
-                                    sink.zero(offset + pos as u64, (start - pos) as u64)?;
-                                }
-                                sink.write(offset + start as u64, &data[start..end])?;
-                                written += (end - start) as u64;
-                                pos = end;
-                            }
-                            if pos < data.len() {
-                                sink.zero(offset + pos as u64, (data.len() - pos) as u64)?;
-                            }
-                        }
-                        DiffRecord::Zero { offset, length } => sink.zero(offset, length)?,
-                    }
-                }
+                written += replay_diff(&mut open_diff_link(link)?, sink, cancel)?;
             }
         }
     }
     let size = chain.last().map_or(0, |l| l.disk.size);
-    let actual = sink.block_hashes(size)?;
-    if let Some(index) =
-        (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i))
-    {
+    let path = chain.last().map(|l| l.data_path()).unwrap_or_default();
+    check_restored(sink, size, expected, &path)?;
+    Ok(written)
+}
+
+/// Writes the non-zero 4 KiB runs of `data` at `offset`; its zero runs are left alone (holes
+/// of a new image). Returns the bytes written.
+fn write_data(sink: &mut dyn ExtentSink, offset: u64, data: &[u8]) -> Result<u64, Error> {
+    let mut written = 0;
+    for (start, end) in nonzero_runs(data, 4096) {
+        sink.write_at(offset + start as u64, &data[start..end])?;
+        written += (end - start) as u64;
+    }
+    Ok(written)
+}
+
+/// Applies an rbd diff to `sink`: resized to the diff's image size, data records written
+/// (their zero runs zeroed, as they replace older data), zero records zeroed. Returns the data
+/// bytes written.
+fn replay_diff<R: Read>(
+    reader: &mut RbdDiffReader<R>,
+    sink: &mut dyn ExtentSink,
+    cancel: &CancelToken,
+) -> Result<u64, Error> {
+    sink.resize(reader.image_size())?;
+    let mut written = 0u64;
+    while let Some(record) = reader.next_record()? {
+        match record {
+            DiffRecord::Data { offset, data } => {
+                let mut pos = 0;
+                for (start, end) in nonzero_runs(&data, 4096) {
+                    if start > pos {
+                        sink.zero(offset + pos as u64, (start - pos) as u64)?;
+                    }
+                    sink.write_at(offset + start as u64, &data[start..end])?;
+                    written += (end - start) as u64;
+                    pos = end;
+                }
+                if pos < data.len() {
+                    sink.zero(offset + pos as u64, (data.len() - pos) as u64)?;
+                }
+            }
+            DiffRecord::Zero { offset, length } => sink.zero(offset, length)?,
+        }
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+    }
+    Ok(written)
+}
+
+/// Reads `sink` back and compares it, block by block, with `expected` (the backup's block
+/// table); the first block that differs fails the restore, naming `path` (the chain's last
+/// file) and the offset.
+fn check_restored(
+    sink: &mut dyn ExtentSink,
+    size: u64,
+    expected: &[[u8; 32]],
+    path: &Path,
+) -> Result<(), Error> {
+    let actual = sink.read_back_hashes(size)?;
+    if let Some(offset) = first_difference(expected, &actual) {
         return Err(RepoError::Corrupt {
-            path: chain.last().map(|l| l.data_path()).unwrap_or_default(),
-            offset: Some(index as u64 * HASH_BLOCK_SIZE),
+            path: path.to_path_buf(),
+            offset: Some(offset),
             message: "the restored image differs from the backup's checksum there; the restore is incomplete and was discarded".into(),
         }
         .into());
     }
-    Ok(written)
+    Ok(())
+}
+
+/// The offset of the first block whose hash differs between two block tables (one longer than
+/// the other differs at the first block only one has).
+pub(super) fn first_difference(expected: &[[u8; 32]], actual: &[[u8; 32]]) -> Option<u64> {
+    (0..expected.len().max(actual.len()))
+        .find(|&i| expected.get(i) != actual.get(i))
+        .map(|index| index as u64 * HASH_BLOCK_SIZE)
 }
 
 /// How a `FileSink` writes.
@@ -787,11 +846,12 @@ struct FileSink {
     committed: bool,
 }
 
-fn exists_error(path: &Path, what: &str) -> Error {
-    Error::Usage(format!(
-        "{} exists{what}; use --force to replace it",
-        path.display()
-    ))
+fn exists_error(path: &Path, note: &'static str) -> Error {
+    TargetError::Exists {
+        target: path.display().to_string(),
+        note,
+    }
+    .into()
 }
 
 impl FileSink {
@@ -800,10 +860,10 @@ impl FileSink {
         match fs::metadata(path) {
             Ok(meta) if meta.file_type().is_block_device() => {
                 if !force {
-                    return Err(Error::Usage(format!(
-                        "{} is a block device; use --force to write the restore into it (what it holds is overwritten)",
-                        path.display()
-                    )));
+                    return Err(TargetError::BlockDeviceNeedsForce {
+                        path: path.to_path_buf(),
+                    }
+                    .into());
                 }
                 return Self::open_device(path);
             }
@@ -812,10 +872,10 @@ impl FileSink {
                     return Err(exists_error(path, ""));
                 }
                 if !meta.is_file() {
-                    return Err(Error::Usage(format!(
-                        "{} is neither a regular file nor a block device; it is not replaced",
-                        path.display()
-                    )));
+                    return Err(TargetError::NotReplaceable {
+                        path: path.to_path_buf(),
+                    }
+                    .into());
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -832,10 +892,12 @@ impl FileSink {
                 .into())
             }
         }
-        let mut tmp_name = path
-            .file_name()
-            .map(|n| n.to_os_string())
-            .ok_or_else(|| Error::Usage(format!("{} names no file", path.display())))?;
+        let mut tmp_name =
+            path.file_name()
+                .map(|n| n.to_os_string())
+                .ok_or_else(|| TargetError::NamesNoFile {
+                    path: path.to_path_buf(),
+                })?;
         tmp_name.push(".virt-rbd-backup-restoring");
         let tmp = path.with_file_name(tmp_name);
         // Exclusive: a file of the same name belongs to another restore (running, or killed);
@@ -848,11 +910,11 @@ impl FileSink {
             .open(&tmp)
             .map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::Usage(format!(
-                        "{} exists: another restore into {} is running, or one was killed; remove it if none runs",
-                        tmp.display(),
-                        path.display()
-                    ))
+                    Error::Target(TargetError::RestoreInProgress {
+                        leftover: tmp.display().to_string(),
+                        target: path.display().to_string(),
+                        how: "",
+                    })
                 } else {
                     RepoError::Io {
                         action: "create",
@@ -884,10 +946,9 @@ impl FileSink {
             .open(path)
             .map_err(|source| {
                 if source.raw_os_error() == Some(libc::EBUSY) {
-                    Error::Usage(format!(
-                        "{} is in use (mounted, or held by another program); it was not written",
-                        path.display()
-                    ))
+                    Error::Target(TargetError::DeviceInUse {
+                        path: path.to_path_buf(),
+                    })
                 } else {
                     RepoError::Io {
                         action: "open",
@@ -914,10 +975,10 @@ impl FileSink {
             .file_type()
             .is_block_device()
         {
-            return Err(Error::Usage(format!(
-                "{} stopped being a block device while the restore opened it; nothing was written",
-                path.display()
-            )));
+            return Err(TargetError::StoppedBeingADevice {
+                path: path.to_path_buf(),
+            }
+            .into());
         }
         let capacity = file.seek(SeekFrom::End(0)).map_err(io("size"))?;
         Ok(FileSink {
@@ -998,10 +1059,10 @@ impl FileSink {
             // something else since the check.
             match fs::symlink_metadata(&self.path) {
                 Ok(meta) if !(meta.is_file() || meta.file_type().is_symlink()) => {
-                    return Err(Error::Usage(format!(
-                        "{} changed into something that is not a regular file during the restore; it was not replaced, and the restored copy was discarded",
-                        self.path.display()
-                    )));
+                    return Err(TargetError::ChangedDuringRestore {
+                        path: self.path.clone(),
+                    }
+                    .into());
                 }
                 _ => fs::rename(tmp, &self.path),
             }
@@ -1010,10 +1071,9 @@ impl FileSink {
         };
         renamed.map_err(|source| {
             if source.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Usage(format!(
-                    "{} appeared during the restore (created by someone else); it was not replaced, and the restored copy was discarded",
-                    self.path.display()
-                ))
+                Error::Target(TargetError::Appeared {
+                    target: self.path.display().to_string(),
+                })
             } else {
                 RepoError::Io {
                     action: "rename into place",
@@ -1080,16 +1140,18 @@ impl Drop for FileSink {
     }
 }
 
-impl BlockSink for FileSink {
-    fn set_size(&mut self, size: u64) -> Result<(), Error> {
+impl ExtentSink for FileSink {
+    fn resize(&mut self, size: u64) -> Result<(), Error> {
         match self.mode {
             FileMode::Renamed { .. } => self.file.set_len(size).map_err(self.io("resize")),
             FileMode::Device { capacity, valid_to } => {
                 if size > capacity {
-                    return Err(Error::Usage(format!(
-                        "block device {} holds {capacity} bytes, the image {size}: it is too small",
-                        self.path.display()
-                    )));
+                    return Err(TargetError::DeviceTooSmall {
+                        path: self.path.clone(),
+                        capacity,
+                        size,
+                    }
+                    .into());
                 }
                 // A device is not sparse: the image's holes must read as zeros.
                 if size > valid_to {
@@ -1104,7 +1166,7 @@ impl BlockSink for FileSink {
         }
     }
 
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.file
             .write_all_at(data, offset)
             .map_err(self.io("write"))
@@ -1129,7 +1191,7 @@ impl BlockSink for FileSink {
         Ok(())
     }
 
-    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
+    fn read_back_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
         let device = matches!(self.mode, FileMode::Device { .. });
         if device {
             // Read back what the device holds, not the page cache's copy of our writes: write
@@ -1159,33 +1221,6 @@ impl BlockSink for FileSink {
             }
         }
         Ok(hasher.finish_with_hashes().1)
-    }
-}
-
-/// An RBD image being restored.
-struct RbdSink<'a> {
-    image: &'a RbdImage<'a>,
-}
-
-impl BlockSink for RbdSink<'_> {
-    fn set_size(&mut self, size: u64) -> Result<(), Error> {
-        if self.image.info()?.size != size {
-            self.image.resize(size)?;
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        Ok(self.image.write_at(offset, data)?)
-    }
-
-    fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error> {
-        Ok(self.image.discard(offset, length)?)
-    }
-
-    fn block_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
-        self.image.flush()?;
-        image_block_table(self.image, size, false)
     }
 }
 
@@ -1223,11 +1258,131 @@ mod tests {
         assert!("".parse::<RestoreTarget>().is_err());
     }
 
+    #[test]
+    fn target_and_restore_errors_say_what_happened_and_what_to_do() {
+        let p = || PathBuf::from("/srv/vda.raw");
+        let cases: Vec<(Error, &str)> = vec![
+            (TargetError::Empty.into(), "the restore target is empty"),
+            (
+                TargetError::BadRbdSpec { text: "rbd:x".into() }.into(),
+                r#"bad RBD target "rbd:x": expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE"#,
+            ),
+            (
+                TargetError::Exists { target: "image rbd/web".into(), note: "" }.into(),
+                "image rbd/web exists; use --force to replace it",
+            ),
+            (
+                TargetError::Exists { target: "/srv/vda.raw".into(), note: " (a symbolic link to nothing)" }.into(),
+                "/srv/vda.raw exists (a symbolic link to nothing); use --force to replace it",
+            ),
+            (
+                TargetError::ReplacedImageLeft {
+                    leftover: "image rbd/web.virt-rbd-backup-replaced".into(),
+                    target: "rbd/web".into(),
+                }
+                .into(),
+                "image rbd/web.virt-rbd-backup-replaced exists: an earlier --force restore into rbd/web could not remove the image it replaced; remove or rename it first",
+            ),
+            (
+                TargetError::RestoreInProgress {
+                    leftover: "image rbd/web.virt-rbd-backup-restoring".into(),
+                    target: "rbd/web".into(),
+                    how: " with `rbd rm`",
+                }
+                .into(),
+                "image rbd/web.virt-rbd-backup-restoring exists: another restore into rbd/web is running, or one was killed; remove it with `rbd rm` if none runs",
+            ),
+            (
+                TargetError::Appeared { target: "image rbd/web".into() }.into(),
+                "image rbd/web appeared during the restore (created by someone else); it was not replaced, and the restored copy was discarded",
+            ),
+            (
+                TargetError::BlockDeviceNeedsForce { path: "/dev/sdx".into() }.into(),
+                "/dev/sdx is a block device; use --force to write the restore into it (what it holds is overwritten)",
+            ),
+            (
+                TargetError::NotReplaceable { path: p() }.into(),
+                "/srv/vda.raw is neither a regular file nor a block device; it is not replaced",
+            ),
+            (TargetError::NamesNoFile { path: "/".into() }.into(), "/ names no file"),
+            (
+                TargetError::DeviceInUse { path: "/dev/sdx".into() }.into(),
+                "/dev/sdx is in use (mounted, or held by another program); it was not written",
+            ),
+            (
+                TargetError::StoppedBeingADevice { path: p() }.into(),
+                "/srv/vda.raw stopped being a block device while the restore opened it; nothing was written",
+            ),
+            (
+                TargetError::ChangedDuringRestore { path: p() }.into(),
+                "/srv/vda.raw changed into something that is not a regular file during the restore; it was not replaced, and the restored copy was discarded",
+            ),
+            (
+                TargetError::DeviceTooSmall { path: "/dev/sdx".into(), capacity: 10, size: 20 }.into(),
+                "block device /dev/sdx holds 10 bytes, the image 20: it is too small",
+            ),
+            (
+                TargetError::ResticNeedsCephConf.into(),
+                "invalid option: restoring from restic into RBD needs --ceph-conf (restic keeps no domain XML)",
+            ),
+            (
+                Error::NotInRepository(RepoError::NoSuchDomain { name: "web".into(), repo: "/r".into() }),
+                r#"invalid option: no backup of a domain named or with UUID "web" in /r"#,
+            ),
+            (
+                Error::NotInRepository(RepoError::AmbiguousDomain { name: "web".into(), uuids: vec!["u1".into(), "u2".into()] }),
+                r#"invalid option: several domains were named "web" (u1, u2); give the UUID"#,
+            ),
+            (
+                Error::NotInRepository(RepoError::NoSuchBackup { uuid: "u1".into(), id: Some("20261126T100000Z".into()) }),
+                "invalid option: no backup 20261126T100000Z of domain u1; `virt-rbd-backup list` shows the backups",
+            ),
+            (
+                Error::DiskNotChosen { backup_id: "b1".into(), domain: "web".into(), disks: vec!["vda".into(), "vdb".into()] },
+                "invalid option: backup b1 of web has 2 disks (vda, vdb); choose one with --disk",
+            ),
+            (
+                Error::NoRbdDiskInSavedXml { domain: "web".into(), target: "vdc".into() },
+                "invalid option: the saved XML of web has no RBD disk vdc; give --ceph-conf",
+            ),
+            (
+                Error::BadDomainName { name: "a b".into() },
+                r#"invalid option: "a b" cannot name the new domain and its images: use up to 64 letters, digits, '-', '_' or '.'"#,
+            ),
+            (
+                Error::NoResticSnapshot { domain: "web".into() },
+                "invalid option: no restic snapshot of web matches; `virt-rbd-backup list --restic-repo ...` shows them",
+            ),
+            (
+                Error::ResticDiskNotChosen { domain: "web".into(), disks: vec!["vda".into(), "vdb".into()] },
+                "invalid option: the restic repository holds several disks of web (vda, vdb); choose one with --disk",
+            ),
+            (
+                Error::NoBackupsOfDomain { domain: "web".into(), repo: "/r".into() },
+                "invalid option: no backups of domain web in /r; give a name or UUID that `list` shows",
+            ),
+            (
+                Error::DomainExists { name: "web-copy".into() },
+                "a domain named web-copy exists already; choose another name",
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
+        assert_eq!(
+            "rbd:a/b/c/d".parse::<RestoreTarget>(),
+            Err(TargetError::BadRbdSpec {
+                text: "rbd:a/b/c/d".into()
+            })
+        );
+        assert_eq!("".parse::<RestoreTarget>(), Err(TargetError::Empty));
+    }
+
     fn usage_message<T>(result: Result<T, Error>) -> String {
         match result {
-            Err(Error::Usage(message)) => message,
-            Err(other) => panic!("expected a usage error, got {other:?}"),
-            Ok(_) => panic!("expected a usage error, got success"),
+            Err(Error::Target(e)) => e.to_string(),
+            Err(other) => panic!("expected a target error, got {other:?}"),
+            Ok(_) => panic!("expected a target error, got success"),
         }
     }
 
@@ -1262,8 +1417,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vda.raw");
         let mut sink = FileSink::create(&path, false).unwrap();
-        sink.set_size(8192).unwrap();
-        sink.write(0, b"restored data").unwrap();
+        sink.resize(8192).unwrap();
+        sink.write_at(0, b"restored data").unwrap();
         // Someone creates the target between the check and the rename.
         fs::write(&path, b"created meanwhile").unwrap();
         let message = usage_message(sink.commit());
@@ -1301,8 +1456,8 @@ mod tests {
         let path = dir.path().join("vda.raw");
         fs::write(&path, b"old content that is longer").unwrap();
         let mut sink = FileSink::create(&path, true).unwrap();
-        sink.set_size(4).unwrap();
-        sink.write(0, b"new!").unwrap();
+        sink.resize(4).unwrap();
+        sink.write_at(0, b"new!").unwrap();
         sink.commit().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new!");
         assert_eq!(leftovers(dir.path()), Vec::<String>::new());
@@ -1350,12 +1505,231 @@ mod tests {
         assert!(!path.exists());
     }
 
+    /// Export and restore through the block I/O seams, in memory: an image exported as an
+    /// rbd diff (full, then incrementals) and replayed as a restore replays it must come back
+    /// byte for byte, and its block table must equal one computed from the bytes directly.
+    mod through_memory {
+        use super::super::*;
+        use crate::engine::block_io::{block_table_of, MemorySink, MemorySnapshot};
+        use crate::engine::export::{
+            export_full_diff, export_incremental, ExportProgress, IncrementalBase, ReadPipeline,
+        };
+        use crate::repo::leaf_table::BaseLeaves;
+        use crate::repo::rbd_diff::RbdDiffWriter;
+
+        const B: usize = HASH_BLOCK_SIZE as usize;
+
+        struct Quiet;
+        impl ExportProgress for Quiet {
+            fn progress(&self, _done: u64, _total: u64) {}
+        }
+
+        /// `size` bytes, zero but for `fills` (`start`, `end`, byte).
+        fn image(size: usize, fills: &[(usize, usize, u8)]) -> Vec<u8> {
+            let mut data = vec![0u8; size];
+            for &(start, end, byte) in fills {
+                data[start..end].fill(byte);
+            }
+            data
+        }
+
+        /// Backs `now` up as a diff (from nothing, or from `base`: its bytes and table) and
+        /// replays it into `sink`. Returns the export's block table.
+        fn back_up_and_replay(
+            sink: &mut MemorySink,
+            now: &[u8],
+            base: Option<(&[u8], &[[u8; 32]])>,
+            use_object_map: bool,
+        ) -> Result<Vec<[u8; 32]>, Error> {
+            let cancel = CancelToken::new();
+            let pipeline = ReadPipeline {
+                queue_depth: 3,
+                limit: None,
+                cancel: &cancel,
+                progress: &Quiet,
+            };
+            let size = now.len() as u64;
+            let (stats, stream) = match base {
+                None => export_full_diff(
+                    &MemorySnapshot::new("rbd/m@s", now.to_vec()),
+                    "s",
+                    size,
+                    use_object_map,
+                    Vec::new(),
+                    None,
+                    &pipeline,
+                )?,
+                Some((base_data, base_table)) => {
+                    let leaves = BaseLeaves::none();
+                    let source = MemorySnapshot::new("rbd/m@s", now.to_vec())
+                        .with_base("b", base_data.to_vec());
+                    export_incremental(
+                        &source,
+                        "s",
+                        size,
+                        &IncrementalBase {
+                            snapshot: "b",
+                            size: base_data.len() as u64,
+                            block_table: base_table,
+                            leaves: &leaves,
+                        },
+                        use_object_map,
+                        Vec::new(),
+                        None,
+                        &pipeline,
+                    )?
+                }
+            };
+            let mut reader = RbdDiffReader::new(&stream[..])?;
+            replay_diff(&mut reader, sink, &cancel)?;
+            check_restored(sink, size, &stats.block_table, Path::new("(memory)"))?;
+            Ok(stats.block_table)
+        }
+
+        #[test]
+        fn a_full_backup_comes_back_with_its_holes_and_its_short_last_block() {
+            // Block 0: data with a hole inside; block 1: all hole; block 2 (half a block, the
+            // short last one): data up to the last byte.
+            let size = 2 * B + B / 2;
+            let now = image(
+                size,
+                &[(100, 9000, 1), (65536, 70000, 2), (size - 5000, size, 3)],
+            );
+            let mut sink = MemorySink::default();
+            let table = back_up_and_replay(&mut sink, &now, None, false).unwrap();
+            assert!(sink.data == now, "restored bytes differ");
+            assert_eq!(table, block_table_of(&now));
+            // Only the non-zero 4 KiB pieces were written: the holes stayed holes.
+            let pieces = now
+                .chunks(4096)
+                .filter(|c| c.iter().any(|&b| b != 0))
+                .count();
+            let last_piece = size % 4096; // the last piece is short when the size is not 4 KiB aligned
+            assert_eq!(
+                sink.written,
+                (pieces * 4096 - (4096 - last_piece) % 4096) as u64
+            );
+        }
+
+        #[test]
+        fn incrementals_follow_a_shrink_then_a_grow_and_the_regrown_part_reads_zeros() {
+            for use_object_map in [false, true] {
+                // 3.5 blocks, data nearly everywhere.
+                let s0 = image(3 * B + B / 2, &[(0, 3 * B + B / 2, 7)]);
+                // Shrunk to 1.5 blocks; a range in block 0 zeroed, one in block 1 rewritten.
+                let s1 = image(
+                    B + B / 2,
+                    &[
+                        (0, B + B / 2, 7),
+                        (8192, 65536, 0),
+                        (B + 4096, B + 12288, 9),
+                    ],
+                );
+                // Grown to 4 blocks: only block 3 gets data; 1.5..3 must read as zeros, not as
+                // the data s0 had there.
+                let mut s2 = s1.clone();
+                s2.resize(4 * B, 0);
+                s2[3 * B + 10..3 * B + 20].fill(5);
+
+                let mut sink = MemorySink::default();
+                let t0 = back_up_and_replay(&mut sink, &s0, None, use_object_map).unwrap();
+                let t1 =
+                    back_up_and_replay(&mut sink, &s1, Some((&s0, &t0)), use_object_map).unwrap();
+                assert!(
+                    sink.data == s1,
+                    "after the shrink (object map: {use_object_map})"
+                );
+                assert_eq!(t1, block_table_of(&s1));
+                let t2 =
+                    back_up_and_replay(&mut sink, &s2, Some((&s1, &t1)), use_object_map).unwrap();
+                assert!(
+                    sink.data == s2,
+                    "after the grow (object map: {use_object_map})"
+                );
+                assert_eq!(t2, block_table_of(&s2));
+            }
+        }
+
+        #[test]
+        fn zero_runs_inside_a_data_record_replace_older_data() {
+            let mut diff = RbdDiffWriter::new(Vec::new(), Some("a"), "b", 3 * 4096).unwrap();
+            let mut data = vec![4u8; 3 * 4096];
+            data[4096..8192].fill(0);
+            diff.write_data(0, &data).unwrap();
+            let stream = diff.finish().unwrap();
+            let mut sink = MemorySink {
+                data: vec![0xff; 3 * 4096],
+                ..MemorySink::default()
+            };
+            let mut reader = RbdDiffReader::new(&stream[..]).unwrap();
+            let written = replay_diff(&mut reader, &mut sink, &CancelToken::new()).unwrap();
+            assert!(sink.data == data);
+            assert_eq!(written, 2 * 4096);
+        }
+
+        #[test]
+        fn a_failing_sink_fails_the_restore() {
+            let now = image(B, &[(0, B, 1)]);
+            let mut sink = MemorySink {
+                fail_write_at: Some(B as u64 / 2),
+                ..MemorySink::default()
+            };
+            let err = back_up_and_replay(&mut sink, &now, None, false).unwrap_err();
+            assert!(err.to_string().contains("write of"), "{err}");
+        }
+
+        #[test]
+        fn a_sink_that_lost_a_write_fails_the_check_at_that_block() {
+            let now = image(2 * B, &[(0, 2 * B, 1)]);
+            let mut sink = MemorySink::default();
+            let table = back_up_and_replay(&mut sink, &now, None, false).unwrap();
+            sink.data[B + 17] = 0;
+            match check_restored(
+                &mut sink,
+                now.len() as u64,
+                &table,
+                Path::new("/r/vda.rbdiff"),
+            ) {
+                Err(Error::Repo(RepoError::Corrupt { offset, path, .. })) => {
+                    assert_eq!(
+                        (offset, path),
+                        (Some(B as u64), PathBuf::from("/r/vda.rbdiff"))
+                    );
+                }
+                other => panic!("expected a corrupt restore, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_failing_read_fails_the_export() {
+            let now = image(2 * B, &[(0, 2 * B, 1)]);
+            let cancel = CancelToken::new();
+            let pipeline = ReadPipeline {
+                queue_depth: 2,
+                limit: None,
+                cancel: &cancel,
+                progress: &Quiet,
+            };
+            let source = MemorySnapshot::new("rbd/m@s", now).failing_at(B as u64 + 1);
+            let result = export_full_diff(
+                &source,
+                "s",
+                2 * B as u64,
+                false,
+                Vec::new(),
+                None,
+                &pipeline,
+            );
+            assert!(result.is_err());
+        }
+    }
+
     #[test]
     fn a_failed_restore_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vda.raw");
         let mut sink = FileSink::create(&path, false).unwrap();
-        sink.write(0, b"partial").unwrap();
+        sink.write_at(0, b"partial").unwrap();
         drop(sink);
         assert_eq!(leftovers(dir.path()), Vec::<String>::new());
         assert!(!path.exists());
@@ -1381,15 +1755,9 @@ pub struct DefineOptions {
     /// Replace existing images of those names.
     #[serde(default)]
     pub force: bool,
-    /// A ceph.conf (with its keyring) instead of the domain's monitors and key.
+    /// How to reach the cluster; its `connect` is also the libvirt the domain is defined on.
     #[serde(default)]
-    pub ceph_conf: Option<PathBuf>,
-    /// The Ceph user with `ceph_conf`.
-    #[serde(default)]
-    pub ceph_user: Option<String>,
-    /// libvirt URI.
-    #[serde(default = "default_connect")]
-    pub connect: String,
+    pub ceph: CephAccess,
     /// Define the domain even if its saved XML gives it host resources
     /// (`libvirt::domain_rewrite::host_passthrough`); refused otherwise.
     #[serde(default)]
@@ -1427,22 +1795,20 @@ pub fn restore_define(
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !options.name.starts_with('.');
     if !valid {
-        return Err(Error::Usage(format!(
-            "{:?} cannot name the new domain and its images: use up to 64 letters, digits, '-', '_' or '.'",
-            options.name
-        )));
+        return Err(Error::BadDomainName {
+            name: options.name.clone(),
+        });
     }
     let repo = Repository::open(&options.repo)?;
     let uuid = repo
         .resolve_domain(&options.domain)
-        .map_err(|e| Error::Usage(e.to_string()))?;
+        .map_err(Error::NotInRepository)?;
     let (_, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
-    let libvirt = HypervisorConnection::open(&options.connect)?;
+    let libvirt = HypervisorConnection::open(&options.ceph.connect)?;
     if libvirt.domain_exists(&options.name) {
-        return Err(Error::Usage(format!(
-            "a domain named {} exists already; choose another name",
-            options.name
-        )));
+        return Err(Error::DomainExists {
+            name: options.name.clone(),
+        });
     }
     // Every image name and the new XML, checked, before any image is written: a refusal
     // leaves nothing behind.
@@ -1471,9 +1837,7 @@ pub fn restore_define(
                 image,
             },
             force: options.force,
-            ceph_conf: options.ceph_conf.clone(),
-            ceph_user: options.ceph_user.clone(),
-            connect: options.connect.clone(),
+            ceph: options.ceph.clone(),
             restic: None,
         });
     }

@@ -60,17 +60,11 @@ pub fn open_backup_disk(
         None => match manifest.disks.as_slice() {
             [only] => only.target.clone(),
             disks => {
-                return Err(Error::Usage(format!(
-                    "backup {} of {} has {} disks ({}); choose one with --disk",
-                    manifest.backup_id,
-                    manifest.domain.name,
-                    disks.len(),
-                    disks
-                        .iter()
-                        .map(|d| d.target.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )))
+                return Err(Error::DiskNotChosen {
+                    backup_id: manifest.backup_id.clone(),
+                    domain: manifest.domain.name.clone(),
+                    disks: disks.iter().map(|d| d.target.clone()).collect(),
+                })
             }
         },
     };

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::block_io::SnapshotSource;
+use super::ceph_access::CephAccess;
 use crate::error::Error;
 use crate::repo::chain::{verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::leaf_table::verify_leaf_table;
@@ -34,25 +36,6 @@ pub struct VerifyReport {
     pub source_checked: Vec<(String, String)>,
 }
 
-/// How to reach the cluster for `--source`.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceOptions {
-    /// libvirt URI, to read the domain's Ceph key.
-    #[serde(default = "default_connect")]
-    pub connect: String,
-    /// A ceph.conf (with its keyring) instead of the domain's monitors and key.
-    #[serde(default)]
-    pub ceph_conf: Option<PathBuf>,
-    /// The Ceph user with `ceph_conf`.
-    #[serde(default)]
-    pub ceph_user: Option<String>,
-}
-
-fn default_connect() -> String {
-    "qemu:///system".into()
-}
-
 impl VerifyReport {
     /// Whether everything checked is intact.
     pub fn ok(&self) -> bool {
@@ -76,13 +59,11 @@ pub fn verify_with_source(
     repo: &std::path::Path,
     domain: Option<&str>,
     backup: Option<&str>,
-    source: Option<&SourceOptions>,
+    source: Option<&CephAccess>,
 ) -> Result<VerifyReport, Error> {
     let repo = Repository::open(repo)?;
     let uuids = match domain {
-        Some(d) => vec![repo
-            .resolve_domain(d)
-            .map_err(|e| Error::Usage(e.to_string()))?],
+        Some(d) => vec![repo.resolve_domain(d).map_err(Error::NotInRepository)?],
         None => repo.domain_uuids()?,
     };
     let mut report = VerifyReport {
@@ -96,7 +77,7 @@ pub fn verify_with_source(
                 // Without a domain, only the domains that have this backup are checked.
                 Ok((folder, manifest)) => vec![(folder, manifest.backup_id)],
                 Err(_) if domain.is_none() => Vec::new(),
-                Err(e) => return Err(Error::Usage(e.to_string())),
+                Err(e) => return Err(Error::NotInRepository(e)),
             },
             None => repo
                 .backups_of(&uuid)?
@@ -208,11 +189,10 @@ fn compare_with_source(
     uuid: &str,
     folder: &std::path::Path,
     manifest: &crate::repo::BackupManifest,
-    source: &SourceOptions,
+    source: &CephAccess,
     report: &mut VerifyReport,
 ) -> Result<(), Error> {
-    use crate::ceph::{CephTimeouts, ClusterAddress, RadosCluster, RbdImage};
-    use crate::plan::HASH_BLOCK_SIZE;
+    use crate::ceph::RbdImage;
 
     for disk in &manifest.disks {
         let problem = |message: String| VerifyProblem {
@@ -220,23 +200,8 @@ fn compare_with_source(
             disk: disk.target.clone(),
             message,
         };
-        let (address, key) = match &source.ceph_conf {
-            Some(conf) => (
-                ClusterAddress {
-                    monitors: Vec::new(),
-                    conf_file: Some(conf.display().to_string()),
-                    user: source.ceph_user.clone().unwrap_or_else(|| "admin".into()),
-                },
-                None,
-            ),
-            None => super::restore::cluster_from_saved_xml(
-                &source.connect,
-                &manifest.domain.xml,
-                &manifest.domain.name,
-                &disk.target,
-            )?,
-        };
-        let cluster = RadosCluster::connect(&address, key.as_ref(), CephTimeouts::default())?;
+        let cluster =
+            source.connect_for_disk(&manifest.domain.xml, &manifest.domain.name, &disk.target)?;
         let pool = cluster.open_pool(&disk.pool, disk.namespace.as_deref())?;
         // A group-consistent backup was read from the group snapshot's member, not the marker.
         let (opened, source_name) = match &disk.group_snapshot {
@@ -275,11 +240,9 @@ fn compare_with_source(
             None => continue,
         };
         let info = image.info()?;
-        let actual = super::export::image_block_table(&image, info.size, info.fast_diff_usable())?;
-        match (0..expected.len().max(actual.len())).find(|&i| expected.get(i) != actual.get(i)) {
-            Some(index) => report.problems.push(problem(format!(
-                "differs from its source snapshot {source_name} at offset {}",
-                index as u64 * HASH_BLOCK_SIZE
+        match difference_from_source(&expected, &image, info.size, info.fast_diff_usable())? {
+            Some(offset) => report.problems.push(problem(format!(
+                "differs from its source snapshot {source_name} at offset {offset}"
             ))),
             None => report
                 .source_checked
@@ -287,4 +250,54 @@ fn compare_with_source(
         }
     }
     Ok(())
+}
+
+/// Where the content of `source` (`size` bytes; its allocated blocks read, `use_object_map`
+/// as in the export) first differs from the block table `expected`: `None` when it equals it.
+fn difference_from_source<S: SnapshotSource + ?Sized>(
+    expected: &[[u8; 32]],
+    source: &S,
+    size: u64,
+    use_object_map: bool,
+) -> Result<Option<u64>, Error> {
+    let actual = super::export::image_block_table(source, size, use_object_map)?;
+    Ok(super::restore::first_difference(expected, &actual))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::block_io::{block_table_of, MemorySnapshot};
+    use crate::plan::HASH_BLOCK_SIZE;
+
+    #[test]
+    fn a_source_equal_to_the_backup_passes_and_one_that_differs_names_the_block() {
+        const B: usize = HASH_BLOCK_SIZE as usize;
+        let mut data = vec![0u8; 3 * B - 100];
+        data[5..50].fill(1);
+        data[2 * B + 7] = 9;
+        let expected = block_table_of(&data);
+        let same = MemorySnapshot::new("rbd/m@s", data.clone());
+        for use_object_map in [false, true] {
+            let found = difference_from_source(&expected, &same, data.len() as u64, use_object_map);
+            assert_eq!(found.unwrap(), None);
+        }
+        data[2 * B + 7] = 8;
+        let changed = MemorySnapshot::new("rbd/m@s", data.clone());
+        let found = difference_from_source(&expected, &changed, data.len() as u64, false);
+        assert_eq!(found.unwrap(), Some(2 * HASH_BLOCK_SIZE));
+        // A source that grew differs at the first block the backup does not have.
+        data.resize(3 * B + 1, 0);
+        let grown = MemorySnapshot::new("rbd/m@s", data.clone());
+        let found = difference_from_source(&expected, &grown, data.len() as u64, false);
+        assert_eq!(found.unwrap(), Some(2 * HASH_BLOCK_SIZE));
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_read_is_an_error_not_a_pass() {
+        let data = vec![1u8; 8192];
+        let expected = block_table_of(&data);
+        let failing = MemorySnapshot::new("rbd/m@s", data).failing_at(100);
+        assert!(difference_from_source(&expected, &failing, 8192, false).is_err());
+    }
 }

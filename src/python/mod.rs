@@ -44,8 +44,8 @@ use crate::ceph::{CephTimeouts, ClusterAddress};
 use crate::engine::compat_session::{self, CephSession};
 use crate::engine::restic::{self, ResticTarget};
 use crate::engine::{
-    self, BackupEvent, BackupOptions, CancelToken, DefineOptions, EventSink, RestoreOptions,
-    RestoreTarget, SourceOptions,
+    self, BackupEvent, BackupOptions, CancelToken, CephAccess, DefineOptions, EventSink,
+    RestoreOptions, RestoreTarget,
 };
 use crate::error::Error;
 use crate::libvirt::HypervisorConnection;
@@ -134,6 +134,15 @@ fn to_py_err(err: Error) -> PyErr {
     // base class unnoticed.
     match err {
         Error::Usage(_)
+        | Error::Target(_)
+        | Error::NotInRepository(_)
+        | Error::DiskNotChosen { .. }
+        | Error::NoRbdDiskInSavedXml { .. }
+        | Error::BadDomainName { .. }
+        | Error::DomainExists { .. }
+        | Error::NoResticSnapshot { .. }
+        | Error::ResticDiskNotChosen { .. }
+        | Error::NoBackupsOfDomain { .. }
         | Error::HostPassthrough { .. }
         | Error::Nbd(_)
         | Error::OptionOutOfRange { .. }
@@ -198,9 +207,10 @@ fn parse_restore_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult
     let mut value = options_json(py, options, "restore options")?;
     if let Some(to) = value.get_mut("to") {
         if let Some(text) = to.as_str() {
-            let target: RestoreTarget = text
-                .parse()
-                .map_err(|e: String| UsageError::new_err(format!("invalid restore target: {e}")))?;
+            let target: RestoreTarget =
+                text.parse().map_err(|e: engine::restore::TargetError| {
+                    UsageError::new_err(format!("invalid restore target: {e}"))
+                })?;
             *to = serde_json::to_value(&target).map_err(|e| {
                 BackupError::new_err(format!("internal error: cannot serialize a target: {e}"))
             })?;
@@ -220,7 +230,7 @@ fn parse_define_options(py: Python<'_>, options: &Bound<'_, PyAny>) -> PyResult<
 
 /// Reads how verify reaches the cluster (`connect`, `ceph_conf`, `ceph_user`) from a JSON
 /// string or a mapping; an unknown field is a `UsageError`.
-fn parse_source_options(py: Python<'_>, source: &Bound<'_, PyAny>) -> PyResult<SourceOptions> {
+fn parse_source_options(py: Python<'_>, source: &Bound<'_, PyAny>) -> PyResult<CephAccess> {
     let value = options_json(py, source, "source options")?;
     serde_json::from_value(value)
         .map_err(|e| UsageError::new_err(format!("invalid source options: {e}")))
@@ -644,7 +654,7 @@ fn restore_define<'py>(
 /// the report as a dict. Damage is in the report's `problems`; an exception means the
 /// verification could not run.
 ///
-/// With `source` (a JSON object (str) or a mapping with the fields of `SourceOptions`, possibly
+/// With `source` (a JSON object (str) or a mapping with the fields of `CephAccess`, possibly
 /// empty), each domain's latest backup (or `backup`) is also compared with its snapshot still
 /// in the cluster.
 ///

@@ -107,17 +107,13 @@ impl Repository {
         }
         match found.len() {
             1 => Ok(found.remove(0)),
-            0 => Err(RepoError::NotFound {
-                what: format!(
-                    "no backup of a domain named or with UUID {name_or_uuid:?} in {}",
-                    self.root().display()
-                ),
+            0 => Err(RepoError::NoSuchDomain {
+                name: name_or_uuid.to_string(),
+                repo: self.root().to_path_buf(),
             }),
-            _ => Err(RepoError::NotFound {
-                what: format!(
-                    "several domains were named {name_or_uuid:?} ({}); give the UUID",
-                    found.join(", ")
-                ),
+            _ => Err(RepoError::AmbiguousDomain {
+                name: name_or_uuid.to_string(),
+                uuids: found,
             }),
         }
     }
@@ -138,13 +134,9 @@ impl Repository {
         };
         match pick {
             Some((path, manifest)) => Ok((path, manifest?)),
-            None => Err(RepoError::NotFound {
-                what: match wanted {
-                    Some(id) => format!(
-                        "no backup {id} of domain {uuid}; `virt-rbd-backup list` shows the backups"
-                    ),
-                    None => format!("no complete backup of domain {uuid}"),
-                },
+            None => Err(RepoError::NoSuchBackup {
+                uuid: uuid.to_string(),
+                id: wanted.map(str::to_string),
             }),
         }
     }
@@ -162,12 +154,10 @@ impl Repository {
                 .iter()
                 .find(|d| d.target == target)
                 .cloned()
-                .ok_or_else(|| RepoError::NotFound {
-                    what: format!(
-                        "backup {} (in {}) has no disk {target:?}",
-                        m.backup_id,
-                        folder.display()
-                    ),
+                .ok_or_else(|| RepoError::NoSuchDisk {
+                    backup_id: m.backup_id.clone(),
+                    folder: folder.to_path_buf(),
+                    target: target.to_string(),
                 })
         };
         let mut link = ChainLink {
@@ -186,9 +176,13 @@ impl Repository {
                 });
             }
             let parent_id = link.disk.parent_backup.clone().unwrap_or_default();
-            let (parent_folder, parent) = self.find_backup(uuid, Some(&parent_id)).map_err(|_| RepoError::NotFound {
-                what: format!("backup {} of disk {target} needs backup {parent_id}, which is missing or unreadable: the chain is broken", link.backup_id),
-            })?;
+            let (parent_folder, parent) =
+                self.find_backup(uuid, Some(&parent_id))
+                    .map_err(|_| RepoError::BrokenChain {
+                        backup_id: link.backup_id.clone(),
+                        target: target.to_string(),
+                        parent_id: parent_id.clone(),
+                    })?;
             let next = ChainLink {
                 folder: parent_folder.clone(),
                 backup_id: parent.backup_id.clone(),

@@ -42,6 +42,32 @@ pub enum RepoError {
     /// Something asked for is not in the repository.
     #[error("{what}")]
     NotFound { what: String },
+    /// No backup in the repository is of a domain of that name or UUID.
+    #[error("no backup of a domain named or with UUID {name:?} in {}", repo.display())]
+    NoSuchDomain { name: String, repo: PathBuf },
+    /// Backups of several domains (UUIDs) carry the name.
+    #[error("several domains were named {name:?} ({}); give the UUID", uuids.join(", "))]
+    AmbiguousDomain { name: String, uuids: Vec<String> },
+    /// The domain has no backup `id` (or, for `None`, no complete backup at all).
+    #[error("{}", match id {
+        Some(id) => format!("no backup {id} of domain {uuid}; `virt-rbd-backup list` shows the backups"),
+        None => format!("no complete backup of domain {uuid}"),
+    })]
+    NoSuchBackup { uuid: String, id: Option<String> },
+    /// A backup has no disk of that target name.
+    #[error("backup {backup_id} (in {}) has no disk {target:?}", folder.display())]
+    NoSuchDisk {
+        backup_id: String,
+        folder: PathBuf,
+        target: String,
+    },
+    /// An incremental's parent backup is missing or unreadable.
+    #[error("backup {backup_id} of disk {target} needs backup {parent_id}, which is missing or unreadable: the chain is broken")]
+    BrokenChain {
+        backup_id: String,
+        target: String,
+        parent_id: String,
+    },
     /// A file's content does not match its checksum.
     #[error("{path} is corrupt{}: {message}", offset.map(|o| format!(" at offset {o}")).unwrap_or_default())]
     Corrupt {
