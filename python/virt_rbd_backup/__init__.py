@@ -575,6 +575,7 @@ def restore(
     ceph_user: str | None = None,
     connect: str = DEFAULT_CONNECT,
     restic: ResticTarget | str | None = None,
+    access: RepoAccess | None = None,
 ) -> RestoreReport:
     """Restore one disk of a backup into a sparse raw file or an RBD image.
 
@@ -603,6 +604,8 @@ def restore(
             restored: ``latest`` passes over the others (listed in the report's ``skipped``),
             one asked for by id is refused; what ``restic dump`` returns and the restored data
             are checked against the seal's size and checksum.
+        access: How to open ``repo`` when it is ``s3://...`` or a block repository
+            (:class:`RepoAccess`); such a backup is complete on its own (its chain is itself).
 
     Returns:
         The report: the chain replayed, bytes written, the checksum verified.
@@ -653,6 +656,7 @@ def restore_define(
     ceph_user: str | None = None,
     connect: str = DEFAULT_CONNECT,
     allow_host_passthrough: bool = False,
+    access: RepoAccess | None = None,
 ) -> DefineReport:
     """Restore every RBD disk of a backup into new images and define a new domain on them.
 
@@ -685,6 +689,8 @@ def restore_define(
         ceph_user: The Ceph user with ``ceph_conf`` (default ``admin``).
         connect: libvirt URI: where the new domain is defined (and the Ceph key read from).
         allow_host_passthrough: Define the domain even if its saved XML gives it host resources.
+        access: How to open ``repo`` when it is ``s3://...`` or a block repository
+            (:class:`RepoAccess`).
 
     Returns:
         The report: the new domain's name and UUID, one restore report per disk, the disks
@@ -724,7 +730,8 @@ def _repository_options(domain: str, options: dict[str, Any]) -> dict[str, Any]:
     others stay as they are.
     """
     ceph = _ceph_access(options.pop("ceph_conf"), options.pop("ceph_user"), options.pop("connect"))
-    return {**options, "domain": domain, "repo": os.fspath(options["repo"]), "ceph": ceph}
+    access = _access(options.pop("access", None)) or {}
+    return {**options, "domain": domain, "repo": os.fspath(options["repo"]), "ceph": ceph, "access": access}
 
 
 def verify(

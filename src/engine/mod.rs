@@ -69,6 +69,7 @@
 
 mod block_backup;
 pub mod block_commands;
+mod block_restore;
 pub mod block_io;
 pub mod ceph_access;
 mod ceph_session;

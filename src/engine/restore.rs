@@ -232,6 +232,9 @@ pub struct RestoreOptions {
     /// a restic snapshot id (or `latest`).
     #[serde(default)]
     pub restic: Option<ResticTarget>,
+    /// How to open `repo` when it is a block repository (S3, key file).
+    #[serde(default)]
+    pub access: super::repo_access::RepoAccess,
 }
 
 /// The outcome of a restore.
@@ -265,7 +268,15 @@ pub struct RestoreReport {
 pub fn restore(options: &RestoreOptions, cancel: &CancelToken) -> Result<RestoreReport, Error> {
     let (mut report, placed) = match &options.restic {
         Some(restic) => restore_from_restic(options, restic, cancel)?,
-        None => restore_disk(options, cancel)?,
+        None => {
+            let location = options.repo.to_string_lossy();
+            match super::repo_access::open_repository(&location, &options.access, false)? {
+                super::repo_access::AnyRepository::Folder(_) => restore_disk(options, cancel)?,
+                super::repo_access::AnyRepository::Blocks(repo) => {
+                    super::block_restore::restore_disk(options, &repo, cancel)?
+                }
+            }
+        }
     };
     if let Some(placed) = placed {
         report.warnings.extend(placed.finish());
@@ -465,7 +476,7 @@ fn restore_from_restic(
 /// place), with `fill` doing the writing, and puts it under the target's name only when `fill`
 /// succeeded (module doc: what may be replaced). Returns the target's text, what `fill`
 /// returned and, for an RBD target, where the image went.
-fn restore_into(
+pub(super) fn restore_into(
     options: &RestoreOptions,
     size: u64,
     cluster: impl FnOnce() -> Result<RadosCluster, Error>,
@@ -642,7 +653,7 @@ fn place_image(
 
 /// An RBD image a restore put under its name, and the image it replaced, kept aside until
 /// `finish` removes it or `undo` puts it back.
-struct PlacedImage {
+pub(super) struct PlacedImage {
     cluster: RadosCluster,
     pool: String,
     namespace: Option<String>,
@@ -1762,6 +1773,73 @@ pub struct DefineOptions {
     /// (`libvirt::domain_rewrite::host_passthrough`); refused otherwise.
     #[serde(default)]
     pub allow_host_passthrough: bool,
+    /// How to open `repo` when it is a block repository (S3, key file).
+    #[serde(default)]
+    pub access: super::repo_access::RepoAccess,
+}
+
+/// What `restore --define` needs of a backup, from a repository of either layout.
+struct DefineSource {
+    uuid: String,
+    backup_id: String,
+    domain_name: String,
+    xml: String,
+    /// Target, pool, namespace of each disk.
+    disks: Vec<(String, String, Option<String>)>,
+}
+
+fn define_source(
+    repository: &super::repo_access::AnyRepository,
+    options: &DefineOptions,
+) -> Result<DefineSource, Error> {
+    match repository {
+        super::repo_access::AnyRepository::Folder(repo) => {
+            let uuid = repo
+                .resolve_domain(&options.domain)
+                .map_err(Error::NotInRepository)?;
+            let (_, m) = repo.find_backup(&uuid, options.backup.as_deref())?;
+            Ok(DefineSource {
+                uuid,
+                backup_id: m.backup_id,
+                domain_name: m.domain.name,
+                xml: m.domain.xml,
+                disks: m
+                    .disks
+                    .into_iter()
+                    .map(|d| (d.target, d.pool, d.namespace))
+                    .collect(),
+            })
+        }
+        super::repo_access::AnyRepository::Blocks(repo) => {
+            let m =
+                super::block_restore::find_backup(repo, &options.domain, options.backup.as_deref())?;
+            Ok(DefineSource {
+                uuid: m.domain.uuid,
+                backup_id: m.backup_id,
+                domain_name: m.domain.name,
+                xml: m.domain.xml,
+                disks: m
+                    .disks
+                    .into_iter()
+                    .map(|d| (d.target, d.pool, d.namespace))
+                    .collect(),
+            })
+        }
+    }
+}
+
+/// Restores one disk from a repository of either layout.
+fn restore_disk_from(
+    repository: &super::repo_access::AnyRepository,
+    options: &RestoreOptions,
+    cancel: &CancelToken,
+) -> Result<(RestoreReport, Option<PlacedImage>), Error> {
+    match repository {
+        super::repo_access::AnyRepository::Folder(_) => restore_disk(options, cancel),
+        super::repo_access::AnyRepository::Blocks(repo) => {
+            super::block_restore::restore_disk(options, repo, cancel)
+        }
+    }
 }
 
 /// The outcome of `restore --define`.
@@ -1799,11 +1877,13 @@ pub fn restore_define(
             name: options.name.clone(),
         });
     }
-    let repo = Repository::open(&options.repo)?;
-    let uuid = repo
-        .resolve_domain(&options.domain)
-        .map_err(Error::NotInRepository)?;
-    let (_, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
+    let repository = super::repo_access::open_repository(
+        &options.repo.to_string_lossy(),
+        &options.access,
+        false,
+    )?;
+    let source = define_source(&repository, options)?;
+    let uuid = source.uuid.clone();
     let libvirt = HypervisorConnection::open(&options.ceph.connect)?;
     if libvirt.domain_exists(&options.name) {
         return Err(Error::DomainExists {
@@ -1814,35 +1894,36 @@ pub fn restore_define(
     // leaves nothing behind.
     let mut images = std::collections::HashMap::new();
     let mut restores = Vec::new();
-    for disk in &manifest.disks {
+    for (target, disk_pool, namespace) in &source.disks {
         let image = format!(
             "{}-{}",
             options.name,
-            crate::repo::layout::safe_component(&disk.target)
+            crate::repo::layout::safe_component(target)
         );
-        let pool = options.pool.clone().unwrap_or_else(|| disk.pool.clone());
-        let spec = match &disk.namespace {
+        let pool = options.pool.clone().unwrap_or_else(|| disk_pool.clone());
+        let spec = match namespace {
             Some(ns) => format!("{pool}/{ns}/{image}"),
             None => format!("{pool}/{image}"),
         };
-        images.insert(disk.target.clone(), spec);
+        images.insert(target.clone(), spec);
         restores.push(RestoreOptions {
             repo: options.repo.clone(),
             domain: uuid.clone(),
-            disk: Some(disk.target.clone()),
-            backup: Some(manifest.backup_id.clone()),
+            disk: Some(target.clone()),
+            backup: Some(source.backup_id.clone()),
             to: RestoreTarget::Rbd {
                 pool,
-                namespace: disk.namespace.clone(),
+                namespace: namespace.clone(),
                 image,
             },
             force: options.force,
             ceph: options.ceph.clone(),
             restic: None,
+            access: options.access.clone(),
         });
     }
     let rewritten = crate::libvirt::domain_rewrite::rewrite_for_restore(
-        &manifest.domain.xml,
+        &source.xml,
         &options.name,
         &images,
     )?;
@@ -1854,7 +1935,7 @@ pub fn restore_define(
         )?;
         if !findings.is_empty() {
             return Err(Error::HostPassthrough {
-                domain: manifest.domain.name.clone(),
+                domain: source.domain_name.clone(),
                 name: options.name.clone(),
                 findings,
             });
@@ -1865,7 +1946,7 @@ pub fn restore_define(
     let defined = restores
         .iter()
         .try_for_each(|restore| {
-            let (report, image) = restore_disk(restore, cancel)?;
+            let (report, image) = restore_disk_from(&repository, restore, cancel)?;
             disks.push(report);
             placed.extend(image);
             Ok::<_, Error>(())

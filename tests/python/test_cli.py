@@ -882,6 +882,7 @@ def test_restore_run_passes_every_option_and_prints_its_line(
                 "ceph_user": None,
                 "connect": "qemu:///system",
                 "restic": None,
+                "access": None,
             },
         )
     ]
@@ -1484,6 +1485,7 @@ def test_restore_define_run_passes_every_option_and_prints_its_lines(
                 "ceph_user": None,
                 "connect": "qemu:///system",
                 "allow_host_passthrough": False,
+                "access": None,
             },
         )
     ]

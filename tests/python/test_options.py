@@ -52,14 +52,18 @@ def test_an_option_the_function_does_not_take_is_a_bug_not_ignored() -> None:
 
 
 def test_configuration_settings_follow_the_api_signatures() -> None:
-    assert cli._CONFIG_SETTINGS["restore"] == {
-        "connect",
-        "repo",
-        "restic_repo",
-        "restic_password_file",
-        "restic_binary",
-    }
     access = set(cli._REPO_ACCESS_OPTIONS)
+    assert (
+        cli._CONFIG_SETTINGS["restore"]
+        == {
+            "connect",
+            "repo",
+            "restic_repo",
+            "restic_password_file",
+            "restic_binary",
+        }
+        | access
+    )
     assert access == {"layout", "repo_key_file", "s3_endpoint", "s3_region", "s3_credentials", "s3_ca_file"}
     assert cli._CONFIG_SETTINGS["verify"] == {"connect", "repo"} | access
     assert cli._CONFIG_SETTINGS["prune"] == {"repo"} | access | {

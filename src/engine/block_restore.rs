@@ -1,0 +1,207 @@
+//! Restore of one disk from a block repository (`block_repo`): no chain to replay, the
+//! backup's block list names every block.
+//!
+//! The target handling is restore's own (`restore::restore_into`: a new file or RBD image under
+//! a temporary name, put under the target's name only when complete; `--force` as there). What
+//! differs is the filling: `workers` threads fetch blocks (each opened, checked against its id
+//! and against the plain hash in the block table), the restoring thread writes them at their
+//! offsets as they arrive (holes are never written: a new file or image reads zeros there),
+//! then the result is read back and compared with the block table, as every restore does.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crate::block_repo::{BlockManifest, BlockRepoError, BlockRepository, StoredDisk};
+use crate::error::Error;
+use crate::objstore::object_format::BlockId;
+use crate::repo::RepoError;
+
+use super::block_io::ExtentSink;
+use super::restore::{first_difference, restore_into, PlacedImage, RestoreOptions, RestoreReport};
+use super::CancelToken;
+
+/// Blocks fetched at once: an object store's latency, not its bandwidth, is what one stream
+/// waits on. Each holds one block (and its sealed copy) in memory.
+const FETCH_WORKERS: usize = 4;
+
+/// A backup of the block repository chosen by domain (name or UUID) and id (`None` or
+/// `latest`: the newest).
+pub(super) fn find_backup(
+    repo: &BlockRepository,
+    domain: &str,
+    backup: Option<&str>,
+) -> Result<BlockManifest, Error> {
+    let mut found = None;
+    for uuid in repo.domains()? {
+        let manifests = repo.backups(&uuid)?;
+        let named = uuid.eq_ignore_ascii_case(domain) || manifests.iter().any(|m| m.domain.name == domain);
+        if named {
+            if found.is_some() {
+                return Err(Error::Usage(format!(
+                    "more than one domain in {} is named {domain}: give its UUID",
+                    repo.describe()
+                )));
+            }
+            found = Some(manifests);
+        }
+    }
+    let manifests = found.ok_or_else(|| {
+        Error::Usage(format!(
+            "no backups of domain {domain} in {}; give a name or UUID that `list` shows",
+            repo.describe()
+        ))
+    })?;
+    let chosen = match backup {
+        None | Some("latest") => manifests.into_iter().last(),
+        Some(id) => manifests.into_iter().find(|m| m.backup_id == id),
+    };
+    chosen.ok_or_else(|| {
+        Error::Usage(format!(
+            "no backup {} of domain {domain} in {}; `list` shows the backups",
+            backup.unwrap_or("latest"),
+            repo.describe()
+        ))
+    })
+}
+
+/// Writes every stored block of `disk` into `sink` (fetched by `FETCH_WORKERS` threads), then
+/// reads the result back and compares it with the block table. Returns the bytes written.
+pub(super) fn write_blocks(
+    repo: &BlockRepository,
+    disk: &StoredDisk,
+    sink: &mut dyn ExtentSink,
+    cancel: &CancelToken,
+) -> Result<u64, Error> {
+    sink.resize(disk.record.size)?;
+    let stored: Vec<(usize, BlockId)> = (0..disk.blocks.len())
+        .filter_map(|i| disk.blocks.get(i).map(|id| (i, id)))
+        .collect();
+    let block_size = u64::from(disk.blocks.block_size());
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    // Bounded: fetched blocks wait for the writer, at most two per worker.
+    let (tx, rx) = crossbeam_channel::bounded::<Result<(usize, Vec<u8>), BlockRepoError>>(
+        FETCH_WORKERS * 2,
+    );
+    let mut written = 0u64;
+    let outcome = std::thread::scope(|scope| -> Result<(), Error> {
+        for _ in 0..FETCH_WORKERS {
+            let tx = tx.clone();
+            let (stored, next, stop) = (&stored, &next, &stop);
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some((index, id)) = stored.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        return;
+                    };
+                    let fetched = repo
+                        .get_block(id, disk.blocks.block_len(*index) as usize)
+                        .and_then(|content| {
+                            if *blake3::hash(&content).as_bytes() == disk.table[*index] {
+                                Ok((*index, content))
+                            } else {
+                                Err(BlockRepoError::Damaged {
+                                    store: repo.describe(),
+                                    object: id.object_key(),
+                                    reason: format!(
+                                        "its content is not what the block table of disk {} records for block {index}",
+                                        disk.record.target
+                                    ),
+                                })
+                            }
+                        });
+                    if tx.send(fetched).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let result = (|| {
+            for fetched in rx.iter() {
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
+                let (index, content) = fetched?;
+                sink.write_at(index as u64 * block_size, &content)?;
+                written += content.len() as u64;
+            }
+            Ok(())
+        })();
+        // Stops the fetchers and drains what they still send, so none waits on a full queue.
+        stop.store(true, Ordering::Relaxed);
+        for _ in rx.iter() {}
+        result
+    });
+    outcome?;
+    let actual = sink.read_back_hashes(disk.record.size)?;
+    if let Some(offset) = first_difference(&disk.table, &actual) {
+        return Err(RepoError::Corrupt {
+            path: format!("{}: {}", repo.describe(), disk.record.target).into(),
+            offset: Some(offset),
+            message: "the restored image differs from the backup's block table there; the restore is incomplete and was discarded".into(),
+        }
+        .into());
+    }
+    Ok(written)
+}
+
+/// Restores one disk from the block repository at `options.repo`; an RBD target is placed but
+/// the image it replaced, if any, is still aside (`PlacedImage`).
+pub(super) fn restore_disk(
+    options: &RestoreOptions,
+    repo: &BlockRepository,
+    cancel: &CancelToken,
+) -> Result<(RestoreReport, Option<PlacedImage>), Error> {
+    let started = Instant::now();
+    let manifest = find_backup(repo, &options.domain, options.backup.as_deref())?;
+    let target = match &options.disk {
+        Some(t) => t.clone(),
+        None if manifest.disks.len() == 1 => manifest.disks[0].target.clone(),
+        None => {
+            return Err(Error::DiskNotChosen {
+                backup_id: manifest.backup_id.clone(),
+                domain: manifest.domain.name.clone(),
+                disks: manifest.disks.iter().map(|d| d.target.clone()).collect(),
+            });
+        }
+    };
+    if !manifest.disks.iter().any(|d| d.target == target) {
+        return Err(Error::Usage(format!(
+            "backup {} of {} has no disk {target}; it has {}",
+            manifest.backup_id,
+            manifest.domain.name,
+            manifest
+                .disks
+                .iter()
+                .map(|d| d.target.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let disk = repo.disk(&manifest, &target)?;
+    let (target_text, bytes_written, placed) = restore_into(
+        options,
+        disk.record.size,
+        || {
+            options
+                .ceph
+                .connect_for_disk(&manifest.domain.xml, &manifest.domain.name, &target)
+        },
+        |sink| write_blocks(repo, &disk, sink, cancel),
+    )?;
+    let report = RestoreReport {
+        domain: manifest.domain.name.clone(),
+        backup_id: manifest.backup_id.clone(),
+        disk: target,
+        // Complete on its own: the backup is its whole chain.
+        chain: vec![manifest.backup_id.clone()],
+        target: target_text,
+        size: disk.record.size,
+        bytes_written,
+        checksum: disk.record.checksum.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        warnings: Vec::new(),
+        skipped: Vec::new(),
+    };
+    Ok((report, placed))
+}
