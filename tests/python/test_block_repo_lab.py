@@ -351,3 +351,65 @@ def test_a_run_killed_mid_upload_leaves_no_backup_and_the_next_run_is_clean(
     held = cli("prune", *killed_repo.args(), "--keep-last", "1", "--json")
     assert held.returncode == 1
     assert all(d["status"] == "skipped" and "backup is running" in d["message"] for d in held.json()["domains"])
+
+
+def test_restore_of_the_full_and_of_the_incremental_equal_rbd_export(
+    repo: Repo, two_backups: dict[str, Any], tmp_path: Path
+) -> None:
+    for which in ("first", "second"):
+        dom = domain_report(two_backups[which], "lab-guest")
+        for disk in dom["disks"]:
+            out = tmp_path / f"{which}-{disk['target']}.raw"
+            result = cli(
+                "restore", "lab-guest", "--disk", disk["target"], "--backup", dom["backup_id"], "--to", str(out),
+                *repo.args(), "--json",
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+            assert result.json()["chain"] == [dom["backup_id"]], "a block backup is complete on its own"
+            # The base snapshot of the newest backup is still in the cluster: the truth.
+            if which == "second":
+                truth = exported(f"{disk['image']}@{disk['snapshot']}", tmp_path)
+                assert out.read_bytes() == truth.read_bytes()
+            assert blake3_4m(out) == disk["checksum"]
+            # Holes stay holes: the file is sparse.
+            assert out.stat().st_blocks * 512 < out.stat().st_size
+
+
+def test_restore_into_rbd_and_define_a_domain_from_the_block_repository(
+    repo: Repo, two_backups: dict[str, Any], tmp_path: Path
+) -> None:
+    dom = domain_report(two_backups["second"], "lab-off")
+    disk = dom["disks"][0]
+    target = f"rbd/vrb-blockrestore-{uuid.uuid4().hex[:6]}"
+    name = f"vrb-blockdefine-{uuid.uuid4().hex[:6]}"
+    try:
+        result = cli("restore", "lab-off", "--to", f"rbd:{target}", *repo.args())
+        assert result.returncode == 0, result.stderr
+        restored = exported(target, tmp_path)
+        truth = exported(f"{disk['image']}@{disk['snapshot']}", tmp_path)
+        assert restored.read_bytes() == truth.read_bytes()
+        result = cli("restore", "lab-off", "--define", name, *repo.args(), "--json")
+        assert result.returncode == 0, result.stderr
+        assert virsh("domuuid", name).returncode == 0
+        new_image = result.json()["disks"][0]["target"].removeprefix("rbd:")
+        assert exported(new_image, tmp_path).read_bytes() == truth.read_bytes()
+    finally:
+        virsh("undefine", name, check=False)
+        remove_image(target)
+        remove_image(f"rbd/{name}-vda")
+
+
+def test_a_flipped_block_fails_the_restore_and_leaves_nothing(
+    repo: Repo, two_backups: dict[str, Any], tmp_path: Path
+) -> None:
+    damaged = Repo(two_backups["tmp"], key_file=two_backups["tmp"] / "flip.key")
+    damaged.backup("lab-off")
+    block = damaged.s3.keys("blocks/")[0]
+    body = bytearray(damaged.s3.get(block))
+    body[-20] ^= 0x40
+    damaged.s3.put(block, bytes(body))
+    out = tmp_path / "never.raw"
+    result = cli("restore", "lab-off", "--to", str(out), *damaged.args())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert block.rsplit("/", 1)[1] in result.stderr or "does not open" in result.stderr, result.stderr
+    assert not out.exists() and not list(tmp_path.glob("*never*")), "no partial target"
