@@ -27,9 +27,11 @@ import pytest
 
 from lab_support import (
     BLOCK,
+    FaultRecord,
     cli,
     domain_report,
     domain_xml,
+    frozen_guests,
     guest_exec,
     make_image,
     rbd,
@@ -218,8 +220,9 @@ def test_list_and_verify_read_data_are_clean(repo: Repo, two_backups: dict[str, 
 
 
 def test_a_wrong_key_and_a_missing_key_are_refused_before_any_snapshot(
-    repo: Repo, two_backups: dict[str, Any], tmp_path: Path
+    repo: Repo, two_backups: dict[str, Any], tmp_path: Path, fault: FaultRecord
 ) -> None:
+    fault.injected = "S3 block repository: backup with another repository's key file; list without a key file"
     other = tmp_path / "other.key"
     other.write_text("virt-rbd-backup key v1\n" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\n")
     other.chmod(0o600)
@@ -232,9 +235,16 @@ def test_a_wrong_key_and_a_missing_key_are_refused_before_any_snapshot(
     result = cli("list", *args)
     assert result.returncode == 2 and "encrypted" in result.stderr, result.stderr
     assert tool_snapshots("rbd/lab-off-a") == before
+    fault.outcome = "exit 2 before any snapshot: 'the key file with id ... does not open s3://...'; 'is encrypted: give its key file'"
+    fault.leaks = 0
+    fault.frozen = len(frozen_guests())
+    fault.data_lost = "none (nothing written)"
 
 
-def test_an_unreachable_endpoint_fails_naming_it_and_leaks_nothing(repo: Repo, two_backups: dict[str, Any]) -> None:
+def test_an_unreachable_endpoint_fails_naming_it_and_leaks_nothing(
+    repo: Repo, two_backups: dict[str, Any], fault: FaultRecord
+) -> None:
+    fault.injected = "S3 block repository: endpoint nobody listens on (https://127.0.0.1:9)"
     before = tool_snapshots("rbd/lab-off-a")
     result = cli("backup", *repo.args(endpoint="https://127.0.0.1:9"), "--domain", "lab-off", timeout=300)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -242,6 +252,10 @@ def test_an_unreachable_endpoint_fails_naming_it_and_leaks_nothing(repo: Repo, t
     secret = S3(repo.prefix).secret
     assert secret not in result.stderr and secret not in result.stdout
     assert tool_snapshots("rbd/lab-off-a") == before
+    fault.outcome = "exit 2 after the store's retries, the error names the endpoint, no secret in the output"
+    fault.leaks = 0
+    fault.frozen = len(frozen_guests())
+    fault.data_lost = "none (nothing written)"
 
 
 @pytest.fixture
@@ -272,7 +286,10 @@ def test_two_clones_of_one_image_are_stored_once(repo: Repo, clones: str) -> Non
     assert disks["vdb"]["bytes_written"] <= disks["vda"]["bytes_written"] // 20, disks
 
 
-def test_verify_names_a_deleted_and_a_flipped_block(repo: Repo, two_backups: dict[str, Any]) -> None:
+def test_verify_names_a_deleted_and_a_flipped_block(
+    repo: Repo, two_backups: dict[str, Any], fault: FaultRecord
+) -> None:
+    fault.injected = "S3 block repository: one block object deleted, one with a flipped byte (curl)"
     # A repository of its own: the damage must not spoil the other tests' repository.
     damaged = Repo(two_backups["tmp"], key_file=two_backups["tmp"] / "damaged.key")
     damaged.backup("lab-off")
@@ -293,6 +310,10 @@ def test_verify_names_a_deleted_and_a_flipped_block(repo: Repo, two_backups: dic
     problems = [p["message"] for p in full.json()["problems"]]
     assert len(problems) == 2, problems
     assert any(flipped.rsplit("/", 1)[1] in p for p in problems), problems
+    fault.outcome = "verify exit 1 naming the missing block; verify --read-data exit 1 naming both"
+    fault.leaks = 0
+    fault.frozen = len(frozen_guests())
+    fault.data_lost = "none beyond the two damaged blocks, which are found and named, never restored as other bytes"
 
 
 def test_prune_keeps_the_newest_and_sweeps_only_unreferenced_blocks(repo: Repo, two_backups: dict[str, Any]) -> None:
@@ -319,8 +340,9 @@ def test_prune_keeps_the_newest_and_sweeps_only_unreferenced_blocks(repo: Repo, 
 
 
 def test_a_run_killed_mid_upload_leaves_no_backup_and_the_next_run_is_clean(
-    repo: Repo, two_backups: dict[str, Any]
+    repo: Repo, two_backups: dict[str, Any], fault: FaultRecord
 ) -> None:
+    fault.injected = "S3 block repository: backup SIGKILLed while uploading blocks"
     killed_repo = Repo(two_backups["tmp"], key_file=two_backups["tmp"] / "killed.key")
     before = set(tool_snapshots("rbd/lab-off-a"))
     env = {**os.environ, "VIRT_RBD_BACKUP_TEST_PAUSE": "exporting:60"}
@@ -351,6 +373,10 @@ def test_a_run_killed_mid_upload_leaves_no_backup_and_the_next_run_is_clean(
     held = cli("prune", *killed_repo.args(), "--keep-last", "1", "--json")
     assert held.returncode == 1
     assert all(d["status"] == "skipped" and "backup is running" in d["message"] for d in held.json()["domains"])
+    fault.outcome = "no manifest committed; next run succeeds, verify --read-data clean; prune held off by the dead lock until stale"
+    fault.leaks = len(set(tool_snapshots("rbd/lab-off-a")) - before - {new_base})
+    fault.frozen = len(frozen_guests())
+    fault.data_lost = "none (the killed run's blocks are unreferenced until prune sweeps them)"
 
 
 def test_restore_of_the_full_and_of_the_incremental_equal_rbd_export(
@@ -400,8 +426,9 @@ def test_restore_into_rbd_and_define_a_domain_from_the_block_repository(
 
 
 def test_a_flipped_block_fails_the_restore_and_leaves_nothing(
-    repo: Repo, two_backups: dict[str, Any], tmp_path: Path
+    repo: Repo, two_backups: dict[str, Any], tmp_path: Path, fault: FaultRecord
 ) -> None:
+    fault.injected = "S3 block repository: a flipped byte in a block object, then restore"
     damaged = Repo(two_backups["tmp"], key_file=two_backups["tmp"] / "flip.key")
     damaged.backup("lab-off")
     block = damaged.s3.keys("blocks/")[0]
@@ -413,3 +440,11 @@ def test_a_flipped_block_fails_the_restore_and_leaves_nothing(
     assert result.returncode == 1, result.stdout + result.stderr
     assert block.rsplit("/", 1)[1] in result.stderr or "does not open" in result.stderr, result.stderr
     assert not out.exists() and not list(tmp_path.glob("*never*")), "no partial target"
+    fault.outcome = "restore exit 1 naming the object; no partial file"
+    fault.leaks = 0
+    fault.frozen = len(frozen_guests())
+    fault.data_lost = "none beyond the damaged block, which is refused, never written as other bytes"
+    fault.outcome = "restore exit 1 naming the object; no partial file"
+    fault.leaks = 0
+    fault.frozen = len(frozen_guests())
+    fault.data_lost = "none beyond the damaged block, which is refused, never written as other bytes"
