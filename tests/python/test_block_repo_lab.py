@@ -444,7 +444,3 @@ def test_a_flipped_block_fails_the_restore_and_leaves_nothing(
     fault.leaks = 0
     fault.frozen = len(frozen_guests())
     fault.data_lost = "none beyond the damaged block, which is refused, never written as other bytes"
-    fault.outcome = "restore exit 1 naming the object; no partial file"
-    fault.leaks = 0
-    fault.frozen = len(frozen_guests())
-    fault.data_lost = "none beyond the damaged block, which is refused, never written as other bytes"
