@@ -401,6 +401,7 @@ def plan(
     full_every: int | None = None,
     ceph_timeout: int = 60,
     restic: ResticTarget | str | None = None,
+    access: RepoAccess | None = None,
 ) -> BackupPlan:
     """Say what :func:`backup` with the same options would do, without doing any of it.
 
@@ -422,6 +423,8 @@ def plan(
         ceph_timeout: As for :func:`backup` (a domain whose cluster does not answer in time
             has its ``error`` set).
         restic: As for :func:`backup`.
+        access: As for :func:`backup`: how to open a block repository (its newest backup is
+            what incrementals would build on).
 
     Returns:
         The plan; a domain that cannot be planned has its ``error`` set.

@@ -55,7 +55,50 @@ fn free_backup_id(history: &[BlockManifest]) -> String {
     }
 }
 
-/// The previous backup's disk to build on, or why not (then the disk is read in full).
+/// The previous backup's record of disk `target` to build an incremental on, or why not
+/// (`None`: no reason worth a warning, a first backup or `--mode full`). `has_snapshot` says
+/// whether the image still has a snapshot of that name.
+pub(super) fn block_base<'m>(
+    mode: BackupMode,
+    parent: Option<&'m BlockManifest>,
+    target: &str,
+    image_id: &str,
+    size: u64,
+    has_snapshot: impl Fn(&str) -> bool,
+) -> Result<&'m BlockDiskRecord, Option<String>> {
+    // `full_every` does not apply: every backup of this layout is complete on its own.
+    let parent = match (mode, parent) {
+        (BackupMode::Full, _) | (_, None) => return Err(None),
+        (_, Some(parent)) => parent,
+    };
+    let Some(record) = parent.disks.iter().find(|d| d.target == target) else {
+        return Err(Some(format!(
+            "the previous backup {} has no disk {target}",
+            parent.backup_id
+        )));
+    };
+    if record.image_id != image_id {
+        return Err(Some(format!(
+            "the image is not the one of the previous backup {} (id {} then, {image_id} now)",
+            parent.backup_id, record.image_id
+        )));
+    }
+    if record.size != size {
+        return Err(Some(format!(
+            "the disk was resized since the previous backup {} ({} bytes then, {size} now)",
+            parent.backup_id, record.size
+        )));
+    }
+    if !has_snapshot(&record.snapshot.name) {
+        return Err(Some(format!(
+            "the snapshot {} of the previous backup is gone",
+            record.snapshot.name
+        )));
+    }
+    Ok(record)
+}
+
+/// The previous backup's disk to build on (with its block list), or why not.
 fn parent_disk(
     ctx: &RunContext<'_>,
     repo: &BlockRepository,
@@ -65,38 +108,18 @@ fn parent_disk(
     image_id: &str,
     size: u64,
 ) -> Result<Result<StoredDisk, Option<String>>, Error> {
-    if ctx.options.mode == BackupMode::Full {
-        return Ok(Err(None));
+    let has_snapshot = |name: &str| image.snapshot_id(name).is_ok();
+    match block_base(
+        ctx.options.mode,
+        parent,
+        target,
+        image_id,
+        size,
+        has_snapshot,
+    ) {
+        Ok(_) => Ok(Ok(repo.disk(parent.expect("a base has a parent"), target)?)),
+        Err(reason) => Ok(Err(reason)),
     }
-    let Some(parent) = parent else {
-        return Ok(Err(None));
-    };
-    // `full_every` does not apply: every backup of this layout is complete on its own.
-    let Some(record) = parent.disks.iter().find(|d| d.target == target) else {
-        return Ok(Err(Some(format!(
-            "the previous backup {} has no disk {target}",
-            parent.backup_id
-        ))));
-    };
-    if record.image_id != image_id {
-        return Ok(Err(Some(format!(
-            "the image is not the one of the previous backup {} (id {} then, {image_id} now)",
-            parent.backup_id, record.image_id
-        ))));
-    }
-    if record.size != size {
-        return Ok(Err(Some(format!(
-            "the disk was resized since the previous backup {} ({} bytes then, {size} now)",
-            parent.backup_id, record.size
-        ))));
-    }
-    if image.snapshot_id(&record.snapshot.name).is_err() {
-        return Ok(Err(Some(format!(
-            "the snapshot {} of the previous backup is gone",
-            record.snapshot.name
-        ))));
-    }
-    Ok(Ok(repo.disk(parent, target)?))
 }
 
 /// Backs up one domain into the block repository; `lock` is the run's repository lock.

@@ -34,7 +34,8 @@ pub(super) fn find_backup(
     let mut found = None;
     for uuid in repo.domains()? {
         let manifests = repo.backups(&uuid)?;
-        let named = uuid.eq_ignore_ascii_case(domain) || manifests.iter().any(|m| m.domain.name == domain);
+        let named =
+            uuid.eq_ignore_ascii_case(domain) || manifests.iter().any(|m| m.domain.name == domain);
         if named {
             if found.is_some() {
                 return Err(Error::Usage(format!(
@@ -80,9 +81,8 @@ pub(super) fn write_blocks(
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     // Bounded: fetched blocks wait for the writer, at most two per worker.
-    let (tx, rx) = crossbeam_channel::bounded::<Result<(usize, Vec<u8>), BlockRepoError>>(
-        FETCH_WORKERS * 2,
-    );
+    let (tx, rx) =
+        crossbeam_channel::bounded::<Result<(usize, Vec<u8>), BlockRepoError>>(FETCH_WORKERS * 2);
     let mut written = 0u64;
     let outcome = std::thread::scope(|scope| -> Result<(), Error> {
         for _ in 0..FETCH_WORKERS {

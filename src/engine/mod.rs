@@ -69,8 +69,8 @@
 
 mod block_backup;
 pub mod block_commands;
-mod block_restore;
 pub mod block_io;
+mod block_restore;
 pub mod ceph_access;
 mod ceph_session;
 mod cluster_lock;

@@ -8,7 +8,10 @@ use crate::ceph::RbdImage;
 use crate::error::Error;
 use crate::libvirt::{HypervisorConnection, RbdDiskSpec};
 use crate::plan::{blocks_to_read, ByteRange, DiskPlan, HASH_BLOCK_SIZE};
-use crate::repo::{BackupKind, Repository};
+use crate::repo::BackupKind;
+
+use super::block_backup::block_base;
+use super::repo_access::AnyRepository;
 
 use super::ceph_session::{cluster_address, ConnectionCache};
 use super::discovery::{discover_domains, SkippedDisk};
@@ -65,11 +68,24 @@ pub struct BackupPlan {
 /// Plans a backup with `options` without changing anything.
 pub fn plan_backup(options: &BackupOptions) -> Result<BackupPlan, Error> {
     let libvirt = HypervisorConnection::open(&options.connect)?;
-    // restic backups are always full: no repository to look for a base in.
-    let repo = if options.restic.is_some() {
-        None
-    } else {
-        Repository::open(&options.repo).ok()
+    // restic backups are always full: no repository to look for a base in. A repository
+    // that cannot be opened (not made yet) has no base either: everything is full.
+    let repo = match &options.restic {
+        Some(_) => None,
+        None => {
+            let access = options.repo_access().map_err(Error::Usage)?;
+            match super::repo_access::open_repository(
+                &options.repo.to_string_lossy(),
+                &access,
+                false,
+            ) {
+                Ok(repo) => Some(repo),
+                Err(e) => {
+                    log::info!("plan: no repository to build on ({e}): every disk would be full");
+                    None
+                }
+            }
+        }
     };
     let ceph = ConnectionCache::new(options.ceph_timeouts());
     let mut domains = Vec::new();
@@ -121,7 +137,7 @@ pub fn plan_backup(options: &BackupOptions) -> Result<BackupPlan, Error> {
 fn plan_disks(
     options: &BackupOptions,
     libvirt: &HypervisorConnection,
-    repo: Option<&Repository>,
+    repo: Option<&AnyRepository>,
     ceph: &ConnectionCache,
     uuid: &str,
     name: &str,
@@ -129,8 +145,13 @@ fn plan_disks(
     out: &mut Vec<PlannedDisk>,
 ) -> Result<(), Error> {
     let backups = match repo {
-        Some(repo) => readable_backups(repo, uuid)?.0,
-        None => Vec::new(),
+        Some(AnyRepository::Folder(repo)) => readable_backups(repo, uuid)?.0,
+        _ => Vec::new(),
+    };
+    // A block repository: the newest backup is the base of every disk that still matches it.
+    let block_parent = match repo {
+        Some(AnyRepository::Blocks(repo)) => repo.backups(uuid)?.pop(),
+        _ => None,
     };
     for disk in disks {
         let key = match &disk.auth {
@@ -146,8 +167,30 @@ fn plan_disks(
         let pool = cluster.open_pool(&disk.pool, disk.namespace.as_deref())?;
         let image = RbdImage::open_read_only(&pool, &disk.image)?;
         let info = image.info()?;
-        let prepared = prepare_disk(options, &image, disk, &backups)?;
-        let (kind, reason, parent_backup, base) = match prepared.plan {
+        let plan = match repo {
+            Some(AnyRepository::Blocks(_)) => {
+                let has_snapshot = |name: &str| image.snapshot_id(name).is_ok();
+                let parent = block_parent.as_ref();
+                match block_base(
+                    options.mode,
+                    parent,
+                    &disk.target,
+                    &info.id,
+                    info.size,
+                    has_snapshot,
+                ) {
+                    Ok(record) => DiskPlan::Incremental {
+                        parent_backup: parent.map(|p| p.backup_id.clone()).unwrap_or_default(),
+                        base_snapshot: record.snapshot.name.clone(),
+                        base_snapshot_id: record.snapshot.id,
+                        chain_position: 1,
+                    },
+                    Err(reason) => DiskPlan::Full { reason },
+                }
+            }
+            _ => prepare_disk(options, &image, disk, &backups)?.plan,
+        };
+        let (kind, reason, parent_backup, base) = match plan {
             DiskPlan::Full { reason } => (BackupKind::Full, reason, None, None),
             DiskPlan::Incremental {
                 parent_backup,

@@ -1811,8 +1811,11 @@ fn define_source(
             })
         }
         super::repo_access::AnyRepository::Blocks(repo) => {
-            let m =
-                super::block_restore::find_backup(repo, &options.domain, options.backup.as_deref())?;
+            let m = super::block_restore::find_backup(
+                repo,
+                &options.domain,
+                options.backup.as_deref(),
+            )?;
             Ok(DefineSource {
                 uuid: m.domain.uuid,
                 backup_id: m.backup_id,
@@ -1922,11 +1925,8 @@ pub fn restore_define(
             access: options.access.clone(),
         });
     }
-    let rewritten = crate::libvirt::domain_rewrite::rewrite_for_restore(
-        &source.xml,
-        &options.name,
-        &images,
-    )?;
+    let rewritten =
+        crate::libvirt::domain_rewrite::rewrite_for_restore(&source.xml, &options.name, &images)?;
     if !options.allow_host_passthrough {
         let findings = crate::libvirt::domain_rewrite::host_passthrough(
             &rewritten.xml,

@@ -217,6 +217,12 @@ def test_list_and_verify_read_data_are_clean(repo: Repo, two_backups: dict[str, 
     verified = cli("verify", *repo.args(), "--read-data", "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.json()["problems"] == []
+    # plan builds on the newest backup of the block repository, as the backup would.
+    planned = cli("plan", *repo.args(), "--domain", "lab-off", "--json")
+    assert planned.returncode == 0, planned.stderr
+    (disk,) = planned.json()["domains"][0]["disks"]
+    assert disk["kind"] == "incremental"
+    assert disk["parent_backup"] == domain_report(two_backups["second"], "lab-off")["backup_id"]
 
 
 def test_a_wrong_key_and_a_missing_key_are_refused_before_any_snapshot(
