@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,6 +387,34 @@ def test_prune_in_check_mode_removes_nothing_then_prunes(ansible: Ansible, two_f
     refused = ansible.task("prune", {"repo": str(repo)})
     assert refused["failed"] is True
     assert "one of the following is required: keep_last" in refused["msg"], refused["msg"]
+
+
+def test_the_modules_back_up_restore_and_prune_an_s3_block_repository(ansible: Ansible, tmp_path: Path) -> None:
+    """backup, restore and prune tasks on an encrypted s3:// repository of the lab's gateway."""
+    access = {
+        "s3_endpoint": os.environ["LAB_S3_TLS_ENDPOINT"],
+        "s3_region": os.environ["LAB_S3_REGION"],
+        "s3_credentials": os.environ["LAB_S3_CREDENTIALS"],
+        "s3_ca_file": os.environ["LAB_S3_CA"],
+        "repo_key_file": str(tmp_path / "repo.key"),
+    }
+    repo = f"s3://{os.environ['LAB_S3_BUCKET']}/ansible-{uuid.uuid4().hex[:8]}"
+    args = {"connect": connect(), "domains": ["lab-off"], "repo": repo, "mode": "full", **access}
+    results, _ = ansible.play([("backup", args), ("backup", args)])
+    assert [r.get("failed", False) for r in results] == [False, False], results
+    second = domain_report(results[1]["report"], "lab-off")
+    assert (tmp_path / "repo.key").stat().st_mode & 0o777 == 0o600
+    target = tmp_path / "lab-off-vda.raw"
+    done = ansible.task("restore", {"domain": "lab-off", "to": str(target), "repo": repo, **access})
+    assert not done.get("failed"), done
+    assert done["report"]["backup_id"] == second["backup_id"]
+    snapshot = second["disks"][0]["snapshot"]
+    assert file_sha256(target) == rbd_export_sha256(f"rbd/lab-off-a@{snapshot}")
+    would = ansible.task("prune", {"repo": repo, "keep_last": 1, **access}, check=True)
+    assert not would.get("failed") and would["report"]["dry_run"] is True, would
+    pruned = ansible.task("prune", {"repo": repo, "keep_last": 1, **access})
+    assert not pruned.get("failed"), pruned
+    assert len(pruned["removed"]) == 1 and pruned["report"]["blocks"] is not None
 
 
 # The role virt_rbd_backup.rbd.hypervisor, against localhost with every path it writes moved

@@ -105,6 +105,33 @@ def restic_target(module):
     return virt_rbd_backup.ResticTarget(repository=params["restic_repo"], password_file=params["restic_password_file"])
 
 
+REPO_ACCESS_OPTIONS = dict(
+    layout=dict(type="str", choices=["folder", "blocks"]),
+    repo_key_file=dict(type="path", no_log=False),
+    s3_endpoint=dict(type="str"),
+    s3_region=dict(type="str"),
+    s3_credentials=dict(type="path", no_log=False),
+    s3_ca_file=dict(type="path"),
+)
+"""The options of the modules that open a repository: the package's RepoAccess (doc fragment
+virt_rbd_backup.rbd.repo_access)."""
+
+
+def repo_access(module):
+    """The package's RepoAccess from the module's options; None when none is set."""
+    params = module.params
+    values = dict((name, params[name]) for name in REPO_ACCESS_OPTIONS)
+    if all(value is None for value in values.values()):
+        return None
+    if not hasattr(virt_rbd_backup, "RepoAccess"):
+        module.fail_json(
+            msg="the installed %s %s cannot open block or S3 repositories; upgrade it on the managed host"
+            % (LIBRARY, library_version() or "(unknown version)")
+        )
+    values["key_file"] = values.pop("repo_key_file")
+    return virt_rbd_backup.RepoAccess(**values)
+
+
 def error_message(action, exc):
     """One line that says what was attempted and why it did not happen."""
     return "%s: %s: %s" % (action, type(exc).__name__, exc)

@@ -72,8 +72,9 @@ options:
     default: auto
   repo:
     description:
-      - The backup repository folder on the managed host.
-      - It must be empty, new or a virt-rbd-backup repository.
+      - The backup repository on the managed host, a folder, or C(s3://BUCKET/PREFIX) on an
+        S3-compatible store (see O(s3_endpoint)).
+      - A folder must be empty, new or a virt-rbd-backup repository.
     type: path
     default: /var/lib/virt-rbd-backup
   mode:
@@ -144,6 +145,8 @@ options:
       - The restic repository password.
       - Never logged and never on a command line; it reaches restic through its environment.
     type: str
+extends_documentation_fragment:
+  - virt_rbd_backup.rbd.repo_access
 notes:
   - Domains with no RBD disk are reported as skipped; that is not a failure.
   - The result is C(changed) when at least one domain was backed up (in check mode, when at
@@ -191,6 +194,15 @@ EXAMPLES = r"""
   virt_rbd_backup.rbd.backup:
     restic_repo: /srv/restic
     restic_password: "{{ vault_restic_password }}"
+
+- name: Back up off the host into an encrypted block repository on a RADOS Gateway
+  virt_rbd_backup.rbd.backup:
+    repo: s3://vm-backups/hv1
+    s3_endpoint: https://rgw.backup.example:7443
+    s3_region: default
+    s3_credentials: /etc/virt-rbd-backup/s3.credentials
+    s3_ca_file: /etc/virt-rbd-backup/s3-ca.pem
+    repo_key_file: /etc/virt-rbd-backup/repo.key
 """
 
 RETURN = r"""
@@ -279,12 +291,14 @@ failed_domains:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virt_rbd_backup.rbd.plugins.module_utils.api import (
+    REPO_ACCESS_OPTIONS,
     RESTIC_OPTIONS,
     RESTIC_RULES,
     as_dict,
     call_options,
     error_message,
     require_library,
+    repo_access,
     restic_target,
     virt_rbd_backup,
 )
@@ -307,10 +321,11 @@ NEEDED = (
     "compress",
     "bwlimit",
     "restic",
+    "access",
 )
 
 # Options that change a plan; the timeouts and the freeze details do not.
-PLAN_NEEDED = ("connect", "domains", "repo", "mode", "full_every", "restic")
+PLAN_NEEDED = ("connect", "domains", "repo", "mode", "full_every", "restic", "access")
 
 
 def argument_spec():
@@ -330,7 +345,7 @@ def argument_spec():
         ceph_timeout=dict(type="int"),
         compress=dict(type="str"),
         bwlimit=dict(type="raw"),
-        **RESTIC_OPTIONS
+        **dict(RESTIC_OPTIONS, **REPO_ACCESS_OPTIONS)
     )
 
 
@@ -354,6 +369,7 @@ def library_options(module):
         compress=params["compress"],
         bwlimit=params["bwlimit"],
         restic=restic_target(module),
+        access=repo_access(module),
     )
 
 

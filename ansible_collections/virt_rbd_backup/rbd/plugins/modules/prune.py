@@ -49,9 +49,14 @@ options:
         C(1w3d) (units s, min, h, d, w).
     type: str
   repo:
-    description: The backup repository folder on the managed host.
+    description:
+      - The backup repository on the managed host, a folder or C(s3://BUCKET/PREFIX).
+      - In a block repository the blocks no backup names any more are removed too, under a
+        prune lock; a running backup holds the prune off (the task then fails and says so).
     type: path
     default: /var/lib/virt-rbd-backup
+extends_documentation_fragment:
+  - virt_rbd_backup.rbd.repo_access
 notes:
   - At least one keep option is required; a prune that keeps nothing is refused.
 attributes:
@@ -113,9 +118,11 @@ removed:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virt_rbd_backup.rbd.plugins.module_utils.api import (
+    REPO_ACCESS_OPTIONS,
     as_dict,
     call_options,
     error_message,
+    repo_access,
     require_library,
     virt_rbd_backup,
 )
@@ -141,12 +148,13 @@ def main():
         domain=dict(type="str"),
         keep_within=dict(type="str"),
         repo=dict(type="path", default="/var/lib/virt-rbd-backup"),
+        **REPO_ACCESS_OPTIONS
     )
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True, required_one_of=[KEEP_OPTIONS])
     require_library(module)
     params = module.params
     options = dict((name, params[name]) for name in KEEP_OPTIONS)
-    options.update(dry_run=module.check_mode, repo=params["repo"])
+    options.update(dry_run=module.check_mode, repo=params["repo"], access=repo_access(module))
     kwargs = call_options(module, virt_rbd_backup.prune, options, needed=tuple(options))
     try:
         report = as_dict(virt_rbd_backup.prune(params["domain"], **kwargs))

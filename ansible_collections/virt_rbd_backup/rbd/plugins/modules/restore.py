@@ -50,7 +50,7 @@ options:
     type: bool
     default: false
   repo:
-    description: The backup repository folder on the managed host.
+    description: The backup repository on the managed host, a folder or C(s3://BUCKET/PREFIX).
     type: path
     default: /var/lib/virt-rbd-backup
   ceph_conf:
@@ -82,6 +82,8 @@ options:
       - The restic repository password.
       - Never logged and never on a command line; it reaches restic through its environment.
     type: str
+extends_documentation_fragment:
+  - virt_rbd_backup.rbd.repo_access
 notes:
   - A restore always writes its target, so the result is C(changed) whenever it succeeds.
 attributes:
@@ -174,11 +176,13 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virt_rbd_backup.rbd.plugins.module_utils.api import (
+    REPO_ACCESS_OPTIONS,
     RESTIC_OPTIONS,
     RESTIC_RULES,
     as_dict,
     call_options,
     error_message,
+    repo_access,
     require_library,
     restic_target,
     virt_rbd_backup,
@@ -204,7 +208,10 @@ def would_restore(module, params, restic):
     if restic is not None:
         return would_restore_restic(module, params, restic)
     try:
-        listings = [as_dict(b) for b in virt_rbd_backup.list_backups(repo=params["repo"], domain=params["domain"])]
+        kwargs = call_options(module, virt_rbd_backup.list_backups, dict(access=repo_access(module)), needed=("access",))
+        listings = [
+            as_dict(b) for b in virt_rbd_backup.list_backups(repo=params["repo"], domain=params["domain"], **kwargs)
+        ]
     except virt_rbd_backup.BackupError as exc:
         module.fail_json(msg=error_message("virt-rbd-backup could not read the repository", exc))
     complete = [b for b in listings if not b.get("error")]
@@ -264,7 +271,7 @@ def main():
             ceph_conf=dict(type="path"),
             ceph_user=dict(type="str"),
             connect=dict(type="str", default="qemu:///system"),
-            **RESTIC_OPTIONS
+            **dict(RESTIC_OPTIONS, **REPO_ACCESS_OPTIONS)
         ),
         supports_check_mode=True,
         **RESTIC_RULES
@@ -290,6 +297,7 @@ def main():
         ceph_user=params["ceph_user"],
         connect=params["connect"],
         restic=restic,
+        access=repo_access(module),
     )
     kwargs = call_options(module, virt_rbd_backup.restore, options, needed=tuple(options))
     try:
