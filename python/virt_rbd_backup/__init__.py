@@ -70,6 +70,7 @@ from .report import (
     PruneReport,
     RbdAuth,
     RbdDisk,
+    RekeyReport,
     RemovedBackup,
     ResticSnapshot,
     RestoreReport,
@@ -111,6 +112,7 @@ __all__ = [
     "PruneReport",
     "RbdAuth",
     "RbdDisk",
+    "RekeyReport",
     "RemovedBackup",
     "RepoAccess",
     "RepositoryError",
@@ -133,6 +135,7 @@ __all__ = [
     "parse_rate",
     "plan",
     "prune",
+    "rekey",
     "restore",
     "restore_define",
     "serve",
@@ -944,3 +947,40 @@ def _prune_json(
 ) -> dict[str, Any]:
     """Run :func:`prune` and return the report exactly as the core wrote it (``--json``)."""
     return _native.prune(os.fspath(repo), keep, domain, dry_run, _access(access))
+
+
+def rekey(
+    *,
+    new_key_file: str | os.PathLike[str],
+    keep_old: bool = False,
+    repo: str | os.PathLike[str] = DEFAULT_REPO,
+    access: RepoAccess | None = None,
+) -> RekeyReport:
+    """Give an encrypted block repository a new key file (key rotation).
+
+    The repository's data key is stored once more, wrapped by the new key file; no block is
+    rewritten. The new key file is created (mode 0600) when it does not exist. Unless
+    ``keep_old``, the current key file opens the repository no more once the new one was
+    shown to open it. Keep a copy of the new key file off the host.
+
+    Args:
+        new_key_file: The new key file.
+        keep_old: Leave the current key file working too (two keys, for a handover).
+        repo: The block repository: a folder or ``s3://BUCKET/PREFIX``.
+        access: Its access options; ``key_file`` is the current key file.
+
+    Returns:
+        The report: the old and new key ids.
+
+    Raises:
+        UsageError: No current key file, the folder layout, or the new key is the old one.
+        RepositoryError: The repository cannot be opened with the current key.
+    """
+    return RekeyReport.from_dict(_rekey_json(**locals()))
+
+
+def _rekey_json(**options: Any) -> dict[str, Any]:
+    """Run :func:`rekey` and return the report exactly as the core wrote it (``--json``)."""
+    return _native.rekey(
+        os.fspath(options["repo"]), os.fspath(options["new_key_file"]), _access(options["access"]), options["keep_old"]
+    )

@@ -31,6 +31,7 @@ __all__ = [
     "parse_rate",
     "plan",
     "prune",
+    "rekey",
     "remove_leftover_snapshots",
     "restore",
     "restore_define",
@@ -329,6 +330,19 @@ def prune(
 
     The GIL is released for the whole prune. On Ctrl-C the call waits until the prune has
     finished (it cannot stop half-way) and then raises the exception.
+    """
+
+def rekey(
+    repo: str | os.PathLike[str],
+    new_key_file: str | os.PathLike[str],
+    access: str | Mapping[str, Any] | None = None,
+    keep_old: bool = False,
+) -> dict[str, Any]:
+    """Give an encrypted block repository a new key file; return the report as a dict.
+
+    ``access`` names the current key file (``key_file``) and the S3 settings (see
+    ``list_backups``). The new key file is created (0600) when missing; unless ``keep_old`` the
+    current key file opens the repository no more. No block is rewritten.
     """
 
 @final

@@ -35,6 +35,8 @@ The other subcommands work on the repository::
         SOURCE OK backup ID disk vda: equals rbd snapshot (--source, one line per disk)
     prune [DOMAIN] --keep-daily N ... [--keep-within 7d] [--dry-run]
         keep DOMAIN ID: REASONS  |  remove DOMAIN ID: REASON  |  would remove DOMAIN ID: REASON
+    rekey --new-key-file FILE [--keep-old]   (an encrypted block repository)
+        Rekeyed REPO: key NEW opens it; old key OLD removed
     thaw-orphans
         Thawed domain NAME (UUID), left frozen by a run that died (pid N): 2 filesystems
 
@@ -80,6 +82,7 @@ from . import (
     DomainListing,
     OrphanThaw,
     PruneReport,
+    RekeyReport,
     RepoAccess,
     ResticSnapshot,
     ResticTarget,
@@ -95,6 +98,7 @@ from . import (
     _native,
     _plan_json,
     _prune_json,
+    _rekey_json,
     _restore_define_json,
     _restore_json,
     _verify_json,
@@ -104,6 +108,7 @@ from . import (
     parse_duration,
     parse_rate,
     prune,
+    rekey,
     restore,
     restore_define,
     thaw_orphans,
@@ -146,7 +151,19 @@ EXIT_INTERRUPTED = 130
 """Interrupted by Ctrl-C, after clean-up (128 + SIGINT, as shells report it); SIGTERM and
 SIGHUP give 128 + their number (143, 129)."""
 
-SUBCOMMANDS = ("backup", "plan", "list", "restore", "verify", "prune", "thaw-orphans", "serve", "mount", "umount")
+SUBCOMMANDS = (
+    "backup",
+    "plan",
+    "list",
+    "restore",
+    "verify",
+    "prune",
+    "rekey",
+    "thaw-orphans",
+    "serve",
+    "mount",
+    "umount",
+)
 """Subcommands; ``backup`` is assumed when the first argument is none of them."""
 
 Stream = Literal["out", "err"]
@@ -835,6 +852,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_repo(pruning)
     _add_metrics_file(pruning, "prune (not with --dry-run)")
 
+    rekeying = _subparser(
+        commands,
+        "rekey",
+        [configuration, output],
+        help="give an encrypted block repository a new key file (key rotation)",
+        description="Store the repository's data key once more, wrapped by a new key file "
+        "(created with mode 0600 when missing), and unless --keep-old take the current key "
+        "file's access away once the new one opens the repository. No block is rewritten. "
+        "--repo-key-file names the current key file. Exit status 1 if the repository could not "
+        "be changed, 2 on bad options.",
+    )
+    rekeying.add_argument("--new-key-file", metavar="FILE", required=True, help="the new key file")
+    rekeying.add_argument(
+        "--keep-old", action="store_true", help="leave the current key file working too (for a handover)"
+    )
+    _add_repo(rekeying)
+
     _subparser(
         commands,
         "thaw-orphans",
@@ -970,6 +1004,21 @@ def _run_mount(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
+def _run_rekey(args: argparse.Namespace, out: IO[str]) -> int:
+    raw = _rekey_json(**_api_options(rekey, args))
+    report = RekeyReport.from_dict(raw)
+    if args.json:
+        _print_json(raw, out)
+    elif not args.quiet:
+        old = "removed" if report.old_removed else "still opens it too"
+        made = " (created: keep a copy off this host)" if report.created else ""
+        print(
+            f"Rekeyed {report.repo}: key {report.new_key_id} opens it{made}; old key {report.old_key_id} {old}",
+            file=out,
+        )
+    return EXIT_OK
+
+
 def _run_umount(args: argparse.Namespace, out: IO[str]) -> int:
     state = access.umount(args.mountpoint)
     if args.json:
@@ -1082,6 +1131,7 @@ _CONFIG_SETTINGS: dict[str, frozenset[str]] = {
     "restore": _config_settings(restore),
     "verify": _config_settings(verify),
     "prune": _config_settings(prune),
+    "rekey": _config_settings(rekey),
 }
 _CONFIG_SETTINGS["plan"] = _CONFIG_SETTINGS["backup"]
 
@@ -1708,6 +1758,8 @@ def _run_command(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             return _run_verify(args, sys.stdout)
         if args.command == "prune":
             return _run_prune(args, sys.stdout)
+        if args.command == "rekey":
+            return _run_rekey(args, sys.stdout)
         if args.command == "serve":
             return _run_serve(args, sys.stdout)
         if args.command == "mount":

@@ -888,3 +888,24 @@ class ResticSnapshot(_JsonShaped):
             checksum=None if checksum is None else str(checksum),
             seal=None if seal is None else str(seal),
         )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RekeyReport(_JsonShaped):
+    """What ``rekey()`` returns and ``rekey --json`` prints."""
+
+    repo: str
+    """The repository."""
+    old_key_id: str
+    """Id of the key file the repository was opened with."""
+    new_key_id: str
+    """Id of the new key file, which now opens the repository."""
+    created: bool
+    """Whether the new key file was created (mode 0600)."""
+    old_removed: bool
+    """Whether the old key file opens the repository no more."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RekeyReport:
+        """Read what ``_native.rekey`` returns."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})

@@ -247,3 +247,74 @@ pub fn prune_at(
         }
     }
 }
+
+/// What `rekey` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RekeyReport {
+    /// The repository.
+    pub repo: String,
+    /// Id of the key file the repository was opened with.
+    pub old_key_id: String,
+    /// Id of the new key file, which now opens the repository.
+    pub new_key_id: String,
+    /// Whether the new key file was created by this call (mode 0600).
+    pub created: bool,
+    /// Whether the old key file was removed from the repository (it opens it no more).
+    pub old_removed: bool,
+}
+
+/// Gives an encrypted block repository a new key file (`new_key_file`, created 0600 when
+/// missing) and, unless `keep_old`, takes the old one's access away. No block is rewritten:
+/// only the wrapped data key is stored once more (`objstore::object_format`, "Keys").
+pub fn rekey(
+    location: &str,
+    access: &RepoAccess,
+    new_key_file: &std::path::Path,
+    keep_old: bool,
+) -> Result<RekeyReport, Error> {
+    let old = access.key(false)?.ok_or_else(|| {
+        Error::Usage("rekey needs the repository's current key file (repo_key_file)".into())
+    })?;
+    let repo = match open_repository(location, access, false)? {
+        AnyRepository::Blocks(repo) => repo,
+        AnyRepository::Folder(_) => {
+            return Err(Error::Usage(format!(
+                "{location} has the folder layout, which is not encrypted: nothing to rekey"
+            )))
+        }
+    };
+    let new_access = RepoAccess {
+        key_file: Some(new_key_file.to_path_buf()),
+        ..access.clone()
+    };
+    let created = !new_key_file.exists();
+    let new = new_access.key(true)?.expect("a key file was given");
+    if new.id() == old.id() {
+        return Err(Error::Usage(format!(
+            "{} is the key file the repository is opened with: give a new one",
+            new_key_file.display()
+        )));
+    }
+    repo.add_key(&new)?;
+    // Reopened with the new key before the old one goes: never left without a working key.
+    BlockRepository::open(reopen_store(location, access)?, Some(&new))?;
+    if !keep_old {
+        repo.remove_key(old.id())?;
+    }
+    Ok(RekeyReport {
+        repo: repo.describe(),
+        old_key_id: old.id().to_string(),
+        new_key_id: new.id().to_string(),
+        created,
+        old_removed: !keep_old,
+    })
+}
+
+fn reopen_store(location: &str, access: &RepoAccess) -> Result<Box<dyn ObjectStore>, Error> {
+    Ok(match parse_location(location)? {
+        RepoLocation::S3 { bucket, prefix } => {
+            Box::new(S3Store::open(&bucket, &prefix, &access.s3_options())?)
+        }
+        RepoLocation::Folder(path) => Box::new(FolderStore::new(path)),
+    })
+}

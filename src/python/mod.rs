@@ -723,6 +723,28 @@ fn prune<'py>(
     to_py(py, &report)
 }
 
+/// Gives an encrypted block repository a new key file (created 0600 when missing) and, unless
+/// `keep_old`, takes the current one's access away; returns the report as a dict. `access`
+/// names the current key file (`key_file`) and the S3 settings, as for `list_backups`.
+#[pyfunction]
+#[pyo3(signature = (repo, new_key_file, access=None, keep_old=false))]
+fn rekey<'py>(
+    py: Python<'py>,
+    repo: PathBuf,
+    new_key_file: PathBuf,
+    access: Option<&Bound<'py, PyAny>>,
+    keep_old: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let access = parse_repo_access(py, access)?;
+    refresh_logging();
+    let on_interrupt = OnInterrupt::Finish("the key change (one object written, one removed)");
+    let result = run_interruptible(py, on_interrupt, move || {
+        engine::repo_access::rekey(&repo.to_string_lossy(), &access, &new_key_file, keep_old)
+    })?;
+    let report = result.map_err(to_py_err)?;
+    to_py(py, &report)
+}
+
 /// A Ceph connection with at most one pool and one image open, for the original tool's
 /// `ceph.CephConnection` (`virt_rbd_backup.compat.ceph`, which keeps the original's shape and
 /// errors; this class only converts). The key is `key` (the raw bytes of the libvirt secret, as
@@ -1056,6 +1078,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(restore_define, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
+    m.add_function(wrap_pyfunction!(rekey, m)?)?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(fuse_disk, m)?)?;
     m.add_class::<DiskServer>()?;

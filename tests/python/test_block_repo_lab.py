@@ -450,3 +450,24 @@ def test_a_flipped_block_fails_the_restore_and_leaves_nothing(
     fault.leaks = 0
     fault.frozen = len(frozen_guests())
     fault.data_lost = "none beyond the damaged block, which is refused, never written as other bytes"
+
+
+def test_rekey_gives_a_new_key_and_takes_the_old_ones_access_away(
+    repo: Repo, two_backups: dict[str, Any], tmp_path: Path
+) -> None:
+    rekeyed = Repo(two_backups["tmp"], key_file=two_backups["tmp"] / "rekey-old.key")
+    rekeyed.backup("lab-off")
+    blocks_before = {k: rekeyed.s3.get(k) for k in rekeyed.s3.keys("blocks/")}
+    new_key = tmp_path / "new.key"
+    result = cli("rekey", *rekeyed.args(), "--new-key-file", str(new_key), "--json")
+    assert result.returncode == 0, result.stderr
+    report = result.json()
+    assert report["created"] and report["old_removed"] and report["old_key_id"] != report["new_key_id"]
+    assert new_key.stat().st_mode & 0o777 == 0o600
+    assert [k for k in rekeyed.s3.keys("keys/")] == [f"keys/{report['new_key_id']}"]
+    # No block was rewritten: the same objects, byte for byte.
+    assert {k: rekeyed.s3.get(k) for k in rekeyed.s3.keys("blocks/")} == blocks_before
+    old = cli("list", *rekeyed.args())
+    assert old.returncode == 2 and report["old_key_id"] in old.stderr, old.stderr
+    new = cli("verify", *rekeyed.args(key_file=new_key), "--read-data", "--json")
+    assert new.returncode == 0 and new.json()["problems"] == [], new.stdout + new.stderr

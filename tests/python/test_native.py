@@ -63,6 +63,7 @@ def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
         "restore_define",
         "verify",
         "prune",
+        "rekey",
         "ceph_key",
         "snapshot_name",
         "parse_rate",
