@@ -366,6 +366,7 @@ def serve(
     listen: str,
     disk: str | None = None,
     backup: str | None = None,
+    access: str | Mapping[str, Any] | None = None,
 ) -> DiskServer:
     """Serve one disk of a backup over NBD, read-only, on ``listen`` (``unix:PATH`` or ``HOST:PORT``).
 
@@ -379,5 +380,6 @@ def fuse_disk(
     mountpoint: str | os.PathLike[str],
     disk: str | None = None,
     backup: str | None = None,
+    access: str | Mapping[str, Any] | None = None,
 ) -> DiskServer:
     """Mount at ``mountpoint`` a read-only FUSE filesystem whose one file, ``disk``, is a backup's disk."""

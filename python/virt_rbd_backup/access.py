@@ -26,10 +26,13 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _native
 from ._native import UsageError
+
+if TYPE_CHECKING:
+    from . import RepoAccess
 
 __all__ = ["DiskServer", "MountState", "default_listen", "mount", "serve", "umount"]
 
@@ -92,6 +95,7 @@ def serve(
     disk: str | None = None,
     backup: str | None = None,
     listen: str | None = None,
+    access: RepoAccess | None = None,
 ) -> DiskServer:
     """Serve one disk of a backup over NBD, read-only; return the running :class:`DiskServer`.
 
@@ -100,9 +104,13 @@ def serve(
     :func:`default_listen`; TCP has no TLS nor authentication). Each 4 MiB block is checked
     against the backup's block table as it is read: a block that does not match is an I/O
     error (EIO) to the client and a log line naming the file and offset, never other bytes.
+    ``access`` opens a block repository (``s3://`` or a folder of that layout), whose backups
+    are served from their block lists, each block checked against its id and block table.
     """
     address = listen or default_listen(domain, disk)
-    native = _native.serve(os.fspath(repo), domain, address, disk=disk, backup=backup)
+    native = _native.serve(
+        os.fspath(repo), domain, address, disk=disk, backup=backup, access=None if access is None else access.to_dict()
+    )
     return DiskServer(native)
 
 
@@ -256,6 +264,7 @@ def mount_foreground(
     backup: str | None = None,
     partition: int | None = None,
     ready: Any = None,
+    access: RepoAccess | None = None,
 ) -> None:
     """Mount a backup's filesystem and keep serving it in this process until SIGTERM/SIGINT.
 
@@ -285,7 +294,15 @@ def mount_foreground(
     _write_state(folder, state)
     server: DiskServer | None = None
     try:
-        server = DiskServer(_native.fuse_disk(os.fspath(repo), domain, str(fuse_dir), disk=disk, backup=backup))
+        native = _native.fuse_disk(
+            os.fspath(repo),
+            domain,
+            str(fuse_dir),
+            disk=disk,
+            backup=backup,
+            access=None if access is None else access.to_dict(),
+        )
+        server = DiskServer(native)
         state.domain, state.disk = server.info["domain"], server.info["disk"]
         state.backup_id = server.info["backup_id"]
         state.loop_device = _run(
@@ -319,6 +336,18 @@ def mount_foreground(
             print(f"virt-rbd-backup mount: could not undo: {problem}", file=sys.stderr)
 
 
+def _access_flags(access: RepoAccess | None) -> list[str]:
+    """Return the command-line flags that give ``access`` to the background process.
+
+    No secret is among them: keys stay in their files.
+    """
+    flags: list[str] = []
+    for name, value in (access.to_dict() if access is not None else {}).items():
+        flag = "--repo-key-file" if name == "key_file" else "--" + name.replace("_", "-")
+        flags += [flag, str(value)]
+    return flags
+
+
 def mount(
     *,
     repo: str | os.PathLike[str],
@@ -328,6 +357,7 @@ def mount(
     backup: str | None = None,
     partition: int | None = None,
     timeout: float = MOUNT_TIMEOUT,
+    access: RepoAccess | None = None,
 ) -> MountState:
     """Mount the filesystem of one disk of a backup read-only at ``mountpoint``, in the background.
 
@@ -346,6 +376,7 @@ def mount(
         argv += ["--backup", backup]
     if partition is not None:
         argv += ["--partition", str(partition)]
+    argv += _access_flags(access)
     argv += [domain, target]
     log_path = _runtime_dir() / "mounts" / f"{folder.name}.log"
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -890,8 +890,12 @@ def _add_access_commands(commands: Any, parents: list[argparse.ArgumentParser]) 
     which = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     which.add_argument("domain", metavar="DOMAIN", help="domain name or UUID")
     which.add_argument(
-        "--repo", metavar="DIR", default=DEFAULT_REPO, help=f"backup repository (default: {DEFAULT_REPO})"
+        "--repo",
+        metavar="DIR",
+        default=DEFAULT_REPO,
+        help=f"backup repository: a folder or s3://BUCKET/PREFIX (default: {DEFAULT_REPO})",
     )
+    _add_repo_access(which)
     which.add_argument(
         "--disk", metavar="TARGET", default=None, help="the disk, e.g. vda (default: the backup's only disk)"
     )
@@ -948,7 +952,14 @@ def _add_access_commands(commands: Any, parents: list[argparse.ArgumentParser]) 
 
 
 def _run_serve(args: argparse.Namespace, out: IO[str]) -> int:
-    server = access.serve(repo=args.repo, domain=args.domain, disk=args.disk, backup=args.backup, listen=args.listen)
+    server = access.serve(
+        repo=args.repo,
+        domain=args.domain,
+        disk=args.disk,
+        backup=args.backup,
+        listen=args.listen,
+        access=args.access,
+    )
     info = dict(server.info)
     if args.json:
         _print_json(info, out)
@@ -989,6 +1000,7 @@ def _run_mount(args: argparse.Namespace, out: IO[str]) -> int:
             backup=args.backup,
             partition=args.partition,
             ready=ready,
+            access=args.access,
         )
         return EXIT_OK
     ready(
@@ -999,6 +1011,7 @@ def _run_mount(args: argparse.Namespace, out: IO[str]) -> int:
             disk=args.disk,
             backup=args.backup,
             partition=args.partition,
+            access=args.access,
         )
     )
     return EXIT_OK

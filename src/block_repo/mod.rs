@@ -31,6 +31,7 @@ pub mod lock;
 pub mod sweep;
 pub mod upload;
 
+pub mod block_image;
 pub mod disk_reader;
 
 pub use error::BlockRepoError;

@@ -403,3 +403,54 @@ fn block_ids_parse_only_from_their_own_names() {
     assert_eq!(sweep::parse_id("ab"), None);
     assert_eq!(sweep::parse_id(&id.hex().to_uppercase()), None);
 }
+
+#[test]
+fn a_block_image_reads_any_range_reports_holes_and_refuses_a_damaged_block() {
+    use crate::repo::extent_source::ExtentSource;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = BlockRepository::init(store(dir.path()), None, Some(1)).unwrap();
+    let data = disk(4, 4096 * 3 + 17, 9, &[1]);
+    let (rec, blocks) = full_backup(&repo, "vda", &data);
+    let flipped_id = blocks.blocks.get(2).unwrap();
+    let m = commit(&repo, "b1", 1, vec![(rec, blocks)]);
+    let repo = std::sync::Arc::new(repo);
+    let image = block_image::BlockImage::new(repo.clone(), repo.disk(&m, "vda").unwrap());
+    assert_eq!(image.size(), data.len() as u64);
+    let block = BLOCK_SIZE as usize;
+    for (offset, len) in [
+        (0, 4096),
+        (block - 100, 300),
+        (block + 5, 4096),
+        (data.len() - 517, 517),
+        (0, data.len()),
+    ] {
+        let mut buf = vec![0xAA; len];
+        image.read_at(offset as u64, &mut buf).unwrap();
+        assert_eq!(buf, data[offset..offset + len], "{offset}+{len}");
+    }
+    let extents = image.allocation(0, data.len() as u64);
+    let holes: Vec<_> = extents
+        .iter()
+        .filter(|e| !e.allocated)
+        .map(|e| (e.offset, e.length))
+        .collect();
+    assert_eq!(holes, [(block as u64, block as u64)]);
+    assert!(
+        image.read_at(data.len() as u64 - 1, &mut [0u8; 2]).is_err(),
+        "past the end"
+    );
+
+    let path = dir.path().join(flipped_id.object_key());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 4;
+    std::fs::write(&path, bytes).unwrap();
+    let fresh = block_image::BlockImage::new(repo.clone(), repo.disk(&m, "vda").unwrap());
+    let err = fresh
+        .read_at(2 * block as u64 + 10, &mut [0u8; 10])
+        .unwrap_err();
+    assert!(err.to_string().contains(&flipped_id.hex()), "{err}");
+    let mut first = vec![0u8; 100];
+    fresh.read_at(0, &mut first).unwrap();
+    assert_eq!(first, data[..100], "the other blocks still read");
+}

@@ -1010,7 +1010,7 @@ impl DiskServer {
 /// returns a running `DiskServer`. `backup` None or "latest" serves the latest backup; `disk`
 /// None the backup's only disk.
 #[pyfunction]
-#[pyo3(signature = (repo, domain, listen, disk=None, backup=None))]
+#[pyo3(signature = (repo, domain, listen, disk=None, backup=None, access=None))]
 fn serve(
     py: Python<'_>,
     repo: PathBuf,
@@ -1018,10 +1018,19 @@ fn serve(
     listen: String,
     disk: Option<String>,
     backup: Option<String>,
+    access: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<DiskServer> {
+    let access = parse_repo_access(py, access)?;
     refresh_logging();
     let result = run_interruptible(py, OnInterrupt::Abandon, move || {
-        engine::serve::serve_nbd(&repo, &domain, backup.as_deref(), disk.as_deref(), &listen)
+        engine::serve::serve_nbd(
+            &repo,
+            &access,
+            &domain,
+            backup.as_deref(),
+            disk.as_deref(),
+            &listen,
+        )
     })?;
     let (server, info) = result.map_err(to_py_err)?;
     Ok(DiskServer {
@@ -1033,7 +1042,7 @@ fn serve(
 /// Mounts at `mountpoint` a read-only FUSE filesystem whose one file, `disk`, is one disk of a
 /// backup; returns a running `DiskServer` (its `address` is the file's path).
 #[pyfunction]
-#[pyo3(signature = (repo, domain, mountpoint, disk=None, backup=None))]
+#[pyo3(signature = (repo, domain, mountpoint, disk=None, backup=None, access=None))]
 fn fuse_disk(
     py: Python<'_>,
     repo: PathBuf,
@@ -1041,11 +1050,14 @@ fn fuse_disk(
     mountpoint: PathBuf,
     disk: Option<String>,
     backup: Option<String>,
+    access: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<DiskServer> {
+    let access = parse_repo_access(py, access)?;
     refresh_logging();
     let result = run_interruptible(py, OnInterrupt::Abandon, move || {
         engine::serve::serve_fuse(
             &repo,
+            &access,
             &domain,
             backup.as_deref(),
             disk.as_deref(),

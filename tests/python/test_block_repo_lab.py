@@ -471,3 +471,34 @@ def test_rekey_gives_a_new_key_and_takes_the_old_ones_access_away(
     assert old.returncode == 2 and report["old_key_id"] in old.stderr, old.stderr
     new = cli("verify", *rekeyed.args(key_file=new_key), "--read-data", "--json")
     assert new.returncode == 0 and new.json()["problems"] == [], new.stdout + new.stderr
+
+
+def test_serve_and_mount_a_block_backup(repo: Repo, two_backups: dict[str, Any], tmp_path: Path) -> None:
+    """The NBD export of a block backup equals rbd export of its snapshot (qemu-img compare),
+    nbdinfo --map sees its holes, and mount reads the file the guest wrote before the backup."""
+    dom = domain_report(two_backups["second"], "lab-guest")
+    disk = next(d for d in dom["disks"] if d["target"] == "vda")
+    truth = exported(f"{disk['image']}@{disk['snapshot']}", tmp_path)
+    sock = tmp_path / "nbd.sock"
+    argv = [sys.executable, "-m", "virt_rbd_backup", "serve", "lab-guest", "--disk", "vda", *repo.args()]
+    server = subprocess.Popen([*argv, "--listen", f"unix:{sock}"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert "Serving disk vda" in line and "chain of 1" in line, line
+        uri = f"nbd+unix:///vda?socket={sock}"
+        run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(truth), uri])
+        mapped = run(["nbdinfo", "--map", uri]).stdout
+        assert "hole" in mapped, mapped
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    mounted = cli("mount", "lab-guest", "--disk", "vda", str(mountpoint), *repo.args())
+    try:
+        assert mounted.returncode == 0, mounted.stderr
+        assert list(mountpoint.glob("blob-*")), list(mountpoint.iterdir())
+    finally:
+        done = cli("umount", str(mountpoint))
+        assert done.returncode == 0, done.stderr
