@@ -750,7 +750,7 @@ def verify(
     ceph_user: str | None = None,
     connect: str = DEFAULT_CONNECT,
     access: RepoAccess | None = None,
-    read_data: bool = False,
+    read_data: bool | float = False,
 ) -> VerifyReport:
     """Check backups in a repository against their checksums and, if asked, against the cluster.
 
@@ -776,8 +776,10 @@ def verify(
             ``ceph_conf`` is given.
         access: How to open a block repository (:class:`RepoAccess`). There verify checks
             every manifest, block list and table and that every block they name exists.
-        read_data: In a block repository, also read every block and check it against its id
-            and its block table (a folder repository's verify always reads every byte).
+        read_data: In a block repository, also read blocks and check each against its id and
+            its block table: ``True`` every block, a float between 0 and 1 that fraction of
+            them, a new random sample each run (a folder repository's verify always reads
+            every byte).
 
     Returns:
         The report; damage is in :attr:`VerifyReport.problems` and :attr:`VerifyReport.ok`
@@ -805,13 +807,22 @@ def _verify_json(domain: str | None, **options: Any) -> dict[str, Any]:
     ``options`` are the keyword arguments of :func:`verify`.
     """
     repo, backup = os.fspath(options.pop("repo")), options.pop("backup")
-    access, read_data = _access(options.pop("access", None)), options.pop("read_data", False)
+    access, read_data = _access(options.pop("access", None)), _read_fraction(options.pop("read_data", False))
     ceph = _ceph_access(options.pop("ceph_conf"), options.pop("ceph_user"), options.pop("connect"))
     if not options.pop("source"):
         if ceph["ceph_conf"] is not None or ceph["ceph_user"] is not None:
             raise UsageError("ceph_conf and ceph_user are for comparing with the cluster: add source (--source)")
         return _native.verify(repo, domain, backup, None, access, read_data)
     return _native.verify(repo, domain, backup, ceph, access, read_data)
+
+
+def _read_fraction(read_data: bool | float) -> float:
+    """The fraction of blocks a verify reads, from ``read_data``."""
+    if isinstance(read_data, bool):
+        return 1.0 if read_data else 0.0
+    if not 0 < read_data <= 1:
+        raise UsageError(f"read_data must be True, False or a fraction in (0, 1], not {read_data!r}")
+    return float(read_data)
 
 
 def _ceph_access(

@@ -293,12 +293,13 @@ def verify(
     backup: str | None = None,
     source: str | Mapping[str, Any] | None = None,
     access: str | Mapping[str, Any] | None = None,
-    read_data: bool = False,
+    read_data: float = 0.0,
 ) -> dict[str, Any]:
     """Verify the backups in a repository; return the report as a dict.
 
-    ``access`` opens a block repository (see ``list_backups``); ``read_data`` then reads and
-    checks every block too (a folder repository's verify always reads every byte).
+    ``access`` opens a block repository (see ``list_backups``); ``read_data`` (0 to 1) is the
+    fraction of its blocks also read and checked, a new random sample each run (a folder
+    repository's verify always reads every byte).
 
     ``domain`` (name or UUID) limits it to that domain, ``backup`` (an id or ``"latest"``) to
     that backup and the chain it depends on. With ``source`` (a JSON object (str) or a mapping

@@ -808,11 +808,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also compare the latest backup (or --backup) with its RBD snapshot in the cluster",
     )
-    verifying.add_argument(
+    reading = verifying.add_mutually_exclusive_group()
+    reading.add_argument(
         "--read-data",
         action="store_true",
         help="block repositories: also read every block and check it against its id and block "
         "table (folder repositories always read every byte)",
+    )
+    reading.add_argument(
+        "--read-data-subset",
+        metavar="PERCENT",
+        dest="read_data",
+        type=_percent,
+        help="block repositories: read and check PERCENT%% of the blocks, a new random sample each run",
     )
     _add_ceph_conf(verifying, "with --source")
     _add_repo(verifying)
@@ -1060,6 +1068,17 @@ def _add_metrics_file(parser: argparse.ArgumentParser, what: str) -> None:
         default=None,
         help=f"after the {what}, write node_exporter textfile-collector metrics to PATH (atomically)",
     )
+
+
+def _percent(text: str) -> float:
+    """A percentage such as ``10`` or ``10%`` as a fraction (0 to 1]."""
+    try:
+        value = float(text.removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 100 %")
+    return value / 100
 
 
 def _add_repo(parser: argparse.ArgumentParser) -> None:

@@ -141,18 +141,60 @@ pub struct VerifyFindings {
     pub backups: u64,
     /// Distinct blocks referenced by the backups.
     pub blocks_referenced: u64,
-    /// Blocks whose content was read and checked (`read_data`).
+    /// Blocks whose content was read and checked (the sample).
     pub blocks_read: u64,
     /// Each problem, naming the object and the backup.
     pub problems: Vec<String>,
 }
 
+/// Which blocks a verify reads: all of them, none, or a random sample of a fraction of them
+/// (a new sample each run, as restic's `--read-data-subset`, so runs together cover more).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSample {
+    fraction: f64,
+    seed: [u8; 32],
+}
+
+impl ReadSample {
+    /// Reads `fraction` (0 to 1) of the blocks, chosen anew by `seed`.
+    pub fn new(fraction: f64, seed: [u8; 32]) -> Self {
+        ReadSample {
+            fraction: fraction.clamp(0.0, 1.0),
+            seed,
+        }
+    }
+
+    /// Reads every block.
+    pub fn all() -> Self {
+        Self::new(1.0, [0; 32])
+    }
+
+    /// Reads no block.
+    pub fn none() -> Self {
+        Self::new(0.0, [0; 32])
+    }
+
+    fn reads_any(&self) -> bool {
+        self.fraction > 0.0
+    }
+
+    /// Whether block `id` is in the sample.
+    pub fn takes(&self, id: &BlockId) -> bool {
+        if self.fraction >= 1.0 {
+            return true;
+        }
+        let digest = blake3::keyed_hash(&self.seed, &id.0);
+        let position = u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"));
+        (position as f64) < self.fraction * (u64::MAX as f64)
+    }
+}
+
 /// Checks every backup of the repository: manifests, block lists and tables open and agree,
-/// every block they name exists, and with `read_data` every block opens, hashes to its id and
-/// to its table entry. Problems are collected, not fatal: the report names all of them.
+/// every block they name exists, and the blocks `sample` takes open, hash to their id and to
+/// their table entry. Problems are collected, not fatal: the report names all of them.
 pub fn verify(
     repo: &BlockRepository,
-    read_data: bool,
+    sample: ReadSample,
     workers: usize,
     cancelled: &AtomicBool,
 ) -> Result<VerifyFindings, BlockRepoError> {
@@ -200,11 +242,14 @@ pub fn verify(
                         );
                     }
                 }
-                if read_data {
+                if sample.reads_any() {
                     let problems = Mutex::new(Vec::new());
                     let fresh = Mutex::new(Vec::new());
                     let _ = for_each_block(&disk, workers, cancelled, |index, id| {
-                        if checked.contains(id) || !present.contains(&id.object_key()) {
+                        if checked.contains(id)
+                            || !present.contains(&id.object_key())
+                            || !sample.takes(id)
+                        {
                             return Ok(());
                         }
                         match block_content(repo, &disk, index, id) {

@@ -5,7 +5,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use super::disk_reader::{restore_to_file, verify};
+use super::disk_reader::{restore_to_file, verify, ReadSample};
 use super::lock::RepoLock;
 use super::sweep::prune;
 use super::upload::{assemble_disk, upload_blocks, UploadedBlock};
@@ -207,7 +207,7 @@ fn verify_names_a_deleted_and_a_flipped_block_and_restore_refuses_them() {
         let (rec, blocks) = full_backup(&repo, "vda", &data);
         let ids: Vec<_> = (0..4).map(|i| blocks.blocks.get(i).unwrap()).collect();
         let m = commit(&repo, "b1", 1, vec![(rec, blocks)]);
-        let clean = verify(&repo, true, 2, &AtomicBool::new(false)).unwrap();
+        let clean = verify(&repo, ReadSample::all(), 2, &AtomicBool::new(false)).unwrap();
         assert_eq!(clean.problems, Vec::<String>::new());
         assert_eq!(
             (clean.backups, clean.blocks_referenced, clean.blocks_read),
@@ -221,10 +221,10 @@ fn verify_names_a_deleted_and_a_flipped_block_and_restore_refuses_them() {
         bytes[middle] ^= 1;
         std::fs::write(&flipped, bytes).unwrap();
 
-        let quick = verify(&repo, false, 2, &AtomicBool::new(false)).unwrap();
+        let quick = verify(&repo, ReadSample::none(), 2, &AtomicBool::new(false)).unwrap();
         assert_eq!(quick.problems.len(), 1, "{:?}", quick.problems);
         assert!(quick.problems[0].contains(&ids[1].object_key()));
-        let full = verify(&repo, true, 2, &AtomicBool::new(false)).unwrap();
+        let full = verify(&repo, ReadSample::all(), 2, &AtomicBool::new(false)).unwrap();
         assert_eq!(full.problems.len(), 2, "{:?}", full.problems);
         assert!(full.problems.iter().any(|p| p.contains(&ids[2].hex())));
 
@@ -453,4 +453,19 @@ fn a_block_image_reads_any_range_reports_holes_and_refuses_a_damaged_block() {
     let mut first = vec![0u8; 100];
     fresh.read_at(0, &mut first).unwrap();
     assert_eq!(first, data[..100], "the other blocks still read");
+}
+
+#[test]
+fn a_read_sample_takes_about_its_fraction_and_another_seed_another_sample() {
+    let ids: Vec<BlockId> = (0..4000u32)
+        .map(|i| BlockId(*blake3::hash(&i.to_le_bytes()).as_bytes()))
+        .collect();
+    let tenth = ReadSample::new(0.1, [1; 32]);
+    let taken: Vec<_> = ids.iter().filter(|id| tenth.takes(id)).collect();
+    assert!((300..500).contains(&taken.len()), "{}", taken.len());
+    let other = ReadSample::new(0.1, [2; 32]);
+    let overlap = taken.iter().filter(|id| other.takes(id)).count();
+    assert!(overlap < taken.len() / 3, "{overlap} of {}", taken.len());
+    assert!(ids.iter().all(|id| ReadSample::all().takes(id)));
+    assert!(!ids.iter().any(|id| ReadSample::none().takes(id)));
 }

@@ -110,14 +110,15 @@ pub fn list(repo: &BlockRepository, domain: Option<&str>) -> Result<Vec<BackupLi
 }
 
 /// Verifies a block repository: every manifest, block list and table, every block they name
-/// present, and with `read_data` every block's content against its id and table entry. Only
+/// present, and the content of `read_data` (0 to 1) of the blocks, a random sample each run,
+/// against their id and table entry. Only
 /// the whole repository is checked (blocks are shared, so one domain's check reads the same
 /// objects); `domain` and `backup` must still name something that exists.
 pub fn verify(
     repo: &BlockRepository,
     domain: Option<&str>,
     backup: Option<&str>,
-    read_data: bool,
+    read_data: f64,
 ) -> Result<VerifyReport, Error> {
     let selected = selected_domains(repo, domain)?;
     if let Some(id) = backup {
@@ -131,7 +132,11 @@ pub fn verify(
             )));
         }
     }
-    let findings = disk_reader::verify(repo, read_data, READ_WORKERS, &AtomicBool::new(false))?;
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed)
+        .map_err(|e| Error::Usage(format!("no randomness for the sample: {e}")))?;
+    let sample = disk_reader::ReadSample::new(read_data, seed);
+    let findings = disk_reader::verify(repo, sample, READ_WORKERS, &AtomicBool::new(false))?;
     let checked = selected
         .iter()
         .flat_map(|(_, ms)| ms.iter())

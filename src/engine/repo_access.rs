@@ -205,16 +205,21 @@ pub fn list_backups_at(
     }
 }
 
-/// `verify` on a repository of either layout; `read_data` applies to the block layout (the
-/// folder layout always reads every stored byte).
+/// `verify` on a repository of either layout; `read_data` (the fraction of the blocks read and
+/// checked, 0 to 1) applies to the block layout (the folder layout always reads every byte).
 pub fn verify_at(
     location: &str,
     access: &RepoAccess,
     domain: Option<&str>,
     backup: Option<&str>,
     source: Option<&super::ceph_access::CephAccess>,
-    read_data: bool,
+    read_data: f64,
 ) -> Result<super::verify::VerifyReport, Error> {
+    if !(0.0..=1.0).contains(&read_data) {
+        return Err(Error::Usage(format!(
+            "read_data must be a fraction of the blocks between 0 and 1, not {read_data}"
+        )));
+    }
     match open_repository(location, access, false)? {
         AnyRepository::Folder(_) => {
             super::verify::verify_with_source(location.as_ref(), domain, backup, source)

@@ -658,10 +658,11 @@ fn restore_define<'py>(
 /// empty), each domain's latest backup (or `backup`) is also compared with its snapshot still
 /// in the cluster.
 ///
-/// `access` opens a block repository (as for `list_backups`); `read_data` also reads and
-/// checks every block there (a folder repository's verify always reads every byte).
+/// `access` opens a block repository (as for `list_backups`); `read_data` (0 to 1) is the
+/// fraction of its blocks also read and checked, a random sample each run (a folder
+/// repository's verify always reads every byte).
 #[pyfunction]
-#[pyo3(signature = (repo, domain=None, backup=None, source=None, access=None, read_data=false))]
+#[pyo3(signature = (repo, domain=None, backup=None, source=None, access=None, read_data=0.0))]
 fn verify<'py>(
     py: Python<'py>,
     repo: PathBuf,
@@ -669,7 +670,7 @@ fn verify<'py>(
     backup: Option<String>,
     source: Option<&Bound<'py, PyAny>>,
     access: Option<&Bound<'py, PyAny>>,
-    read_data: bool,
+    read_data: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let source = source.map(|s| parse_source_options(py, s)).transpose()?;
     let access = parse_repo_access(py, access)?;

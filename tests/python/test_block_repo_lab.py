@@ -217,6 +217,8 @@ def test_list_and_verify_read_data_are_clean(repo: Repo, two_backups: dict[str, 
     verified = cli("verify", *repo.args(), "--read-data", "--json")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.json()["problems"] == []
+    sampled = cli("verify", *repo.args(), "--read-data-subset", "50%", "--json")
+    assert sampled.returncode == 0 and sampled.json()["problems"] == [], sampled.stdout + sampled.stderr
     # plan builds on the newest backup of the block repository, as the backup would.
     planned = cli("plan", *repo.args(), "--domain", "lab-off", "--json")
     assert planned.returncode == 0, planned.stderr
