@@ -430,18 +430,39 @@ impl BlockRepository {
     }
 
     /// The manifests of a domain, oldest first (by sequence, then id). A manifest that does
-    /// not open is an error naming it: a backup never silently disappears from a listing.
+    /// not open is an error naming it: a backup never silently disappears (prune must not
+    /// sweep what it cannot mark). `readable_backups` is for those who can go on without it.
     pub fn backups(&self, domain: &str) -> Result<Vec<BlockManifest>, BlockRepoError> {
+        let (manifests, mut unreadable) = self.readable_backups(domain)?;
+        match unreadable.pop() {
+            Some((_, error)) => Err(error),
+            None => Ok(manifests),
+        }
+    }
+
+    /// The readable manifests of a domain, oldest first, and for each manifest that does not
+    /// open its backup id and why.
+    #[allow(clippy::type_complexity)]
+    pub fn readable_backups(
+        &self,
+        domain: &str,
+    ) -> Result<(Vec<BlockManifest>, Vec<(String, BlockRepoError)>), BlockRepoError> {
         let mut manifests = Vec::new();
+        let mut unreadable = Vec::new();
         for object in self.store.list(&format!("backups/{domain}"))? {
             let Some(rest) = object.key.strip_suffix(".manifest") else {
                 continue;
             };
             let backup = rest.rsplit('/').next().unwrap_or(rest);
-            manifests.push(self.manifest(domain, backup)?);
+            match self.manifest(domain, backup) {
+                Ok(m) => manifests.push(m),
+                // The store itself failing is not a property of this backup.
+                Err(e @ BlockRepoError::Store(_)) => return Err(e),
+                Err(e) => unreadable.push((backup.to_string(), e)),
+            }
         }
         manifests.sort_by(|a, b| (a.sequence, &a.backup_id).cmp(&(b.sequence, &b.backup_id)));
-        Ok(manifests)
+        Ok((manifests, unreadable))
     }
 
     /// One backup's manifest.

@@ -469,3 +469,33 @@ fn a_read_sample_takes_about_its_fraction_and_another_seed_another_sample() {
     assert!(ids.iter().all(|id| ReadSample::all().takes(id)));
     assert!(!ids.iter().any(|id| ReadSample::none().takes(id)));
 }
+
+#[test]
+fn a_damaged_manifest_is_named_kept_out_of_the_readable_ones_and_stops_a_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = BlockRepository::init(store(dir.path()), None, None).unwrap();
+    let data = disk(2, 0, 4, &[]);
+    let (rec, blocks) = full_backup(&repo, "vda", &data);
+    commit(&repo, "b1", 1, vec![(rec.clone(), blocks.clone())]);
+    let m2 = commit(&repo, "b2", 2, vec![(rec, blocks)]);
+    let path = dir.path().join(format!("backups/{DOMAIN}/b1.manifest"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+
+    let (readable, unreadable) = repo.readable_backups(DOMAIN).unwrap();
+    assert_eq!(readable, vec![m2.clone()]);
+    assert_eq!(unreadable.len(), 1);
+    assert_eq!(unreadable[0].0, "b1");
+    assert!(repo.backups(DOMAIN).is_err(), "the strict listing refuses");
+    // The sweep cannot mark what the damaged manifest names: it removes nothing.
+    let before = repo.store().list("blocks").unwrap();
+    assert!(prune(&repo, "host", &[], false, Duration::from_secs(60)).is_err());
+    assert_eq!(repo.store().list("blocks").unwrap(), before);
+    assert_eq!(
+        restored(&repo, &m2, "vda"),
+        data,
+        "the other backup still restores"
+    );
+}

@@ -43,8 +43,8 @@ const UPLOAD_WORKERS: usize = 4;
 
 /// A free backup id from the clock: the clock's millisecond, moved on past any id the domain
 /// has (a clock stepped back, two runs in one millisecond).
-fn free_backup_id(history: &[BlockManifest]) -> String {
-    let taken: HashSet<&str> = history.iter().map(|m| m.backup_id.as_str()).collect();
+fn free_backup_id(taken: &[&str]) -> String {
+    let taken: HashSet<&str> = taken.iter().copied().collect();
     let mut ms = id_clock_ms();
     loop {
         let id = backup_id_from_unix(ms.div_euclid(1000), ms.rem_euclid(1000) as u32);
@@ -132,12 +132,25 @@ pub(super) fn back_up_to_blocks(
 ) -> Result<(), Error> {
     let started_at = unix_now();
     with_open_images(ctx, job, |clusters, pools, images, cluster_locks| {
-        // A manifest that does not open fails the domain: an incremental must not build on a
-        // history it cannot read, and the error names the object.
-        let history = repo.backups(&job.uuid)?;
+        // A manifest that does not open is a warning: the incremental builds on the newest
+        // readable backup (every backup is complete on its own, so that is sound), and the
+        // new id avoids the unreadable ones' names too.
+        let (history, unreadable) = repo.readable_backups(&job.uuid)?;
+        for (id, error) in &unreadable {
+            warn(
+                ctx,
+                report,
+                format!("backup {id} cannot be read and is left alone: {error}"),
+            );
+        }
         let parent = history.last();
         let sequence = parent.map_or(1, |m| m.sequence + 1);
-        let backup_id = free_backup_id(&history);
+        let taken: Vec<&str> = history
+            .iter()
+            .map(|m| m.backup_id.as_str())
+            .chain(unreadable.iter().map(|(id, _)| id.as_str()))
+            .collect();
+        let backup_id = free_backup_id(&taken);
         let repo_id = repo.config().id.clone();
         let snap_name = domain_snapshot_name(&repo_id, &job.uuid, &backup_id);
         if ctx.cancel.is_cancelled() {

@@ -64,9 +64,25 @@ fn selected_domains(
 pub fn list(repo: &BlockRepository, domain: Option<&str>) -> Result<Vec<BackupListing>, Error> {
     let mut listings = Vec::new();
     for uuid in repo.domains()? {
-        let manifests = repo.backups(&uuid)?;
+        let (manifests, unreadable) = repo.readable_backups(&uuid)?;
         if domain.is_some_and(|d| !names_domain(d, &uuid, &manifests)) {
             continue;
+        }
+        // Listed with their error, so they are not forgotten.
+        for (id, error) in unreadable {
+            listings.push(BackupListing {
+                domain: String::new(),
+                uuid: uuid.clone(),
+                backup_id: id.clone(),
+                kind: String::new(),
+                path: format!("{}: backups/{uuid}/{id}.manifest", repo.describe()),
+                completed_at: 0.0,
+                consistency: None,
+                disks: Vec::new(),
+                error: Some(error.to_string()),
+                parent: None,
+                sequence: None,
+            });
         }
         for m in manifests {
             listings.push(BackupListing {

@@ -33,7 +33,8 @@ pub(super) fn find_backup(
 ) -> Result<BlockManifest, Error> {
     let mut found = None;
     for uuid in repo.domains()? {
-        let manifests = repo.backups(&uuid)?;
+        // One unreadable backup must not keep the others from being restored.
+        let (manifests, unreadable) = repo.readable_backups(&uuid)?;
         let named =
             uuid.eq_ignore_ascii_case(domain) || manifests.iter().any(|m| m.domain.name == domain);
         if named {
@@ -42,6 +43,12 @@ pub(super) fn find_backup(
                     "more than one domain in {} is named {domain}: give its UUID",
                     repo.describe()
                 )));
+            }
+            if let Some((_, error)) = unreadable
+                .into_iter()
+                .find(|(id, _)| Some(id.as_str()) == backup)
+            {
+                return Err(error.into());
             }
             found = Some(manifests);
         }

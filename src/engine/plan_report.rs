@@ -150,7 +150,7 @@ fn plan_disks(
     };
     // A block repository: the newest backup is the base of every disk that still matches it.
     let block_parent = match repo {
-        Some(AnyRepository::Blocks(repo)) => repo.backups(uuid)?.pop(),
+        Some(AnyRepository::Blocks(repo)) => repo.readable_backups(uuid)?.0.pop(),
         _ => None,
     };
     for disk in disks {

@@ -504,3 +504,33 @@ def test_serve_and_mount_a_block_backup(repo: Repo, two_backups: dict[str, Any],
     finally:
         done = cli("umount", str(mountpoint))
         assert done.returncode == 0, done.stderr
+
+
+def test_a_damaged_manifest_is_listed_warned_about_and_keeps_prune_from_sweeping(
+    repo: Repo, two_backups: dict[str, Any], tmp_path: Path, fault: FaultRecord
+) -> None:
+    fault.injected = "S3 block repository: one manifest with a flipped byte (curl)"
+    damaged = Repo(two_backups["tmp"], key_file=two_backups["tmp"] / "manifest.key")
+    first = domain_report(damaged.backup("lab-off"), "lab-off")["backup_id"]
+    second = domain_report(damaged.backup("lab-off"), "lab-off")["backup_id"]
+    key = next(k for k in damaged.s3.keys("backups/") if k.endswith(f"{first}.manifest"))
+    body = bytearray(damaged.s3.get(key))
+    body[len(body) // 2] ^= 1
+    damaged.s3.put(key, bytes(body))
+    listed = cli("list", *damaged.args(), "--json")
+    entries = {b["backup_id"]: b for b in listed.json()}
+    assert entries[first]["error"] and not entries[second]["error"], entries
+    out = tmp_path / "second.raw"
+    restored = cli("restore", "lab-off", "--backup", second, "--to", str(out), *damaged.args())
+    assert restored.returncode == 0, restored.stderr
+    third = damaged.backup("lab-off")
+    warnings = domain_report(third, "lab-off")["warnings"]
+    assert any(first in w and "cannot be read" in w for w in warnings), warnings
+    blocks = set(damaged.s3.keys("blocks/"))
+    pruned = cli("prune", *damaged.args(), "--keep-last", "1")
+    assert pruned.returncode == 1 and key.rsplit("/", 1)[1].split(".")[0] in pruned.stderr, pruned.stderr
+    assert set(damaged.s3.keys("blocks/")) == blocks, "nothing swept"
+    fault.outcome = "list names it with its error; restore of another backup and a new backup work (warning); prune exit 1, nothing swept"
+    fault.leaks = 0
+    fault.frozen = len(frozen_guests())
+    fault.data_lost = "none beyond the damaged backup, which is named, never removed by the tool"
