@@ -450,6 +450,10 @@ def play_role(ansible: Ansible, role_vars: dict[str, Any], *, check: bool = Fals
     return int(recap.group(2)), output
 
 
+REPO_KEY = "virt-rbd-backup key v1\nQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\n"
+"""A key file's text (a test key: 32 bytes of 'A')."""
+
+
 def test_hypervisor_role_installs_idempotently_and_check_mode_changes_nothing(ansible: Ansible, tmp_path: Path) -> None:
     wheels = sorted((ROOT / "dist").glob("virt_rbd_backup-*.whl"))
     assert wheels, "no wheel in dist/: make wheel"
@@ -473,6 +477,9 @@ def test_hypervisor_role_installs_idempotently_and_check_mode_changes_nothing(an
             "restic": {"repository": "/srv/restic"},
         },
         "virt_rbd_backup_restic_password": password,
+        "virt_rbd_backup_s3_access_key_id": "VRBTESTKEYID",
+        "virt_rbd_backup_s3_secret_access_key": "s3-secret-never-logged",
+        "virt_rbd_backup_repo_key": REPO_KEY,
     }
 
     # Check mode on a new host: reports changes, makes none.
@@ -497,6 +504,14 @@ def test_hypervisor_role_installs_idempotently_and_check_mode_changes_nothing(an
     assert settings["domains"] == ["web1", "db1"] and settings["workers"] == 3 and settings["freeze"] == "required"
     assert (settings["keep_daily"], settings["keep_within"]) == (7, 2 * 86400)
     assert (settings["restic_repo"], settings["restic_password_file"]) == ("/srv/restic", str(secret))
+    # The block repository's secrets: files of their own (0600), named in the configuration.
+    s3 = tmp_path / "etc/s3.credentials"
+    key = tmp_path / "etc/repo.key"
+    assert (settings["s3_credentials"], settings["repo_key_file"]) == (str(s3), str(key))
+    assert s3.stat().st_mode & 0o777 == 0o600 and key.stat().st_mode & 0o777 == 0o600
+    assert "aws_secret_access_key = s3-secret-never-logged" in s3.read_text()
+    assert key.read_text() == REPO_KEY.strip() + "\n"
+    assert "s3-secret-never-logged" not in output and REPO_KEY.splitlines()[1] not in output
     package = Path(
         run(
             [str(tmp_path / "venv/bin/python"), "-c", "import virt_rbd_backup; print(virt_rbd_backup.__file__)"]
