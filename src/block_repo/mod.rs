@@ -155,6 +155,30 @@ pub struct BlockRepository {
     config: RepoConfig,
 }
 
+/// A store shared by two repository handles.
+struct SharedStore(std::sync::Arc<dyn ObjectStore>);
+
+impl ObjectStore for SharedStore {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn put(&self, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
+        self.0.put(key, data)
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        self.0.get(key)
+    }
+    fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        self.0.head(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<crate::objstore::ObjectInfo>, StoreError> {
+        self.0.list(prefix)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.0.delete(key)
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -291,6 +315,12 @@ impl BlockRepository {
     /// The store underneath (for the lock and sweep code).
     pub(crate) fn store(&self) -> &dyn ObjectStore {
         self.store.as_ref()
+    }
+
+    /// The store again, to open the repository anew (after `init`, to read back the config
+    /// that won a race with another host).
+    pub fn reopen_store(&self) -> Box<dyn ObjectStore> {
+        Box::new(SharedStore(self.store.clone()))
     }
 
     /// The store, shared with a lock's renewal thread.

@@ -499,3 +499,16 @@ fn a_damaged_manifest_is_named_kept_out_of_the_readable_ones_and_stops_a_sweep()
         "the other backup still restores"
     );
 }
+
+#[test]
+fn a_second_init_that_lost_the_race_reads_the_winners_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = KeyFileKey::generate().unwrap();
+    // Two hosts looked, found nothing, and both initialise: the config written last counts.
+    let first = BlockRepository::init(store(dir.path()), Some(&key), None).unwrap();
+    std::fs::remove_file(dir.path().join("config")).unwrap();
+    let second = BlockRepository::init(store(dir.path()), Some(&key), None).unwrap();
+    let reread = BlockRepository::open(first.reopen_store(), Some(&key)).unwrap();
+    assert_eq!(reread.config().id, second.config().id);
+    assert_ne!(first.config().id, second.config().id);
+}

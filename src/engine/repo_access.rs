@@ -120,11 +120,23 @@ fn open_blocks(
         return Ok(BlockRepository::open(store, None)?);
     }
     let key = access.key(true)?;
-    Ok(BlockRepository::init(
-        store,
-        key.as_ref(),
-        access.zstd_level,
-    )?)
+    let description = store.describe();
+    let created = BlockRepository::init(store, key.as_ref(), access.zstd_level)?;
+    // Hypervisors of a fleet start their first backups at the same minute: another host may
+    // have created the repository between our look and our config (stores offer no portable
+    // create-if-absent). The config read back is the one that counts; a run whose config lost
+    // writes nothing more with its own data key.
+    let reopened = BlockRepository::open(created.reopen_store(), key.as_ref()).map_err(|e| {
+        Error::Usage(format!(
+            "{description} was created by another host at the same moment and does not open with this host's settings ({e}); give every host the same key file, then run again"
+        ))
+    })?;
+    if reopened.config().id != created.config().id {
+        log::info!(
+            "{description} was created by another host at the same moment; using its configuration"
+        );
+    }
+    Ok(reopened)
 }
 
 /// Opens the repository at `location`; with `create`, a missing one (or an empty folder) is
