@@ -2,7 +2,7 @@
 # The fault report (issue 6): runs every fault-injection test against the lab (kills at each
 # phase, concurrent runs, full target, hung monitor, libvirtd gone, wrong key, deleted image,
 # unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup; restore
-# targets appearing mid-restore, --force replacement, block devices, restore --define refusing
+# targets appearing mid-restore, a bad write under the restore check, block devices, restore --define refusing
 # host passthrough and cleaning up after a failed disk; a second host on the same domain, image
 # or folder; systemd killing the run's cgroup, SIGTERM, SIGHUP; restic runs killed; the clock
 # stepped back, a truncated manifest mid-chain, a block table replaced by a link or FIFO) and
@@ -28,6 +28,7 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_midrun_faults_lab.py \
     tests/python/test_engine_stop_faults_lab.py \
     tests/python/test_engine_restore_targets_lab.py \
+    tests/python/test_engine_restore_check_lab.py \
     tests/python/test_restic_faults_lab.py \
     tests/python/test_engine_multihost_lab.py \
     tests/python/test_repo_trust_lab.py \

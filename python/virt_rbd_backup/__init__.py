@@ -523,12 +523,16 @@ def restore(
     ceph_user: str | None = None,
     connect: str = DEFAULT_CONNECT,
     restic: ResticTarget | str | None = None,
+    read_back: bool = False,
 ) -> RestoreReport:
     """Restore one disk of a backup into a sparse raw file or an RBD image.
 
     The backup's chain (its full backup, then each incremental) is replayed, every stored file
     checked against its checksum on the way, and the result is compared with the backup's
-    content checksum: a restore either reproduces the backed-up disk exactly or fails. It is
+    content checksum: a restore either reproduces the backed-up disk exactly or fails. By
+    default the result's block hashes come from the bytes as they are written, and only blocks
+    an incremental wrote over are read back from the target; ``read_back`` reads every block
+    back (README, "Safety"). It is
     written under a temporary name and renamed into place only then, so a failure or Ctrl-C
     leaves no partial target.
 
@@ -551,6 +555,8 @@ def restore(
             restored: ``latest`` passes over the others (listed in the report's ``skipped``),
             one asked for by id is refused; what ``restic dump`` returns and the restored data
             are checked against the seal's size and checksum.
+        read_back: Check the result by reading all of it back from the target (also catches
+            storage that acknowledged a write and holds other bytes); slower.
 
     Returns:
         The report: the chain replayed, bytes written, the checksum verified.
@@ -584,6 +590,7 @@ def restore(
             ceph_user=ceph_user,
             connect=connect,
             restic=restic,
+            read_back=read_back,
         )
     )
 
@@ -600,6 +607,7 @@ def _restore_json(
     ceph_user: str | None,
     connect: str,
     restic: ResticTarget | str | None = None,
+    read_back: bool = False,
 ) -> dict[str, Any]:
     """Run :func:`restore` and return the report exactly as the core wrote it (``--json``)."""
     # A string is read by the core in the CLI syntax; a path object is a file, even one whose
@@ -616,6 +624,7 @@ def _restore_json(
         "ceph_user": ceph_user,
         "connect": connect,
         "restic": _restic(restic),
+        "read_back": read_back,
     }
     return _native.restore(options)
 
@@ -632,6 +641,7 @@ def restore_define(
     ceph_user: str | None = None,
     connect: str = DEFAULT_CONNECT,
     allow_host_passthrough: bool = False,
+    read_back: bool = False,
 ) -> DefineReport:
     """Restore every RBD disk of a backup into new images and define a new domain on them.
 
@@ -664,6 +674,7 @@ def restore_define(
         ceph_user: The Ceph user with ``ceph_conf`` (default ``admin``).
         connect: libvirt URI: where the new domain is defined (and the Ceph key read from).
         allow_host_passthrough: Define the domain even if its saved XML gives it host resources.
+        read_back: Check each image by reading all of it back (as :func:`restore`'s).
 
     Returns:
         The report: the new domain's name and UUID, one restore report per disk, the disks
@@ -697,6 +708,7 @@ def restore_define(
             ceph_user=ceph_user,
             connect=connect,
             allow_host_passthrough=allow_host_passthrough,
+            read_back=read_back,
         )
     )
 
@@ -713,6 +725,7 @@ def _restore_define_json(
     ceph_user: str | None,
     connect: str,
     allow_host_passthrough: bool = False,
+    read_back: bool = False,
 ) -> dict[str, Any]:
     """Run :func:`restore_define` and return the report exactly as the core wrote it (``--json``)."""
     options = {
@@ -726,6 +739,7 @@ def _restore_define_json(
         "ceph_user": ceph_user,
         "connect": connect,
         "allow_host_passthrough": allow_host_passthrough,
+        "read_back": read_back,
     }
     return _native.restore_define(options)
 

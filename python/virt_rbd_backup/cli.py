@@ -24,7 +24,7 @@ restic repository ``TARGET_REPO``, with the same lines.
 
 The other subcommands work on the repository::
 
-    restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force] [--restic-repo REPO]
+    restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force] [--read-back] [--restic-repo REPO]
         Restored DOMAIN disk vda from backup ID (chain: A <- B) to TARGET: N bytes, checksum verified
         Restored DOMAIN disk vda from restic snapshot ID to TARGET: N bytes
     restore DOMAIN --define NAME [--pool POOL] [--backup ID|latest] [--force] [--allow-host-passthrough]
@@ -708,6 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing file or image (kept aside until the new one is in place), or "
         "write into a block device (with --define: replace existing images)",
+    )
+    restoring.add_argument(
+        "--read-back",
+        action="store_true",
+        help="check the result by reading all of it back from the target, instead of hashing what "
+        "is written and reading back only what incrementals wrote over (slower; see the README's Safety)",
     )
     restoring.add_argument(
         "--allow-host-passthrough",
@@ -1461,6 +1467,7 @@ def _run_restore(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
         ceph_user=args.ceph_user,
         connect=args.connect,
         restic=_restic_target(args),
+        read_back=args.read_back,
     )
     report = RestoreReport.from_dict(raw)
     _print_lines([f"warning: {w}" for w in report.warnings], err)
@@ -1488,6 +1495,7 @@ def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) ->
         ceph_user=args.ceph_user,
         connect=args.connect,
         allow_host_passthrough=args.allow_host_passthrough,
+        read_back=args.read_back,
     )
     report = DefineReport.from_dict(raw)
     _print_lines([f"warning: {w}" for d in report.disks for w in d.warnings], err)
