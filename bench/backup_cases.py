@@ -26,6 +26,7 @@ from lab_images import (
 )
 from measure import CaseResult, Runner
 from report import summary_line
+from restore_cases import RestoreCases
 
 
 class Bench:
@@ -39,6 +40,7 @@ class Bench:
         self.disk = disk_size is not None
         self.specs = disk_specs(disk_size) if disk_size is not None else image_specs(scale)
         self.results: list[CaseResult] = []
+        self.restore = RestoreCases(runner, scale, repeat, image_specs(scale)["full"])
 
     def cases(self) -> list[tuple[str, list[str], Callable[[], list[CaseResult]]]]:
         """(name, image keys used, function) in the order they run."""
@@ -73,6 +75,12 @@ class Bench:
             ),
             ("mixed", mixed, lambda: [self.mixed_case(w, mixed) for w in (1, 2, 4)]),
             ("compress", ["full"], lambda: [self.compression_case("zstd", "full")]),
+            # Issue 19; these write changes into the image (the chain), so they come after the
+            # backup cases that use it.
+            ("restore-rbd", ["full"], lambda: self.restore.rbd_cases()),
+            ("restore-file", ["full"], lambda: self.restore.file_cases()),
+            ("verify", ["full"], lambda: [self.restore.verify_case()]),
+            ("serve", ["full"], lambda: self.restore.serve_cases()),
             ("large", ["large"], lambda: [self.full_case("large", "large", "single large image")]),
         ]
 
@@ -97,6 +105,7 @@ class Bench:
             for key in keys:
                 if last_use[key] == index:
                     self.lab.remove(key)
+        self.restore.close()
         return self.results
 
     def warm_up(self, images: Sequence[ImageSpec]) -> dict[str, str]:

@@ -254,6 +254,36 @@ def check_targets(cases: dict[str, CaseSummary]) -> list[Target]:
     for suffix, where in POOL_VARIANTS:
         if (incr := cases.get(f"incr-1{suffix}")) and incr.ours_full_wall:
             targets += incremental_targets(incr, where)
+    return targets + restore_targets(cases)
+
+
+RESTORE_TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("rst-rbd", "restore of a full to RBD: at least as fast as rbd import", 1.0),
+    ("rst-rbd-ch", "restore of a full + 3 incrementals to RBD: at least as fast as rbd import + import-diff", 1.0),
+    ("rst-file", "restore of a full to a file: at least as fast as cp --sparse=always", 1.0),
+    ("rst-file-ch", "restore of a full + 3 incrementals to a file: at least as fast as cp + replay", 1.0),
+    ("verify", "verify: >= 0.8x of b3sum of the same files", 0.8),
+    ("serve-read", "sequential read through serve's NBD: >= 0.5x of reading the raw file", 0.5),
+)
+"""(case, target line, least speed ratio): the issue 19 targets that are ratios."""
+
+
+def restore_targets(cases: dict[str, CaseSummary]) -> list[Target]:
+    """The targets of issue 19 for the restore, verify and serve cases that ran."""
+    targets: list[Target] = []
+    for name, line, least in RESTORE_TARGETS:
+        if case := cases.get(name):
+            fsynced = f"x{case.speedup_vs_fsynced:.2f} if theirs fsynced"
+            measured = f"x{case.speedup:.2f} ({fsynced}), RSS {case.ours.rss_mib:.0f} MiB"
+            targets.append(Target(line, measured, case.speedup >= least))
+    if first := cases.get("serve-first"):
+        targets.append(
+            Target(
+                "first byte served by serve: < 1 s",
+                f"{first.ours.wall:.3f} s (qemu-nbd of the raw file {first.theirs.wall:.3f} s)",
+                first.ours.wall < 1.0,
+            )
+        )
     return targets
 
 

@@ -24,11 +24,22 @@ then reads exactly the change our tool read from S1 to S2. The same change is th
 with Ceph's tools alone (`rbd snap create` of S3, `rbd export-diff --from-snap B`, `rbd snap rm`
 of B), which pays the monitor commits our incremental pays.
 
+Restore, verify and serve (issue 19; `restore_cases.py`): on a chain of our full backup and three
+incrementals of the fully allocated image, our restore to RBD against `rbd import` (+ `rbd
+import-diff` of the same diff files), our restore to a file against `cp --sparse=always` (+ a
+replay of the diffs), `verify` against `b3sum` of the same files, and `serve`'s first byte and
+sequential read against `qemu-nbd` and `nbdcopy` of the raw file.
+
+The code: `lab_images.py` makes and removes the images and domains, `measure.py` runs and
+measures child processes (both sides of a backup run), `backup_cases.py` and `restore_cases.py`
+hold the cases (`Bench` their order), `report.py` the medians, targets and table; this file is
+the command line.
+
 The lab's memstore OSD holds a few GiB in RAM; `--disk` runs its own cases on 24 GiB images in
 the pool of a BlueStore OSD that `lab.sh disk-osd up` adds, where a run's fixed costs no longer
 dominate.
 
-Usage: `python3 bench/run.py [--quick] [--repeat N] [--json out.json] [--disk [GIB]]`.
+Usage: `python3 bench/run.py [--quick] [--repeat N] [--json out.json] [--disk [GIB]] [--case NAME]...`.
 """
 
 from __future__ import annotations
@@ -130,6 +141,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "incremental-small",
             "mixed",
             "compress",
+            "restore-rbd",
+            "restore-file",
+            "verify",
+            "serve",
             "large",
             "full-25-disk",
             "full-100-disk",
