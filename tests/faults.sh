@@ -3,8 +3,9 @@
 # phase, concurrent runs, full target, hung monitor, libvirtd gone, wrong key, deleted image,
 # unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup; restore
 # targets appearing mid-restore, --force replacement, a bad write under the restore check, block
-# devices, restore --define refusing host passthrough and cleaning up after a failed disk; a second host on the same domain, image
-# or folder; systemd killing the run's cgroup, SIGTERM, SIGHUP; restic runs killed; the clock
+# devices, restore --define refusing host passthrough and cleaning up after a failed disk; a
+# second host on the same domain, image or folder; systemd killing the run's cgroup, SIGTERM,
+# SIGHUP; restic runs killed; the clock
 # stepped back, a truncated manifest mid-chain, a block table replaced by a link or FIFO) and
 # prints a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
 # column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
