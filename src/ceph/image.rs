@@ -834,7 +834,12 @@ impl<'i> ImageWriter<'i> {
         };
         let rc = wait_and_release(oldest.completion);
         if rc < 0 {
-            return Err(self.failed(oldest.op.call(), oldest.offset, oldest.op.length(), rc as i32));
+            return Err(self.failed(
+                oldest.op.call(),
+                oldest.offset,
+                oldest.op.length(),
+                rc as i32,
+            ));
         }
         Ok(())
     }

@@ -49,9 +49,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ceph::{
-    CephTimeouts, ClusterAddress, ImageWriter, PoolContext, RadosCluster, RbdImage,
-};
+use crate::ceph::{CephTimeouts, ClusterAddress, ImageWriter, PoolContext, RadosCluster, RbdImage};
 use crate::error::Error;
 use crate::libvirt::{parse_domain_xml, DiskEntry, HypervisorConnection};
 use crate::plan::{
@@ -782,7 +780,10 @@ fn replay(
         }
     }
     let size = chain.last().map_or(0, |l| l.disk.size);
-    let FollowedSink { inner: sink, content } = sink;
+    let FollowedSink {
+        inner: sink,
+        content,
+    } = sink;
     // Every write finished, before the check (and the test hook that changes the target there).
     sink.read_back(size, &[])?;
     super::thaw_guard::test_pause("written");

@@ -38,7 +38,7 @@ pub struct WrittenContent {
     current: Option<Current>,
 }
 
-const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 impl WrittenContent {
     /// A target of `size` bytes that reads as zeros.
@@ -230,7 +230,12 @@ mod tests {
         let mut truth = Memory(vec![0; size as usize]);
         let mut written = WrittenContent::new(size);
         // Block 0: two runs with a gap; block 1 a hole; block 2 whole; the short tail partly.
-        for (offset, len, salt) in [(100, 5000, 1), (B / 2, 4096, 2), (2 * B, B, 3), (3 * B + 10, 500, 4)] {
+        for (offset, len, salt) in [
+            (100, 5000, 1),
+            (B / 2, 4096, 2),
+            (2 * B, B, 3),
+            (3 * B + 10, 500, 4),
+        ] {
             let data = pattern(len as usize, salt);
             written.write(offset, &data);
             truth.write(offset, &data);
@@ -258,9 +263,9 @@ mod tests {
             (0, B, 1),
             (B, B, 2),
             (3 * B, 100, 3),
-            (B + 10, 20, 4),      // an incremental over block 1
-            (2 * B + 50, 60, 5),  // block 2 after block 3: out of order
-            (3 * B + 50, 10, 6),  // block 3 again, before what it covers
+            (B + 10, 20, 4),     // an incremental over block 1
+            (2 * B + 50, 60, 5), // block 2 after block 3: out of order
+            (3 * B + 50, 10, 6), // block 3 again, before what it covers
         ] {
             let data = pattern(len as usize, salt);
             written.write(offset, &data);
@@ -307,6 +312,9 @@ mod tests {
     fn an_untouched_target_is_all_zero_blocks() {
         let size = B + 17;
         let truth = Memory(vec![0; size as usize]);
-        assert_eq!(check(WrittenContent::new(size), &truth), Vec::<usize>::new());
+        assert_eq!(
+            check(WrittenContent::new(size), &truth),
+            Vec::<usize>::new()
+        );
     }
 }
