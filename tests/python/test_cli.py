@@ -844,7 +844,7 @@ def test_restore_run_passes_every_option_and_prints_its_line(
 ) -> None:
     fake_repo_core["restore"] = restore_report([B_FULL, B_INC1])
     argv = ["restore", "web1", "--to", "rbd:rbd/web1-restored", "--disk", "vda", "--backup", B_INC1, "--force"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--read-back"]) == 0
     assert fake_repo_core["calls"] == [
         (
             "restore",
@@ -859,6 +859,7 @@ def test_restore_run_passes_every_option_and_prints_its_line(
                 "ceph_user": None,
                 "connect": "qemu:///system",
                 "restic": None,
+                "read_back": True,
             },
         )
     ]
@@ -1456,6 +1457,7 @@ def test_restore_define_run_passes_every_option_and_prints_its_lines(
                 "ceph_user": None,
                 "connect": "qemu:///system",
                 "allow_host_passthrough": False,
+                "read_back": False,
             },
         )
     ]
