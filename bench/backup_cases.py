@@ -25,6 +25,7 @@ from lab_images import (
     write_extents,
 )
 from measure import CaseResult, Runner
+from objstore_cases import ObjectStoreCases
 from report import summary_line
 from restore_cases import RestoreCases
 
@@ -41,6 +42,14 @@ class Bench:
         self.specs = disk_specs(disk_size) if disk_size is not None else image_specs(scale)
         self.results: list[CaseResult] = []
         self.restore = RestoreCases(runner, scale, repeat, image_specs(scale)["full"])
+        self._objstore: ObjectStoreCases | None = None
+
+    @property
+    def objstore(self) -> ObjectStoreCases:
+        """The issue 18 cases (made on first use: they need the lab's gateway)."""
+        if self._objstore is None:
+            self._objstore = ObjectStoreCases(self.lab, self.runner, self.repeat, self.specs["full"])
+        return self._objstore
 
     def cases(self) -> list[tuple[str, list[str], Callable[[], list[CaseResult]]]]:
         """(name, image keys used, function) in the order they run."""
@@ -75,6 +84,11 @@ class Bench:
             ),
             ("mixed", mixed, lambda: [self.mixed_case(w, mixed) for w in (1, 2, 4)]),
             ("compress", ["full"], lambda: [self.compression_case("zstd", "full")]),
+            # Issue 18: the same image into a block repository on the lab's RADOS Gateway.
+            ("s3-full", ["full"], lambda: [self.objstore.full_case(encrypted=False)]),
+            ("s3-full-enc", ["full"], lambda: [self.objstore.full_case(encrypted=True)]),
+            ("s3-incr", ["full"], lambda: [self.objstore.incremental_case(self.scale.change_fraction)]),
+            ("s3-dedup", ["full"], lambda: [self.objstore.dedup_case(min(self.repeat, 2))]),
             # Issue 19; these write changes into the image (the chain), so they come after the
             # backup cases that use it.
             ("restore-rbd", ["full"], lambda: self.restore.rbd_cases()),
@@ -91,21 +105,27 @@ class Bench:
         for index, (_, keys, _) in enumerate(selected):
             for key in keys:
                 last_use[key] = index
-        for index, (name, keys, function) in enumerate(selected):
-            for key in keys:
-                if key not in self.lab.images:
-                    spec = self.specs[key]
-                    alive = sum(s.allocated for s in self.lab.images.values() if s.pool == spec.pool) + spec.allocated
-                    # The disk OSD is checked by `ensure_space` alone (its size is set by lab.sh).
-                    if spec.pool == POOL and alive > DATA_BUDGET:
-                        raise RuntimeError(f"{alive // MIB} MiB of data at once is over the lab's budget")
-                    self.lab.create(self.specs[key])
-            log(f"case {name}")
-            self.results += function()
-            for key in keys:
-                if last_use[key] == index:
-                    self.lab.remove(key)
-        self.restore.close()
+        try:
+            for index, (name, keys, function) in enumerate(selected):
+                for key in keys:
+                    if key not in self.lab.images:
+                        spec = self.specs[key]
+                        alive = (
+                            sum(s.allocated for s in self.lab.images.values() if s.pool == spec.pool) + spec.allocated
+                        )
+                        # The disk OSD is checked by `ensure_space` alone (its size is set by lab.sh).
+                        if spec.pool == POOL and alive > DATA_BUDGET:
+                            raise RuntimeError(f"{alive // MIB} MiB of data at once is over the lab's budget")
+                        self.lab.create(self.specs[key])
+                log(f"case {name}")
+                self.results += function()
+                for key in keys:
+                    if last_use[key] == index:
+                        self.lab.remove(key)
+        finally:
+            self.restore.close()
+            if self._objstore is not None:
+                self._objstore.close()
         return self.results
 
     def warm_up(self, images: Sequence[ImageSpec]) -> dict[str, str]:

@@ -43,6 +43,8 @@ class Sample:
     """Ours: bytes read from the cluster, as reported."""
     snapshot_create: float | None = None
     """Ours: seconds of the snapshot create (disks[].snapshot_create_ms; the longest)."""
+    bytes_written: int | None = None
+    """Ours: bytes the report says were written (a block repository: new bytes uploaded)."""
 
 
 @dataclass
@@ -159,8 +161,13 @@ class Runner:
         """Delete a repository."""
         shutil.rmtree(repo, ignore_errors=True)
 
-    def ours_argv(self, repo: Path, images: Sequence[ImageSpec], workers: int, extra: Sequence[str] = ()) -> list[str]:
-        """Our backup command for the domains of `images`, with `extra` options."""
+    def ours_argv(
+        self, repo: Path | str, images: Sequence[ImageSpec], workers: int, extra: Sequence[str] = ()
+    ) -> list[str]:
+        """Our backup command for the domains of `images` into `repo`, with `extra` options.
+
+        `repo` is a folder, or `s3://...` with the store's options in `extra`.
+        """
         argv = [sys.executable, "-m", "virt_rbd_backup", "backup", "--repo", str(repo), "--json", *extra]
         argv += ["--connect", os.environ["LAB_LIBVIRT_URI"], "--workers", str(workers)]
         if self.queue_depth is not None:
@@ -170,7 +177,7 @@ class Runner:
         return argv
 
     def ours(
-        self, repo: Path, images: Sequence[ImageSpec], workers: int, kind: str, extra: Sequence[str] = ()
+        self, repo: Path | str, images: Sequence[ImageSpec], workers: int, kind: str, extra: Sequence[str] = ()
     ) -> OurRun:
         """Back up the domains of `images` into `repo`; the report must say `kind` for each disk.
 
@@ -188,7 +195,7 @@ class Runner:
                     raise
                 self.retries += 1
                 log(f"our backup failed, trying once more in 10 s: {str(err)[-600:]}")
-                if kind == "full":
+                if kind == "full" and isinstance(repo, Path):
                     shutil.rmtree(repo, ignore_errors=True)  # domains that succeeded must be full again
                 time.sleep(10)
         raise AssertionError("unreachable")
@@ -200,6 +207,7 @@ class Runner:
         exports: list[float] = []
         creates: list[float] = []
         bytes_read = 0
+        bytes_written = 0
         for domain in report["domains"]:
             if domain["status"] != "succeeded":
                 raise RuntimeError(f"our backup of {domain['name']} {domain['status']}: {domain.get('error')}")
@@ -210,6 +218,7 @@ class Runner:
                 exports.append(float(disk["seconds"]))
                 creates.append(float(disk["snapshot_create_ms"]) / 1000)
                 bytes_read += int(disk["bytes_read"])
+                bytes_written += int(disk["bytes_written"])
         sample = Sample(
             wall=finished.wall,
             cpu=finished.cpu,
@@ -218,6 +227,7 @@ class Runner:
             export=max(exports),
             snapshot_create=max(creates),
             bytes_read=bytes_read,
+            bytes_written=bytes_written,
         )
         return OurRun(sample, snapshots)
 
@@ -298,3 +308,6 @@ class CaseResult:
     """Seconds of `rbd snap create` run by the benchmark right after our full (a monitor round trip)."""
     stock: list[Sample] = field(default_factory=list)
     """Incremental cases: the same incremental with Ceph's tools (`Runner.stock_incremental`)."""
+    stored: dict[str, list[int]] = field(default_factory=dict)
+    """Object-store cases: bytes each side's run added to its repository, measured from outside
+    (the S3 listing's object sizes, the folder's file sizes), by side ("ours", "theirs")."""

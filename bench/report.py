@@ -96,6 +96,10 @@ class CaseSummary:
     """Median seconds of the benchmark's own `rbd snap create` (same kind of work as ours)."""
     stock_wall: float | None
     """Incremental cases: median wall of the same incremental with Ceph's tools alone."""
+    stored: dict[str, float]
+    """Object-store cases: median bytes each side's run added to its repository."""
+    bytes_read: float | None
+    """Ours: median bytes read from the cluster, as reported."""
     samples: dict[str, list[dict[str, Any]]]
 
 
@@ -121,6 +125,8 @@ def summarize_case(case: CaseResult) -> CaseSummary:
         ours_full_export=median([s.export for s in case.ours_full]),
         snapshot_ops={op: statistics.median(times) for op, times in case.snapshot_ops.items()},
         stock_wall=statistics.median(s.wall for s in case.stock) if case.stock else None,
+        stored={side: statistics.median(values) for side, values in case.stored.items() if values},
+        bytes_read=median([s.bytes_read for s in case.ours]),
         samples={
             "ours": [asdict(s) for s in case.ours],
             "theirs": [asdict(s) for s in case.theirs],
@@ -254,7 +260,7 @@ def check_targets(cases: dict[str, CaseSummary]) -> list[Target]:
     for suffix, where in POOL_VARIANTS:
         if (incr := cases.get(f"incr-1{suffix}")) and incr.ours_full_wall:
             targets += incremental_targets(incr, where)
-    return targets + restore_targets(cases)
+    return targets + restore_targets(cases) + objstore_targets(cases)
 
 
 RESTORE_TARGETS: tuple[tuple[str, str, float], ...] = (
@@ -282,6 +288,50 @@ def restore_targets(cases: dict[str, CaseSummary]) -> list[Target]:
                 "first byte served by serve: < 1 s",
                 f"{first.ours.wall:.3f} s (qemu-nbd of the raw file {first.theirs.wall:.3f} s)",
                 first.ours.wall < 1.0,
+            )
+        )
+    return targets
+
+
+def objstore_targets(cases: dict[str, CaseSummary]) -> list[Target]:
+    """The targets of issue 18's benchmark for the object-store cases that ran."""
+    targets: list[Target] = []
+    for name, how in (("s3-full", ""), ("s3-full-enc", ", encrypted")):
+        if full := cases.get(name):
+            targets.append(
+                Target(
+                    f"full into the RGW block repository{how}: >= 0.7x the folder repository's throughput,"
+                    " peak RSS < 256 MiB",
+                    f"x{full.speedup:.2f} ({full.ours.data_mib_s:.0f} vs {full.theirs.data_mib_s:.0f} MiB/s), "
+                    f"RSS {full.ours.rss_mib:.0f} MiB (folder {full.theirs.rss_mib:.0f} MiB)",
+                    full.speedup >= 0.7 and full.ours.rss_mib < 256,
+                )
+            )
+    if (incr := cases.get("s3-incr")) and incr.ours_full_wall:
+        stored = incr.stored.get("ours", 0.0)
+        read = incr.bytes_read or 0.0
+        changed = incr.data_bytes
+        # What changed, plus the new manifest and block lists (a few KiB): 10% of slack.
+        costs_change = stored <= changed * 1.1 + MIB and read <= changed * 1.1
+        targets.append(
+            Target(
+                "1% incremental into the RGW block repository: costs what changed (bytes read and stored"
+                " within 1.1x of the change), peak RSS < 256 MiB",
+                f"changed {changed / MIB:.1f} MiB, read {read / MIB:.1f} MiB, stored {stored / MIB:.1f} MiB "
+                f"(folder {incr.stored.get('theirs', 0.0) / MIB:.1f} MiB); wall {incr.ours.wall:.2f} s = "
+                f"{incr.ours.wall / incr.ours_full_wall:.1%} of its full, x{incr.speedup:.2f} of the folder's "
+                f"incremental; RSS {incr.ours.rss_mib:.0f} MiB",
+                costs_change and incr.ours.rss_mib < 256,
+            )
+        )
+    if (dedup := cases.get("s3-dedup")) and dedup.stored.get("theirs"):
+        ratio = dedup.stored.get("ours", 0.0) / dedup.stored["theirs"]
+        targets.append(
+            Target(
+                "dedup of two copies of one image: stored bytes of the second <= 5% of the first, peak RSS < 256 MiB",
+                f"{dedup.stored.get('ours', 0.0) / MIB:.3f} MiB / {dedup.stored['theirs'] / MIB:.1f} MiB = "
+                f"{ratio:.3%}; RSS {max(dedup.ours.rss_mib, dedup.theirs.rss_mib):.0f} MiB",
+                ratio <= 0.05 and max(dedup.ours.rss_mib, dedup.theirs.rss_mib) < 256,
             )
         )
     return targets

@@ -30,9 +30,13 @@ import-diff` of the same diff files), our restore to a file against `cp --sparse
 replay of the diffs), `verify` against `b3sum` of the same files, and `serve`'s first byte and
 sequential read against `qemu-nbd` and `nbdcopy` of the raw file.
 
+Object storage (issue 18; `objstore_cases.py`): the fully allocated image backed up, full and
+1% incremental, into an `s3://` block repository on the lab's RADOS Gateway against a folder
+repository, and the bytes the second of two copies of one image adds to the same prefix.
+
 The code: `lab_images.py` makes and removes the images and domains, `measure.py` runs and
-measures child processes (both sides of a backup run), `backup_cases.py` and `restore_cases.py`
-hold the cases (`Bench` their order), `report.py` the medians, targets and table; this file is
+measures child processes (both sides of a backup run), `backup_cases.py`, `restore_cases.py` and
+`objstore_cases.py` hold the cases (`Bench` their order), `report.py` the medians, targets and table; this file is
 the command line.
 
 The lab's memstore OSD holds a few GiB in RAM; `--disk` runs its own cases on 24 GiB images in
@@ -76,6 +80,7 @@ from lab_images import (
     run,
 )
 from measure import Runner, run_measured
+from objstore_cases import S3Bucket
 from report import check_targets, environment, fmt, summarize_case, table
 
 REPORT_VERSION = 1
@@ -141,6 +146,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "incremental-small",
             "mixed",
             "compress",
+            "s3-full",
+            "s3-full-enc",
+            "s3-incr",
+            "s3-dedup",
             "restore-rbd",
             "restore-file",
             "verify",
@@ -239,6 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"removing {name}")
             remove_image_and_domain(name, pools)
         shutil.rmtree(args.target, ignore_errors=True)
+        if "LAB_S3_BUCKET" in os.environ:
+            bucket = S3Bucket()
+            for prefix in bucket.leftover_prefixes():
+                log(f"removing s3 prefix {prefix}")
+                bucket.remove(prefix)
         return 0
     if found := leftovers():
         sys.exit(f"leftovers of an earlier run: {', '.join(found)} (remove them with --cleanup)")
@@ -276,6 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if c.snapshot_ops:
             ops = ", ".join(f"{op} {t:.2f} s" for op, t in c.snapshot_ops.items())
             print(f"monitor round trips measured in {c.name}: {ops} (right after our full's commit)")
+        if c.stored:
+            sides = {"ours": "virt-rbd-backup", "theirs": c.theirs_tool}
+            stored = ", ".join(f"{sides[side]} {value / MIB:.2f} MiB" for side, value in c.stored.items())
+            read = "" if c.bytes_read is None else f"; read from Ceph {c.bytes_read / MIB:.1f} MiB"
+            print(f"{c.name}: bytes added to the repository (from outside the tool): {stored}{read}")
         if c.stock_wall is not None:
             print(
                 f"{c.name} with Ceph's tools alone (rbd snap create, export-diff, snap rm of the old base): "
