@@ -308,6 +308,8 @@ class CaseResult:
     """Seconds of `rbd snap create` run by the benchmark right after our full (a monitor round trip)."""
     stock: list[Sample] = field(default_factory=list)
     """Incremental cases: the same incremental with Ceph's tools (`Runner.stock_incremental`)."""
+    daemon_cpu: dict[str, list[float]] = field(default_factory=dict)
+    """Object-store cases: CPU seconds the lab's daemons spent during a run ("SIDE DAEMON")."""
     stored: dict[str, list[int]] = field(default_factory=dict)
     """Object-store cases: bytes each side's run added to its repository, measured from outside
     (the S3 listing's object sizes, the folder's file sizes), by side ("ours", "theirs")."""

@@ -21,6 +21,7 @@ case says so.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -44,8 +45,9 @@ class S3Bucket:
     The keys reach curl on its standard input, never on a command line.
     """
 
-    def __init__(self) -> None:
-        self.endpoint = os.environ.get("LAB_S3_TLS_ENDPOINT") or os.environ["LAB_S3_ENDPOINT"]
+    def __init__(self, tls: bool = True) -> None:
+        plain = os.environ["LAB_S3_ENDPOINT"]
+        self.endpoint = os.environ.get("LAB_S3_TLS_ENDPOINT", plain) if tls else plain
         self.bucket = os.environ["LAB_S3_BUCKET"]
         self.region = os.environ["LAB_S3_REGION"]
         self.ca = os.environ["LAB_S3_CA"]
@@ -120,6 +122,23 @@ class S3Bucket:
         return sorted({key.split("/")[0] for key in self.objects(f"{PREFIX_ROOT}-")})
 
 
+def daemon_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) the lab's radosgw and ceph-osd processes have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for name in ("radosgw", "ceph-osd"):
+        total = 0.0
+        pids = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks
+            except (OSError, IndexError, ValueError):
+                continue  # exited meanwhile
+        used[name] = total
+    return used
+
+
 def folder_bytes(path: Path) -> int:
     """Bytes of the files under `path` (their sizes, as the S3 side counts objects)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -135,7 +154,8 @@ class ObjectStoreCases:
         self.spec = spec
         self.s3 = S3Bucket()
         self.key_file = runner.target / "bench-repo.key"
-        self.key_file.write_bytes(os.urandom(32).hex().encode() + b"\n")
+        # The key file format (objstore::object_format): a header line, 32 bytes in base64.
+        self.key_file.write_text("virt-rbd-backup key v1\n" + base64.b64encode(os.urandom(32)).decode() + "\n")
         self.key_file.chmod(0o600)
         self.prefixes: list[str] = []
 
@@ -158,12 +178,15 @@ class ObjectStoreCases:
             except (RuntimeError, OSError) as err:
                 log(f"clean-up of s3 prefix {prefix}: {err}")
 
-    def s3_backup(self, prefix: str, images: list[ImageSpec], kind: str, encrypted: bool) -> tuple[Sample, int]:
+    def s3_backup(
+        self, prefix: str, images: list[ImageSpec], kind: str, encrypted: bool, s3: S3Bucket | None = None
+    ) -> tuple[Sample, int]:
         """Our backup of `images` into `prefix`; its sample and the bytes the prefix grew by."""
-        before = self.s3.stored(prefix)
-        extra = self.s3.repo_args(prefix, self.key_file if encrypted else None)
-        run_ = self.runner.ours(self.s3.location(prefix), images, workers=1, kind=kind, extra=extra)
-        return run_.sample, self.s3.stored(prefix) - before
+        s3 = s3 or self.s3
+        before = s3.stored(prefix)
+        extra = s3.repo_args(prefix, self.key_file if encrypted else None)
+        run_ = self.runner.ours(s3.location(prefix), images, workers=1, kind=kind, extra=extra)
+        return run_.sample, s3.stored(prefix) - before
 
     def folder_backup(self, repo: Path, kind: str) -> tuple[Sample, int]:
         """Our backup of the image into the folder `repo`; its sample and the bytes it grew by."""
@@ -171,11 +194,16 @@ class ObjectStoreCases:
         run_ = self.runner.ours(repo, [self.spec], workers=1, kind=kind)
         return run_.sample, folder_bytes(repo) - before
 
-    def full_case(self, encrypted: bool) -> CaseResult:
-        """A full into the gateway against a full into a folder (`ours` is the gateway)."""
+    def full_case(self, encrypted: bool, tls: bool = True) -> CaseResult:
+        """A full into the gateway against a full into a folder (`ours` is the gateway).
+
+        `daemon_cpu` gets the CPU seconds the lab's radosgw and OSD spent during each run:
+        on this machine they share the two vCPUs with the backup.
+        """
         spec = self.spec
-        name = "s3-full-enc" if encrypted else "s3-full"
-        how = "encrypted (--repo-key-file)" if encrypted else "unencrypted"
+        name = "s3-full" + ("-enc" if encrypted else "") + ("" if tls else "-http")
+        how = ("encrypted (--repo-key-file)" if encrypted else "unencrypted") + (", HTTPS" if tls else ", plain HTTP")
+        s3 = self.s3 if tls else S3Bucket(tls=False)
         result = CaseResult(
             name, f"full into s3:// on the lab's RGW, {how}, vs a folder", spec.allocated, spec.size, "folder repo"
         )
@@ -183,21 +211,27 @@ class ObjectStoreCases:
             result.stored[key] = []
         # Untimed: warms both paths (the first write into a new bucket index, page caches).
         warm = self.new_prefix()
-        self.s3_backup(warm, [spec], "full", encrypted)
+        self.s3_backup(warm, [spec], "full", encrypted, s3)
         self.drop_prefix(warm)
         for i in range(self.repeat):
             for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
+                before = daemon_cpu()
                 if side == "ours":
                     ensure_space(spec.allocated)
+                    before = daemon_cpu()
                     prefix = self.new_prefix()
-                    sample, grew = self.s3_backup(prefix, [spec], "full", encrypted)
+                    sample, grew = self.s3_backup(prefix, [spec], "full", encrypted, s3)
+                    after = daemon_cpu()
                     self.drop_prefix(prefix)
                 else:
                     repo = self.runner.new_repo()
                     sample, grew = self.folder_backup(repo, "full")
+                    after = daemon_cpu()
                     self.runner.drop_repo(repo)
                 getattr(result, side).append(sample)
                 result.stored[side].append(grew)
+                for daemon, seconds in after.items():
+                    result.daemon_cpu.setdefault(f"{side} {daemon}", []).append(seconds - before[daemon])
             log(f"  {name} {i + 1}/{self.repeat}: {summary_line(result)}")
         return result
 

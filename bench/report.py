@@ -100,6 +100,8 @@ class CaseSummary:
     """Object-store cases: median bytes each side's run added to its repository."""
     bytes_read: float | None
     """Ours: median bytes read from the cluster, as reported."""
+    daemon_cpu: dict[str, float]
+    """Object-store cases: median CPU seconds of the lab's daemons during a run, by side and daemon."""
     samples: dict[str, list[dict[str, Any]]]
 
 
@@ -127,6 +129,7 @@ def summarize_case(case: CaseResult) -> CaseSummary:
         stock_wall=statistics.median(s.wall for s in case.stock) if case.stock else None,
         stored={side: statistics.median(values) for side, values in case.stored.items() if values},
         bytes_read=median([s.bytes_read for s in case.ours]),
+        daemon_cpu={key: statistics.median(values) for key, values in case.daemon_cpu.items() if values},
         samples={
             "ours": [asdict(s) for s in case.ours],
             "theirs": [asdict(s) for s in case.theirs],
@@ -296,7 +299,7 @@ def restore_targets(cases: dict[str, CaseSummary]) -> list[Target]:
 def objstore_targets(cases: dict[str, CaseSummary]) -> list[Target]:
     """The targets of issue 18's benchmark for the object-store cases that ran."""
     targets: list[Target] = []
-    for name, how in (("s3-full", ""), ("s3-full-enc", ", encrypted")):
+    for name, how in (("s3-full", ""), ("s3-full-enc", ", encrypted"), ("s3-full-http", ", plain HTTP")):
         if full := cases.get(name):
             targets.append(
                 Target(

@@ -148,6 +148,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "compress",
             "s3-full",
             "s3-full-enc",
+            "s3-full-http",
             "s3-incr",
             "s3-dedup",
             "restore-rbd",
@@ -295,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stored = ", ".join(f"{sides[side]} {value / MIB:.2f} MiB" for side, value in c.stored.items())
             read = "" if c.bytes_read is None else f"; read from Ceph {c.bytes_read / MIB:.1f} MiB"
             print(f"{c.name}: bytes added to the repository (from outside the tool): {stored}{read}")
+        if c.daemon_cpu:
+            spent = ", ".join(f"{key} {value:.2f} s" for key, value in c.daemon_cpu.items())
+            print(f"{c.name}: CPU of the lab's daemons during a run (ours = the object store side): {spent}")
         if c.stock_wall is not None:
             print(
                 f"{c.name} with Ceph's tools alone (rbd snap create, export-diff, snap rm of the old base): "
