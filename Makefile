@@ -57,7 +57,7 @@ lint-python: ## ruff check and ruff format --check on the package, tests and ben
 	$(PYTHON) -m ruff check $(PY_SOURCES)
 	$(PYTHON) -m ruff format --check $(PY_SOURCES)
 	$(PYTHON) -m mypy --strict $(PY_PACKAGE)
-	$(PYTHON) -m mypy --strict bench/run.py bench/freeze_window.py bench/lab_monitor.py
+	$(PYTHON) -m mypy --strict bench/*.py
 
 .PHONY: lint-shell
 lint-shell: ## shellcheck on the lab, setup, test and CI scripts

@@ -2,12 +2,12 @@
 # The fault report (issue 6): runs every fault-injection test against the lab (kills at each
 # phase, concurrent runs, full target, hung monitor, libvirtd gone, wrong key, deleted image,
 # unresponsive agent, guest destroyed, snapshot removed and image resized mid-backup; restore
-# targets appearing mid-restore, --force replacement, block devices, restore --define refusing
-# host passthrough and cleaning up after a failed disk; a second host on the same domain, image
-# or folder; systemd killing the run's cgroup, SIGTERM, SIGHUP; restic runs killed; the clock
-# stepped back, a truncated manifest mid-chain, a block table replaced by a link or FIFO; on an
-# S3 block repository a wrong key, an endpoint that is down, deleted and flipped blocks, a run
-# killed mid-upload) and
+# targets appearing mid-restore, --force replacement, a bad write under the restore check, block
+# devices, restore --define refusing host passthrough and cleaning up after a failed disk; a
+# second host on the same domain, image or folder; systemd killing the run's cgroup, SIGTERM,
+# SIGHUP; restic runs killed; the clock stepped back, a truncated manifest mid-chain, a block
+# table replaced by a link or FIFO; on an S3 block repository a wrong key, an endpoint that is
+# down, deleted and flipped blocks, a run killed mid-upload) and
 # prints a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
 # column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
 #
@@ -30,6 +30,7 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_engine_midrun_faults_lab.py \
     tests/python/test_engine_stop_faults_lab.py \
     tests/python/test_engine_restore_targets_lab.py \
+    tests/python/test_engine_restore_check_lab.py \
     tests/python/test_restic_faults_lab.py \
     tests/python/test_engine_multihost_lab.py \
     tests/python/test_repo_trust_lab.py \

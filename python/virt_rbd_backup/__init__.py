@@ -582,12 +582,16 @@ def restore(
     connect: str = DEFAULT_CONNECT,
     restic: ResticTarget | str | None = None,
     access: RepoAccess | None = None,
+    read_back: bool = False,
 ) -> RestoreReport:
     """Restore one disk of a backup into a sparse raw file or an RBD image.
 
     The backup's chain (its full backup, then each incremental) is replayed, every stored file
     checked against its checksum on the way, and the result is compared with the backup's
-    content checksum: a restore either reproduces the backed-up disk exactly or fails. It is
+    content checksum: a restore either reproduces the backed-up disk exactly or fails. By
+    default the result's block hashes come from the bytes as they are written, and only blocks
+    an incremental wrote over are read back from the target; ``read_back`` reads every block
+    back (README, "Safety"). It is
     written under a temporary name and renamed into place only then, so a failure or Ctrl-C
     leaves no partial target.
 
@@ -612,6 +616,8 @@ def restore(
             are checked against the seal's size and checksum.
         access: How to open ``repo`` when it is ``s3://...`` or a block repository
             (:class:`RepoAccess`); such a backup is complete on its own (its chain is itself).
+        read_back: Check the result by reading all of it back from the target (also catches
+            storage that acknowledged a write and holds other bytes); slower.
 
     Returns:
         The report: the chain replayed, bytes written, the checksum verified.
@@ -663,6 +669,7 @@ def restore_define(
     connect: str = DEFAULT_CONNECT,
     allow_host_passthrough: bool = False,
     access: RepoAccess | None = None,
+    read_back: bool = False,
 ) -> DefineReport:
     """Restore every RBD disk of a backup into new images and define a new domain on them.
 
@@ -697,6 +704,7 @@ def restore_define(
         allow_host_passthrough: Define the domain even if its saved XML gives it host resources.
         access: How to open ``repo`` when it is ``s3://...`` or a block repository
             (:class:`RepoAccess`).
+        read_back: Check each image by reading all of it back (as :func:`restore`'s).
 
     Returns:
         The report: the new domain's name and UUID, one restore report per disk, the disks

@@ -254,7 +254,8 @@ def restore(options: str | Mapping[str, Any]) -> dict[str, Any]:
     ``options`` is a JSON object (str) or a mapping with the fields of ``RestoreOptions``:
     ``repo``, ``domain`` and ``to`` are required; ``disk``, ``backup`` (an id or ``"latest"``),
     ``force``, ``ceph`` (a ``CephAccess`` object: ``connect``, ``ceph_conf``, ``ceph_user``,
-    each optional) and ``restic`` (a ``ResticTarget``
+    each optional), ``access`` (a ``RepoAccess`` object), ``read_back`` (check by reading the
+    whole result back) and ``restic`` (a ``ResticTarget``
     object: restore from restic, ``backup`` then being a snapshot id prefix) are optional; an
     unknown field is a :class:`UsageError`. ``to`` is either a string in the CLI syntax (``rbd:POOL/IMAGE``,
     ``rbd:POOL/NAMESPACE/IMAGE``, or a file path), a malformed one being a
@@ -273,7 +274,7 @@ def restore_define(options: str | Mapping[str, Any]) -> dict[str, Any]:
     ``repo``, ``domain`` and ``name`` (the new domain; its images are ``POOL/NAME-TARGET``) are
     required; ``backup`` (an id or ``"latest"``), ``pool`` (default: each disk's own),
     ``force``, ``ceph`` (a ``CephAccess`` object, as for :func:`restore`; its ``connect`` is
-    also where the domain is defined) and ``allow_host_passthrough`` are
+    also where the domain is defined), ``access``, ``read_back`` and ``allow_host_passthrough`` are
     optional; a missing or unknown field is a :class:`UsageError`, and so are a domain of that
     name that exists already and saved XML that gives the domain host resources (host devices,
     filesystem passthrough, another emulator, qemu:commandline, ...) without

@@ -24,7 +24,7 @@ restic repository ``TARGET_REPO``, with the same lines.
 
 The other subcommands work on the repository::
 
-    restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force] [--restic-repo REPO]
+    restore DOMAIN --to TARGET [--disk vda] [--backup ID|latest] [--force] [--read-back] [--restic-repo REPO]
         Restored DOMAIN disk vda from backup ID (chain: A <- B) to TARGET: N bytes, checksum verified
         Restored DOMAIN disk vda from restic snapshot ID to TARGET: N bytes
     restore DOMAIN --define NAME [--pool POOL] [--backup ID|latest] [--force] [--allow-host-passthrough]
@@ -776,6 +776,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace an existing file or image (kept aside until the new one is in place), or "
         "write into a block device (with --define: replace existing images)",
+    )
+    restoring.add_argument(
+        "--read-back",
+        action="store_true",
+        help="check the result by reading all of it back from the target, instead of hashing what "
+        "is written and reading back only what incrementals wrote over (slower; see the README's Safety)",
     )
     restoring.add_argument(
         "--allow-host-passthrough",

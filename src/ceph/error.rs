@@ -41,6 +41,17 @@ pub enum CephError {
         message: String,
         hint: &'static str,
     },
+    /// An asynchronous write or discard failed (`call` names which).
+    #[error("{call} of {length} bytes at offset {offset} of {image} failed: {message} (errno {errno}){hint}")]
+    Write {
+        call: &'static str,
+        image: String,
+        offset: u64,
+        length: u64,
+        errno: i32,
+        message: String,
+        hint: &'static str,
+    },
     /// A read returned fewer bytes than asked for.
     #[error("short read from {image} at offset {offset}: asked {wanted} bytes, got {got}")]
     ShortRead {
@@ -61,7 +72,8 @@ impl CephError {
             CephError::Connect { errno, .. }
             | CephError::OpenPool { errno, .. }
             | CephError::OpenImage { errno, .. }
-            | CephError::Call { errno, .. } => Some(*errno),
+            | CephError::Call { errno, .. }
+            | CephError::Write { errno, .. } => Some(*errno),
             _ => None,
         }
     }

@@ -1,5 +1,5 @@
-//! librados/librbd: connecting to a cluster, opening images, snapshots, allocated extents and
-//! pipelined reads.
+//! librados/librbd: connecting to a cluster, opening images, snapshots, allocated extents,
+//! pipelined reads and writes.
 //!
 //! All `unsafe` FFI is in `ffi.rs`; `cluster.rs` and `image.rs` are the safe owners (`Drop`
 //! shuts down, destroys, closes and waits). Lifetimes encode the C library's rules: a pool
@@ -20,7 +20,9 @@ pub mod lock;
 pub use cluster::{CephTimeouts, ClusterAddress, PoolContext, RadosCluster};
 pub use error::CephError;
 pub use group::{GroupSnapshotInfo, RbdGroup};
-pub use image::{Extent, ImageInfo, ImageWatcher, PendingRead, RbdImage, SnapshotInfo};
+pub use image::{
+    Extent, ImageInfo, ImageWatcher, ImageWriter, PendingRead, RbdImage, SnapshotInfo,
+};
 pub use lock::{LockAttempt, Locker};
 
 /// The versions of the librbd and librados this process runs with (`major.minor.extra` of

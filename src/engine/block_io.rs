@@ -11,7 +11,7 @@
 //! source completes each read at once.
 
 use crate::buffer::AlignedBuf;
-use crate::ceph::{Extent, PendingRead, RbdImage};
+use crate::ceph::{Extent, ImageWriter, PendingRead, RbdImage};
 use crate::error::Error;
 use crate::plan::{ContentHasher, HASH_BLOCK_SIZE};
 use crate::repo::image_file::is_zero;
@@ -113,33 +113,89 @@ pub trait ExtentSink {
     /// Finishes the writes (flush) and hashes every block of the first `size` bytes as read
     /// back from the storage, for the check against the backup's block table.
     fn read_back_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error>;
+
+    /// Finishes the writes (flush) and hashes only `blocks` (indexes of `HASH_BLOCK_SIZE`
+    /// blocks of an image of `size` bytes) as read back from the storage, in the order given:
+    /// the blocks whose content the restore could not follow as it wrote
+    /// (`plan::WrittenContent`). An empty list only finishes the writes.
+    fn read_back_blocks(&mut self, size: u64, blocks: &[u64]) -> Result<Vec<[u8; 32]>, Error>;
 }
 
-/// An RBD image being restored: the image's own write, discard and resize calls.
+/// The hashes of `blocks` of an image of `size` bytes, each block read and hashed by
+/// `read_hash` (offset, length).
+fn hash_blocks(
+    size: u64,
+    blocks: &[u64],
+    mut read_hash: impl FnMut(u64, usize) -> Result<[u8; 32], Error>,
+) -> Result<Vec<[u8; 32]>, Error> {
+    let hasher = ContentHasher::new(size);
+    blocks
+        .iter()
+        .map(|&index| read_hash(index * HASH_BLOCK_SIZE, hasher.block_len(index) as usize))
+        .collect()
+}
+
+/// Writes and discards a restore keeps in flight on an RBD image: `rbd import` keeps several
+/// in flight too; 4 brought a full restore from about 0.5x to 0.8x of `rbd import` on the lab.
+const RBD_WRITES_IN_FLIGHT: usize = 4;
+
+/// An RBD image being restored: writes and discards go through an `ImageWriter`
+/// (`RBD_WRITES_IN_FLIGHT` asynchronous ones), finished before a resize, a read-back and the
+/// rename that places the image.
 pub struct RbdSink<'a> {
-    /// The image, opened for writing.
-    pub image: &'a RbdImage<'a>,
+    image: &'a RbdImage<'a>,
+    writer: ImageWriter<'a>,
+}
+
+impl<'a> RbdSink<'a> {
+    /// A sink over `image`, opened for writing.
+    pub fn new(image: &'a RbdImage<'a>) -> Self {
+        RbdSink {
+            image,
+            writer: ImageWriter::new(image, RBD_WRITES_IN_FLIGHT),
+        }
+    }
+
+    /// Waits for every write in flight and flushes the image.
+    pub fn finish(&mut self) -> Result<(), Error> {
+        self.writer.finish()?;
+        Ok(self.image.flush()?)
+    }
 }
 
 impl ExtentSink for RbdSink<'_> {
     fn resize(&mut self, size: u64) -> Result<(), Error> {
         if self.image.info()?.size != size {
+            self.writer.finish()?;
             self.image.resize(size)?;
         }
         Ok(())
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        Ok(self.image.write_at(offset, data)?)
+        Ok(self.writer.write(offset, data.to_vec())?)
     }
 
     fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error> {
-        Ok(self.image.discard(offset, length)?)
+        Ok(self.writer.discard(offset, length)?)
     }
 
     fn read_back_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
-        self.image.flush()?;
+        self.finish()?;
         super::export::image_block_table(self.image, size, false)
+    }
+
+    fn read_back_blocks(&mut self, size: u64, blocks: &[u64]) -> Result<Vec<[u8; 32]>, Error> {
+        if blocks.len() as u64 == size.div_ceil(HASH_BLOCK_SIZE) {
+            // Every block: the table reads with several reads in flight.
+            return self.read_back_hashes(size);
+        }
+        self.finish()?;
+        let image = self.image;
+        hash_blocks(size, blocks, |offset, len| {
+            let data = image.start_read(offset, AlignedBuf::zeroed(len))?.wait()?;
+            Ok(*blake3::hash(&data).as_bytes())
+        })
     }
 }
 
@@ -316,6 +372,8 @@ pub struct MemorySink {
     pub fail_write_at: Option<u64>,
     /// Bytes written with `write_at` (zeroing not counted).
     pub written: u64,
+    /// Blocks hashed by `read_back_blocks` (what the check of a restore did not follow).
+    pub blocks_read_back: u64,
 }
 
 impl ExtentSink for MemorySink {
@@ -358,6 +416,21 @@ impl ExtentSink for MemorySink {
         Ok(block_table_of(
             &self.data[..size.min(self.data.len() as u64) as usize],
         ))
+    }
+
+    fn read_back_blocks(&mut self, size: u64, blocks: &[u64]) -> Result<Vec<[u8; 32]>, Error> {
+        self.blocks_read_back += blocks.len() as u64;
+        let data = &self.data;
+        hash_blocks(size, blocks, |offset, len| {
+            data.get(offset as usize..offset as usize + len)
+                .map(|block| *blake3::hash(block).as_bytes())
+                .ok_or_else(|| {
+                    Error::Inconsistent(format!(
+                        "(memory sink) read back of {len} bytes at {offset} past the end ({} bytes)",
+                        data.len()
+                    ))
+                })
+        })
     }
 }
 

@@ -6,7 +6,9 @@
 //! differs is the filling: `workers` threads fetch blocks (each opened, checked against its id
 //! and against the plain hash in the block table), the restoring thread writes them at their
 //! offsets as they arrive (holes are never written: a new file or image reads zeros there),
-//! then the result is read back and compared with the block table, as every restore does.
+//! then the result is compared with the block table, as every restore does
+//! (`restore::check_restored`). Each block is written once, whole, so what was written tells
+//! every block's hash and by default nothing is read back; with `read_back` every block is.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -14,10 +16,11 @@ use std::time::Instant;
 use crate::block_repo::{BlockManifest, BlockRepoError, BlockRepository, StoredDisk};
 use crate::error::Error;
 use crate::objstore::object_format::BlockId;
-use crate::repo::RepoError;
 
 use super::block_io::ExtentSink;
-use super::restore::{first_difference, restore_into, PlacedImage, RestoreOptions, RestoreReport};
+use super::restore::{
+    check_restored, restore_into, FollowedSink, PlacedImage, RestoreOptions, RestoreReport,
+};
 use super::CancelToken;
 
 /// Blocks fetched at once: an object store's latency, not its bandwidth, is what one stream
@@ -73,13 +76,17 @@ pub(super) fn find_backup(
 }
 
 /// Writes every stored block of `disk` into `sink` (fetched by `FETCH_WORKERS` threads), then
-/// reads the result back and compares it with the block table. Returns the bytes written.
+/// checks the result against the block table (`check_restored`; with `read_back` every block
+/// is read back from the target). Returns the bytes written.
 pub(super) fn write_blocks(
     repo: &BlockRepository,
     disk: &StoredDisk,
     sink: &mut dyn ExtentSink,
+    read_back: bool,
     cancel: &CancelToken,
 ) -> Result<u64, Error> {
+    let mut followed = FollowedSink::new(sink);
+    let sink = &mut followed;
     sink.resize(disk.record.size)?;
     let stored: Vec<(usize, BlockId)> = (0..disk.blocks.len())
         .filter_map(|i| disk.blocks.get(i).map(|id| (i, id)))
@@ -140,15 +147,16 @@ pub(super) fn write_blocks(
         result
     });
     outcome?;
-    let actual = sink.read_back_hashes(disk.record.size)?;
-    if let Some(offset) = first_difference(&disk.table, &actual) {
-        return Err(RepoError::Corrupt {
-            path: format!("{}: {}", repo.describe(), disk.record.target).into(),
-            offset: Some(offset),
-            message: "the restored image differs from the backup's block table there; the restore is incomplete and was discarded".into(),
-        }
-        .into());
-    }
+    let (sink, written_content) = followed.into_parts();
+    let path = std::path::PathBuf::from(format!("{}: {}", repo.describe(), disk.record.target));
+    check_restored(
+        sink,
+        written_content,
+        read_back,
+        disk.record.size,
+        &disk.table,
+        &path,
+    )?;
     Ok(written)
 }
 
@@ -194,7 +202,7 @@ pub(super) fn restore_disk(
                 .ceph
                 .connect_for_disk(&manifest.domain.xml, &manifest.domain.name, &target)
         },
-        |sink| write_blocks(repo, &disk, sink, cancel),
+        |sink| write_blocks(repo, &disk, sink, options.read_back, cancel),
     )?;
     let report = RestoreReport {
         domain: manifest.domain.name.clone(),

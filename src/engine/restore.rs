@@ -2,14 +2,23 @@
 //!
 //! The full backup at the start of the chain is copied block by block (each block checked
 //! against its hash as it is read; holes stay holes), then each incremental's rbd diff is
-//! checked against its checksum and replayed. The result is read back and compared, block by
-//! block, with the content checksum of the chosen backup: a restore either reproduces that
-//! exact content or fails, never "succeeds" with other data. It is written under a temporary
-//! name and renamed into place only then.
+//! checked against its checksum and replayed. The result is then compared, block by block,
+//! with the block table of the chosen backup: a restore either reproduces that exact content
+//! or fails, never "succeeds" with other data. It is written under a temporary name and
+//! renamed into place only then.
+//!
+//! # The check of the result
+//!
+//! By default the hash of each block is worked out from the bytes handed to the target as they
+//! are written (`plan::WrittenContent`): blocks of the full backup written once, in order, are
+//! hashed on the way, blocks never written are zeros on a new target, and only the blocks an
+//! incremental wrote over (or a resize cut) are read back from the target. With `read_back`
+//! every block is read back from the target instead, which also catches storage that
+//! acknowledged a write and kept other bytes (README, "Safety": what each one proves).
 //!
 //! Everything is written through `block_io::ExtentSink` (the file target here, an RBD image
-//! through `block_io::RbdSink`): `write_data`, `replay_diff` and `check_restored` are the
-//! replay, tested with `block_io::MemorySink`. A target that is refused is a `TargetError`.
+//! through `block_io::RbdSink`, which keeps several writes in flight): `write_data`,
+//! `replay_diff` and `check_restored` are the replay, tested with `block_io::MemorySink`. A target that is refused is a `TargetError`.
 //!
 //! # What a target may replace
 //!
@@ -47,7 +56,9 @@ use serde::{Deserialize, Serialize};
 use crate::ceph::{PoolContext, RadosCluster, RbdImage};
 use crate::error::Error;
 use crate::libvirt::HypervisorConnection;
-use crate::plan::{checksum_of_table, ContentHasher, StreamHasher, HASH_BLOCK_SIZE};
+use crate::plan::{
+    checksum_of_table, ContentHasher, StreamHasher, WrittenContent, HASH_BLOCK_SIZE,
+};
 use crate::repo::chain::{data_in, open_diff_link, verify_stored_file, ChainLink, RawBlockReader};
 use crate::repo::image_file::nonzero_runs;
 use crate::repo::manifest::sync_dir;
@@ -235,6 +246,10 @@ pub struct RestoreOptions {
     /// How to open `repo` when it is a block repository (S3, key file).
     #[serde(default)]
     pub access: super::repo_access::RepoAccess,
+    /// Check the result by reading every block back from the target, instead of hashing what
+    /// is written and reading back only the blocks incrementals wrote over (module doc).
+    #[serde(default)]
+    pub read_back: bool,
 }
 
 /// The outcome of a restore.
@@ -322,7 +337,7 @@ fn restore_disk(
                 .ceph
                 .connect_for_disk(&manifest.domain.xml, &manifest.domain.name, &target)
         },
-        |sink| replay(&chain, sink, &expected, cancel),
+        |sink| replay(&chain, sink, &expected, options.read_back, cancel),
     )?;
     let report = RestoreReport {
         domain: manifest.domain.name.clone(),
@@ -570,8 +585,10 @@ fn restore_image(
     let filled = (|| {
         let handle = RbdImage::open(ctx, &tmp)?;
         let written = {
-            let mut sink = RbdSink { image: &handle };
-            fill(&mut sink)?
+            let mut sink = RbdSink::new(&handle);
+            let written = fill(&mut sink)?;
+            sink.finish()?;
+            written
         };
         Ok::<_, Error>((written, handle.info()?.id))
     })();
@@ -725,13 +742,17 @@ impl PlacedImage {
     }
 }
 
-/// Replays `chain` into `sink` and checks the result against `expected`. Returns data bytes written.
+/// Replays `chain` into `sink` and checks the result against `expected` (`check_restored`:
+/// with `read_back` every block is read back). Returns data bytes written.
 fn replay(
     chain: &[ChainLink],
     sink: &mut dyn ExtentSink,
     expected: &[[u8; 32]],
+    read_back: bool,
     cancel: &CancelToken,
 ) -> Result<u64, Error> {
+    let mut followed = FollowedSink::new(sink);
+    let sink = &mut followed;
     let mut written = 0u64;
     for link in chain {
         if cancel.is_cancelled() {
@@ -759,7 +780,8 @@ fn replay(
     }
     let size = chain.last().map_or(0, |l| l.disk.size);
     let path = chain.last().map(|l| l.data_path()).unwrap_or_default();
-    check_restored(sink, size, expected, &path)?;
+    let (sink, written_content) = followed.into_parts();
+    check_restored(sink, written_content, read_back, size, expected, &path)?;
     Ok(written)
 }
 
@@ -809,16 +831,44 @@ fn replay_diff<R: Read>(
     Ok(written)
 }
 
-/// Reads `sink` back and compares it, block by block, with `expected` (the backup's block
-/// table); the first block that differs fails the restore, naming `path` (the chain's last
-/// file) and the offset.
-fn check_restored(
+/// Compares what `sink` holds (an image of `size` bytes), block by block, with `expected`
+/// (the backup's block table); the first block that differs fails the restore, naming `path`
+/// (the chain's last file, or the block repository's disk) and the offset.
+///
+/// Every restore layout checks this way (module doc, "The check of the result"): a block's hash
+/// comes from `written` (what was handed to the target, followed by `FollowedSink`) where that
+/// says what the target holds; the other blocks are read back from the target. With
+/// `read_back`, every block is read back.
+pub(super) fn check_restored(
     sink: &mut dyn ExtentSink,
+    written: WrittenContent,
+    read_back: bool,
     size: u64,
     expected: &[[u8; 32]],
     path: &Path,
 ) -> Result<(), Error> {
-    let actual = sink.read_back_hashes(size)?;
+    // Every write finished before the check (and the test hook that changes the target there).
+    sink.read_back_blocks(size, &[])?;
+    super::thaw_guard::test_pause("written");
+    let blocks = size.div_ceil(HASH_BLOCK_SIZE) as usize;
+    let mut known = written.finish();
+    if read_back || known.len() != blocks {
+        // Asked for, or the writes were followed for another size: nothing is taken as known.
+        known = vec![None; blocks];
+    }
+    let unknown: Vec<u64> = (0..blocks as u64)
+        .filter(|&i| known[i as usize].is_none())
+        .collect();
+    let read = sink.read_back_blocks(size, &unknown)?;
+    for (index, hash) in unknown.iter().zip(read) {
+        known[*index as usize] = Some(hash);
+    }
+    log::debug!(
+        "restore check: {} of {} blocks read back from the target",
+        unknown.len(),
+        blocks
+    );
+    let actual: Vec<[u8; 32]> = known.into_iter().flatten().collect();
     if let Some(offset) = first_difference(expected, &actual) {
         return Err(RepoError::Corrupt {
             path: path.to_path_buf(),
@@ -836,6 +886,55 @@ pub(super) fn first_difference(expected: &[[u8; 32]], actual: &[[u8; 32]]) -> Op
     (0..expected.len().max(actual.len()))
         .find(|&i| expected.get(i) != actual.get(i))
         .map(|index| index as u64 * HASH_BLOCK_SIZE)
+}
+
+/// A sink whose writes are followed by `WrittenContent`, so that the check of the result
+/// knows the hashes of the blocks it can without reading the target back (`check_restored`).
+pub(super) struct FollowedSink<'a> {
+    inner: &'a mut dyn ExtentSink,
+    content: WrittenContent,
+}
+
+impl<'a> FollowedSink<'a> {
+    /// Follows the writes into `inner`, a new target that reads as zeros (of size 0 until
+    /// resized).
+    pub(super) fn new(inner: &'a mut dyn ExtentSink) -> Self {
+        FollowedSink {
+            inner,
+            content: WrittenContent::new(0),
+        }
+    }
+
+    /// The target and what was written into it, for `check_restored`.
+    pub(super) fn into_parts(self) -> (&'a mut dyn ExtentSink, WrittenContent) {
+        (self.inner, self.content)
+    }
+}
+
+impl ExtentSink for FollowedSink<'_> {
+    fn resize(&mut self, size: u64) -> Result<(), Error> {
+        self.inner.resize(size)?;
+        self.content.resize(size);
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
+        self.content.write(offset, data);
+        self.inner.write_at(offset, data)
+    }
+
+    fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error> {
+        self.content.zero(offset, length);
+        self.inner.zero(offset, length)
+    }
+
+    fn read_back_hashes(&mut self, size: u64) -> Result<Vec<[u8; 32]>, Error> {
+        self.inner.read_back_hashes(size)
+    }
+
+    fn read_back_blocks(&mut self, size: u64, blocks: &[u64]) -> Result<Vec<[u8; 32]>, Error> {
+        self.inner.read_back_blocks(size, blocks)
+    }
 }
 
 /// How a `FileSink` writes.
@@ -1233,6 +1332,39 @@ impl ExtentSink for FileSink {
         }
         Ok(hasher.finish_with_hashes().1)
     }
+
+    fn read_back_blocks(&mut self, size: u64, blocks: &[u64]) -> Result<Vec<[u8; 32]>, Error> {
+        if blocks.is_empty() {
+            return Ok(Vec::new());
+        }
+        if blocks.len() as u64 == size.div_ceil(HASH_BLOCK_SIZE) {
+            return self.read_back_hashes(size);
+        }
+        if let FileMode::Device { .. } = self.mode {
+            // As in `read_back_hashes`: what the device holds, not the page cache.
+            self.file.sync_all().map_err(self.io("fsync"))?;
+            // SAFETY: posix_fadvise on a descriptor we own; no memory is involved.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    0,
+                    size as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                )
+            };
+        }
+        let hasher = ContentHasher::new(size);
+        let mut buf = Vec::new();
+        let mut hashes = Vec::with_capacity(blocks.len());
+        for &index in blocks {
+            buf.resize(hasher.block_len(index) as usize, 0);
+            self.file
+                .read_exact_at(&mut buf, index * HASH_BLOCK_SIZE)
+                .map_err(self.io("read back"))?;
+            hashes.push(*blake3::hash(&buf).as_bytes());
+        }
+        Ok(hashes)
+    }
 }
 
 #[cfg(test)]
@@ -1545,9 +1677,11 @@ mod tests {
         }
 
         /// Backs `now` up as a diff (from nothing, or from `base`: its bytes and table) and
-        /// replays it into `sink`. Returns the export's block table.
-        fn back_up_and_replay(
+        /// replays it into `sink`, its writes followed by `content` (which followed the
+        /// replays into `sink` before this one). Returns the export's block table.
+        fn back_up_and_replay_into(
             sink: &mut MemorySink,
+            content: &mut WrittenContent,
             now: &[u8],
             base: Option<(&[u8], &[[u8; 32]])>,
             use_object_map: bool,
@@ -1592,9 +1726,95 @@ mod tests {
                 }
             };
             let mut reader = RbdDiffReader::new(&stream[..])?;
-            replay_diff(&mut reader, sink, &cancel)?;
-            check_restored(sink, size, &stats.block_table, Path::new("(memory)"))?;
+            let mut followed = FollowedSink {
+                inner: sink,
+                content: std::mem::replace(content, WrittenContent::new(0)),
+            };
+            let replayed = replay_diff(&mut reader, &mut followed, &cancel);
+            *content = followed.content;
+            replayed?;
+            debug_assert_eq!(size, now.len() as u64);
             Ok(stats.block_table)
+        }
+
+        /// `back_up_and_replay_into`, then the check of the result, every block read back
+        /// (the sink may hold what earlier replays wrote, which nothing here followed).
+        fn back_up_and_replay(
+            sink: &mut MemorySink,
+            now: &[u8],
+            base: Option<(&[u8], &[[u8; 32]])>,
+            use_object_map: bool,
+        ) -> Result<Vec<[u8; 32]>, Error> {
+            let mut content = WrittenContent::new(0);
+            let table = back_up_and_replay_into(sink, &mut content, now, base, use_object_map)?;
+            let size = now.len() as u64;
+            check_restored(sink, content, true, size, &table, Path::new("(memory)"))?;
+            Ok(table)
+        }
+
+        /// A full backup of 4 blocks of data and an incremental over it that rewrites part of
+        /// block 1 and discards part of block 3.
+        fn full_and_incremental() -> (Vec<u8>, Vec<u8>) {
+            let s0 = image(4 * B, &[(0, 4 * B, 1)]);
+            let mut s1 = s0.clone();
+            s1[B + 100..B + 5000].fill(9);
+            s1[3 * B..3 * B + 8192].fill(0);
+            (s0, s1)
+        }
+
+        #[test]
+        fn the_default_check_reads_back_only_the_blocks_an_incremental_wrote_over() {
+            let (s0, s1) = full_and_incremental();
+            let size = s0.len() as u64;
+            let path = Path::new("(memory)");
+            let mut sink = MemorySink::default();
+            let mut content = WrittenContent::new(0);
+            let t0 = back_up_and_replay_into(&mut sink, &mut content, &s0, None, false).unwrap();
+            check_restored(&mut sink, content.clone(), false, size, &t0, path).unwrap();
+            assert_eq!(sink.blocks_read_back, 0, "a full alone is known as written");
+
+            let t1 = back_up_and_replay_into(&mut sink, &mut content, &s1, Some((&s0, &t0)), false)
+                .unwrap();
+            assert!(sink.data == s1);
+            assert_eq!(t1, block_table_of(&s1));
+            check_restored(&mut sink, content.clone(), false, size, &t1, path).unwrap();
+            assert_eq!(
+                sink.blocks_read_back, 2,
+                "blocks 1 and 3, which the incremental changed"
+            );
+
+            sink.blocks_read_back = 0;
+            check_restored(&mut sink, content, true, size, &t1, path).unwrap();
+            assert_eq!(sink.blocks_read_back, 4, "read_back reads every block");
+        }
+
+        #[test]
+        fn a_bad_write_is_caught_by_default_where_an_incremental_wrote_and_anywhere_with_read_back()
+        {
+            let (s0, s1) = full_and_incremental();
+            let size = s0.len() as u64;
+            let path = Path::new("/r/vda.rbdiff");
+            let mut sink = MemorySink::default();
+            let mut content = WrittenContent::new(0);
+            let t0 = back_up_and_replay_into(&mut sink, &mut content, &s0, None, false).unwrap();
+            let t1 = back_up_and_replay_into(&mut sink, &mut content, &s1, Some((&s0, &t0)), false)
+                .unwrap();
+            let corrupt_at = |at: u64, read_back: bool| {
+                // Storage that acknowledged the writes and holds other bytes at `at`.
+                let mut bad = sink.clone();
+                bad.data[at as usize] ^= 0x40;
+                match check_restored(&mut bad, content.clone(), read_back, size, &t1, path) {
+                    Ok(()) => None,
+                    Err(Error::Repo(RepoError::Corrupt { offset, .. })) => offset,
+                    Err(other) => panic!("expected a corrupt restore, got {other:?}"),
+                }
+            };
+            // Block 1: the incremental wrote over it, so it is read back.
+            assert_eq!(corrupt_at(B as u64 + 17, false), Some(B as u64));
+            // Block 0: only the full wrote it; the default check trusts the acknowledged write
+            // (README, Safety), read_back does not.
+            assert_eq!(corrupt_at(17, false), None);
+            assert_eq!(corrupt_at(17, true), Some(0));
         }
 
         #[test]
@@ -1697,6 +1917,8 @@ mod tests {
             sink.data[B + 17] = 0;
             match check_restored(
                 &mut sink,
+                WrittenContent::new(0),
+                true,
                 now.len() as u64,
                 &table,
                 Path::new("/r/vda.rbdiff"),
@@ -1769,6 +1991,9 @@ pub struct DefineOptions {
     /// How to reach the cluster; its `connect` is also the libvirt the domain is defined on.
     #[serde(default)]
     pub ceph: CephAccess,
+    /// Check each restored image by reading it back whole (`RestoreOptions::read_back`).
+    #[serde(default)]
+    pub read_back: bool,
     /// Define the domain even if its saved XML gives it host resources
     /// (`libvirt::domain_rewrite::host_passthrough`); refused otherwise.
     #[serde(default)]
@@ -1923,6 +2148,7 @@ pub fn restore_define(
             ceph: options.ceph.clone(),
             restic: None,
             access: options.access.clone(),
+            read_back: options.read_back,
         });
     }
     let rewritten =

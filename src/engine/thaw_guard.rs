@@ -68,7 +68,8 @@ impl Drop for ThawWatchdog {
 /// Test hook: `VIRT_RBD_BACKUP_TEST_PAUSE=PHASE:SECONDS` makes a run sleep at `PHASE`
 /// (`freezing` after the thaw watchdog started and before the freeze call, `frozen`, `exported`
 /// after the first block of each disk, `exporting` after the first block of the first disk
-/// only, `committing`; `restored`: a restore, after its data is written and checked, before it
+/// only, `committing`; `written`: a restore from the repository, after its data is written and
+/// before it is checked; `restored`: a restore, after its data is written and checked, before it
 /// is put under the target's name; `replacing`: a `--force` RBD restore, between renaming the
 /// old image aside and the new one onto the name) so fault-injection tests can kill it there or change
 /// the cluster under it. It is read from the environment of the backup process only and does

@@ -8,6 +8,7 @@ pub mod leaves;
 pub mod naming;
 pub mod rate;
 pub mod retention;
+pub mod written_content;
 
 pub use blocks::{
     blocks_to_read, checksum_of_table, ByteRange, ContentHasher, StreamHasher, HASH_BLOCK_SIZE,
@@ -27,3 +28,4 @@ pub use retention::{
     compute_prune, parse_backup_id, BackupEntry, KeepOptions, KeepReason, PruneDecision, PruneMark,
     RemoveReason, RetentionError,
 };
+pub use written_content::WrittenContent;

@@ -867,7 +867,7 @@ def test_restore_run_passes_every_option_and_prints_its_line(
 ) -> None:
     fake_repo_core["restore"] = restore_report([B_FULL, B_INC1])
     argv = ["restore", "web1", "--to", "rbd:rbd/web1-restored", "--disk", "vda", "--backup", B_INC1, "--force"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--read-back"]) == 0
     assert fake_repo_core["calls"] == [
         (
             "restore",
@@ -883,6 +883,7 @@ def test_restore_run_passes_every_option_and_prints_its_line(
                 "connect": "qemu:///system",
                 "restic": None,
                 "access": None,
+                "read_back": True,
             },
         )
     ]
@@ -1486,6 +1487,7 @@ def test_restore_define_run_passes_every_option_and_prints_its_lines(
                 "connect": "qemu:///system",
                 "allow_host_passthrough": False,
                 "access": None,
+                "read_back": False,
             },
         )
     ]
