@@ -14,6 +14,11 @@ hook (`VIRT_RBD_BACKUP_TEST_PAUSE=written:SECONDS`). What is pinned:
   backup, which `rbd export` of both shows;
 - `--read-back` catches it anywhere.
 
+From a block repository (`--layout blocks`, src/engine/block_restore.rs) every stored block is
+written once, whole, so the default check knows every block from what it wrote and reads
+nothing back: the same fault is not caught by default, in any block, and `--read-back` catches
+it. Both layouts check with the same code (`restore::check_restored`).
+
 A caught fault fails the restore (exit 1) and leaves no image behind. The backups are of a
 shut-off scratch domain of our own (`vrb-check-*`), removed at the end."""
 
@@ -80,14 +85,31 @@ def write_at(image: str, offset: int, data: bytes) -> None:
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
 
 
-def backup(repo: Path, domain: str, kind: str) -> tuple[str, str]:
+def backup(repo: Path, domain: str, kind: str, *extra: str) -> tuple[str, str]:
     """A backup of `domain`; its id and the pool/image@snapshot it recorded."""
-    result = cli("backup", "--repo", str(repo), "--json", "--domain", domain)
+    result = cli("backup", "--repo", str(repo), "--json", "--domain", domain, *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     (dom,) = result.json()["domains"]
     (disk,) = dom["disks"]
     assert disk["kind"] == kind, disk
     return str(dom["backup_id"]), f"{disk['image']}@{disk['snapshot']}"
+
+
+def make_chain(repo: Path, name: str, image: str, *extra: str) -> Chain:
+    """A full backup of `name` into `repo`, 64 KiB written in block 2, an incremental."""
+    full, _ = backup(repo, name, "full", *extra)
+    # The domain is shut off: its image stays as the full backup read it until we write.
+    full_sha = rbd_export_sha256(image)
+    write_at(image, INCREMENTAL_OFFSET, os.urandom(64 * 1024))
+    latest, latest_snap = backup(repo, name, "incremental", *extra)
+    return Chain(name, image, repo, full, latest, {full: full_sha, latest: rbd_export_sha256(latest_snap)})
+
+
+@pytest.fixture(scope="module")
+def block_chain(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    """The same domain backed up into a block repository in a folder: a full and an incremental."""
+    repo = tmp_path_factory.mktemp("restore-check-blocks") / "repo"
+    return make_chain(repo, chain.domain, chain.image, "--layout", "blocks")
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +124,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         xml = tmp / f"{name}.xml"
         xml.write_text(domain_xml(name, [image], running=False))
         virsh("define", str(xml))
-        repo = tmp / "repo"
-        full, _ = backup(repo, name, "full")
-        # The domain is shut off: its image stays as the full backup read it until we write.
-        full_sha = rbd_export_sha256(image)
-        write_at(image, INCREMENTAL_OFFSET, os.urandom(64 * 1024))
-        latest, latest_snap = backup(repo, name, "incremental")
-        yield Chain(name, image, repo, full, latest, {full: full_sha, latest: rbd_export_sha256(latest_snap)})
+        yield make_chain(tmp / "repo", name, image)
     finally:
         virsh("undefine", name, check=False)
         remove_image(image)
@@ -225,5 +241,52 @@ def test_restores_without_a_fault_match_rbd_export_with_either_check(chain: Chai
                 result = cli(*args, "--to", f"rbd:rbd/{target}", "--ceph-conf", os.environ["CEPH_CONF"], *extra)
                 assert result.returncode == 0, result.stderr
                 assert rbd_export_sha256(f"rbd/{target}") == chain.sha256[backup_id]
+            finally:
+                remove_image(f"rbd/{target}")
+
+
+def test_block_layout_default_check_reads_nothing_back_and_read_back_catches_the_fault(
+    block_chain: Chain, fault: FaultRecord
+) -> None:
+    """From a block repository every block is known from what was written: by default a bad
+    write is not caught in any block (even one the incremental changed), `--read-back` catches it."""
+    offset = INCREMENTAL_OFFSET + 4096
+    target = f"vrb-check-target-{uuid.uuid4().hex[:6]}"
+    try:
+        code, stderr = restore_with_fault(block_chain, block_chain.latest, target, offset)
+        assert code == 0, stderr
+        assert rbd_export_sha256(f"rbd/{target}") != block_chain.sha256[block_chain.latest]
+    finally:
+        remove_image(f"rbd/{target}")
+        remove_image(f"rbd/{target}.virt-rbd-backup-restoring")
+    target = f"vrb-check-target-{uuid.uuid4().hex[:6]}"
+    try:
+        code, stderr = restore_with_fault(block_chain, block_chain.latest, target, offset, "--read-back")
+        fault.injected = (
+            "4 KiB of the image being restored from a block repository overwritten by another client "
+            "after the restore wrote it (default check, then --read-back)"
+        )
+        assert code == 1, stderr
+        assert "differs from the backup's checksum" in stderr, stderr
+        assert f"offset {offset // BLOCK * BLOCK}" in stderr, stderr
+        assert images_named(target) == [], "a failed restore leaves no image"
+        fault.outcome = (
+            f"default: exit 0, not caught (nothing read back); --read-back: exit {code}, caught, no image left"
+        )
+        fault.data_lost = "with the default check, the restored image differs from the backup in the 4 KiB overwritten"
+    finally:
+        remove_image(f"rbd/{target}")
+        remove_image(f"rbd/{target}.virt-rbd-backup-restoring")
+
+
+def test_block_layout_restores_without_a_fault_match_rbd_export_with_either_check(block_chain: Chain) -> None:
+    for backup_id in (block_chain.full, block_chain.latest):
+        for extra in ((), ("--read-back",)):
+            target = f"vrb-check-target-{uuid.uuid4().hex[:6]}"
+            try:
+                args = ["restore", block_chain.domain, "--repo", str(block_chain.repo), "--backup", backup_id]
+                result = cli(*args, "--to", f"rbd:rbd/{target}", "--ceph-conf", os.environ["CEPH_CONF"], *extra)
+                assert result.returncode == 0, result.stderr
+                assert rbd_export_sha256(f"rbd/{target}") == block_chain.sha256[backup_id]
             finally:
                 remove_image(f"rbd/{target}")
