@@ -56,6 +56,25 @@ def tool_snapshots(image: str) -> list[str]:
     return sorted(s["name"] for s in rbd_json("snap", "ls", image) if s["name"].startswith("virt-rbd-backup-"))
 
 
+LAB_IMAGES = ("rbd/lab-guest-a", "rbd/lab-guest-b", "rbd/lab-off-a")
+"""The images of the shared lab domains that tests back up."""
+
+
+@contextmanager
+def tool_snapshots_removed_after(images: Sequence[str] = LAB_IMAGES) -> Iterator[None]:
+    """Removes, at the end, every snapshot of this tool on `images` that was not there at the
+    start: the incremental bases the test's repositories keep (repositories a test throws away,
+    such as an S3 prefix, cannot remove them themselves). Lab tests run one at a time under the
+    lab lock, so nothing else adds snapshots meanwhile."""
+    before = {image: set(tool_snapshots(image)) for image in images}
+    try:
+        yield
+    finally:
+        for image in images:
+            for snap in set(tool_snapshots(image)) - before[image]:
+                rbd("snap", "rm", "--no-progress", f"{image}@{snap}", check=False)
+
+
 def repo_snapshots(image: str, repo: Path) -> list[str]:
     """The snapshots of pool/image that belong to repository `repo` (named by its id)."""
     repo_id = json.loads((repo / "virt-rbd-backup-repo.json").read_text())["id"]

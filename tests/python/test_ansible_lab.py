@@ -38,6 +38,7 @@ from lab_support import (
     repo_snapshots,
     require_lab,
     run,
+    tool_snapshots_removed_after,
 )
 from virt_rbd_backup import config
 
@@ -400,6 +401,11 @@ def test_the_modules_back_up_restore_and_prune_an_s3_block_repository(ansible: A
     }
     repo = f"s3://{os.environ['LAB_S3_BUCKET']}/ansible-{uuid.uuid4().hex[:8]}"
     args = {"connect": connect(), "domains": ["lab-off"], "repo": repo, "mode": "full", **access}
+    with tool_snapshots_removed_after(["rbd/lab-off-a"]):
+        s3_tasks(ansible, args, repo, access, tmp_path)
+
+
+def s3_tasks(ansible: Ansible, args: dict[str, Any], repo: str, access: dict[str, str], tmp_path: Path) -> None:
     results, _ = ansible.play([("backup", args), ("backup", args)])
     assert [r.get("failed", False) for r in results] == [False, False], results
     second = domain_report(results[1]["report"], "lab-off")

@@ -39,6 +39,7 @@ from lab_support import (
     require_lab,
     run,
     tool_snapshots,
+    tool_snapshots_removed_after,
     virsh,
 )
 
@@ -154,11 +155,13 @@ class Repo:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     require_lab()
     if "LAB_S3_ENDPOINT" not in os.environ:
         pytest.fail('VRB_LAB=1 but LAB_S3_ENDPOINT is not set: eval "$(lab/lab.sh env)" (the lab starts its gateway)')
-    return Repo(tmp_path_factory.mktemp("s3repo"))
+    # Every repository of this module keeps its bases on the lab's images: removed at the end.
+    with tool_snapshots_removed_after():
+        yield Repo(tmp_path_factory.mktemp("s3repo"))
 
 
 @pytest.fixture(scope="module")
