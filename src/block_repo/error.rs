@@ -62,6 +62,40 @@ pub enum BlockRepoError {
     /// have been swept, so nothing it wrote is committed.
     #[error("{store}: this run's lock {lock} was removed by another host (it took the run for dead); nothing was committed, run the backup again")]
     LockLost { store: String, lock: String },
+    /// No backups of a domain of that name or UUID.
+    #[error("no backups of domain {domain} in {store}; give a name or UUID that `list` shows")]
+    NoBackupsOfDomain { store: String, domain: String },
+    /// Backups of several domains carry the name.
+    #[error("more than one domain in {store} is named {name}: give its UUID")]
+    AmbiguousDomain { store: String, name: String },
+    /// A backup has no disk of that target.
+    #[error("backup {backup} of {domain} in {store} has no disk {target}; it has {}", disks.join(", "))]
+    NoSuchDisk {
+        store: String,
+        domain: String,
+        backup: String,
+        target: String,
+        disks: Vec<String>,
+    },
+    /// A new block repository was asked for in a folder that holds something else.
+    #[error("{store} is not empty and holds no repository: refused, so that a typo never fills a random folder")]
+    FolderNotEmpty { store: String },
+    /// The location holds the other layout than the one asked for.
+    #[error("repository {store} has the {found} layout, not the {asked} layout asked for (layout option); s3:// holds only the blocks layout")]
+    LayoutMismatch {
+        store: String,
+        found: &'static str,
+        asked: &'static str,
+    },
+    /// The key file cannot be used (missing, readable by others, not a key file).
+    #[error("repository key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    /// Another host created the repository at the same moment, with another key.
+    #[error("{store} was created by another host at the same moment and does not open with this host's key file ({reason}); give every host the same key file, then run again")]
+    LostCreation { store: String, reason: String },
+    /// `rekey` cannot do what was asked.
+    #[error("rekey of {store}: {reason}")]
+    Rekey { store: String, reason: String },
     /// A local file (a restore target) failed.
     #[error("{path}: {source}")]
     File {

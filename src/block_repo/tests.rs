@@ -512,3 +512,35 @@ fn a_second_init_that_lost_the_race_reads_the_winners_config() {
     assert_eq!(reread.config().id, second.config().id);
     assert_ne!(first.config().id, second.config().id);
 }
+
+#[test]
+fn lookup_and_access_errors_name_what_was_asked_and_where() {
+    let store = "s3://vrb/hv1 at https://rgw:7443".to_string();
+    let cases = [
+        (
+            BlockRepoError::NoBackupsOfDomain { store: store.clone(), domain: "web1".into() },
+            "no backups of domain web1 in s3://vrb/hv1 at https://rgw:7443; give a name or UUID that `list` shows",
+        ),
+        (
+            BlockRepoError::NoSuchDisk {
+                store: store.clone(),
+                domain: "web1".into(),
+                backup: "20261205T010203.004Z".into(),
+                target: "vdc".into(),
+                disks: vec!["vda".into(), "vdb".into()],
+            },
+            "backup 20261205T010203.004Z of web1 in s3://vrb/hv1 at https://rgw:7443 has no disk vdc; it has vda, vdb",
+        ),
+        (
+            BlockRepoError::LayoutMismatch { store: "/srv/b".into(), found: "folder", asked: "blocks" },
+            "repository /srv/b has the folder layout, not the blocks layout asked for (layout option); s3:// holds only the blocks layout",
+        ),
+        (
+            BlockRepoError::KeyFile { path: "/etc/k".into(), reason: "mode 0644 lets other users read the key: chmod 600 it".into() },
+            "repository key file /etc/k: mode 0644 lets other users read the key: chmod 600 it",
+        ),
+    ];
+    for (error, message) in cases {
+        assert_eq!(error.to_string(), message);
+    }
+}

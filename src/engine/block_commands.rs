@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::block_repo::disk_reader;
 use crate::block_repo::sweep;
-use crate::block_repo::{BlockManifest, BlockRepository};
+use crate::block_repo::{BlockManifest, BlockRepoError, BlockRepository};
 use crate::error::Error;
 use crate::plan::retention::{compute_prune, parse_backup_id, BackupEntry, KeepOptions, PruneMark};
 
@@ -52,10 +52,11 @@ fn selected_domains(
         }
     }
     if let (Some(d), true) = (domain, selected.is_empty()) {
-        return Err(Error::Usage(format!(
-            "no backups of domain {d} in {}; give a name or UUID that `list` shows",
-            repo.describe()
-        )));
+        return Err(BlockRepoError::NoBackupsOfDomain {
+            store: repo.describe(),
+            domain: d.to_string(),
+        }
+        .into());
     }
     Ok(selected)
 }
@@ -142,10 +143,12 @@ pub fn verify(
             .iter()
             .any(|(_, ms)| ms.iter().any(|m| m.backup_id == id))
         {
-            return Err(Error::Usage(format!(
-                "no backup {id} in {}; `list` shows the backups",
-                repo.describe()
-            )));
+            return Err(BlockRepoError::NoSuchBackup {
+                store: repo.describe(),
+                domain: domain.unwrap_or("any").to_string(),
+                backup: id.to_string(),
+            }
+            .into());
         }
     }
     let mut seed = [0u8; 32];

@@ -42,10 +42,11 @@ pub(super) fn find_backup(
             uuid.eq_ignore_ascii_case(domain) || manifests.iter().any(|m| m.domain.name == domain);
         if named {
             if found.is_some() {
-                return Err(Error::Usage(format!(
-                    "more than one domain in {} is named {domain}: give its UUID",
-                    repo.describe()
-                )));
+                return Err(BlockRepoError::AmbiguousDomain {
+                    store: repo.describe(),
+                    name: domain.to_string(),
+                }
+                .into());
             }
             if let Some((_, error)) = unreadable
                 .into_iter()
@@ -57,21 +58,21 @@ pub(super) fn find_backup(
         }
     }
     let manifests = found.ok_or_else(|| {
-        Error::Usage(format!(
-            "no backups of domain {domain} in {}; give a name or UUID that `list` shows",
-            repo.describe()
-        ))
+        Error::from(BlockRepoError::NoBackupsOfDomain {
+            store: repo.describe(),
+            domain: domain.to_string(),
+        })
     })?;
     let chosen = match backup {
         None | Some("latest") => manifests.into_iter().last(),
         Some(id) => manifests.into_iter().find(|m| m.backup_id == id),
     };
     chosen.ok_or_else(|| {
-        Error::Usage(format!(
-            "no backup {} of domain {domain} in {}; `list` shows the backups",
-            backup.unwrap_or("latest"),
-            repo.describe()
-        ))
+        Error::from(BlockRepoError::NoSuchBackup {
+            store: repo.describe(),
+            domain: domain.to_string(),
+            backup: backup.unwrap_or("latest").to_string(),
+        })
     })
 }
 
@@ -181,17 +182,14 @@ pub(super) fn restore_disk(
         }
     };
     if !manifest.disks.iter().any(|d| d.target == target) {
-        return Err(Error::Usage(format!(
-            "backup {} of {} has no disk {target}; it has {}",
-            manifest.backup_id,
-            manifest.domain.name,
-            manifest
-                .disks
-                .iter()
-                .map(|d| d.target.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(BlockRepoError::NoSuchDisk {
+            store: repo.describe(),
+            domain: manifest.domain.name.clone(),
+            backup: manifest.backup_id.clone(),
+            target,
+            disks: manifest.disks.iter().map(|d| d.target.clone()).collect(),
+        }
+        .into());
     }
     let disk = repo.disk(&manifest, &target)?;
     let (target_text, bytes_written, placed) = restore_into(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::block_repo::BlockRepository;
+use crate::block_repo::{BlockRepoError, BlockRepository};
 use crate::error::Error;
 use crate::objstore::object_format::KeyFileKey;
 use crate::objstore::{parse_location, FolderStore, ObjectStore, RepoLocation, S3Options, S3Store};
@@ -85,7 +85,10 @@ impl RepoAccess {
             return Ok(None);
         };
         let bad = |reason: String| {
-            Error::Usage(format!("repository key file {}: {reason}", path.display()))
+            Error::from(BlockRepoError::KeyFile {
+                path: path.display().to_string(),
+                reason,
+            })
         };
         match crate::secret::read_private_file(path) {
             Ok(text) => KeyFileKey::parse(&text)
@@ -127,9 +130,10 @@ fn open_blocks(
     // create-if-absent). The config read back is the one that counts; a run whose config lost
     // writes nothing more with its own data key.
     let reopened = BlockRepository::open(created.reopen_store(), key.as_ref()).map_err(|e| {
-        Error::Usage(format!(
-            "{description} was created by another host at the same moment and does not open with this host's settings ({e}); give every host the same key file, then run again"
-        ))
+        BlockRepoError::LostCreation {
+            store: description.clone(),
+            reason: e.to_string(),
+        }
     })?;
     if reopened.config().id != created.config().id {
         log::info!(
@@ -150,9 +154,12 @@ pub fn open_repository(
     match parse_location(location)? {
         RepoLocation::S3 { bucket, prefix } => {
             if layout == Some(Layout::Folder) {
-                return Err(Error::Usage(format!(
-                    "repository {location}: S3 holds only the block layout (layout = \"blocks\")"
-                )));
+                return Err(BlockRepoError::LayoutMismatch {
+                    store: location.to_string(),
+                    found: "blocks",
+                    asked: "folder",
+                }
+                .into());
             }
             let store = S3Store::open(&bucket, &prefix, &access.s3_options())?;
             Ok(AnyRepository::Blocks(open_blocks(
@@ -166,11 +173,12 @@ pub fn open_repository(
             let is_folder = path.join(crate::repo::layout::MARKER_FILE).is_file();
             let wanted_blocks = match (layout, is_blocks, is_folder) {
                 (Some(Layout::Folder), true, _) | (Some(Layout::Blocks), _, true) => {
-                    return Err(Error::Usage(format!(
-                        "repository {location} has the {} layout, not the {} layout asked for (layout option)",
-                        if is_blocks { "blocks" } else { "folder" },
-                        if is_blocks { "folder" } else { "blocks" },
-                    )))
+                    return Err(BlockRepoError::LayoutMismatch {
+                        store: location.to_string(),
+                        found: if is_blocks { "blocks" } else { "folder" },
+                        asked: if is_blocks { "folder" } else { "blocks" },
+                    }
+                    .into())
                 }
                 (_, true, _) => true,
                 (_, _, true) => false,
@@ -185,9 +193,10 @@ pub fn open_repository(
                 return Ok(AnyRepository::Folder(repo));
             }
             if !is_blocks && create && path.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-                return Err(Error::Usage(format!(
-                    "{location} is not empty and holds no repository: refused, so that a typo never fills a random folder"
-                )));
+                return Err(BlockRepoError::FolderNotEmpty {
+                    store: location.to_string(),
+                }
+                .into());
             }
             let store = FolderStore::new(path);
             Ok(AnyRepository::Blocks(open_blocks(
@@ -289,15 +298,18 @@ pub fn rekey(
     new_key_file: &std::path::Path,
     keep_old: bool,
 ) -> Result<RekeyReport, Error> {
-    let old = access.key(false)?.ok_or_else(|| {
-        Error::Usage("rekey needs the repository's current key file (repo_key_file)".into())
+    let old = access.key(false)?.ok_or_else(|| BlockRepoError::Rekey {
+        store: location.to_string(),
+        reason: "give the repository's current key file (repo_key_file)".into(),
     })?;
     let repo = match open_repository(location, access, false)? {
         AnyRepository::Blocks(repo) => repo,
         AnyRepository::Folder(_) => {
-            return Err(Error::Usage(format!(
-                "{location} has the folder layout, which is not encrypted: nothing to rekey"
-            )))
+            return Err(BlockRepoError::Rekey {
+                store: location.to_string(),
+                reason: "it has the folder layout, which is not encrypted: nothing to rekey".into(),
+            }
+            .into())
         }
     };
     let new_access = RepoAccess {
@@ -307,10 +319,14 @@ pub fn rekey(
     let created = !new_key_file.exists();
     let new = new_access.key(true)?.expect("a key file was given");
     if new.id() == old.id() {
-        return Err(Error::Usage(format!(
-            "{} is the key file the repository is opened with: give a new one",
-            new_key_file.display()
-        )));
+        return Err(BlockRepoError::Rekey {
+            store: location.to_string(),
+            reason: format!(
+                "{} is the key file the repository is opened with: give a new one",
+                new_key_file.display()
+            ),
+        }
+        .into());
     }
     repo.add_key(&new)?;
     // Reopened with the new key before the old one goes: never left without a working key.

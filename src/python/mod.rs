@@ -40,6 +40,7 @@ use pyo3::types::{PyDict, PyString};
 
 use base64::Engine as _;
 
+use crate::block_repo::BlockRepoError;
 use crate::ceph::{CephTimeouts, ClusterAddress};
 use crate::engine::compat_session::{self, CephSession};
 use crate::engine::restic::{self, ResticTarget};
@@ -152,6 +153,19 @@ fn to_py_err(err: Error) -> PyErr {
             LibvirtError::new_err(message)
         }
         Error::Ceph(_) | Error::ClusterLockLost { .. } => CephError::new_err(message),
+        // What was asked for is not there, or the options do not fit the repository: as the
+        // folder layout's lookups, a usage error; the rest is the repository's.
+        Error::BlockRepo(
+            BlockRepoError::NoBackupsOfDomain { .. }
+            | BlockRepoError::AmbiguousDomain { .. }
+            | BlockRepoError::NoSuchBackup { .. }
+            | BlockRepoError::NoSuchDisk { .. }
+            | BlockRepoError::LayoutMismatch { .. }
+            | BlockRepoError::KeyFile { .. }
+            | BlockRepoError::KeyNeeded { .. }
+            | BlockRepoError::NotEncrypted { .. }
+            | BlockRepoError::Rekey { .. },
+        ) => UsageError::new_err(message),
         Error::Repo(_) | Error::BlockRepo(_) => RepositoryError::new_err(message),
         Error::Restic(_) | Error::ResticUntrusted { .. } | Error::ResticSizeMismatch { .. } => {
             ResticError::new_err(message)
