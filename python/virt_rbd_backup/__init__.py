@@ -50,7 +50,7 @@ from ._native import (
     UsageError,
     parse_rate,
 )
-from .access import DiskServer, MountState, mount, serve, umount
+from .access import DiskServer, MountState, mount, mount_status, serve, umount
 from .report import (
     BackupDiskListing,
     BackupListing,
@@ -131,6 +131,7 @@ __all__ = [
     "list_domains",
     "list_restic",
     "mount",
+    "mount_status",
     "parse_duration",
     "parse_rate",
     "plan",

@@ -946,7 +946,9 @@ def _add_access_commands(commands: Any, parents: list[argparse.ArgumentParser]) 
         parents,
         help="undo 'mount': unmount, detach the loop device, stop the server",
         description="Unmount a backup mounted with 'virt-rbd-backup mount', detach its loop device and "
-        "stop the process serving it.",
+        "stop the process serving it. Also after that process was killed (SIGKILL): the filesystem "
+        "(lazily if need be), the loop device and the dead FUSE mount are undone and the state removed; "
+        "it prints what it did.",
     )
     unmounting.add_argument("mountpoint", metavar="MOUNTPOINT")
 
@@ -1037,7 +1039,9 @@ def _run_umount(args: argparse.Namespace, out: IO[str]) -> int:
     if args.json:
         _print_json(state.to_dict(), out)
     else:
-        print(f"Unmounted {state.mountpoint}", file=out)
+        print(f"Unmounted {state.mountpoint}:", file=out)
+        for step in state.undone:
+            print(f"  {step}", file=out)
     return EXIT_OK
 
 
