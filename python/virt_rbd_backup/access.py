@@ -35,7 +35,17 @@ from ._native import UsageError
 if TYPE_CHECKING:
     from . import RepoAccess
 
-__all__ = ["DiskServer", "MountEntry", "MountState", "default_listen", "mount", "mount_status", "parse_mountinfo", "serve", "umount"]
+__all__ = [
+    "DiskServer",
+    "MountEntry",
+    "MountState",
+    "default_listen",
+    "mount",
+    "mount_status",
+    "parse_mountinfo",
+    "serve",
+    "umount",
+]
 
 DEFAULT_RUNTIME_DIR = "/run/virt-rbd-backup"
 #: How long :func:`mount` waits for its background process to have the filesystem mounted.
@@ -296,8 +306,11 @@ def _loop_backing_file(loop_device: str) -> str | None:
 
 
 def _recover_state(target: str, folder: Path) -> MountState | None:
-    """The state of a mount whose state file is gone, from the kernel's tables: ``target`` is
-    mounted from a loop device whose backing file is this mount's FUSE file."""
+    """Rebuild the state of a mount whose state file is gone, from the kernel's tables.
+
+    Found when ``target`` is mounted from a loop device whose backing file is this mount's FUSE
+    file.
+    """
     entry = _mounted(target)
     if entry is None or not entry.source.startswith("/dev/loop"):
         return None
@@ -543,7 +556,9 @@ def umount(mountpoint: str | os.PathLike[str], *, timeout: float = 30.0) -> Moun
                     f"{target} is mounted, but not by virt-rbd-backup mount (no state in {folder.parent}); "
                     "use umount(8)"
                 )
-            raise UsageError(f"{target} is not mounted (nothing there, and no virt-rbd-backup state in {folder.parent})")
+            raise UsageError(
+                f"{target} is not mounted (nothing there, and no virt-rbd-backup state in {folder.parent})"
+            )
         undone.append(f"no state file: found the mount of {state.loop_device} in /proc/self/mountinfo")
     state.undone = undone
     serving = 0 < state.pid != os.getpid() and _alive(state.pid)

@@ -19,9 +19,7 @@ MOUNTINFO = (
 def test_mountinfo_lists_each_mount_with_its_type_and_source() -> None:
     assert parse_mountinfo(MOUNTINFO) == [
         MountEntry("/", "ext4", "/dev/nvme0n1p2"),
-        MountEntry(
-            "/run/virt-rbd-backup/mounts/0123456789abcdef/fuse", "fuse.virt-rbd-backup", "virt-rbd-backup:vda"
-        ),
+        MountEntry("/run/virt-rbd-backup/mounts/0123456789abcdef/fuse", "fuse.virt-rbd-backup", "virt-rbd-backup:vda"),
         MountEntry("/tmp/a b/mnt", "ext2", "/dev/loop3p1"),
     ]
 

@@ -139,7 +139,18 @@ def test_ctrl_c_during_a_live_restore_leaves_nothing(tmp_path: Path, monkeypatch
         with removed_at_end(name) as images:
             env = {**os.environ, "VIRT_RBD_BACKUP_TEST_PAUSE": "live-copying:30"}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "virt_rbd_backup", "restore", "--repo", str(repo), "--define", name, "--live", original],
+                [
+                    sys.executable,
+                    "-m",
+                    "virt_rbd_backup",
+                    "restore",
+                    "--repo",
+                    str(repo),
+                    "--define",
+                    name,
+                    "--live",
+                    original,
+                ],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
