@@ -7,7 +7,8 @@
 # second host on the same domain, image or folder; systemd killing the run's cgroup, SIGTERM,
 # SIGHUP; restic runs killed; the clock stepped back, a truncated manifest mid-chain, a block
 # table replaced by a link or FIFO; on an S3 block repository a wrong key, an endpoint that is
-# down, deleted and flipped blocks, a run killed mid-upload) and
+# down, deleted and flipped blocks, a run killed mid-upload; a mount whose serving process was
+# SIGKILLed, undone by umount) and
 # prints a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
 # column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
 #
@@ -36,4 +37,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_repo_trust_lab.py \
     tests/python/test_compat_original_lab.py \
     tests/python/test_serve_lab.py \
+    tests/python/test_mount_faults_lab.py \
     tests/python/test_block_repo_lab.py

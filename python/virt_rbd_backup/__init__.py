@@ -50,7 +50,7 @@ from ._native import (
     UsageError,
     parse_rate,
 )
-from .access import DiskServer, MountState, mount, serve, umount
+from .access import DiskServer, MountState, mount, mount_status, serve, umount
 from .report import (
     BackupDiskListing,
     BackupListing,
@@ -63,6 +63,8 @@ from .report import (
     DomainReport,
     FreezeReport,
     KeptBackup,
+    LiveDisk,
+    LiveRestoreReport,
     MonitorHost,
     OrphanThaw,
     PlannedDisk,
@@ -104,6 +106,8 @@ __all__ = [
     "InconsistentError",
     "KeptBackup",
     "LibvirtError",
+    "LiveDisk",
+    "LiveRestoreReport",
     "MonitorHost",
     "MountState",
     "OrphanThaw",
@@ -131,6 +135,7 @@ __all__ = [
     "list_domains",
     "list_restic",
     "mount",
+    "mount_status",
     "parse_duration",
     "parse_rate",
     "plan",
@@ -138,6 +143,7 @@ __all__ = [
     "rekey",
     "restore",
     "restore_define",
+    "restore_live",
     "serve",
     "thaw_orphans",
     "umount",
@@ -735,6 +741,43 @@ def _restore_define_json(domain: str, **options: Any) -> dict[str, Any]:
     ``options`` are the keyword arguments of :func:`restore_define`.
     """
     return _native.restore_define(_repository_options(domain, options))
+
+
+def restore_live(
+    domain: str,
+    *,
+    name: str,
+    backup: str | None = None,
+    pool: str | None = None,
+    repo: str | os.PathLike[str] = DEFAULT_REPO,
+    ceph_conf: str | os.PathLike[str] | None = None,
+    ceph_user: str | None = None,
+    connect: str = DEFAULT_CONNECT,
+    allow_host_passthrough: bool = False,
+    access: RepoAccess | None = None,
+) -> LiveRestoreReport:
+    """Restore a backup live under a new domain ``name``: it boots at once, on the backup.
+
+    The new domain (the saved XML rewritten as :func:`restore_define` does, checked the same
+    way) starts as a transient domain whose disks are qcow2 overlays backed by this process's
+    NBD export of each disk of the backup (every block checked as it is read); libvirt copies
+    each disk into a new, empty image ``POOL/NAME-TARGET`` while the guest runs, and once every
+    copy is ready pivots the guest onto the images; the domain is then defined persistently on
+    them, and the servers and overlays are removed. The call returns then. Nothing is ever
+    replaced: an existing image or domain of those names is refused.
+
+    On any failure or Ctrl-C before the end, everything made is undone: the transient domain
+    destroyed (nothing of it stays defined), the new images removed, the servers stopped, the
+    overlays removed. If this process is killed (SIGKILL), there is no resume: see the README
+    for the recovery by hand. The arguments are those of :func:`restore_define` but ``force``.
+
+    Raises:
+        UsageError: As for :func:`restore_define`, and when an image of the new names exists.
+        LibvirtError: The domain cannot start, a block copy fails or cannot pivot.
+        KeyboardInterrupt: Ctrl-C; raised once everything is undone.
+    """
+    options = dict(locals())
+    return LiveRestoreReport.from_dict(_native.restore_live(_repository_options(options.pop("domain"), options)))
 
 
 def _repository_options(domain: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ __all__ = [
     "remove_leftover_snapshots",
     "restore",
     "restore_define",
+    "restore_live",
     "serve",
     "snapshot_name",
     "thaw_orphans",
@@ -265,6 +266,18 @@ def restore(options: str | Mapping[str, Any]) -> dict[str, Any]:
     The GIL is released for the whole restore. On Ctrl-C (or any exception from a signal
     handler) the restore is cancelled, the call waits until the engine has removed the partial
     target, and then re-raises that exception.
+    """
+
+def restore_live(options: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Restore a backup live under a new domain: it boots at once on the backup, served by this process.
+
+    ``options`` as for :func:`restore_define` (``force`` is refused). The new domain starts on
+    qcow2 overlays backed by this process's NBD export of each disk, libvirt copies each disk
+    into a new image ``POOL/NAME-TARGET`` (block copy), pivots, and the domain is defined
+    persistently on the images. Returns the report: ``name``, ``uuid``, ``backup_id``,
+    ``boot_seconds``, ``total_seconds``, ``disks`` (``disk``, ``target``, ``size``,
+    ``copy_seconds``), ``dropped_disks``. On Ctrl-C everything made is undone before the
+    exception is raised.
     """
 
 def restore_define(options: str | Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,7 +35,17 @@ from ._native import UsageError
 if TYPE_CHECKING:
     from . import RepoAccess
 
-__all__ = ["DiskServer", "MountState", "default_listen", "mount", "serve", "umount"]
+__all__ = [
+    "DiskServer",
+    "MountEntry",
+    "MountState",
+    "default_listen",
+    "mount",
+    "mount_status",
+    "parse_mountinfo",
+    "serve",
+    "umount",
+]
 
 DEFAULT_RUNTIME_DIR = "/run/virt-rbd-backup"
 #: How long :func:`mount` waits for its background process to have the filesystem mounted.
@@ -128,6 +139,8 @@ class MountState:
     disk: str = ""
     backup_id: str = ""
     ready: bool = False
+    #: What :func:`umount` did, in order (empty in the state file).
+    undone: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The state as a JSON-shaped dict."""
@@ -158,6 +171,12 @@ def _write_state(folder: Path, state: MountState) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except (OSError, IndexError):
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -232,26 +251,131 @@ def _mount_options(fs_type: str) -> str:
     return "ro,nodev,nosuid,noexec"
 
 
-def _cleanup(state: MountState, folder: Path, server: DiskServer | None) -> list[str]:
-    """Undo a mount in reverse order; return what could not be undone."""
+@dataclasses.dataclass(frozen=True)
+class MountEntry:
+    """One line of ``/proc/self/mountinfo``: where, what type, from which source."""
+
+    mountpoint: str
+    fs_type: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo (octal).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """The mounts of a ``/proc/PID/mountinfo`` text, in order (the last one at a path is on top).
+
+    Unlike :func:`os.path.ismount`, this sees a FUSE mount whose server died (``stat`` of it
+    fails with ENOTCONN, so ``ismount`` says no).
+    """
+    entries: list[MountEntry] = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if "-" not in fields:
+            continue
+        dash = fields.index("-")
+        if dash < 5 or len(fields) < dash + 3:
+            continue
+        entries.append(MountEntry(_unescape(fields[4]), fields[dash + 1], _unescape(fields[dash + 2])))
+    return entries
+
+
+def _mounts() -> list[MountEntry]:
+    try:
+        return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return []
+
+
+def _mounted(path: str) -> MountEntry | None:
+    """The top mount at ``path`` (a real path), or ``None``."""
+    found = [m for m in _mounts() if m.mountpoint == path]
+    return found[-1] if found else None
+
+
+def _loop_backing_file(loop_device: str) -> str | None:
+    """The file a loop device reads (sysfs), or ``None`` if the device is not attached."""
+    try:
+        text = (Path("/sys/block") / Path(loop_device).name / "loop" / "backing_file").read_text()
+    except OSError:
+        return None
+    return text.strip() or None
+
+
+def _recover_state(target: str, folder: Path) -> MountState | None:
+    """Rebuild the state of a mount whose state file is gone, from the kernel's tables.
+
+    Found when ``target`` is mounted from a loop device whose backing file is this mount's FUSE
+    file.
+    """
+    entry = _mounted(target)
+    if entry is None or not entry.source.startswith("/dev/loop"):
+        return None
+    loop_device = re.sub(r"p[0-9]+$", "", entry.source)
+    backing = _loop_backing_file(loop_device)
+    fuse_dir = folder / "fuse"
+    if backing is None or not backing.startswith(str(fuse_dir) + "/"):
+        return None
+    return MountState(
+        mountpoint=target,
+        pid=0,
+        fuse_dir=str(fuse_dir),
+        loop_device=loop_device,
+        device=entry.source,
+        fs_type=entry.fs_type,
+    )
+
+
+def _quiet(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+
+def _cleanup(state: MountState, folder: Path, server: DiskServer | None, undone: list[str] | None = None) -> list[str]:
+    """Undo a mount in reverse order; return what could not be undone.
+
+    ``server`` is ``None`` when the serving process is gone (SIGKILL): then the filesystem and
+    the FUSE folder are unmounted lazily if a plain unmount fails, since the file under them
+    can no longer be read. What was done is appended to ``undone``. The kernel's tables
+    (``/proc/self/mountinfo``, the loop device's backing file) decide what is left to undo,
+    never ``stat`` of a path (which fails on a dead FUSE mount).
+    """
+    undone = [] if undone is None else undone
     problems: list[str] = []
-    if os.path.ismount(state.mountpoint) and state.device is not None:
-        done = subprocess.run(["umount", state.mountpoint], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
+    if state.device is not None and _mounted(state.mountpoint) is not None:
+        done = _quiet(["umount", state.mountpoint])
+        if done.returncode == 0:
+            undone.append(f"unmounted {state.mountpoint}")
+        elif server is None and _quiet(["umount", "-l", state.mountpoint]).returncode == 0:
+            undone.append(f"unmounted {state.mountpoint} lazily (umount -l: {done.stderr.strip()})")
+        else:
             problems.append(f"umount {state.mountpoint}: {done.stderr.strip()}")
-    if state.loop_device is not None:
-        done = subprocess.run(["losetup", "-d", state.loop_device], capture_output=True, text=True, check=False)
-        if done.returncode != 0 and "No such device" not in done.stderr:
+    backing = None if state.loop_device is None else _loop_backing_file(state.loop_device)
+    if state.loop_device is not None and backing is not None and backing.startswith(state.fuse_dir + "/"):
+        done = _quiet(["losetup", "-d", state.loop_device])
+        if done.returncode == 0:
+            undone.append(f"detached {state.loop_device}")
+        elif "No such device" not in done.stderr:
             problems.append(f"losetup -d {state.loop_device}: {done.stderr.strip()}")
     if server is not None:
         try:
             server.close()
         except Exception as exc:
             problems.append(f"FUSE unmount of {state.fuse_dir}: {exc}")
-    elif os.path.ismount(state.fuse_dir):
-        subprocess.run(["umount", "-l", state.fuse_dir], capture_output=True, check=False)
-    if not problems:
+    elif _mounted(state.fuse_dir) is not None:
+        if _quiet(["umount", state.fuse_dir]).returncode == 0:
+            undone.append(f"unmounted the FUSE folder {state.fuse_dir}")
+        else:
+            done = _quiet(["umount", "-l", state.fuse_dir])
+            if done.returncode == 0:
+                undone.append(f"unmounted the FUSE folder {state.fuse_dir} lazily (its server is gone)")
+            else:
+                problems.append(f"umount -l {state.fuse_dir}: {done.stderr.strip()}")
+    if not problems and folder.exists():
         shutil.rmtree(folder, ignore_errors=True)
+        undone.append(f"removed the state {folder}")
     return problems
 
 
@@ -395,19 +519,56 @@ def mount(
     raise UsageError(f"mount did not complete within {timeout:.0f} s (log: {log_path})")
 
 
+def mount_status(mountpoint: str | os.PathLike[str]) -> MountState | None:
+    """The :class:`MountState` of a mount made by :func:`mount` and still served at ``mountpoint``.
+
+    ``None`` when nothing of ours is mounted there. A mount whose serving process is gone
+    (killed) is not served: it is returned with ``ready`` false, for :func:`umount` to undo.
+    """
+    target = os.path.realpath(os.fspath(mountpoint))
+    folder = _state_dir(target)
+    state = _read_state(folder) or _recover_state(target, folder)
+    if state is None:
+        return None
+    if not (state.ready and state.pid > 0 and _alive(state.pid) and _mounted(target) is not None):
+        state.ready = False
+    return state
+
+
 def umount(mountpoint: str | os.PathLike[str], *, timeout: float = 30.0) -> MountState:
-    """Undo :func:`mount`: unmount the filesystem, detach the loop device, stop the server."""
+    """Undo :func:`mount`: unmount the filesystem, detach the loop device, stop the server.
+
+    Also after the serving process was killed (SIGKILL, OOM): the filesystem (lazily if it
+    must), the loop device and the dead FUSE mount are undone from the state in
+    ``RUNTIME_DIR/mounts`` and the kernel's mount table, and the state removed; if the state
+    file is gone too, a mount whose loop device reads this mount point's FUSE file is still
+    found. The returned state's ``undone`` lists what was done, in order.
+    """
     target = os.path.realpath(os.fspath(mountpoint))
     folder = _state_dir(target)
     state = _read_state(folder)
+    undone: list[str] = []
     if state is None:
-        raise UsageError(f"{target} is not mounted by virt-rbd-backup (no state in {folder.parent})")
-    problems: list[str] = []
-    if os.path.ismount(target):
-        done = subprocess.run(["umount", target], capture_output=True, text=True, check=False)
+        state = _recover_state(target, folder)
+        if state is None:
+            if _mounted(target) is not None:
+                raise UsageError(
+                    f"{target} is mounted, but not by virt-rbd-backup mount (no state in {folder.parent}); "
+                    "use umount(8)"
+                )
+            raise UsageError(
+                f"{target} is not mounted (nothing there, and no virt-rbd-backup state in {folder.parent})"
+            )
+        undone.append(f"no state file: found the mount of {state.loop_device} in /proc/self/mountinfo")
+    state.undone = undone
+    serving = 0 < state.pid != os.getpid() and _alive(state.pid)
+    if serving and _mounted(target) is not None:
+        done = _quiet(["umount", target])
         if done.returncode != 0:
             raise UsageError(f"cannot unmount {target}: {done.stderr.strip()} (is it in use?)")
-    if _alive(state.pid) and state.pid != os.getpid():
+        undone.append(f"unmounted {target}")
+    problems: list[str] = []
+    if serving:
         os.kill(state.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while _alive(state.pid) and time.monotonic() < deadline:
@@ -416,9 +577,13 @@ def umount(mountpoint: str | os.PathLike[str], *, timeout: float = 30.0) -> Moun
             time.sleep(0.1)
         if _alive(state.pid):
             problems.append(f"the serving process {state.pid} did not stop")
-    if folder.exists():
-        # The process died without its clean-up (SIGKILL): undo what it left.
-        problems += _cleanup(state, folder, None)
+        else:
+            undone.append(f"stopped the serving process {state.pid} (it undoes its loop device and FUSE file)")
+    elif state.pid > 0:
+        undone.append(f"the serving process {state.pid} was gone (killed?): undoing what it left")
+    if not problems:
+        # What a dead process left, or what a stopped one failed to undo.
+        problems += _cleanup(state, folder, None, undone)
     if problems:
         raise UsageError("; ".join(problems))
     (folder.parent / f"{folder.name}.log").unlink(missing_ok=True)

@@ -30,6 +30,8 @@ The other subcommands work on the repository::
     restore DOMAIN --define NAME [--pool POOL] [--backup ID|latest] [--force] [--allow-host-passthrough]
         Defined NAME (UUID) from backup ID of DOMAIN: vda -> rbd/NAME-vda, vdb -> rbd/NAME-vdb
         (and on stderr a warning naming the disks the new domain does not get)
+    restore DOMAIN --define NAME --live [--pool POOL] [--backup ID|latest]
+        Restored NAME (UUID) live from backup ID of DOMAIN: running after S s, on its own images after T s: ...
     verify [DOMAIN] [--backup ID|latest] [--source [--ceph-conf PATH] [--ceph-user NAME]]
         OK: N backups verified  |  CORRUPT backup ID disk vda: MESSAGE (one line per problem)
         SOURCE OK backup ID disk vda: equals rbd snapshot (--source, one line per disk)
@@ -111,6 +113,7 @@ from . import (
     rekey,
     restore,
     restore_define,
+    restore_live,
     thaw_orphans,
     verify,
 )
@@ -784,6 +787,13 @@ def build_parser() -> argparse.ArgumentParser:
         "is written and reading back only what incrementals wrote over (slower; see the README's Safety)",
     )
     restoring.add_argument(
+        "--live",
+        action="store_true",
+        help="with --define: start the new domain at once on the backup (served by this process) while "
+        "libvirt copies it into the new images, then run it on them, defined persistently; the command "
+        "returns then (Ctrl-C undoes everything; not with --force)",
+    )
+    restoring.add_argument(
         "--allow-host-passthrough",
         action="store_true",
         help="with --define: define the domain even if its saved XML gives it host devices, host "
@@ -960,7 +970,9 @@ def _add_access_commands(commands: Any, parents: list[argparse.ArgumentParser]) 
         parents,
         help="undo 'mount': unmount, detach the loop device, stop the server",
         description="Unmount a backup mounted with 'virt-rbd-backup mount', detach its loop device and "
-        "stop the process serving it.",
+        "stop the process serving it. Also after that process was killed (SIGKILL): the filesystem "
+        "(lazily if need be), the loop device and the dead FUSE mount are undone and the state removed; "
+        "it prints what it did.",
     )
     unmounting.add_argument("mountpoint", metavar="MOUNTPOINT")
 
@@ -1051,7 +1063,9 @@ def _run_umount(args: argparse.Namespace, out: IO[str]) -> int:
     if args.json:
         _print_json(state.to_dict(), out)
     else:
-        print(f"Unmounted {state.mountpoint}", file=out)
+        print(f"Unmounted {state.mountpoint}:", file=out)
+        for step in state.undone:
+            print(f"  {step}", file=out)
     return EXIT_OK
 
 
@@ -1639,6 +1653,8 @@ def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) ->
         raise UsageError(
             "--define restores from a backup repository (--repo), not from restic: restic keeps no domain XML"
         )
+    if args.live:
+        return _run_restore_live(args, out)
     raw = _restore_define_json(args.domain, **_api_options(restore_define, args, name=args.define))
     report = DefineReport.from_dict(raw)
     _print_lines([f"warning: {w}" for d in report.disks for w in d.warnings], err)
@@ -1650,6 +1666,25 @@ def _run_restore_define(args: argparse.Namespace, out: IO[str], err: IO[str]) ->
         elif not args.json and not args.quiet:
             _print_lines([line], out)
     return exit_status(report)
+
+
+def _run_restore_live(args: argparse.Namespace, out: IO[str]) -> int:
+    if args.force:
+        raise UsageError("--force does not go with --live: a live restore never replaces an image or a domain")
+    report = restore_live(args.domain, **_api_options(restore_live, args, name=args.define))
+    if args.json:
+        _print_json(report.to_dict(), out)
+    elif not args.quiet:
+        disks = ", ".join(f"{d.disk} -> {d.target.removeprefix('rbd:')}" for d in report.disks) or "no disk"
+        _print_lines(
+            [
+                f"Restored {report.name} ({report.uuid}) live from backup {report.backup_id} of {args.domain}: "
+                f"running after {report.boot_seconds:.1f} s, on its own images after {report.total_seconds:.1f} s: "
+                f"{disks}"
+            ],
+            out,
+        )
+    return EXIT_OK
 
 
 def _with_metrics(

@@ -34,6 +34,8 @@ __all__ = [
     "DomainStatus",
     "FreezeReport",
     "KeptBackup",
+    "LiveDisk",
+    "LiveRestoreReport",
     "MonitorHost",
     "OrphanThaw",
     "PlannedDisk",
@@ -576,6 +578,63 @@ class DefineReport(_JsonShaped):
             name=str(data["name"]),
             uuid=str(data["uuid"]),
             disks=tuple(RestoreReport.from_dict(d) for d in data.get("disks", ())),
+            dropped_disks=tuple(str(t) for t in data.get("dropped_disks", ())),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LiveDisk(_JsonShaped):
+    """One disk of a live restore."""
+
+    disk: str
+    """The target (``vda``)."""
+    target: str
+    """The new image, ``rbd:POOL/IMAGE``."""
+    size: int
+    """Size in bytes."""
+    copy_seconds: float
+    """Seconds from the domain's start until the copy was ready to pivot."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LiveDisk:
+        """Read one element of a live restore report's ``disks``."""
+        return cls(
+            disk=str(data["disk"]),
+            target=str(data["target"]),
+            size=int(data["size"]),
+            copy_seconds=float(data["copy_seconds"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LiveRestoreReport(_JsonShaped):
+    """A domain restored live: what ``restore_live()`` returns and ``restore --define --live --json`` prints."""
+
+    name: str
+    """The new domain's name."""
+    uuid: str
+    """Its UUID (made by libvirt)."""
+    backup_id: str
+    """The backup restored."""
+    boot_seconds: float
+    """Seconds from the call until the domain was started on the backup."""
+    total_seconds: float
+    """Seconds from the call until it ran on the new images, defined persistently."""
+    disks: tuple[LiveDisk, ...] = ()
+    """The disks, each on its new image."""
+    dropped_disks: tuple[str, ...] = ()
+    """Writable disks of the original that the new domain does not get (as for ``restore_define``)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LiveRestoreReport:
+        """Read what ``_native.restore_live`` returns."""
+        return cls(
+            name=str(data["name"]),
+            uuid=str(data["uuid"]),
+            backup_id=str(data["backup_id"]),
+            boot_seconds=float(data["boot_seconds"]),
+            total_seconds=float(data["total_seconds"]),
+            disks=tuple(LiveDisk.from_dict(d) for d in data.get("disks", ())),
             dropped_disks=tuple(str(t) for t in data.get("dropped_disks", ())),
         )
 

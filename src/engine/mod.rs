@@ -83,6 +83,7 @@ mod export;
 pub mod freeze_ledger;
 mod group_snapshot;
 pub mod listing;
+pub mod live_restore;
 mod monitor_quiet;
 pub mod options;
 pub mod plan_report;

@@ -2004,16 +2004,16 @@ pub struct DefineOptions {
 }
 
 /// What `restore --define` needs of a backup, from a repository of either layout.
-struct DefineSource {
-    uuid: String,
-    backup_id: String,
-    domain_name: String,
-    xml: String,
+pub(super) struct DefineSource {
+    pub(super) uuid: String,
+    pub(super) backup_id: String,
+    pub(super) domain_name: String,
+    pub(super) xml: String,
     /// Target, pool, namespace of each disk.
-    disks: Vec<(String, String, Option<String>)>,
+    pub(super) disks: Vec<(String, String, Option<String>)>,
 }
 
-fn define_source(
+pub(super) fn define_source(
     repository: &super::repo_access::AnyRepository,
     options: &DefineOptions,
 ) -> Result<DefineSource, Error> {

@@ -71,7 +71,8 @@ impl Drop for ThawWatchdog {
 /// only, `committing`; `written`: a restore from the repository, after its data is written and
 /// before it is checked; `restored`: a restore, after its data is written and checked, before it
 /// is put under the target's name; `replacing`: a `--force` RBD restore, between renaming the
-/// old image aside and the new one onto the name) so fault-injection tests can kill it there or change
+/// old image aside and the new one onto the name; `live-copying`: a live restore, once the
+/// domain runs on the backup and its block copies started) so fault-injection tests can kill it there or change
 /// the cluster under it. It is read from the environment of the backup process only and does
 /// nothing unless set.
 pub fn test_pause(phase: &str) {

@@ -107,6 +107,11 @@ impl HypervisorConnection {
         self.conn.lookup_domain_by_name(name).is_ok()
     }
 
+    /// The `virt` connection, for the other modules of `libvirt` (`live_domain`).
+    pub(super) fn raw(&self) -> &Connect {
+        &self.conn
+    }
+
     /// The URI this connection was opened with.
     pub fn uri(&self) -> &str {
         &self.uri

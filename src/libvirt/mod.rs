@@ -13,6 +13,8 @@ pub mod domain_rewrite;
 pub mod domain_xml;
 pub mod error;
 pub mod freeze;
+pub mod live_domain;
+pub mod live_xml;
 
 pub use connection::{library_version, DomainInfo, HypervisorConnection};
 pub use domain_xml::{

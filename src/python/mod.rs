@@ -664,6 +664,27 @@ fn restore_define<'py>(
     to_py(py, &report)
 }
 
+/// Restores a backup live under a new domain (`restore --define NAME --live`): the domain
+/// boots at once on overlays of this process's NBD export of the backup while libvirt copies
+/// it into new RBD images, then runs on them, defined persistently; returns the report as a
+/// dict. `options` as for `restore_define` (`force` is refused). On Ctrl-C everything made is
+/// undone (the transient domain destroyed, the new images removed, the servers stopped)
+/// before the exception is raised.
+#[pyfunction]
+#[pyo3(signature = (options))]
+fn restore_live<'py>(py: Python<'py>, options: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let options = parse_define_options(py, options)?;
+    refresh_logging();
+    let cancel = CancelToken::new();
+    let token = cancel.clone();
+    let on_interrupt = OnInterrupt::Cancel(&cancel, "the undoing of the live restore");
+    let result = run_interruptible(py, on_interrupt, move || {
+        engine::live_restore::restore_live(&options, &token)
+    })?;
+    let report = result.map_err(to_py_err)?;
+    to_py(py, &report)
+}
+
 /// Verifies the backups in a repository (of one domain, or one backup and its chain); returns
 /// the report as a dict. Damage is in the report's `problems`; an exception means the
 /// verification could not run.
@@ -1103,6 +1124,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(list_backups, m)?)?;
     m.add_function(wrap_pyfunction!(restore, m)?)?;
     m.add_function(wrap_pyfunction!(restore_define, m)?)?;
+    m.add_function(wrap_pyfunction!(restore_live, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
     m.add_function(wrap_pyfunction!(rekey, m)?)?;

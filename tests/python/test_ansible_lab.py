@@ -38,6 +38,7 @@ from lab_support import (
     repo_snapshots,
     require_lab,
     run,
+    scratch_domain,
     tool_snapshots_removed_after,
 )
 from virt_rbd_backup import config
@@ -421,6 +422,55 @@ def s3_tasks(ansible: Ansible, args: dict[str, Any], repo: str, access: dict[str
     pruned = ansible.task("prune", {"repo": repo, "keep_last": 1, **access})
     assert not pruned.get("failed"), pruned
     assert len(pruned["removed"]) == 1 and pruned["report"]["blocks"] is not None
+
+
+def test_mount_task_is_idempotent_and_check_mode_changes_nothing(
+    ansible: Ansible, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount module on a scratch domain's backup: mounted twice changes once, the file in the
+    backup reads through it, unmounted twice changes once, and check mode mounts and unmounts
+    nothing (the kernel's mount table and `losetup --list` say so)."""
+    runtime = tmp_path / "run"
+    monkeypatch.setenv("VIRT_RBD_BACKUP_RUNTIME_DIR", str(runtime))  # the module's process inherits it
+    repo = tmp_path / "repo"
+    mountpoint = tmp_path / "mnt"
+    with scratch_domain(tmp_path, running=False, prefix="vrb-ans") as dom:
+        backed = cli("backup", "--repo", str(repo), "--domain", dom.name, "--json")
+        assert backed.returncode == 0, backed.stderr
+        backup_id = domain_report(backed.json(), dom.name)["backup_id"]
+        args = {"domain": dom.name, "disk": "vda", "mountpoint": str(mountpoint), "repo": str(repo)}
+        would = ansible.task("mount", args, check=True)
+        assert not would.get("failed") and would["changed"] is True, would
+        assert not mountpoint.exists() and not mounted_under(tmp_path)
+        results, _ = ansible.play([("mount", args), ("mount", args)])
+        try:
+            assert [r.get("failed", False) for r in results] == [False, False], results
+            assert [r["changed"] for r in results] == [True, False], results
+            shown = results[0]["mount"]
+            assert shown["backup_id"] == backup_id and shown["fs_type"] == "ext2", shown
+            assert results[1]["mount"] == shown
+            assert str(mountpoint) in mounted_under(tmp_path)  # and the FUSE folder, under runtime
+            assert (mountpoint / "random.bin").stat().st_size == 20 * 1024 * 1024
+            other = ansible.task("mount", {**args, "backup": "20000101T000000Z"})
+            assert other["failed"] is True and "unmount it first" in other["msg"], other
+            would = ansible.task("mount", {"mountpoint": str(mountpoint), "state": "unmounted"}, check=True)
+            assert not would.get("failed") and would["changed"] is True, would
+            assert str(mountpoint) in mounted_under(tmp_path)
+        finally:
+            unmount = {"mountpoint": str(mountpoint), "state": "unmounted"}
+            results, _ = ansible.play([("mount", unmount), ("mount", unmount)])
+        assert [r.get("failed", False) for r in results] == [False, False], results
+        assert [r["changed"] for r in results] == [True, False], results
+        assert any(step.startswith("stopped the serving process") for step in results[0]["undone"]), results[0]
+        assert mounted_under(tmp_path) == []
+        assert shown["loop_device"] not in run(["losetup", "--list"]).stdout
+        assert list((runtime / "mounts").iterdir()) == []
+
+
+def mounted_under(path: Path) -> list[str]:
+    """The mount points in the kernel's table at or below `path`."""
+    points = [line.split(" ")[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
 
 
 # The role virt_rbd_backup.rbd.hypervisor, against localhost with every path it writes moved

@@ -61,6 +61,7 @@ def test_native_exposes_every_function_and_exception_of_the_stub() -> None:
         "list_restic",
         "restore",
         "restore_define",
+        "restore_live",
         "verify",
         "prune",
         "rekey",

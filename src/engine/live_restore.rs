@@ -1,0 +1,433 @@
+//! Live restore (`restore --define NAME --live`, issue 19): the new domain boots at once on
+//! the backup, served by this process over NBD, while libvirt copies it into new RBD images;
+//! it ends as a persistent domain on plain RBD images, with nothing left of the server or the
+//! overlays.
+//!
+//! Order of operations (each step undone, newest first, if a later one fails or Ctrl-C comes
+//! before the end):
+//!
+//! 1. Everything is checked before anything is made: the name, no domain of that name, the
+//!    saved XML rewritten as `restore --define` would (`domain_rewrite`), host passthrough
+//!    refused unless allowed, and no image of the new names exists (`--force` is refused: a
+//!    live restore never replaces anything).
+//! 2. A private folder `RUNTIME_DIR/live/NAME` (owned by the DAC user of QEMU processes, from
+//!    libvirt's capabilities) holds, per disk, the NBD socket of an in-process server of the
+//!    backup's disk (every block checked against the backup's table as it is read) and a qcow2
+//!    overlay backed by it (`qemu-img create -f qcow2 -b nbd+unix://... -F raw`).
+//! 3. Each new RBD image is created empty, exclusively, at the disk's size.
+//! 4. A transient domain (`virDomainCreateXML`) starts on the overlays: a failure or a destroy
+//!    leaves nothing defined.
+//! 5. Each disk's block copy into its image (`REUSE_EXT | TRANSIENT_JOB`); once every copy is
+//!    ready (mirroring), each is pivoted: the guest now reads and writes only the RBD images.
+//! 6. The domain is defined persistently with the rewritten XML and its UUID (it keeps running).
+//! 7. Servers stopped, overlays and the folder removed.
+//!
+//! After SIGKILL there is no resume: the README says how to clean up by hand.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::ceph::RadosCluster;
+use crate::error::Error;
+use crate::libvirt::live_domain::{CopyProgress, LiveDomain};
+use crate::libvirt::{live_xml, HypervisorConnection};
+use crate::nbd::server::ServerLimits;
+use crate::nbd::{ListenAddress, NbdServer};
+
+use super::restore::{define_source, DefineOptions};
+use super::CancelToken;
+
+/// One disk of a live restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveDiskReport {
+    /// Target (`vda`).
+    pub disk: String,
+    /// The new image, `rbd:POOL/IMAGE`.
+    pub target: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Seconds from the domain's start until its copy was ready to pivot.
+    pub copy_seconds: f64,
+}
+
+/// The outcome of a live restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveRestoreReport {
+    /// The new domain's name.
+    pub name: String,
+    /// Its UUID (made by libvirt).
+    pub uuid: String,
+    /// The backup restored.
+    pub backup_id: String,
+    /// Seconds from the call until the domain was started on the overlays.
+    pub boot_seconds: f64,
+    /// Seconds from the call until it ran on the RBD images, defined persistently.
+    pub total_seconds: f64,
+    /// The disks.
+    pub disks: Vec<LiveDiskReport>,
+    /// Writable non-RBD disks of the original that the new domain does not get.
+    pub dropped_disks: Vec<String>,
+}
+
+/// The folder of live restores' sockets and overlays.
+fn runtime_dir() -> PathBuf {
+    std::env::var_os("VIRT_RBD_BACKUP_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/run/virt-rbd-backup"), PathBuf::from)
+}
+
+fn usage(message: String) -> Error {
+    Error::Usage(message)
+}
+
+/// What has been made so far, undone newest first by `undo`.
+struct Made {
+    folder: Option<PathBuf>,
+    servers: Vec<NbdServer>,
+    /// (cluster, pool, namespace, image) of each created image.
+    images: Vec<(RadosCluster, String, Option<String>, String)>,
+    domain: Option<LiveDomain>,
+    copying: Vec<String>,
+}
+
+impl Made {
+    fn undo(&mut self) {
+        if let Some(domain) = self.domain.take() {
+            for target in self.copying.drain(..) {
+                let _ = domain.end_copy(&target, false);
+            }
+            if let Err(e) = domain.destroy() {
+                log::error!("live restore: could not destroy the transient domain: {e}");
+            }
+        }
+        for server in self.servers.drain(..) {
+            server.close();
+        }
+        for (cluster, pool, namespace, image) in self.images.drain(..).rev() {
+            let removed = (|| {
+                let ctx = cluster.open_pool(&pool, namespace.as_deref())?;
+                // QEMU lets go of the image a moment after the destroy: retry a little.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    match ctx.remove_image(&image) {
+                        Ok(()) => return Ok(()),
+                        Err(e) if Instant::now() < deadline && e.errno() == Some(-libc::EBUSY) => {
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            })();
+            if let Err(e) = removed {
+                log::error!("live restore: could not remove the new image {pool}/{image}: {e}; remove it with `rbd rm`");
+            }
+        }
+        self.remove_folder();
+    }
+
+    fn remove_folder(&mut self) {
+        if let Some(folder) = self.folder.take() {
+            if let Err(e) = std::fs::remove_dir_all(&folder) {
+                log::error!("live restore: could not remove {}: {e}", folder.display());
+            }
+        }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.')
+}
+
+/// Hands `path` to the QEMU user (`owner`), if libvirt names one.
+fn give_to(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+            usage(format!(
+                "cannot give {} to the QEMU user {uid}:{gid}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Restores a backup live under a new domain `options.name` (see the module doc).
+pub fn restore_live(
+    options: &DefineOptions,
+    cancel: &CancelToken,
+) -> Result<LiveRestoreReport, Error> {
+    let started = Instant::now();
+    if options.force {
+        return Err(usage(
+            "--force with --live is refused: a live restore never replaces an image; remove it first".into(),
+        ));
+    }
+    if !valid_name(&options.name) {
+        return Err(Error::BadDomainName {
+            name: options.name.clone(),
+        });
+    }
+    let repository = super::repo_access::open_repository(
+        &options.repo.to_string_lossy(),
+        &options.access,
+        false,
+    )?;
+    let source = define_source(&repository, options)?;
+    drop(repository);
+    let libvirt = HypervisorConnection::open(&options.ceph.connect)?;
+    if libvirt.domain_exists(&options.name) {
+        return Err(Error::DomainExists {
+            name: options.name.clone(),
+        });
+    }
+    let mut images = HashMap::new();
+    let mut places = Vec::new();
+    for (target, disk_pool, namespace) in &source.disks {
+        let image = format!(
+            "{}-{}",
+            options.name,
+            crate::repo::layout::safe_component(target)
+        );
+        let pool = options.pool.clone().unwrap_or_else(|| disk_pool.clone());
+        let spec = match namespace {
+            Some(ns) => format!("{pool}/{ns}/{image}"),
+            None => format!("{pool}/{image}"),
+        };
+        images.insert(target.clone(), spec.clone());
+        places.push((target.clone(), pool, namespace.clone(), image, spec));
+    }
+    let rewritten =
+        crate::libvirt::domain_rewrite::rewrite_for_restore(&source.xml, &options.name, &images)?;
+    if !options.allow_host_passthrough {
+        let findings = crate::libvirt::domain_rewrite::host_passthrough(
+            &rewritten.xml,
+            &options.name,
+            &libvirt.host_emulators()?,
+        )?;
+        if !findings.is_empty() {
+            return Err(Error::HostPassthrough {
+                domain: source.domain_name.clone(),
+                name: options.name.clone(),
+                findings,
+            });
+        }
+    }
+    let capabilities = LiveDomain::capabilities(&libvirt)?;
+    let owner = live_xml::dac_base_label(
+        &capabilities,
+        &live_xml::domain_type(&rewritten.xml, &options.name)?,
+    );
+    let mut made = Made {
+        folder: None,
+        servers: Vec::new(),
+        images: Vec::new(),
+        domain: None,
+        copying: Vec::new(),
+    };
+    let result = run(
+        options,
+        &source,
+        &rewritten.xml,
+        &places,
+        owner,
+        &libvirt,
+        &mut made,
+        cancel,
+        started,
+    );
+    match result {
+        Ok((uuid, disks, boot_seconds)) => {
+            for server in made.servers.drain(..) {
+                server.close();
+            }
+            made.remove_folder();
+            Ok(LiveRestoreReport {
+                name: options.name.clone(),
+                uuid,
+                backup_id: source.backup_id.clone(),
+                boot_seconds,
+                total_seconds: started.elapsed().as_secs_f64(),
+                disks,
+                dropped_disks: rewritten.dropped_disks,
+            })
+        }
+        Err(e) => {
+            made.undo();
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(
+    options: &DefineOptions,
+    source: &super::restore::DefineSource,
+    rewritten: &str,
+    places: &[(String, String, Option<String>, String, String)],
+    owner: Option<(u32, u32)>,
+    libvirt: &HypervisorConnection,
+    made: &mut Made,
+    cancel: &CancelToken,
+    started: Instant,
+) -> Result<(String, Vec<LiveDiskReport>, f64), Error> {
+    let check = |cancel: &CancelToken| {
+        if cancel.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
+    // Every image must be new; checked before anything is made.
+    let mut clusters = Vec::new();
+    for (target, pool, namespace, image, spec) in places {
+        let cluster = options
+            .ceph
+            .connect_for_disk(&source.xml, &source.domain_name, target)?;
+        {
+            let ctx = cluster.open_pool(pool, namespace.as_deref())?;
+            if ctx.image_exists(image)? {
+                return Err(usage(format!(
+                    "image {spec} exists; a live restore never replaces one (remove it, or choose another name)"
+                )));
+            }
+        }
+        clusters.push(cluster);
+    }
+    let live = runtime_dir().join("live");
+    std::fs::create_dir_all(&live)
+        .map_err(|e| usage(format!("cannot create {}: {e}", live.display())))?;
+    // QEMU must reach the folder below: search permission only, no listing.
+    std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| usage(format!("cannot set the mode of {}: {e}", live.display())))?;
+    let folder = live.join(&options.name);
+    std::fs::create_dir(&folder).map_err(|e| {
+        usage(format!(
+            "cannot create {}: {e} (a live restore of that name is running, or was killed: see the README's recovery)",
+            folder.display()
+        ))
+    })?;
+    made.folder = Some(folder.clone());
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| usage(format!("cannot set the mode of {}: {e}", folder.display())))?;
+    give_to(&folder, owner)?;
+
+    let mut overlays = HashMap::new();
+    let mut sizes = HashMap::new();
+    for (target, ..) in places {
+        check(cancel)?;
+        let (image, info) = super::serve::open_backup_disk(
+            &options.repo,
+            &options.access,
+            &source.uuid,
+            Some(&source.backup_id),
+            Some(target),
+        )?;
+        let socket = folder.join(format!(
+            "{}.sock",
+            crate::repo::layout::safe_component(target)
+        ));
+        let server = NbdServer::start(
+            image,
+            target,
+            &ListenAddress::Unix(socket.clone()),
+            ServerLimits::default(),
+        )?;
+        let uri = server.uri().to_string();
+        made.servers.push(server);
+        give_to(&socket, owner)?;
+        let overlay = folder.join(format!(
+            "{}.qcow2",
+            crate::repo::layout::safe_component(target)
+        ));
+        let created = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-b", &uri, "-F", "raw"])
+            .arg(&overlay)
+            .output()
+            .map_err(|e| usage(format!("cannot run qemu-img (is it installed?): {e}")))?;
+        if !created.status.success() {
+            return Err(usage(format!(
+                "qemu-img create of the overlay of {target} failed: {}",
+                String::from_utf8_lossy(&created.stderr).trim()
+            )));
+        }
+        give_to(&overlay, owner)?;
+        overlays.insert(target.clone(), overlay);
+        sizes.insert(target.clone(), info.size);
+    }
+    for ((target, pool, namespace, image, _), cluster) in places.iter().zip(clusters) {
+        check(cancel)?;
+        {
+            let ctx = cluster.open_pool(pool, namespace.as_deref())?;
+            ctx.create_image(image, sizes[target])?;
+        }
+        made.images
+            .push((cluster, pool.clone(), namespace.clone(), image.clone()));
+    }
+    check(cancel)?;
+    let transient = live_xml::overlay_domain_xml(rewritten, &options.name, &overlays)?;
+    made.domain = Some(LiveDomain::start(libvirt, &options.name, &transient)?);
+    let boot_seconds = started.elapsed().as_secs_f64();
+    log::info!(
+        "live restore: {} started on the backup after {boot_seconds:.1} s; copying",
+        options.name
+    );
+    let domain = made.domain.as_ref().expect("just set");
+    for (target, ..) in places {
+        let dest = live_xml::copy_destination_xml(rewritten, &options.name, target)?;
+        domain.start_copy(target, &dest)?;
+        made.copying.push(target.clone());
+    }
+    let copying_since = Instant::now();
+    super::thaw_guard::test_pause("live-copying");
+    let mut ready_after: HashMap<String, f64> = HashMap::new();
+    while ready_after.len() < places.len() {
+        check(cancel)?;
+        for (target, ..) in places {
+            if ready_after.contains_key(target) {
+                continue;
+            }
+            match domain.copy_progress(target)? {
+                p if p.ready() => {
+                    ready_after.insert(target.clone(), copying_since.elapsed().as_secs_f64());
+                }
+                CopyProgress::NoJob => {
+                    return Err(usage(format!(
+                        "the block copy of {target} stopped before it was complete (see libvirtd's log)"
+                    )))
+                }
+                CopyProgress::Copying { .. } => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (target, ..) in places {
+        domain.end_copy(target, true)?;
+        made.copying.retain(|t| t != target);
+    }
+    let uuid = domain.uuid()?;
+    let persistent = live_xml::with_uuid(rewritten, &options.name, &uuid)?;
+    domain.make_persistent(libvirt, &persistent)?;
+    // Persistent now: nothing of it is undone any more.
+    made.domain = None;
+    made.images.clear();
+    let disks = places
+        .iter()
+        .map(|(target, _, _, _, spec)| LiveDiskReport {
+            disk: target.clone(),
+            target: format!("rbd:{spec}"),
+            size: sizes[target],
+            copy_seconds: ready_after[target],
+        })
+        .collect();
+    Ok((uuid, disks, boot_seconds))
+}
