@@ -39,7 +39,7 @@ use crate::libvirt::{live_xml, HypervisorConnection};
 use crate::nbd::server::ServerLimits;
 use crate::nbd::{ListenAddress, NbdServer};
 
-use super::restore::{define_source, DefineOptions};
+use super::restore::{prepare_define, DefineOptions, PreparedDefine};
 use super::CancelToken;
 
 /// One disk of a live restore.
@@ -139,15 +139,6 @@ impl Made {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.')
-}
-
 /// Hands `path` to the QEMU user (`owner`), if libvirt names one.
 fn give_to(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
     if let Some((uid, gid)) = owner {
@@ -172,56 +163,15 @@ pub fn restore_live(
             "--force with --live is refused: a live restore never replaces an image; remove it first".into(),
         ));
     }
-    if !valid_name(&options.name) {
-        return Err(Error::BadDomainName {
-            name: options.name.clone(),
-        });
-    }
-    let repository = super::repo_access::open_repository(
-        &options.repo.to_string_lossy(),
-        &options.access,
-        false,
-    )?;
-    let source = define_source(&repository, options)?;
+    // The backup, the new names and XML, checked before anything is made (as --define).
+    let PreparedDefine {
+        repository,
+        source,
+        libvirt,
+        places,
+        rewritten,
+    } = prepare_define(options)?;
     drop(repository);
-    let libvirt = HypervisorConnection::open(&options.ceph.connect)?;
-    if libvirt.domain_exists(&options.name) {
-        return Err(Error::DomainExists {
-            name: options.name.clone(),
-        });
-    }
-    let mut images = HashMap::new();
-    let mut places = Vec::new();
-    for (target, disk_pool, namespace) in &source.disks {
-        let image = format!(
-            "{}-{}",
-            options.name,
-            crate::repo::layout::safe_component(target)
-        );
-        let pool = options.pool.clone().unwrap_or_else(|| disk_pool.clone());
-        let spec = match namespace {
-            Some(ns) => format!("{pool}/{ns}/{image}"),
-            None => format!("{pool}/{image}"),
-        };
-        images.insert(target.clone(), spec.clone());
-        places.push((target.clone(), pool, namespace.clone(), image, spec));
-    }
-    let rewritten =
-        crate::libvirt::domain_rewrite::rewrite_for_restore(&source.xml, &options.name, &images)?;
-    if !options.allow_host_passthrough {
-        let findings = crate::libvirt::domain_rewrite::host_passthrough(
-            &rewritten.xml,
-            &options.name,
-            &libvirt.host_emulators()?,
-        )?;
-        if !findings.is_empty() {
-            return Err(Error::HostPassthrough {
-                domain: source.domain_name.clone(),
-                name: options.name.clone(),
-                findings,
-            });
-        }
-    }
     let capabilities = LiveDomain::capabilities(&libvirt)?;
     let owner = live_xml::dac_base_label(
         &capabilities,

@@ -2056,6 +2056,87 @@ pub(super) fn define_source(
     }
 }
 
+/// Where one disk of a `--define` goes: target, pool, namespace, image name, `pool/image` spec.
+pub(super) type DefinePlace = (String, String, Option<String>, String, String);
+
+/// What `restore --define` (also `--live`) decides before anything is written: the backup, the
+/// new images' names (`POOL/NAME-TARGET`) and the new domain's XML, checked for host
+/// passthrough unless allowed. A refusal here leaves nothing behind.
+pub(super) struct PreparedDefine {
+    pub repository: super::repo_access::AnyRepository,
+    pub source: DefineSource,
+    pub libvirt: HypervisorConnection,
+    pub places: Vec<DefinePlace>,
+    pub rewritten: crate::libvirt::domain_rewrite::RewriteOutcome,
+}
+
+/// Checks the new name, reads the backup and prepares the images and the XML (`PreparedDefine`).
+pub(super) fn prepare_define(options: &DefineOptions) -> Result<PreparedDefine, Error> {
+    let valid = !options.name.is_empty()
+        && options.name.len() <= 64
+        && options
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !options.name.starts_with('.');
+    if !valid {
+        return Err(Error::BadDomainName {
+            name: options.name.clone(),
+        });
+    }
+    let repository = super::repo_access::open_repository(
+        &options.repo.to_string_lossy(),
+        &options.access,
+        false,
+    )?;
+    let source = define_source(&repository, options)?;
+    let libvirt = HypervisorConnection::open(&options.ceph.connect)?;
+    if libvirt.domain_exists(&options.name) {
+        return Err(Error::DomainExists {
+            name: options.name.clone(),
+        });
+    }
+    let mut images = std::collections::HashMap::new();
+    let mut places = Vec::new();
+    for (target, disk_pool, namespace) in &source.disks {
+        let image = format!(
+            "{}-{}",
+            options.name,
+            crate::repo::layout::safe_component(target)
+        );
+        let pool = options.pool.clone().unwrap_or_else(|| disk_pool.clone());
+        let spec = match namespace {
+            Some(ns) => format!("{pool}/{ns}/{image}"),
+            None => format!("{pool}/{image}"),
+        };
+        images.insert(target.clone(), spec.clone());
+        places.push((target.clone(), pool, namespace.clone(), image, spec));
+    }
+    let rewritten =
+        crate::libvirt::domain_rewrite::rewrite_for_restore(&source.xml, &options.name, &images)?;
+    if !options.allow_host_passthrough {
+        let findings = crate::libvirt::domain_rewrite::host_passthrough(
+            &rewritten.xml,
+            &options.name,
+            &libvirt.host_emulators()?,
+        )?;
+        if !findings.is_empty() {
+            return Err(Error::HostPassthrough {
+                domain: source.domain_name.clone(),
+                name: options.name.clone(),
+                findings,
+            });
+        }
+    }
+    Ok(PreparedDefine {
+        repository,
+        source,
+        libvirt,
+        places,
+        rewritten,
+    })
+}
+
 /// Restores one disk from a repository of either layout.
 fn restore_disk_from(
     repository: &super::repo_access::AnyRepository,
@@ -2093,55 +2174,25 @@ pub fn restore_define(
     options: &DefineOptions,
     cancel: &CancelToken,
 ) -> Result<DefineReport, Error> {
-    let valid = !options.name.is_empty()
-        && options.name.len() <= 64
-        && options
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !options.name.starts_with('.');
-    if !valid {
-        return Err(Error::BadDomainName {
-            name: options.name.clone(),
-        });
-    }
-    let repository = super::repo_access::open_repository(
-        &options.repo.to_string_lossy(),
-        &options.access,
-        false,
-    )?;
-    let source = define_source(&repository, options)?;
-    let uuid = source.uuid.clone();
-    let libvirt = HypervisorConnection::open(&options.ceph.connect)?;
-    if libvirt.domain_exists(&options.name) {
-        return Err(Error::DomainExists {
-            name: options.name.clone(),
-        });
-    }
     // Every image name and the new XML, checked, before any image is written: a refusal
     // leaves nothing behind.
-    let mut images = std::collections::HashMap::new();
-    let mut restores = Vec::new();
-    for (target, disk_pool, namespace) in &source.disks {
-        let image = format!(
-            "{}-{}",
-            options.name,
-            crate::repo::layout::safe_component(target)
-        );
-        let pool = options.pool.clone().unwrap_or_else(|| disk_pool.clone());
-        let spec = match namespace {
-            Some(ns) => format!("{pool}/{ns}/{image}"),
-            None => format!("{pool}/{image}"),
-        };
-        images.insert(target.clone(), spec);
-        restores.push(RestoreOptions {
+    let PreparedDefine {
+        repository,
+        source,
+        libvirt,
+        places,
+        rewritten,
+    } = prepare_define(options)?;
+    let restores: Vec<RestoreOptions> = places
+        .into_iter()
+        .map(|(target, pool, namespace, image, _)| RestoreOptions {
             repo: options.repo.clone(),
-            domain: uuid.clone(),
-            disk: Some(target.clone()),
+            domain: source.uuid.clone(),
+            disk: Some(target),
             backup: Some(source.backup_id.clone()),
             to: RestoreTarget::Rbd {
                 pool,
-                namespace: namespace.clone(),
+                namespace,
                 image,
             },
             force: options.force,
@@ -2149,24 +2200,8 @@ pub fn restore_define(
             restic: None,
             access: options.access.clone(),
             read_back: options.read_back,
-        });
-    }
-    let rewritten =
-        crate::libvirt::domain_rewrite::rewrite_for_restore(&source.xml, &options.name, &images)?;
-    if !options.allow_host_passthrough {
-        let findings = crate::libvirt::domain_rewrite::host_passthrough(
-            &rewritten.xml,
-            &options.name,
-            &libvirt.host_emulators()?,
-        )?;
-        if !findings.is_empty() {
-            return Err(Error::HostPassthrough {
-                domain: source.domain_name.clone(),
-                name: options.name.clone(),
-                findings,
-            });
-        }
-    }
+        })
+        .collect();
     let mut disks = Vec::new();
     let mut placed = Vec::new();
     let defined = restores
