@@ -27,13 +27,6 @@ fn kind_name(manifest: &BlockManifest) -> String {
         .unwrap_or_default()
 }
 
-fn image_spec(pool: &str, namespace: Option<&str>, image: &str) -> String {
-    match namespace {
-        Some(ns) => format!("{pool}/{ns}/{image}"),
-        None => format!("{pool}/{image}"),
-    }
-}
-
 /// Whether `wanted` (a name or UUID) names the domain of `manifests`.
 fn names_domain(wanted: &str, uuid: &str, manifests: &[BlockManifest]) -> bool {
     wanted.eq_ignore_ascii_case(uuid) || manifests.iter().any(|m| m.domain.name == wanted)
@@ -104,7 +97,11 @@ pub fn list(repo: &BlockRepository, domain: Option<&str>) -> Result<Vec<BackupLi
                     .iter()
                     .map(|d| BackupDiskListing {
                         target: d.target.clone(),
-                        image: image_spec(&d.pool, d.namespace.as_deref(), &d.image),
+                        image: super::listing::image_spec(
+                            &d.pool,
+                            d.namespace.as_deref(),
+                            &d.image,
+                        ),
                         size: d.size,
                         bytes_written: d.bytes_stored,
                         file: format!(

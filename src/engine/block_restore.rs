@@ -19,7 +19,8 @@ use crate::objstore::object_format::BlockId;
 
 use super::block_io::ExtentSink;
 use super::restore::{
-    check_restored, restore_into, FollowedSink, PlacedImage, RestoreOptions, RestoreReport,
+    check_restored, chosen_disk, restore_into, FollowedSink, PlacedImage, RestoreOptions,
+    RestoreReport,
 };
 use super::CancelToken;
 
@@ -170,17 +171,12 @@ pub(super) fn restore_disk(
 ) -> Result<(RestoreReport, Option<PlacedImage>), Error> {
     let started = Instant::now();
     let manifest = find_backup(repo, &options.domain, options.backup.as_deref())?;
-    let target = match &options.disk {
-        Some(t) => t.clone(),
-        None if manifest.disks.len() == 1 => manifest.disks[0].target.clone(),
-        None => {
-            return Err(Error::DiskNotChosen {
-                backup_id: manifest.backup_id.clone(),
-                domain: manifest.domain.name.clone(),
-                disks: manifest.disks.iter().map(|d| d.target.clone()).collect(),
-            });
-        }
-    };
+    let target = chosen_disk(
+        options.disk.as_deref(),
+        manifest.disks.iter().map(|d| d.target.clone()).collect(),
+        &manifest.backup_id,
+        &manifest.domain.name,
+    )?;
     if !manifest.disks.iter().any(|d| d.target == target) {
         return Err(BlockRepoError::NoSuchDisk {
             store: repo.describe(),

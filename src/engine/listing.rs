@@ -101,6 +101,14 @@ pub struct BackupListing {
     pub sequence: Option<u64>,
 }
 
+/// `pool/image` or `pool/namespace/image`, as listings show an image.
+pub(super) fn image_spec(pool: &str, namespace: Option<&str>, image: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{pool}/{ns}/{image}"),
+        None => format!("{pool}/{image}"),
+    }
+}
+
 /// Lists the complete backups in a repository, per domain, oldest first (by sequence), then
 /// the folders prune quarantined.
 pub fn list_backups(
@@ -131,10 +139,7 @@ pub fn list_backups(
                         .iter()
                         .map(|d| BackupDiskListing {
                             target: d.target.clone(),
-                            image: match &d.namespace {
-                                Some(ns) => format!("{}/{}/{}", d.pool, ns, d.image),
-                                None => format!("{}/{}", d.pool, d.image),
-                            },
+                            image: image_spec(&d.pool, d.namespace.as_deref(), &d.image),
                             size: d.size,
                             bytes_written: d.bytes_written,
                             file: d.file.clone(),

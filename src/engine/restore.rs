@@ -299,6 +299,25 @@ pub fn restore(options: &RestoreOptions, cancel: &CancelToken) -> Result<Restore
     Ok(report)
 }
 
+/// The disk a command works on: `disk`, or the backup's only disk (`DiskNotChosen` when it
+/// has several and none was named).
+pub(super) fn chosen_disk(
+    disk: Option<&str>,
+    targets: Vec<String>,
+    backup_id: &str,
+    domain: &str,
+) -> Result<String, Error> {
+    match (disk, targets.as_slice()) {
+        (Some(d), _) => Ok(d.to_string()),
+        (None, [only]) => Ok(only.clone()),
+        (None, _) => Err(Error::DiskNotChosen {
+            backup_id: backup_id.to_string(),
+            domain: domain.to_string(),
+            disks: targets,
+        }),
+    }
+}
+
 /// Restores one disk from the repository; an RBD target is placed but the image it replaced,
 /// if any, is still aside (`PlacedImage`).
 fn restore_disk(
@@ -311,17 +330,12 @@ fn restore_disk(
         .resolve_domain(&options.domain)
         .map_err(Error::NotInRepository)?;
     let (folder, manifest) = repo.find_backup(&uuid, options.backup.as_deref())?;
-    let target = match &options.disk {
-        Some(t) => t.clone(),
-        None if manifest.disks.len() == 1 => manifest.disks[0].target.clone(),
-        None => {
-            return Err(Error::DiskNotChosen {
-                backup_id: manifest.backup_id.clone(),
-                domain: manifest.domain.name.clone(),
-                disks: manifest.disks.iter().map(|d| d.target.clone()).collect(),
-            });
-        }
-    };
+    let target = chosen_disk(
+        options.disk.as_deref(),
+        manifest.disks.iter().map(|d| d.target.clone()).collect(),
+        &manifest.backup_id,
+        &manifest.domain.name,
+    )?;
     let chain = repo.disk_chain(&uuid, &folder, &manifest, &target)?;
     let last = chain
         .last()

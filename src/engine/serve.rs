@@ -24,6 +24,7 @@ use crate::repo::chain_image::ChainImage;
 use crate::repo::extent_source::ExtentSource;
 
 use super::repo_access::{open_repository, AnyRepository, RepoAccess};
+use super::restore::chosen_disk;
 
 /// What is served.
 #[derive(Debug, Clone, Serialize)]
@@ -45,24 +46,6 @@ pub struct ServedDisk {
     pub warnings: Vec<String>,
     /// Where clients connect (NBD) or the file to read (FUSE).
     pub address: String,
-}
-
-/// The disk to serve: `disk`, or the backup's only disk.
-fn chosen_disk(
-    disk: Option<&str>,
-    targets: Vec<String>,
-    backup_id: &str,
-    domain: &str,
-) -> Result<String, Error> {
-    match (disk, targets.as_slice()) {
-        (Some(d), _) => Ok(d.to_string()),
-        (None, [only]) => Ok(only.clone()),
-        (None, _) => Err(Error::DiskNotChosen {
-            backup_id: backup_id.to_string(),
-            domain: domain.to_string(),
-            disks: targets,
-        }),
-    }
 }
 
 /// Opens disk `disk` (the only disk when `None`) of backup `backup` (`None`/"latest": the

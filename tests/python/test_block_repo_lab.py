@@ -9,7 +9,6 @@ leaked snapshots.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import signal
@@ -22,12 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import blake3
 import pytest
 
 from lab_support import (
     BLOCK,
     FaultRecord,
+    blake3_4m,
     cli,
     domain_report,
     domain_xml,
@@ -44,16 +43,6 @@ from lab_support import (
 )
 
 pytestmark = pytest.mark.lab
-
-
-def blake3_4m(path: Path) -> str:
-    """The content checksum from its documented definition (plan::blocks)."""
-    size = path.stat().st_size
-    table = bytearray()
-    with path.open("rb") as f:
-        for _ in range(math.ceil(size / BLOCK)):
-            table += blake3.blake3(f.read(BLOCK)).digest()
-    return "blake3-4m:" + blake3.blake3(bytes(table)).hexdigest()
 
 
 def exported(spec: str, tmp: Path) -> Path:

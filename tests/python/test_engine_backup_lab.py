@@ -12,12 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import blake3
 import pytest
 
 from lab_support import (
-    BLOCK,
     agent,
+    blake3_4m,
     cli,
     domain_report,
     domain_uuid,
@@ -31,16 +30,6 @@ from lab_support import (
 )
 
 pytestmark = pytest.mark.lab
-
-
-def independent_blake3_4m(path: Path) -> str:
-    """The content checksum, recomputed from its documented definition (plan::blocks)."""
-    size = path.stat().st_size
-    concat = bytearray()
-    with path.open("rb") as f:
-        for _ in range(math.ceil(size / BLOCK)):
-            concat += blake3.blake3(f.read(BLOCK)).digest()
-    return "blake3-4m:" + blake3.blake3(bytes(concat)).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +83,7 @@ def test_raw_files_equal_rbd_export_of_the_same_snapshot(backup: dict[str, Any])
                 f"{raw} differs from rbd export {image}@{snap}"
             )
             assert raw.stat().st_size == disk["size"]
-            assert disk["checksum"] == independent_blake3_4m(raw)
+            assert disk["checksum"] == blake3_4m(raw)
 
 
 def test_raw_files_are_sparse(backup: dict[str, Any]) -> None:
