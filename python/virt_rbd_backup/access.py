@@ -269,7 +269,7 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
     """The mounts of a ``/proc/PID/mountinfo`` text, in order (the last one at a path is on top).
 
     Unlike :func:`os.path.ismount`, this sees a FUSE mount whose server died (``stat`` of it
-    fails with ENOTCONN, so ``ismount`` says no).
+    fails with ENOTCONN or ECONNABORTED, so ``ismount`` says no).
     """
     entries: list[MountEntry] = []
     for line in text.splitlines():

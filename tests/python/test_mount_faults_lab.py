@@ -9,6 +9,7 @@ own runtime folder (VIRT_RBD_BACKUP_RUNTIME_DIR) so that no other mount is touch
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -70,8 +71,13 @@ def test_umount_undoes_a_mount_whose_server_was_sigkilled(
             assert mounted_at(str(mountpoint)) == [str(mountpoint)]
             assert mounted_at(state["fuse_dir"]) == [state["fuse_dir"]]
             assert state["loop_device"] in loop_devices()
-            with pytest.raises(OSError, match="Transport endpoint is not connected"):
-                os.stat(Path(state["fuse_dir"]) / "vda")  # ENOTCONN: its server is dead
+            # Its server is dead: ENOTCONN, or ECONNABORTED when the kernel aborted the
+            # connection first (both seen on the lab, depending on timing).
+            with pytest.raises(
+                OSError, match=r"Transport endpoint is not connected|Software caused connection abort"
+            ) as dead:
+                os.stat(Path(state["fuse_dir"]) / "vda")
+            assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED), dead.value
         finally:
             unmounted = cli("umount", str(mountpoint))
         assert unmounted.returncode == 0, unmounted.stderr + unmounted.stdout
