@@ -415,6 +415,31 @@ domain_remove() {
     log "removed domain $d"
 }
 
+# Tests and benchmarks name their scratch domains and images vrb-*. A run
+# killed before its cleanup (CI timeout, a stopped session) leaves them behind,
+# and a leftover domain whose image died with the memstore OSD then fails every
+# later whole-host backup. `up` removes them: nothing else uses that prefix.
+scratch_domains() { virsh_ list --all --name 2>/dev/null | grep '^vrb-' || true; }
+scratch_images() { rbd_ ls "$POOL" 2>/dev/null | grep '^vrb-' || true; }
+
+sweep_scratch() {
+    local d img
+    for d in $(scratch_domains); do
+        if [[ $(domain_state "$d") != "shut off" ]]; then
+            virsh_ destroy "$d" >/dev/null 2>&1 || true
+        fi
+        # A transient domain is gone once destroyed; a persistent one is undefined.
+        if domain_exists "$d"; then
+            virsh_ undefine "$d" >/dev/null || die "virsh undefine $d (a leftover test domain) failed"
+        fi
+        log "removed leftover test domain $d"
+    done
+    for img in $(scratch_images); do
+        rbd_remove "$img"
+        log "removed leftover test image $POOL/$img"
+    done
+}
+
 # --------------------------------------------------------------- guest boot
 
 # The versioned package that linux-image-cloud-amd64 depends on, e.g.
@@ -776,6 +801,7 @@ cmd_up() {
     # the left side of ||, a background job keeps it on.
     wait "$build_pid" || { tail -n 5 "$LOGS/guest-build.log" >&2; die "guest boot build failed, see $LOGS/guest-build.log"; }
     secret_up
+    sweep_scratch
 
     ensure_domain lab-guest running vda,vdb \
         rbd:lab-guest-a:256:vda rbd:lab-guest-b:512:vdb blank:lab-guest-c.qcow2:128:vdc

@@ -87,7 +87,7 @@ def test_restore_define_makes_a_new_domain_on_restored_images(tmp_path: Path) ->
     backup = cli("backup", "--repo", str(repo), "--json", "--domain", "lab-guest")
     assert backup.returncode == 0, backup.stderr
     dom = domain_report(backup.json(), "lab-guest")
-    name = f"lab-copy-{uuid.uuid4().hex[:6]}"
+    name = f"vrb-copy-{uuid.uuid4().hex[:6]}"
     try:
         result = cli(
             "restore",
