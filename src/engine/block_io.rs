@@ -119,6 +119,21 @@ pub trait ExtentSink {
     /// the blocks whose content the restore could not follow as it wrote
     /// (`plan::WrittenContent`). An empty list only finishes the writes.
     fn read_back_blocks(&mut self, size: u64, blocks: &[u64]) -> Result<Vec<[u8; 32]>, Error>;
+
+    /// Copies `length` bytes at `from_offset` of `from` to `offset` without passing them
+    /// through this process (a file: `copy_file_range`, page cache to page cache). `Ok(false)`
+    /// when this sink cannot (nothing copied): the caller reads and writes instead; only the
+    /// first call may say so, a sink that copied once copies or fails. What was copied was
+    /// never seen by the caller, so its check reads those blocks back.
+    fn copy_from(
+        &mut self,
+        _from: &std::fs::File,
+        _from_offset: u64,
+        _offset: u64,
+        _length: u64,
+    ) -> Result<bool, Error> {
+        Ok(false)
+    }
 }
 
 /// The hashes of `blocks` of an image of `size` bytes, each block read and hashed by

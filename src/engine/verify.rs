@@ -164,16 +164,9 @@ fn verify_link(link: &ChainLink) -> Result<(), String> {
 
 fn verify_link_data(link: &ChainLink) -> Result<(), String> {
     match link.disk.format {
-        DiskFormat::SparseRaw => {
-            let mut reader = RawBlockReader::open(link).map_err(|e| e.to_string())?;
-            let mut buf = Vec::new();
-            while reader
-                .next_block(&mut buf)
-                .map_err(|e| e.to_string())?
-                .is_some()
-            {}
-            Ok(())
-        }
+        DiskFormat::SparseRaw => RawBlockReader::open(link)
+            .and_then(RawBlockReader::check_all)
+            .map_err(|e| e.to_string()),
         // The stored bytes are checked against their chunk table, compressed or not: damage
         // is found without decompressing.
         DiskFormat::RbdDiffV1 | DiskFormat::RbdDiffV1Zstd => {

@@ -145,6 +145,18 @@ impl WrittenContent {
         }
     }
 
+    /// `length` bytes at `offset` were written without passing through the restore (a copy
+    /// inside the kernel): the blocks they touch are read back.
+    pub fn copied(&mut self, offset: u64, length: u64) {
+        let end = offset.saturating_add(length).min(self.size);
+        if offset >= end {
+            return;
+        }
+        for index in offset / HASH_BLOCK_SIZE..end.div_ceil(HASH_BLOCK_SIZE) {
+            self.mark(index);
+        }
+    }
+
     /// Marks a block for reading back.
     fn mark(&mut self, index: u64) {
         if self.current.as_ref().is_some_and(|c| c.index == index) {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::block_table::read_block_table;
 use super::error::RepoError;
+use super::file_hashes;
 use super::manifest::{BackupKind, BackupManifest, DiskFormat, DiskRecord};
 use super::rbd_diff::RbdDiffReader;
 use super::stored_file::open_stored_file;
@@ -259,11 +260,7 @@ impl RawBlockReader {
             self.zero.zero_block_hash(index)
         };
         if actual != self.table[index as usize] {
-            return Err(RepoError::Corrupt {
-                path: self.path.clone(),
-                offset: Some(offset),
-                message: "the 4 MiB block there does not match its checksum".into(),
-            });
+            return Err(self.mismatch(index));
         }
         Ok(Some((offset, has_data)))
     }
@@ -272,22 +269,87 @@ impl RawBlockReader {
     pub fn size(&self) -> u64 {
         self.size
     }
+
+    /// Checks every block against the block table, on several threads
+    /// (`file_hashes`): what `next_block` to the end checks, without handing out the data.
+    pub fn check_all(self) -> Result<(), RepoError> {
+        let hashes = file_hashes::hash_file(&self.file, self.size, file_hashes::Holes::Skip)
+            .map_err(|(_, source)| RepoError::Io {
+                action: "read",
+                path: self.path.clone(),
+                source,
+            })?;
+        match hashes.iter().zip(&self.table).position(|(a, b)| a != b) {
+            Some(index) => Err(self.mismatch(index as u64)),
+            None => Ok(()),
+        }
+    }
+
+    /// The raw file (for a copy that checks the result instead).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The raw file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The error for a block that does not match its checksum.
+    fn mismatch(&self, index: u64) -> RepoError {
+        RepoError::Corrupt {
+            path: self.path.clone(),
+            offset: Some(index * HASH_BLOCK_SIZE),
+            message: "the 4 MiB block there does not match its checksum".into(),
+        }
+    }
+
+    /// The data extents of the raw file (offset, length), in order: where it is not a hole.
+    /// A file system that cannot tell holes reports the whole file as one extent.
+    pub fn data_extents(&self) -> Result<Vec<(u64, u64)>, RepoError> {
+        let io = |source| RepoError::Io {
+            action: "seek in",
+            path: self.path.clone(),
+            source,
+        };
+        let mut extents = Vec::new();
+        let mut at = 0u64;
+        while at < self.size {
+            let Some(start) = seek(&self.file, at, libc::SEEK_DATA).map_err(io)? else {
+                break;
+            };
+            if start >= self.size {
+                break;
+            }
+            let end = seek(&self.file, start, libc::SEEK_HOLE)
+                .map_err(io)?
+                .unwrap_or(self.size)
+                .min(self.size);
+            extents.push((start, end - start));
+            at = end;
+        }
+        Ok(extents)
+    }
 }
 
-/// Whether `[offset, offset + len)` of `file` holds any data (not only a hole).
-pub fn data_in(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
+/// `lseek(fd, offset, whence)`; `None` for ENXIO (no data, or no hole, at or after `offset`).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
     // SAFETY: lseek on a descriptor we own; no memory is involved.
-    let pos = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+    let pos = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
     if pos < 0 {
         let err = std::io::Error::last_os_error();
-        // ENXIO: no data at or after offset.
         return if err.raw_os_error() == Some(libc::ENXIO) {
-            Ok(false)
+            Ok(None)
         } else {
             Err(err)
         };
     }
-    Ok((pos as u64) < offset + len)
+    Ok(Some(pos as u64))
+}
+
+/// Whether `[offset, offset + len)` of `file` holds any data (not only a hole).
+pub fn data_in(file: &File, offset: u64, len: u64) -> std::io::Result<bool> {
+    Ok(seek(file, offset, libc::SEEK_DATA)?.is_some_and(|pos| pos < offset + len))
 }
 
 /// Checks a stored diff file against its size, checksum and chunk table; names the offset of

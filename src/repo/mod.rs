@@ -21,6 +21,7 @@ pub mod chain_image;
 pub mod disk_writer;
 pub mod error;
 pub mod extent_source;
+pub mod file_hashes;
 pub mod hashing_writer;
 pub mod image_file;
 pub mod layout;
