@@ -3,6 +3,7 @@ without the lab, and the `fault` record of the fault tests with the `--fault-rep
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +13,12 @@ import pytest
 
 import virt_rbd_backup
 from lab_support import FaultRecord
+
+# The Ctrl-C tests send SIGINT to the tool. A suite started in the background by a
+# non-interactive shell (`cmd &`) inherits SIGINT ignored, and an ignored signal stays ignored
+# in every child; Python's own handler here is reset to the default in children instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
