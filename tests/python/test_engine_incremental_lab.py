@@ -166,15 +166,35 @@ def flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0xFF]))
 
 
-def first_data_offset(path: Path) -> int:
+BLOCK = 4 << 20
+
+
+def full_blocks_by_fate(chain: dict[str, Any], tmp_path: Path) -> tuple[list[int], list[int]]:
+    """The 4 MiB blocks of vda's full raw file that hold data, split into those the incremental
+    left as they were and those it changed (compared with a clean restore of the chain's end)."""
+    full = chain["repo"] / domain_uuid("lab-guest") / chain["first"]["backup_id"] / disk(chain["first"], "vda")["file"]
+    end = tmp_path / "end.raw"
+    restored = cli("restore", "lab-guest", "--repo", str(chain["repo"]), "--disk", "vda", "--to", str(end))
+    assert restored.returncode == 0, restored.stderr
+    kept, changed = [], []
+    with full.open("rb") as a, end.open("rb") as b:
+        index = 0
+        while block := a.read(BLOCK):
+            if block.strip(b"\0"):
+                (kept if block == b.read(BLOCK) else changed).append(index)
+            else:
+                b.seek(BLOCK, 1)
+            index += 1
+    end.unlink()
+    assert kept and changed, (kept, changed)
+    return kept, changed
+
+
+def first_data_in_block(path: Path, index: int) -> int:
     with path.open("rb") as f:
-        offset = 0
-        while chunk := f.read(1 << 20):
-            stripped = chunk.lstrip(b"\0")
-            if stripped:
-                return offset + len(chunk) - len(stripped)
-            offset += len(chunk)
-    raise AssertionError(f"{path} holds no data")
+        f.seek(index * BLOCK)
+        block = f.read(BLOCK)
+    return index * BLOCK + len(block) - len(block.lstrip(b"\0"))
 
 
 @pytest.mark.parametrize("which", ["first", "second"])
@@ -185,16 +205,56 @@ def test_verify_finds_a_flipped_byte_and_restore_refuses(chain: dict[str, Any], 
     dom = chain[which]
     folder = repo / domain_uuid("lab-guest") / dom["backup_id"]
     stored = folder / disk(dom, "vda")["file"]
-    offset = first_data_offset(stored) if which == "first" else stored.stat().st_size // 2
+    if which == "first":
+        # A block of the full that the incremental did not replace: the restored image would
+        # hold the flipped byte.
+        kept, _ = full_blocks_by_fate(chain, tmp_path)
+        offset = first_data_in_block(stored, kept[0])
+    else:
+        offset = stored.stat().st_size // 2
     flip_byte(stored, offset)
     result = cli("verify", "--repo", str(repo))
     assert result.returncode == 1, result.stdout + result.stderr
-    assert stored.name in result.stdout and f"offset {offset // (4 << 20) * (4 << 20)}" in result.stdout, result.stdout
+    assert stored.name in result.stdout and f"offset {offset // BLOCK * BLOCK}" in result.stdout, result.stdout
     out = tmp_path / "restored.raw"
     restored = cli("restore", "lab-guest", "--repo", str(repo), "--disk", "vda", "--to", str(out))
     assert restored.returncode == 1, restored.stdout + restored.stderr
     assert "corrupt" in restored.stderr.lower(), restored.stderr
+    if which == "first":
+        # The restore copied the full unseen and found the damage in its check: it names the
+        # damaged file and block, not only the restored image's.
+        assert stored.name in restored.stderr and f"offset {offset // BLOCK * BLOCK}" in restored.stderr, (
+            restored.stderr
+        )
     assert not out.exists()
+
+
+def test_damage_in_a_block_an_incremental_replaced_does_not_stop_its_restore(
+    chain: dict[str, Any], tmp_path: Path
+) -> None:
+    """A restore into a file checks the image it produced against the backup's block table:
+    a flipped byte in a block of the full that the incremental replaced is not in that image,
+    so the restore of the chain's end succeeds with exactly the snapshot's content, while
+    verify reports the damaged file (and a restore of the full itself refuses)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(chain["repo"], repo)
+    _, changed = full_blocks_by_fate(chain, tmp_path)
+    stored = repo / domain_uuid("lab-guest") / chain["first"]["backup_id"] / disk(chain["first"], "vda")["file"]
+    offset = first_data_in_block(stored, changed[0])
+    flip_byte(stored, offset)
+    result = cli("verify", "--repo", str(repo))
+    assert result.returncode == 1 and stored.name in result.stdout, result.stdout + result.stderr
+    out = tmp_path / "restored.raw"
+    restored = cli("restore", "lab-guest", "--repo", str(repo), "--disk", "vda", "--to", str(out))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert file_sha256(out) == chain["export2"]["vda"]
+    full_out = tmp_path / "full.raw"
+    first_id = chain["first"]["backup_id"]
+    refused = cli(
+        "restore", "lab-guest", "--repo", str(repo), "--disk", "vda", "--backup", first_id, "--to", str(full_out)
+    )
+    assert refused.returncode == 1 and stored.name in refused.stderr, refused.stdout + refused.stderr
+    assert not full_out.exists()
 
 
 def test_deleted_base_snapshot_falls_back_to_full(tmp_path: Path) -> None:
