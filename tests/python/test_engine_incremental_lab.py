@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from lab_support import (
+    FaultRecord,
     cli,
     domain_report,
     domain_uuid,
@@ -198,7 +199,9 @@ def first_data_in_block(path: Path, index: int) -> int:
 
 
 @pytest.mark.parametrize("which", ["first", "second"])
-def test_verify_finds_a_flipped_byte_and_restore_refuses(chain: dict[str, Any], tmp_path: Path, which: str) -> None:
+def test_verify_finds_a_flipped_byte_and_restore_refuses(
+    chain: dict[str, Any], tmp_path: Path, which: str, fault: FaultRecord
+) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(chain["repo"], repo)
     assert cli("verify", "--repo", str(repo)).returncode == 0
@@ -213,6 +216,9 @@ def test_verify_finds_a_flipped_byte_and_restore_refuses(chain: dict[str, Any], 
     else:
         offset = stored.stat().st_size // 2
     flip_byte(stored, offset)
+    fault.injected = f"one byte flipped at offset {offset} of the {which} backup's {stored.name}" + (
+        " (in a block the incremental kept)" if which == "first" else ""
+    )
     result = cli("verify", "--repo", str(repo))
     assert result.returncode == 1, result.stdout + result.stderr
     assert stored.name in result.stdout and f"offset {offset // BLOCK * BLOCK}" in result.stdout, result.stdout
@@ -227,10 +233,12 @@ def test_verify_finds_a_flipped_byte_and_restore_refuses(chain: dict[str, Any], 
             restored.stderr
         )
     assert not out.exists()
+    fault.outcome = "verify exit 1 naming the file and block; restore of the chain's end exit 1, no file left"
+    fault.data_lost = "none restored: the damaged backup is refused, never restored wrong"
 
 
 def test_damage_in_a_block_an_incremental_replaced_does_not_stop_its_restore(
-    chain: dict[str, Any], tmp_path: Path
+    chain: dict[str, Any], tmp_path: Path, fault: FaultRecord
 ) -> None:
     """A restore into a file checks the image it produced against the backup's block table:
     a flipped byte in a block of the full that the incremental replaced is not in that image,
@@ -242,6 +250,9 @@ def test_damage_in_a_block_an_incremental_replaced_does_not_stop_its_restore(
     stored = repo / domain_uuid("lab-guest") / chain["first"]["backup_id"] / disk(chain["first"], "vda")["file"]
     offset = first_data_in_block(stored, changed[0])
     flip_byte(stored, offset)
+    fault.injected = (
+        f"one byte flipped at offset {offset} of the full's {stored.name}, in a block the incremental replaced"
+    )
     result = cli("verify", "--repo", str(repo))
     assert result.returncode == 1 and stored.name in result.stdout, result.stdout + result.stderr
     out = tmp_path / "restored.raw"
@@ -255,6 +266,8 @@ def test_damage_in_a_block_an_incremental_replaced_does_not_stop_its_restore(
     )
     assert refused.returncode == 1 and stored.name in refused.stderr, refused.stdout + refused.stderr
     assert not full_out.exists()
+    fault.outcome = "verify exit 1 naming the file; the chain's end restores (equal to rbd export); the full refuses"
+    fault.data_lost = "none: the chain's end equals rbd export of its snapshot"
 
 
 def test_deleted_base_snapshot_falls_back_to_full(tmp_path: Path) -> None:
