@@ -122,9 +122,9 @@ pub trait ExtentSink {
 
     /// Copies `length` bytes at `from_offset` of `from` to `offset` without passing them
     /// through this process (a file: `copy_file_range`, page cache to page cache). `Ok(false)`
-    /// when this sink cannot (nothing copied): the caller reads and writes instead; only the
-    /// first call may say so, a sink that copied once copies or fails. What was copied was
-    /// never seen by the caller, so its check reads those blocks back.
+    /// when this sink cannot (nothing of this range copied): the caller reads and writes
+    /// instead if nothing was copied yet, and fails otherwise. What was copied was never seen
+    /// by the caller, so its check reads those blocks back.
     fn copy_from(
         &mut self,
         _from: &std::fs::File,

@@ -827,7 +827,7 @@ fn copy_raw(
             if copied == 0 {
                 return Ok(None);
             }
-            // A sink that copied once copies or fails (`ExtentSink::copy_from`).
+            // Part of the image is copied already: no fallback mixes in now.
             return Err(RepoError::Io {
                 action: "copy",
                 path: reader.path().to_path_buf(),
@@ -1028,8 +1028,6 @@ struct FileSink {
     path: PathBuf,
     mode: FileMode,
     committed: bool,
-    /// `copy_from` copied something inside the kernel.
-    copied: bool,
     /// The kernel refused to copy into this file (another file system): writes only.
     copy_refused: bool,
 }
@@ -1120,7 +1118,6 @@ impl FileSink {
                 replace: force,
             },
             committed: false,
-            copied: false,
             copy_refused: false,
         })
     }
@@ -1179,7 +1176,6 @@ impl FileSink {
                 valid_to: 0,
             },
             committed: false,
-            copied: false,
             copy_refused: false,
         })
     }
@@ -1455,8 +1451,9 @@ impl ExtentSink for FileSink {
                     error.raw_os_error(),
                     Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
                 );
-                if unsupported && !self.copied {
-                    // Another file system, or one that cannot: the caller reads and writes.
+                if unsupported && done == 0 {
+                    // Another file system, or one that cannot: the caller reads and writes
+                    // (and fails the restore if it had copied before: `copy_raw`).
                     self.copy_refused = true;
                     return Ok(false);
                 }
@@ -1468,7 +1465,6 @@ impl ExtentSink for FileSink {
                     "the backup's file ended before the copy did",
                 )));
             }
-            self.copied = true;
             done += n as u64;
         }
         Ok(true)
