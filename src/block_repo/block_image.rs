@@ -6,11 +6,13 @@
 //! Clients read in small pieces (4 KiB to a few MiB), so the last `CACHED_BLOCKS` blocks
 //! fetched are kept decoded: a sequential read costs one fetch per block.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::{BlockRepository, StoredDisk};
-use crate::repo::extent_source::{check_range, push_extent, Extent, ExtentSource};
+use crate::objstore::object_format::BlockId;
+use crate::repo::extent_source::{
+    block_pieces, push_extent, BlockCache, Extent, ExtentSource, Piece,
+};
 use crate::repo::RepoError;
 
 /// Decoded blocks kept (32 MiB): enough for a few sequential readers.
@@ -20,7 +22,7 @@ const CACHED_BLOCKS: usize = 8;
 pub struct BlockImage {
     repo: Arc<BlockRepository>,
     disk: StoredDisk,
-    cache: Mutex<VecDeque<(usize, Arc<Vec<u8>>)>>,
+    cache: BlockCache,
 }
 
 impl BlockImage {
@@ -29,7 +31,7 @@ impl BlockImage {
         BlockImage {
             repo,
             disk,
-            cache: Mutex::new(VecDeque::with_capacity(CACHED_BLOCKS)),
+            cache: BlockCache::new(CACHED_BLOCKS),
         }
     }
 
@@ -42,20 +44,18 @@ impl BlockImage {
         let Some(id) = self.disk.blocks.get(index) else {
             return Ok(None);
         };
-        if let Some((_, data)) = self
-            .cache
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .find(|(i, _)| *i == index)
-        {
-            return Ok(Some(data.clone()));
-        }
+        self.cache
+            .get_or_load(index as u64, || self.fetch(index, &id))
+            .map(Some)
+    }
+
+    /// Fetches block `index` (stored as `id`) and checks it against the block table.
+    fn fetch(&self, index: usize, id: &BlockId) -> Result<Vec<u8>, RepoError> {
         let offset = index as u64 * self.block_size();
         let object = format!("{}: {}", self.repo.describe(), id.object_key());
         let content = self
             .repo
-            .get_block(&id, self.disk.blocks.block_len(index) as usize)
+            .get_block(id, self.disk.blocks.block_len(index) as usize)
             .map_err(|e| RepoError::Corrupt {
                 path: object.clone().into(),
                 offset: Some(offset),
@@ -71,13 +71,7 @@ impl BlockImage {
                 ),
             });
         }
-        let data = Arc::new(content);
-        let mut cache = self.cache.lock().expect("not poisoned");
-        if cache.len() == CACHED_BLOCKS {
-            cache.pop_front();
-        }
-        cache.push_back((index, data.clone()));
-        Ok(Some(data))
+        Ok(content)
     }
 }
 
@@ -86,23 +80,10 @@ impl ExtentSource for BlockImage {
         self.disk.record.size
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), RepoError> {
-        check_range(offset, buf.len() as u64, self.size())?;
-        let block_size = self.block_size();
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let index = (at / block_size) as usize;
-            let within = (at % block_size) as usize;
-            let block_len = self.disk.blocks.block_len(index) as usize;
-            let n = (block_len - within).min(buf.len() - done);
-            match self.block(index)? {
-                Some(data) => buf[done..done + n].copy_from_slice(&data[within..within + n]),
-                None => buf[done..done + n].fill(0),
-            }
-            done += n;
-        }
-        Ok(())
+    fn read_pieces(&self, offset: u64, length: u64) -> Result<Vec<Piece>, RepoError> {
+        block_pieces(offset, length, self.size(), self.block_size(), |index| {
+            self.block(index as usize)
+        })
     }
 
     fn allocation(&self, offset: u64, length: u64) -> Vec<Extent> {

@@ -741,6 +741,8 @@ pub struct ImageWriter<'i> {
     image: &'i RbdImage<'i>,
     depth: usize,
     in_flight: std::collections::VecDeque<InFlight>,
+    /// Buffers of completed writes, handed out again by `spare_buffer` (at most `depth`).
+    spare: Vec<Vec<u8>>,
 }
 
 // SAFETY: completions are only waited on and released by the owner; librbd completions may be
@@ -754,7 +756,17 @@ impl<'i> ImageWriter<'i> {
             image,
             depth: depth.max(1),
             in_flight: std::collections::VecDeque::new(),
+            spare: Vec::new(),
         }
+    }
+
+    /// An empty buffer to fill and pass to `write`: one of a completed write where there is
+    /// one, so that a caller writing block after block neither allocates nor faults in new
+    /// memory for each.
+    pub fn spare_buffer(&mut self) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf
     }
 
     /// Starts writing `data` at `offset` (the writer keeps the buffer until it completed).
@@ -840,6 +852,11 @@ impl<'i> ImageWriter<'i> {
                 oldest.op.length(),
                 rc as i32,
             ));
+        }
+        if let WriteOp::Write(buf) = oldest.op {
+            if self.spare.len() < self.depth {
+                self.spare.push(buf);
+            }
         }
         Ok(())
     }

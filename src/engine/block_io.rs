@@ -107,6 +107,18 @@ pub trait ExtentSink {
     /// Writes `data` at `offset`.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error>;
 
+    /// Writes `data` at `offset`, handing the buffer over (no copy where the sink keeps
+    /// buffers in flight).
+    fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> Result<(), Error> {
+        self.write_at(offset, &data)
+    }
+
+    /// An empty buffer for the next `write_owned`: a recycled one where the sink has it, so
+    /// that writing block after block does not allocate.
+    fn spare_buffer(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+
     /// Makes `[offset, offset + length)` read as zeros (discarded or written).
     fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error>;
 
@@ -188,7 +200,17 @@ impl ExtentSink for RbdSink<'_> {
     }
 
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
-        Ok(self.writer.write(offset, data.to_vec())?)
+        let mut buf = self.writer.spare_buffer();
+        buf.extend_from_slice(data);
+        Ok(self.writer.write(offset, buf)?)
+    }
+
+    fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> Result<(), Error> {
+        Ok(self.writer.write(offset, data)?)
+    }
+
+    fn spare_buffer(&mut self) -> Vec<u8> {
+        self.writer.spare_buffer()
     }
 
     fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error> {

@@ -137,9 +137,12 @@ pub(super) fn write_blocks(
                 if cancel.is_cancelled() {
                     return Err(Error::Cancelled);
                 }
-                let (index, content) = fetched?;
-                sink.write_at(index as u64 * block_size, &content)?;
-                written += content.len() as u64;
+                let (index, mut content) = fetched?;
+                written += sink.write_checked_block(
+                    index as u64 * block_size,
+                    &mut content,
+                    disk.table[index],
+                )?;
             }
             Ok(())
         })();

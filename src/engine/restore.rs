@@ -781,10 +781,10 @@ fn replay(
                     copied_raw.push(link);
                     continue;
                 }
-                let mut buf = Vec::new();
-                while let Some((offset, has_data)) = reader.next_block(&mut buf)? {
-                    if has_data {
-                        written += write_data(sink, offset, &buf)?;
+                let mut buf = sink.spare_buffer();
+                while let Some((offset, checked)) = reader.next_block(&mut buf)? {
+                    if let Some(hash) = checked {
+                        written += sink.write_checked_block(offset, &mut buf, hash)?;
                     }
                     if cancel.is_cancelled() {
                         return Err(Error::Cancelled);
@@ -969,6 +969,40 @@ impl<'a> FollowedSink<'a> {
     pub(super) fn into_parts(self) -> (&'a mut dyn ExtentSink, WrittenContent) {
         (self.inner, self.content)
     }
+
+    /// Writes the whole block at `offset` held in `buf`, whose bytes the caller checked
+    /// against `hash` (a full backup's block): the check of the result takes that hash
+    /// instead of hashing the bytes again (`WrittenContent::write_checked_block`). Only its
+    /// non-zero 4 KiB runs are written (holes of a new image); a block without zero runs is
+    /// handed over as it is, and `buf` becomes a spare buffer of the target's. Returns the
+    /// bytes written.
+    pub(super) fn write_checked_block(
+        &mut self,
+        offset: u64,
+        buf: &mut Vec<u8>,
+        hash: [u8; 32],
+    ) -> Result<u64, Error> {
+        if !self
+            .content
+            .write_checked_block(offset, buf.len() as u64, hash)
+        {
+            return write_data(self, offset, buf);
+        }
+        let runs = nonzero_runs(buf, 4096);
+        if runs == [(0, buf.len())] {
+            let len = buf.len() as u64;
+            let data = std::mem::replace(buf, self.inner.spare_buffer());
+            self.inner.write_owned(offset, data)?;
+            return Ok(len);
+        }
+        let mut written = 0;
+        for (start, end) in runs {
+            self.inner
+                .write_at(offset + start as u64, &buf[start..end])?;
+            written += (end - start) as u64;
+        }
+        Ok(written)
+    }
 }
 
 impl ExtentSink for FollowedSink<'_> {
@@ -981,6 +1015,15 @@ impl ExtentSink for FollowedSink<'_> {
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), Error> {
         self.content.write(offset, data);
         self.inner.write_at(offset, data)
+    }
+
+    fn write_owned(&mut self, offset: u64, data: Vec<u8>) -> Result<(), Error> {
+        self.content.write(offset, &data);
+        self.inner.write_owned(offset, data)
+    }
+
+    fn spare_buffer(&mut self) -> Vec<u8> {
+        self.inner.spare_buffer()
     }
 
     fn zero(&mut self, offset: u64, length: u64) -> Result<(), Error> {

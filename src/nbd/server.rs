@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use super::protocol::{self as p, Negotiation, Step};
 use super::NbdError;
-use crate::repo::extent_source::ExtentSource;
+use crate::repo::extent_source::{ExtentSource, Piece};
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -429,6 +429,23 @@ fn serve_connection(shared: &Shared, mut stream: Stream) -> Result<(), NbdError>
     transmission(shared, &mut stream, &negotiation)
 }
 
+/// Sends a read's piece: a verified block's bytes as they are cached, or zeros.
+fn write_piece(stream: &mut Stream, piece: &Piece) -> std::io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    match piece.bytes() {
+        Some(bytes) => stream.write_all(bytes),
+        None => {
+            let mut left = piece.len();
+            while left > 0 {
+                let take = left.min(ZEROS.len());
+                stream.write_all(&ZEROS[..take])?;
+                left -= take;
+            }
+            Ok(())
+        }
+    }
+}
+
 fn transmission(
     shared: &Shared,
     stream: &mut Stream,
@@ -436,7 +453,6 @@ fn transmission(
 ) -> Result<(), NbdError> {
     let size = shared.source.size();
     let structured = negotiation.structured;
-    let mut buf: Vec<u8> = Vec::new();
     loop {
         let mut header = [0u8; 28];
         if !read_or_eof(stream, &mut header)? {
@@ -456,9 +472,13 @@ fn transmission(
                     error(stream, errno, "read out of range or too long")?;
                     continue;
                 }
-                buf.resize(request.length as usize, 0);
-                match shared.source.read_at(request.offset, &mut buf) {
-                    Ok(()) => {
+                // Every block of the range is verified before the reply starts: an error can
+                // then still be sent instead of the data.
+                match shared
+                    .source
+                    .read_pieces(request.offset, u64::from(request.length))
+                {
+                    Ok(pieces) => {
                         if structured {
                             stream.write_all(&p::read_data_chunk(
                                 request.cookie,
@@ -468,7 +488,9 @@ fn transmission(
                         } else {
                             stream.write_all(&p::simple_reply(request.cookie, 0))?;
                         }
-                        stream.write_all(&buf)?;
+                        for piece in &pieces {
+                            write_piece(stream, piece)?;
+                        }
                     }
                     Err(e) => {
                         log::error!(
@@ -483,10 +505,6 @@ fn transmission(
                             "the backup's data there does not match its checksum or cannot be read (the server's log names the file and offset)",
                         )?;
                     }
-                }
-                // Do not keep a 32 MiB buffer for a connection that is mostly idle.
-                if buf.capacity() > (4 << 20) {
-                    buf = Vec::new();
                 }
             }
             p::CMD_BLOCK_STATUS => {

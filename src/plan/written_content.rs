@@ -125,6 +125,28 @@ impl WrittenContent {
         current.pos = start + data.len() as u64;
     }
 
+    /// A whole block was written, starting at `offset` and `length` bytes long, whose bytes
+    /// the caller already checked against `hash` (a full backup's block, read and checked
+    /// against its block table): the block is taken as holding `hash` without hashing it
+    /// again. Returns `false`, following nothing, where that cannot be said (not a whole
+    /// block, or a block written before); the caller then passes the bytes to `write`.
+    pub fn write_checked_block(&mut self, offset: u64, length: u64, hash: [u8; 32]) -> bool {
+        let index = offset / HASH_BLOCK_SIZE;
+        let whole = offset % HASH_BLOCK_SIZE == 0
+            && (index as usize) < self.states.len()
+            && length == self.block_len(index);
+        if !whole
+            || self.states[index as usize] != BlockState::Untouched
+            || self.current.as_ref().is_some_and(|c| c.index == index)
+        {
+            return false;
+        }
+        // As any write to another block does, this closes the block being written.
+        self.close_current();
+        self.states[index as usize] = BlockState::Hashed(hash);
+        true
+    }
+
     /// `length` bytes at `offset` were discarded (read as zeros now).
     pub fn zero(&mut self, offset: u64, length: u64) {
         let end = offset.saturating_add(length).min(self.size);
@@ -338,6 +360,35 @@ mod tests {
         written.resize(3 * B);
         truth.0.resize((3 * B) as usize, 0);
         assert_eq!(check(written, &truth), vec![1]);
+    }
+
+    #[test]
+    fn checked_whole_blocks_are_taken_as_they_are_and_anything_else_is_refused() {
+        let size = 3 * B + 100;
+        let mut truth = Memory(vec![0; size as usize]);
+        let mut written = WrittenContent::new(size);
+        let block = pattern(B as usize, 1);
+        let tail = pattern(100, 2);
+        assert!(written.write_checked_block(0, B, *blake3::hash(&block).as_bytes()));
+        truth.write(0, &block);
+        // The short last block, whole.
+        assert!(written.write_checked_block(3 * B, 100, *blake3::hash(&tail).as_bytes()));
+        truth.write(3 * B, &tail);
+        // Not whole, or not aligned: refused, and nothing followed.
+        assert!(!written.write_checked_block(B, B - 1, [0; 32]));
+        assert!(!written.write_checked_block(B + 1, B, [0; 32]));
+        assert!(!written.write_checked_block(4 * B, B, [0; 32]));
+        // Block 1 being written by `write`: refused, and the write goes on being followed.
+        let head = pattern(10, 3);
+        written.write(B, &head);
+        truth.write(B, &head);
+        assert!(!written.write_checked_block(B, B, [0; 32]));
+        // A block written before: refused; its next write makes it a read back.
+        assert!(!written.write_checked_block(0, B, [0; 32]));
+        let again = pattern(10, 4);
+        written.write(10, &again);
+        truth.write(10, &again);
+        assert_eq!(check(written, &truth), vec![0]);
     }
 
     #[test]

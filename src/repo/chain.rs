@@ -231,9 +231,14 @@ impl RawBlockReader {
         })
     }
 
-    /// Reads the next block into `buf`; `None` at the end. `Some((offset, false))` means the
-    /// block is a hole (all zeros, `buf` untouched); `Some((offset, true))` means `buf` holds it.
-    pub fn next_block(&mut self, buf: &mut Vec<u8>) -> Result<Option<(u64, bool)>, RepoError> {
+    /// Reads the next block into `buf`; `None` at the end. `Some((offset, None))` means the
+    /// block is a hole (all zeros, `buf` untouched); `Some((offset, Some(hash)))` means `buf`
+    /// holds it and its bytes hash to `hash`, the block table's.
+    #[allow(clippy::type_complexity)]
+    pub fn next_block(
+        &mut self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<(u64, Option<[u8; 32]>)>, RepoError> {
         let index = self.next;
         if index >= self.table.len() as u64 {
             return Ok(None);
@@ -262,7 +267,7 @@ impl RawBlockReader {
         if actual != self.table[index as usize] {
             return Err(self.mismatch(index));
         }
-        Ok(Some((offset, has_data)))
+        Ok(Some((offset, has_data.then_some(actual))))
     }
 
     /// Image size.

@@ -28,21 +28,20 @@
 //! a mismatch is only a warning then (`warnings`), since the blocks the damage does not
 //! touch still verify and can be served.
 //!
-//! A few verified blocks are cached (`CACHED_BLOCKS`), so sequential reads smaller than a
-//! block (the kernel reads 128 KiB at a time through a loop device) assemble and hash each
-//! block once.
+//! A few verified blocks are cached (`CACHED_BLOCKS`, `BlockCache`), so sequential reads
+//! smaller than a block (the kernel reads 128 KiB at a time through a loop device), also from
+//! several connections at once, assemble and hash each block once.
 
-use std::collections::VecDeque;
 use std::fs::File;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::chain::{open_diff_link, verify_stored_file, ChainLink};
 use super::error::RepoError;
-use super::extent_source::{check_range, push_extent, Extent, ExtentSource};
+use super::extent_source::{block_pieces, push_extent, BlockCache, Extent, ExtentSource, Piece};
 use super::manifest::DiskFormat;
 use super::rbd_diff::DiffRecord;
 use super::stored_file::open_stored_file;
@@ -175,7 +174,7 @@ pub struct ChainImage {
     table_path: PathBuf,
     zero_full: [u8; 32],
     zero_last: [u8; 32],
-    cache: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
+    cache: BlockCache,
     warnings: Vec<String>,
 }
 
@@ -393,7 +392,7 @@ impl ChainImage {
             table_path,
             zero_full,
             zero_last,
-            cache: Mutex::new(VecDeque::with_capacity(CACHED_BLOCKS)),
+            cache: BlockCache::new(CACHED_BLOCKS),
             warnings,
         })
     }
@@ -458,13 +457,22 @@ impl ChainImage {
         }
     }
 
-    /// Block `index`, assembled and verified (from the cache when it is there).
-    fn verified_block(&self, index: u64) -> Result<Arc<Vec<u8>>, RepoError> {
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((_, block)) = cache.iter().find(|(i, _)| *i == index) {
-                return Ok(block.clone());
+    /// Block `index`, assembled and verified; `None` where nothing is stored for it (zeros,
+    /// which the table must agree with).
+    fn verified_block(&self, index: u64) -> Result<Option<Arc<Vec<u8>>>, RepoError> {
+        if self.blocks[index as usize].is_empty() {
+            if self.table[index as usize] != self.zero_hash(index) {
+                return Err(self.mismatch(index));
             }
+            return Ok(None);
         }
+        self.cache
+            .get_or_load(index, || self.assemble(index))
+            .map(Some)
+    }
+
+    /// Reads block `index` from its segments and checks it against the block table.
+    fn assemble(&self, index: u64) -> Result<Vec<u8>, RepoError> {
         let mut buf = vec![0u8; self.block_len(index) as usize];
         for s in &self.blocks[index as usize] {
             let source = &self.files[s.file as usize];
@@ -485,14 +493,7 @@ impl ChainImage {
         if blake3::hash(&buf).as_bytes() != &self.table[index as usize] {
             return Err(self.mismatch(index));
         }
-        let block = Arc::new(buf);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() == CACHED_BLOCKS {
-                cache.pop_front();
-            }
-            cache.push_back((index, block.clone()));
-        }
-        Ok(block)
+        Ok(buf)
     }
 }
 
@@ -501,28 +502,10 @@ impl ExtentSource for ChainImage {
         self.size
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), RepoError> {
-        check_range(offset, buf.len() as u64, self.size)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let index = at / HASH_BLOCK_SIZE;
-            let in_block = (at - index * HASH_BLOCK_SIZE) as usize;
-            let take = (self.block_len(index) as usize - in_block).min(buf.len() - done);
-            let out = &mut buf[done..done + take];
-            if self.blocks[index as usize].is_empty() {
-                // Nothing stored: the block is zeros, if the table agrees.
-                if self.table[index as usize] != self.zero_hash(index) {
-                    return Err(self.mismatch(index));
-                }
-                out.fill(0);
-            } else {
-                let block = self.verified_block(index)?;
-                out.copy_from_slice(&block[in_block..in_block + take]);
-            }
-            done += take;
-        }
-        Ok(())
+    fn read_pieces(&self, offset: u64, length: u64) -> Result<Vec<Piece>, RepoError> {
+        block_pieces(offset, length, self.size, HASH_BLOCK_SIZE, |index| {
+            self.verified_block(index)
+        })
     }
 
     fn allocation(&self, offset: u64, length: u64) -> Vec<Extent> {

@@ -2,10 +2,19 @@
 //! repository and whatever serves a backup without restoring it (the NBD server, the FUSE
 //! file behind `mount`).
 //!
-//! [`ExtentSource`] is deliberately small: the image size, a positioned read, and which ranges
-//! hold data. Implementations: [`ChainImage`](super::chain_image::ChainImage), a verified view
-//! of a repository chain (full + incrementals), and [`MemoryImage`], bytes in memory, which
-//! lets the servers be tested byte for byte without a repository.
+//! [`ExtentSource`] is deliberately small: the image size, a read, and which ranges hold data.
+//! Implementations: [`ChainImage`](super::chain_image::ChainImage), a verified view of a
+//! repository chain (full + incrementals), `block_repo::BlockImage`, the same over a block
+//! repository, and [`MemoryImage`], bytes in memory, which lets the servers be tested byte for
+//! byte without a repository.
+//!
+//! A read hands out [`Piece`]s: ranges of shared, already verified blocks (and runs of zeros),
+//! so a server sends a block's bytes to its client straight from the block cache
+//! ([`BlockCache`]) without copying them into a buffer of its own first; `read_at` copies them
+//! for a caller that wants one buffer.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::error::RepoError;
 use super::image_file::nonzero_runs;
@@ -21,18 +30,70 @@ pub struct Extent {
     pub allocated: bool,
 }
 
+/// Part of what a read returns, in order.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    /// `data[start..end]`: part of a block (or of a whole image held in memory).
+    Shared {
+        data: Arc<Vec<u8>>,
+        start: usize,
+        end: usize,
+    },
+    /// This many zero bytes (a hole, or a block stored as nothing).
+    Zeros(usize),
+}
+
+impl Piece {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::Shared { start, end, .. } => end - start,
+            Piece::Zeros(n) => *n,
+        }
+    }
+
+    /// Whether the piece has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of a `Shared` piece; `None` for zeros.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Piece::Shared { data, start, end } => Some(&data[*start..*end]),
+            Piece::Zeros(_) => None,
+        }
+    }
+}
+
 /// A read-only image that can be read at any offset.
 ///
-/// `read_at` either fills the whole buffer with the image's bytes or fails: an implementation
-/// that checks its data (as `ChainImage` does) returns an error instead of bytes it cannot
-/// vouch for. All methods take `&self` and may be called from several threads at once.
+/// `read_pieces` (and `read_at`) either return the whole range's bytes or fail: an
+/// implementation that checks its data (as `ChainImage` does) returns an error instead of
+/// bytes it cannot vouch for, before handing out any of the range, so a server never has to
+/// take back part of a reply. All methods take `&self` and may be called from several threads
+/// at once.
 pub trait ExtentSource: Send + Sync {
     /// Image size in bytes.
     fn size(&self) -> u64;
 
-    /// Fills `buf` with the bytes at `offset`. A range past the end is an error
-    /// ([`RepoError::ReadPastEnd`]).
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), RepoError>;
+    /// The bytes of `[offset, offset + length)`, in order, as pieces whose lengths add up to
+    /// `length`. A range past the end is an error ([`RepoError::ReadPastEnd`]).
+    fn read_pieces(&self, offset: u64, length: u64) -> Result<Vec<Piece>, RepoError>;
+
+    /// Fills `buf` with the bytes at `offset` (`read_pieces`, copied).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), RepoError> {
+        let mut done = 0;
+        for piece in self.read_pieces(offset, buf.len() as u64)? {
+            let out = &mut buf[done..done + piece.len()];
+            match piece.bytes() {
+                Some(bytes) => out.copy_from_slice(bytes),
+                None => out.fill(0),
+            }
+            done += out.len();
+        }
+        Ok(())
+    }
 
     /// The data and holes of `[offset, offset + length)` (clipped to the image), in order,
     /// adjacent, alternating, covering the whole clipped range.
@@ -48,6 +109,98 @@ pub fn check_range(offset: u64, length: u64, size: u64) -> Result<(), RepoError>
             length,
             size,
         }),
+    }
+}
+
+/// The pieces of `[offset, offset + length)` of an image of `size` bytes cut in blocks of
+/// `block_size` bytes (the last one shorter), where `block(index)` is block `index`'s whole,
+/// verified content or `None` where it reads as zeros. Checks the range first.
+pub fn block_pieces(
+    offset: u64,
+    length: u64,
+    size: u64,
+    block_size: u64,
+    mut block: impl FnMut(u64) -> Result<Option<Arc<Vec<u8>>>, RepoError>,
+) -> Result<Vec<Piece>, RepoError> {
+    check_range(offset, length, size)?;
+    let end = offset + length;
+    let mut pieces = Vec::new();
+    let mut at = offset;
+    while at < end {
+        let index = at / block_size;
+        let in_block = (at - index * block_size) as usize;
+        let take = (((index + 1) * block_size).min(end) - at) as usize;
+        match block(index)? {
+            Some(data) => pieces.push(Piece::Shared {
+                data,
+                start: in_block,
+                end: in_block + take,
+            }),
+            None => match pieces.last_mut() {
+                Some(Piece::Zeros(n)) => *n += take,
+                _ => pieces.push(Piece::Zeros(take)),
+            },
+        }
+        at += take as u64;
+    }
+    Ok(pieces)
+}
+
+/// One entry of a [`BlockCache`]: the block once loaded; while it is `None`, the reader that
+/// holds its lock is loading it.
+type Slot = Arc<Mutex<Option<Arc<Vec<u8>>>>>;
+
+/// The last few blocks an image handed out, verified, shared by every reader of the image.
+///
+/// A block is loaded (read, assembled, checked) once however many readers ask for it at once:
+/// the first takes the block's slot and loads it, the others wait on that slot and share the
+/// result. Clients with several connections (`nbdcopy` opens four) read neighbouring ranges
+/// at the same moment, so without this each of them would load the same 4 MiB block. A load
+/// that fails leaves the slot empty: the next reader tries again (and fails the same way on
+/// damage).
+#[derive(Debug)]
+pub struct BlockCache {
+    capacity: usize,
+    slots: Mutex<VecDeque<(u64, Slot)>>,
+}
+
+impl BlockCache {
+    /// A cache of at most `capacity` blocks (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        BlockCache {
+            capacity: capacity.max(1),
+            slots: Mutex::new(VecDeque::with_capacity(capacity.max(1))),
+        }
+    }
+
+    /// Block `index`, from the cache or from `load` (run by one reader at a time per block).
+    pub fn get_or_load(
+        &self,
+        index: u64,
+        load: impl FnOnce() -> Result<Vec<u8>, RepoError>,
+    ) -> Result<Arc<Vec<u8>>, RepoError> {
+        let slot = {
+            // A panic elsewhere while the list was held leaves it usable: entries are whole.
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            match slots.iter().find(|(i, _)| *i == index) {
+                Some((_, slot)) => slot.clone(),
+                None => {
+                    if slots.len() == self.capacity {
+                        slots.pop_front();
+                    }
+                    let slot = Slot::default();
+                    slots.push_back((index, slot.clone()));
+                    slot
+                }
+            }
+        };
+        let mut held = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(block) = held.as_ref() {
+            return Ok(block.clone());
+        }
+        let block = Arc::new(load()?);
+        *held = Some(block.clone());
+        Ok(block)
     }
 }
 
@@ -74,7 +227,7 @@ pub fn push_extent(out: &mut Vec<Extent>, offset: u64, length: u64, allocated: b
 /// every read touching it. For tests of what serves images, and small fixtures.
 #[derive(Debug, Clone)]
 pub struct MemoryImage {
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     /// Allocated ranges, sorted, not overlapping.
     allocated: Vec<(u64, u64)>,
     damaged: Option<(u64, u64)>,
@@ -88,7 +241,7 @@ impl MemoryImage {
             .map(|(s, e)| (s as u64, e as u64))
             .collect();
         MemoryImage {
-            data,
+            data: Arc::new(data),
             allocated,
             damaged: None,
         }
@@ -106,9 +259,9 @@ impl ExtentSource for MemoryImage {
         self.data.len() as u64
     }
 
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), RepoError> {
-        check_range(offset, buf.len() as u64, self.size())?;
-        let end = offset + buf.len() as u64;
+    fn read_pieces(&self, offset: u64, length: u64) -> Result<Vec<Piece>, RepoError> {
+        check_range(offset, length, self.size())?;
+        let end = offset + length;
         if let Some((bad_start, bad_end)) = self.damaged {
             if offset < bad_end && bad_start < end {
                 return Err(RepoError::Corrupt {
@@ -118,8 +271,11 @@ impl ExtentSource for MemoryImage {
                 });
             }
         }
-        buf.copy_from_slice(&self.data[offset as usize..end as usize]);
-        Ok(())
+        Ok(vec![Piece::Shared {
+            data: self.data.clone(),
+            start: offset as usize,
+            end: end as usize,
+        }])
     }
 
     fn allocation(&self, offset: u64, length: u64) -> Vec<Extent> {
@@ -184,6 +340,73 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn readers_asking_for_one_block_at_once_load_it_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cache = BlockCache::new(2);
+        let loads = AtomicUsize::new(0);
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    barrier.wait();
+                    let block = cache
+                        .get_or_load(7, || {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            // Long enough for the others to arrive while it loads.
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                            Ok(vec![7u8; 16])
+                        })
+                        .unwrap();
+                    assert_eq!(*block, vec![7u8; 16]);
+                });
+            }
+        });
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        // Cached: no load; evicted after two other blocks: loaded again.
+        cache.get_or_load(7, || panic!("cached")).unwrap();
+        cache.get_or_load(8, || Ok(vec![8])).unwrap();
+        cache.get_or_load(9, || Ok(vec![9])).unwrap();
+        assert_eq!(*cache.get_or_load(7, || Ok(vec![1])).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn a_failed_load_is_tried_again_by_the_next_reader() {
+        let cache = BlockCache::new(4);
+        let failed = cache.get_or_load(3, || {
+            Err(RepoError::Corrupt {
+                path: "x".into(),
+                offset: None,
+                message: "damaged".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(*cache.get_or_load(3, || Ok(vec![3])).unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn block_pieces_cover_the_range_with_shared_blocks_and_merged_zeros() {
+        // Blocks of 10 bytes, 35 bytes in all: block 1 and 2 are zeros, 0 and 3 hold data.
+        let block = |index: u64| -> Result<Option<Arc<Vec<u8>>>, RepoError> {
+            Ok(match index {
+                0 => Some(Arc::new((0..10).collect())),
+                3 => Some(Arc::new((30..35).collect())),
+                _ => None,
+            })
+        };
+        let pieces = block_pieces(5, 29, 35, 10, block).unwrap();
+        let lengths: Vec<usize> = pieces.iter().map(Piece::len).collect();
+        assert_eq!(lengths, [5, 20, 4]);
+        assert_eq!(pieces[0].bytes(), Some(&[5u8, 6, 7, 8, 9][..]));
+        assert_eq!(pieces[1].bytes(), None);
+        assert_eq!(pieces[2].bytes(), Some(&[30u8, 31, 32, 33][..]));
+        assert!(matches!(
+            block_pieces(30, 6, 35, 10, block),
+            Err(RepoError::ReadPastEnd { .. })
+        ));
+        assert!(block_pieces(35, 0, 35, 10, block).unwrap().is_empty());
     }
 
     #[test]
