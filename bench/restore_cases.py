@@ -15,8 +15,9 @@ what both sides read:
 - `serve` of the chain's end: the time from starting it to the first NBD read answered
   (a minimal NBD client here: handshake with `NBD_OPT_EXPORT_NAME`, one 512-byte read), against
   `qemu-nbd` serving the raw file; then a sequential read of the whole disk through it with
-  `nbdcopy ... null:` against `nbdcopy` of the raw file. Our rows count the server's CPU and
-  peak RSS with the client's.
+  `nbdcopy ... null:` against `nbdcopy` of the raw file (`serve-read`), and against the same
+  read through `qemu-nbd` serving the raw file (`serve-read-q`: what going through NBD costs
+  any server). Server rows count the server's CPU and peak RSS with the client's.
 
 Every run is a child process measured by `os.wait4`, as the backup cases are; restored images
 and files are removed between runs (not timed).
@@ -374,6 +375,11 @@ class RestoreCases:
             "sequential read of the served disk (nbdcopy to null:)",
             "nbdcopy raw",
         )
+        read_nbd = self.result(
+            "serve-read-q",
+            "sequential read of the served disk (nbdcopy to null:), against qemu-nbd serving the raw file",
+            "qemu-nbd raw",
+        )
         uri = f"nbd+unix:///?socket={sock}"
         ours_serve = self.ours_argv("serve", "--backup", chain.backups[-1], "--listen", f"unix:{sock}")
         theirs_serve = ["qemu-nbd", "-r", "-t", "-f", "raw", "-k", str(sock), str(chain.raw)]
@@ -385,9 +391,12 @@ class RestoreCases:
                     cpu, rss = stop_server(served)
                     first.ours.append(Sample(wall=served.first_byte, cpu=cpu, rss_mib=rss))
                     read.ours.append(Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)))
+                    read_nbd.ours.append(read.ours[-1])
                 else:
+                    copy = run_measured([["nbdcopy", uri, "null:"]], 1, self.runner.scratch)[0]
                     cpu, rss = stop_server(served)
                     first.theirs.append(Sample(wall=served.first_byte, cpu=cpu, rss_mib=rss))
+                    read_nbd.theirs.append(Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)))
                     read.theirs.append(measured([["nbdcopy", str(chain.raw), "null:"]], self.runner))
             log(f"  serve {i + 1}/{self.repeat}: first byte {summary_line(first)}; read {summary_line(read)}")
-        return [first, read]
+        return [first, read, read_nbd]
