@@ -39,7 +39,7 @@
 //! hypervisors (a password manager, paper in a safe).
 
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
@@ -346,27 +346,27 @@ fn encode_with(
     let payload = compressed.as_deref().unwrap_or(content);
     let header = [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], VERSION, flags, 0, 0];
     let aad = associated_data(&header, kind, name);
-    let mut out = header.to_vec();
+    // Sized once: the object is built in this one buffer (an upload worker holds it and the
+    // block, no third copy).
+    let mut out = Vec::with_capacity(header.len() + NONCE_LEN + payload.len() + 32);
+    out.extend_from_slice(&header);
     match key {
         Some(key) => {
             let mut nonce = [0u8; NONCE_LEN];
             getrandom::getrandom(&mut nonce).map_err(|e| FormatError::Random(e.to_string()))?;
-            let encrypted = key
+            out.extend_from_slice(&nonce);
+            let start = out.len();
+            out.extend_from_slice(payload);
+            // Encrypted where it lies; the tag follows the ciphertext, as `encrypt` lays it out.
+            let tag = key
                 .cipher
-                .encrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: payload,
-                        aad: &aad,
-                    },
-                )
+                .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut out[start..])
                 // Only fails for payloads beyond 256 GiB.
                 .map_err(|_| FormatError::Corrupt {
                     name: name.to_string(),
                     reason: "too large to encrypt".to_string(),
                 })?;
-            out.extend_from_slice(&nonce);
-            out.extend_from_slice(&encrypted);
+            out.extend_from_slice(&tag);
         }
         None => {
             let mut hasher = blake3::Hasher::new();
