@@ -86,6 +86,7 @@ class Bench:
             ("compress", ["full"], lambda: [self.compression_case("zstd", "full")]),
             # Issue 18: the same image into a block repository on the lab's RADOS Gateway.
             ("s3-full", ["full"], lambda: [self.objstore.full_case(encrypted=False)]),
+            ("s3-put", ["full"], lambda: [self.objstore.put_case()]),
             ("s3-incr", ["full"], lambda: [self.objstore.incremental_case(self.scale.change_fraction)]),
             ("s3-dedup", ["full"], lambda: [self.objstore.dedup_case(min(self.repeat, 2))]),
             ("s3-full-enc", ["full"], lambda: [self.objstore.full_case(encrypted=True)]),

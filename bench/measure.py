@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,10 +58,24 @@ class Finished:
     stdout: str
 
 
-def run_measured(argvs: Sequence[Sequence[str]], concurrency: int, workdir: Path) -> list[Finished]:
+def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    """Write `data` to the child's standard input and close it."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the child exited early; its status tells why
+
+
+def run_measured(
+    argvs: Sequence[Sequence[str]], concurrency: int, workdir: Path, stdin: bytes | None = None
+) -> list[Finished]:
     """Run the commands, at most `concurrency` at once; each one's wall, CPU and peak RSS.
 
-    A failing command stops the benchmark with its stderr.
+    `stdin`, if given, is every command's standard input (through a pipe: a secret a command
+    needs never lands on its command line or in a file). A failing command stops the
+    benchmark with its stderr.
     """
     pending = list(enumerate(argvs))
     running: dict[int, tuple[int, subprocess.Popen[bytes], float, Path, Path]] = {}
@@ -71,7 +86,11 @@ def run_measured(argvs: Sequence[Sequence[str]], concurrency: int, workdir: Path
             out_path, err_path = workdir / f"child-{index}.out", workdir / f"child-{index}.err"
             with out_path.open("wb") as out, err_path.open("wb") as err:
                 started = time.perf_counter()
-                proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE
+                )
+            if stdin is not None:
+                threading.Thread(target=_feed, args=(proc, stdin), daemon=True).start()
             running[proc.pid] = (index, proc, started, out_path, err_path)
         pid, status, usage = os.wait4(-1, 0)
         ended = time.perf_counter()

@@ -9,6 +9,10 @@ other (`measure.Runner`):
   the folder's wall time over the gateway's (target: >= 0.7).
 - `s3-incr`: a 1% incremental (whole 4 MiB blocks, as `incr-1`) after a full, into each; what
   it costs is compared with what changed (bytes read from Ceph, bytes the repository grew by).
+- `s3-put`: our full into a fresh prefix against the same bytes uploaded by `curl --parallel`
+  alone (4 MiB objects from RAM, as many at once as our upload workers, no Ceph read, no
+  hashing, no encryption): the most this gateway takes on this machine, so how much of it our
+  client gets, and the ceiling any client has against the folder side of `s3-full`.
 - `s3-dedup`: two copies of the image (`rbd cp`: clones of one golden image, each its own
   domain) backed up one after the other into one prefix; the bytes the second added over the
   bytes the first added (target: <= 5%).
@@ -24,7 +28,9 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import subprocess
+import time
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
@@ -32,11 +38,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lab_images import BLOCK, MIB, ImageSpec, Lab, ensure_space, log, write_extents
-from measure import CaseResult, Runner, Sample
+from measure import CaseResult, Runner, Sample, merge, run_measured
 from report import summary_line
 
 PREFIX_ROOT = "vrb-bench"
 """Every prefix the benchmark writes under starts with this (`--cleanup` removes them)."""
+UPLOAD_WORKERS = 4
+"""Blocks our block backup uploads at once (`engine::block_backup::UPLOAD_WORKERS`)."""
+PUT_STAGING = Path("/dev/shm/vrb-bench-put")
+"""Where `s3-put` keeps the image's blocks as files for curl to upload (RAM, removed after)."""
 
 
 class S3Bucket:
@@ -85,6 +95,22 @@ class S3Bucket:
         if proc.returncode != 0:
             raise RuntimeError(f"curl {method} {path}{query}: {proc.stderr.decode(errors='replace')}")
         return proc.stdout
+
+    def put_config(self, prefix: str, files: list[Path]) -> bytes:
+        """A curl config (for `-K -`) that uploads each file to `prefix`/ under its own name."""
+        lines = [
+            f'user = "{self.key_id}:{self.secret}"',
+            f'aws-sigv4 = "aws:amz:{self.region}:s3"',
+            'header = "x-amz-content-sha256: UNSIGNED-PAYLOAD"',
+            f'cacert = "{self.ca}"',
+        ]
+        for f in files:
+            lines += [
+                f'upload-file = "{f}"',
+                f'url = "{self.endpoint}/{self.bucket}/{prefix}/{f.name}"',
+                'output = "/dev/null"',
+            ]
+        return ("\n".join(lines) + "\n").encode()
 
     def objects(self, under: str) -> dict[str, int]:
         """Every object whose key starts with `under`, and its size."""
@@ -234,6 +260,70 @@ class ObjectStoreCases:
                     result.daemon_cpu.setdefault(f"{side} {daemon}", []).append(seconds - before[daemon])
             log(f"  {name} {i + 1}/{self.repeat}: {summary_line(result)}")
         return result
+
+    def put_case(self) -> CaseResult:
+        """Our full into the gateway (HTTPS, unencrypted) against curl uploading the same blocks.
+
+        curl uploads the image's 4 MiB blocks from files in RAM (`rbd export`, split; untimed),
+        `UPLOAD_WORKERS` at once over reused connections, signed as our client signs them
+        (SigV4, unsigned payload): what this gateway takes from a client that costs nothing.
+        Both sides' uploads are checked by listing what they stored.
+        """
+        spec = self.spec
+        result = CaseResult(
+            "s3-put",
+            "full into s3:// on the lab's RGW (HTTPS) vs curl --parallel PUT of the same blocks from RAM",
+            spec.allocated,
+            spec.size,
+            "curl PUT",
+        )
+        for key in ("ours", "theirs"):
+            result.stored[key] = []
+        shutil.rmtree(PUT_STAGING, ignore_errors=True)
+        PUT_STAGING.mkdir(parents=True)
+        try:
+            files = self._stage_blocks()
+            argv = ["curl", "-sS", "-f", "--parallel", "--parallel-max", str(UPLOAD_WORKERS), "-K", "-"]
+            for i in range(self.repeat):
+                for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
+                    ensure_space(spec.allocated)
+                    prefix = self.new_prefix()
+                    before = daemon_cpu()
+                    if side == "ours":
+                        sample, grew = self.s3_backup(prefix, [spec], "full", False)
+                    else:
+                        started = time.perf_counter()
+                        finished = run_measured([argv], 1, self.runner.scratch, stdin=self.s3.put_config(prefix, files))
+                        sample = merge(finished, started, time.perf_counter())
+                        grew = self.s3.stored(prefix)
+                        if grew != sum(f.stat().st_size for f in files):
+                            raise RuntimeError(f"curl stored {grew} bytes under {prefix}, not the image's blocks")
+                    after = daemon_cpu()
+                    self.drop_prefix(prefix)
+                    getattr(result, side).append(sample)
+                    result.stored[side].append(grew)
+                    for daemon, seconds in after.items():
+                        result.daemon_cpu.setdefault(f"{side} {daemon}", []).append(seconds - before[daemon])
+                log(f"  s3-put {i + 1}/{self.repeat}: {summary_line(result)}")
+        finally:
+            shutil.rmtree(PUT_STAGING, ignore_errors=True)
+        return result
+
+    def _stage_blocks(self) -> list[Path]:
+        """The image's data blocks as files under PUT_STAGING (holes left out, as ours does)."""
+        raw = PUT_STAGING / "image.raw"
+        subprocess.run(["rbd", "export", "--no-progress", self.spec.image, str(raw)], check=True, capture_output=True)
+        files: list[Path] = []
+        with raw.open("rb") as image:
+            index = 0
+            while block := image.read(BLOCK):
+                if block.count(0) != len(block):
+                    path = PUT_STAGING / f"b{index:06d}"
+                    path.write_bytes(block)
+                    files.append(path)
+                index += 1
+        raw.unlink()
+        return files
 
     def incremental_case(self, change_fraction: float) -> CaseResult:
         """A 1% incremental into the gateway against one into a folder, each after its own full.

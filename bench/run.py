@@ -149,6 +149,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "s3-full",
             "s3-full-enc",
             "s3-full-http",
+            "s3-put",
             "s3-incr",
             "s3-dedup",
             "restore-rbd",
@@ -239,9 +240,28 @@ def target_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# The third-party tools a case compares with that the lab's packages do not bring, and how
+# to get them (b3sum is not packaged in Debian 12).
+CASE_TOOLS = {"verify": {"b3sum": "cargo install --locked b3sum"}}
+
+
+def check_case_tools(cases: set[str] | None) -> None:
+    """Stop before the lab work when a case's reference tool is missing."""
+    for case, tools in CASE_TOOLS.items():
+        if cases is not None and case not in cases:
+            continue
+        for tool, install in tools.items():
+            if shutil.which(tool) is None:
+                sys.exit(
+                    f"case {case} compares with {tool}, which is not installed: {install} (or leave out --case {case})"
+                )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when it ran (targets missed are reported, not an error)."""
     args = parse_args(argv)
+    if not args.cleanup and not args.profile and args.disk is None:
+        check_case_tools(set(args.case) if args.case else None)
     load_lab_env()
     if args.cleanup:
         pools = lab_pools()
@@ -298,12 +318,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{c.name}: bytes added to the repository (from outside the tool): {stored}{read}")
         if c.daemon_cpu:
             spent = ", ".join(f"{key} {value:.2f} s" for key, value in c.daemon_cpu.items())
-            print(f"{c.name}: CPU of the lab's daemons during a run (ours = the object store side): {spent}")
+            who = f"ours = virt-rbd-backup's run, theirs = {c.theirs_tool}'s"
+            print(f"{c.name}: CPU of the lab's daemons during a run ({who}): {spent}")
         if c.stock_wall is not None:
             print(
                 f"{c.name} with Ceph's tools alone (rbd snap create, export-diff, snap rm of the old base): "
                 f"{c.stock_wall:.2f} s, ours {c.ours.wall:.2f} s"
             )
+    by_name = {c.name: c for c in cases}
+    if (put := by_name.get("s3-put")) and (full := by_name.get("s3-full")):
+        print(
+            f"gateway ceiling: curl alone uploads the blocks in {put.theirs.wall:.2f} s, the folder full takes "
+            f"{full.theirs.wall:.2f} s: no client reaches more than x{full.theirs.wall / put.theirs.wall:.2f} of the "
+            "folder's throughput into this gateway (issue 18's target: 0.7)"
+        )
     print("\nTargets:")
     for t in targets:
         print(f"  [{'met' if t.met else 'MISSED'}] {t.name}: {t.measured}")
