@@ -380,9 +380,16 @@ class RestoreCases:
             "sequential read of the served disk (nbdcopy to null:), against qemu-nbd serving the raw file",
             "qemu-nbd raw",
         )
+        read_kit = self.result(
+            "serve-read-k",
+            "sequential read of the served disk (nbdcopy to null:), against nbdkit's file plugin serving the raw file",
+            "nbdkit file raw",
+        )
         uri = f"nbd+unix:///?socket={sock}"
         ours_serve = self.ours_argv("serve", "--backup", chain.backups[-1], "--listen", f"unix:{sock}")
         theirs_serve = ["qemu-nbd", "-r", "-t", "-f", "raw", "-k", str(sock), str(chain.raw)]
+        # The leanest NBD server at hand: pread and send, no format layer, no checks.
+        kit_serve = ["nbdkit", "-f", "-r", "-U", str(sock), "file", str(chain.raw)]
         for i in range(self.repeat):
             for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
                 served = start_server(ours_serve if side == "ours" else theirs_serve, sock, log_path)
@@ -392,11 +399,16 @@ class RestoreCases:
                     first.ours.append(Sample(wall=served.first_byte, cpu=cpu, rss_mib=rss))
                     read.ours.append(Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)))
                     read_nbd.ours.append(read.ours[-1])
+                    read_kit.ours.append(read.ours[-1])
                 else:
                     copy = run_measured([["nbdcopy", uri, "null:"]], 1, self.runner.scratch)[0]
                     cpu, rss = stop_server(served)
                     first.theirs.append(Sample(wall=served.first_byte, cpu=cpu, rss_mib=rss))
                     read_nbd.theirs.append(Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)))
                     read.theirs.append(measured([["nbdcopy", str(chain.raw), "null:"]], self.runner))
+                    served = start_server(kit_serve, sock, log_path)
+                    copy = run_measured([["nbdcopy", uri, "null:"]], 1, self.runner.scratch)[0]
+                    cpu, rss = stop_server(served)
+                    read_kit.theirs.append(Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)))
             log(f"  serve {i + 1}/{self.repeat}: first byte {summary_line(first)}; read {summary_line(read)}")
-        return [first, read, read_nbd]
+        return [first, read, read_nbd, read_kit]

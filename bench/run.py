@@ -241,8 +241,11 @@ def target_folder(path: Path) -> Iterator[Path]:
 
 
 # The third-party tools a case compares with that the lab's packages do not bring, and how
-# to get them (b3sum is not packaged in Debian 12).
-CASE_TOOLS = {"verify": {"b3sum": "cargo install --locked b3sum"}}
+# to get them (b3sum is not packaged in Debian 12; nbdkit is only a reference for serve).
+CASE_TOOLS = {
+    "verify": {"b3sum": "cargo install --locked b3sum"},
+    "serve": {"nbdkit": "apt-get install nbdkit"},
+}
 
 
 def check_case_tools(cases: set[str] | None) -> None:
