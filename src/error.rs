@@ -126,6 +126,14 @@ pub enum Error {
         /// What the XML hands over, one entry each.
         findings: Vec<String>,
     },
+    /// A live restore failed while it ran (its steps are undone; `engine::live_restore`).
+    #[error("live restore of {name} failed: {reason}")]
+    LiveRestore {
+        /// The new domain's name.
+        name: String,
+        /// What failed, and what to do.
+        reason: String,
+    },
     /// The domain is not backed up by this run, and that is no failure: another client holds
     /// its images (a backup elsewhere, or the domain runs on another host). The message is the
     /// operator's line.

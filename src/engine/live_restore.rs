@@ -85,6 +85,14 @@ fn usage(message: String) -> Error {
     Error::Usage(message)
 }
 
+/// A failure of the live restore `name` while it ran (not of its options: exit status 1).
+fn failed(name: &str, reason: String) -> Error {
+    Error::LiveRestore {
+        name: name.to_string(),
+        reason,
+    }
+}
+
 /// What has been made so far, undone newest first by `undo`.
 struct Made {
     folder: Option<PathBuf>,
@@ -140,13 +148,16 @@ impl Made {
 }
 
 /// Hands `path` to the QEMU user (`owner`), if libvirt names one.
-fn give_to(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+fn give_to(name: &str, path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
-            usage(format!(
-                "cannot give {} to the QEMU user {uid}:{gid}: {e}",
-                path.display()
-            ))
+            failed(
+                name,
+                format!(
+                    "cannot give {} to the QEMU user {uid}:{gid}: {e}",
+                    path.display()
+                ),
+            )
         })?;
     }
     Ok(())
@@ -254,11 +265,19 @@ fn run(
         clusters.push(cluster);
     }
     let live = runtime_dir().join("live");
-    std::fs::create_dir_all(&live)
-        .map_err(|e| usage(format!("cannot create {}: {e}", live.display())))?;
+    std::fs::create_dir_all(&live).map_err(|e| {
+        failed(
+            &options.name,
+            format!("cannot create {}: {e}", live.display()),
+        )
+    })?;
     // QEMU must reach the folder below: search permission only, no listing.
-    std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o711))
-        .map_err(|e| usage(format!("cannot set the mode of {}: {e}", live.display())))?;
+    std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o711)).map_err(|e| {
+        failed(
+            &options.name,
+            format!("cannot set the mode of {}: {e}", live.display()),
+        )
+    })?;
     let folder = live.join(&options.name);
     std::fs::create_dir(&folder).map_err(|e| {
         usage(format!(
@@ -267,9 +286,13 @@ fn run(
         ))
     })?;
     made.folder = Some(folder.clone());
-    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| usage(format!("cannot set the mode of {}: {e}", folder.display())))?;
-    give_to(&folder, owner)?;
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        failed(
+            &options.name,
+            format!("cannot set the mode of {}: {e}", folder.display()),
+        )
+    })?;
+    give_to(&options.name, &folder, owner)?;
 
     let mut overlays = HashMap::new();
     let mut sizes = HashMap::new();
@@ -294,7 +317,7 @@ fn run(
         )?;
         let uri = server.uri().to_string();
         made.servers.push(server);
-        give_to(&socket, owner)?;
+        give_to(&options.name, &socket, owner)?;
         let overlay = folder.join(format!(
             "{}.qcow2",
             crate::repo::layout::safe_component(target)
@@ -303,14 +326,22 @@ fn run(
             .args(["create", "-q", "-f", "qcow2", "-b", &uri, "-F", "raw"])
             .arg(&overlay)
             .output()
-            .map_err(|e| usage(format!("cannot run qemu-img (is it installed?): {e}")))?;
+            .map_err(|e| {
+                failed(
+                    &options.name,
+                    format!("cannot run qemu-img (is it installed?): {e}"),
+                )
+            })?;
         if !created.status.success() {
-            return Err(usage(format!(
-                "qemu-img create of the overlay of {target} failed: {}",
-                String::from_utf8_lossy(&created.stderr).trim()
-            )));
+            return Err(failed(
+                &options.name,
+                format!(
+                    "qemu-img create of the overlay of {target} failed: {}",
+                    String::from_utf8_lossy(&created.stderr).trim()
+                ),
+            ));
         }
-        give_to(&overlay, owner)?;
+        give_to(&options.name, &overlay, owner)?;
         overlays.insert(target.clone(), overlay);
         sizes.insert(target.clone(), info.size);
     }
@@ -351,9 +382,21 @@ fn run(
                     ready_after.insert(target.clone(), copying_since.elapsed().as_secs_f64());
                 }
                 CopyProgress::NoJob => {
-                    return Err(usage(format!(
-                        "the block copy of {target} stopped before it was complete (see libvirtd's log)"
-                    )))
+                    // The servers were started in the order of `places`, one per disk.
+                    let index = places.iter().position(|(t, ..)| t == target);
+                    let bad_reads = index
+                        .and_then(|i| made.servers.get(i))
+                        .map_or(0, NbdServer::failed_reads);
+                    let reason = if bad_reads > 0 {
+                        format!(
+                            "the block copy of {target} stopped: {bad_reads} reads of the backup's data failed their checks \
+                             (the errors above name the file and block); nothing was defined and the new images are removed; \
+                             run `virt-rbd-backup verify` on the repository and restore another backup of this domain"
+                        )
+                    } else {
+                        format!("the block copy of {target} stopped before it was complete (see libvirtd's log)")
+                    };
+                    return Err(failed(&options.name, reason));
                 }
                 CopyProgress::Copying { .. } => {}
             }

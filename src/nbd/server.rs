@@ -144,6 +144,8 @@ struct Shared {
     open: Mutex<HashMap<u64, Stream>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_id: AtomicU64,
+    /// Reads answered with an I/O error (damaged or unreadable backup data).
+    failed_reads: AtomicU64,
 }
 
 /// A running server. Dropping it (or `close`) stops listening, closes every connection, waits
@@ -224,6 +226,7 @@ impl NbdServer {
             open: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
+            failed_reads: AtomicU64::new(0),
         });
         let for_thread = shared.clone();
         let accept = std::thread::Builder::new()
@@ -247,6 +250,12 @@ impl NbdServer {
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.shared.open.lock().map_or(0, |o| o.len())
+    }
+
+    /// Reads answered with an I/O error so far (each also a line in the log): what tells a
+    /// client's failure caused by the backup's data from any other.
+    pub fn failed_reads(&self) -> u64 {
+        self.shared.failed_reads.load(Ordering::Relaxed)
     }
 
     /// Stops the server (see the type's doc).
@@ -493,6 +502,7 @@ fn transmission(
                         }
                     }
                     Err(e) => {
+                        shared.failed_reads.fetch_add(1, Ordering::Relaxed);
                         log::error!(
                             "NBD server {}: read of {} bytes at offset {} failed: {e}",
                             shared.export,

@@ -177,6 +177,8 @@ fn to_py_err(err: Error) -> PyErr {
         // Not failures of a call: a skipped domain is reported, never raised; the freeze
         // records are the host's, not a repository's or the cluster's.
         Error::Skipped(_) | Error::FreezeLedger { .. } => BackupError::new_err(message),
+        // Its causes span libvirt, Ceph and the backup's data; the message says which.
+        Error::LiveRestore { .. } => BackupError::new_err(message),
     }
 }
 

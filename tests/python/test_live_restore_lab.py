@@ -1,7 +1,8 @@
 """Live restore (`restore --define NAME --live`, issue 19) against the lab: the new domain boots
 on the backup served by the tool, libvirt copies it into new RBD images, and it ends persistent
-on plain RBD images with nothing left of the server or the overlays; Ctrl-C in the middle
-leaves nothing at all.
+on plain RBD images with nothing left of the server or the overlays; what the guest writes
+while its disks are being copied is on those images after a power-off; a damaged backup block
+fails the copy and leaves nothing; Ctrl-C in the middle leaves nothing at all.
 
 Independent truths: the guest itself (its agent answers and reads a file it wrote before the
 backup), `virsh domblklist`/`dumpxml`/`dominfo`, `rbd export` of the new images against `rbd
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from lab_support import (
+    FaultRecord,
     agent_answers,
     cli,
     domain_xml,
@@ -165,3 +167,109 @@ def test_ctrl_c_during_a_live_restore_leaves_nothing(tmp_path: Path, monkeypatch
             assert virsh("dominfo", name, check=False).returncode != 0, "no domain left, running or defined"
             assert not any(image_exists(i) for i in images), "the new images are removed"
             assert not Path(f"/run/virt-rbd-backup-test/live/{name}").exists(), "overlays and sockets removed"
+
+
+def live_restore_process(repo: Path, name: str, original: str, pause: str | None = None) -> subprocess.Popen[str]:
+    """`restore --define NAME --live` of `original`'s latest backup, started in the background."""
+    env = {**os.environ, "VIRT_RBD_BACKUP_TEST_PAUSE": pause} if pause else dict(os.environ)
+    argv = [sys.executable, "-m", "virt_rbd_backup", "restore", "--repo", str(repo)]
+    argv += ["--define", name, "--live", original]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def lines_in_guest_file(domain: str, path: str) -> int:
+    return int(guest_exec(domain, f"cat {path} 2>/dev/null | wc -l").strip() or 0)
+
+
+# Writes 60 files of 256 KiB (15 MiB: the 64 MiB filesystem holds 20 MiB already), one a second or so, each fsynced and then its checksum appended (and fsynced) to `sums`:
+# a checksum in `sums` promises its file reached the disk. Detached from guest-exec's pipes.
+GUEST_WRITER = (
+    "cd /mnt/a && rm -f w* sums done && "
+    "( i=0; while [ $i -lt 60 ]; do i=$((i+1)); "
+    "dd if=/dev/urandom of=w$i bs=64k count=4 2>/dev/null && sync && sha256sum w$i >> sums && sync; "
+    "sleep 1; done; touch done; sync ) </dev/null >/dev/null 2>&1 &"
+)
+
+
+def test_what_the_guest_writes_during_the_copy_survives_a_power_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest writes files (each fsynced, then its checksum recorded) while libvirt copies its
+    disks from the backup and through the pivot; after the restore the domain is powered off
+    (`virsh destroy`: nothing but what reached the RBD images counts) and started again, and
+    every recorded file is there with its checksum."""
+    monkeypatch.setenv("VIRT_RBD_BACKUP_RUNTIME_DIR", "/run/virt-rbd-backup-test")
+    repo = tmp_path / "repo"
+    with guest_on_vda_only(tmp_path) as (original, _):
+        snapshots = backup_of(repo, original)
+        name = f"{original}-busy"
+        with removed_at_end(name) as images:
+            # The copies wait 40 s after they started: the guest boots on the backup and starts
+            # writing, for about a minute: before the copies end, through the pivot and after it.
+            proc = live_restore_process(repo, name, original, pause="live-copying:40")
+            try:
+                wait_for(lambda: name in virsh("list", "--name").stdout.split(), 120, f"{name} running on the backup")
+                booting = time.monotonic()
+                wait_for(lambda: agent_answers(name), 35, f"{name}'s guest agent, booted on the backup")
+                print(f"the guest's agent answered {time.monotonic() - booting:.1f} s after the domain ran")
+                guest_exec(name, GUEST_WRITER)
+                wait_for(lambda: lines_in_guest_file(name, "/mnt/a/sums") >= 2, 40, "the guest's first writes")
+                assert proc.poll() is None, "the writes happened while the disks were being copied"
+                out, err = proc.communicate(timeout=300)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+            assert proc.returncode == 0, out + err
+            written_while_copying = lines_in_guest_file(name, "/mnt/a/sums")
+            wait_for(
+                lambda: guest_exec(name, "test -f /mnt/a/done && echo yes || true").strip() == "yes", 180, "the writer"
+            )
+            assert lines_in_guest_file(name, "/mnt/a/sums") == 60, "every write succeeded in the guest"
+            assert written_while_copying < 60, "the writes went on after the pivot"
+            assert "nbd" not in virsh("dumpxml", name).stdout
+            virsh("destroy", name)
+            virsh("start", name)
+            wait_for(lambda: agent_answers(name), 120, f"{name}'s guest agent after the power-off")
+            assert lines_in_guest_file(name, "/mnt/a/sums") == 60
+            checked = guest_exec(name, "cd /mnt/a && sha256sum -c sums")
+            assert checked.count(": OK") == 60, checked
+            # vdb, never written by the guest: byte for byte the backup's.
+            assert rbd_export_sha256(images[1]) == rbd_export_sha256(snapshots["vdb"])
+            print(f"{written_while_copying} of 60 files were written before the restore ended, the rest after")
+
+
+def test_a_damaged_backup_block_fails_the_copy_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: FaultRecord
+) -> None:
+    """A byte flipped in vdb's full (a block the guest never reads, so it boots): the server
+    answers the copy's read of that block with an I/O error, the copy stops, and the restore
+    exits 1 saying which disk, with no domain, image, socket or overlay left."""
+    monkeypatch.setenv("VIRT_RBD_BACKUP_RUNTIME_DIR", "/run/virt-rbd-backup-test")
+    repo = tmp_path / "repo"
+    with guest_on_vda_only(tmp_path) as (original, _):
+        backup_of(repo, original)
+        [raw] = list(repo.glob("*/*/vdb.raw"))
+        with raw.open("r+b") as f:
+            f.seek(8 << 20)  # inside the 20 MiB random file make_image puts in the filesystem
+            byte = f.read(1)
+            assert byte, "the full holds data at 8 MiB"
+            f.seek(8 << 20)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        fault.injected = (
+            "one byte flipped at offset 8 MiB of vdb's full (a disk the guest does not mount) before a live restore"
+        )
+        name = f"{original}-bad"
+        with removed_at_end(name) as images:
+            proc = live_restore_process(repo, name, original)
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 1, out + err
+            assert f"live restore of {name} failed: the block copy of vdb stopped" in err, err
+            assert "reads of the backup's data failed their checks" in err and "verify" in err, err
+            assert f"{raw}" in err and "does not match its checksum" in err, "the log names the damaged file: " + err
+            assert virsh("dominfo", name, check=False).returncode != 0, "no domain left, running or defined"
+            assert not any(image_exists(i) for i in images), "the new images are removed"
+            assert not Path(f"/run/virt-rbd-backup-test/live/{name}").exists(), "overlays and sockets removed"
+        fault.outcome = "the copy of vdb stops on the server's EIO; exit 1 naming vdb, the file and `verify`; no domain, image, socket or overlay left"
+        fault.leaks = 0
+        fault.data_lost = "none: the repository is left as it was (the flipped block stays refused)"
