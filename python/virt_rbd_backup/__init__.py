@@ -773,7 +773,10 @@ def restore_live(
 
     Raises:
         UsageError: As for :func:`restore_define`, and when an image of the new names exists.
-        LibvirtError: The domain cannot start, a block copy fails or cannot pivot.
+        LibvirtError: The domain cannot start, a block copy cannot start or pivot.
+        BackupError: The run failed once under way (``live restore of NAME failed: ...``): a
+            block copy stopped (when reads of the backup failed their checks, the message says
+            so: run :func:`verify`), the runtime folder or an overlay could not be made.
         KeyboardInterrupt: Ctrl-C; raised once everything is undone.
     """
     options = dict(locals())
