@@ -32,7 +32,9 @@ sequential read against `qemu-nbd` and `nbdcopy` of the raw file.
 
 Object storage (issue 18; `objstore_cases.py`): the fully allocated image backed up, full and
 1% incremental, into an `s3://` block repository on the lab's RADOS Gateway against a folder
-repository, and the bytes the second of two copies of one image adds to the same prefix.
+repository, the same full against `curl --parallel` uploading its blocks from RAM (`s3-put`:
+the gateway's ceiling on this machine), and the bytes the second of two copies of one image
+adds to the same prefix.
 
 The code: `lab_images.py` makes and removes the images and domains, `measure.py` runs and
 measures child processes (both sides of a backup run), `backup_cases.py`, `restore_cases.py` and
