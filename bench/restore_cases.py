@@ -17,7 +17,8 @@ what both sides read:
   `qemu-nbd` serving the raw file; then a sequential read of the whole disk through it with
   `nbdcopy ... null:` against `nbdcopy` of the raw file (`serve-read`), and against the same
   read through `qemu-nbd` serving the raw file (`serve-read-q`: what going through NBD costs
-  any server). Server rows count the server's CPU and peak RSS with the client's.
+  any server) and through nbdkit's `file` plugin (`serve-read-k`: the leanest server at hand,
+  no checks). Server rows count the server's CPU and peak RSS with the client's.
 
 Every run is a child process measured by `os.wait4`, as the backup cases are; restored images
 and files are removed between runs (not timed).
