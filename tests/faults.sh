@@ -8,7 +8,8 @@
 # SIGHUP; restic runs killed; the clock stepped back, a truncated manifest mid-chain, a block
 # table replaced by a link or FIFO; on an S3 block repository a wrong key, an endpoint that is
 # down, deleted and flipped blocks, a run killed mid-upload; a mount whose serving process was
-# SIGKILLed, undone by umount; a flipped byte in a full or an incremental of a chain) and
+# SIGKILLed, undone by umount; a flipped byte in a full or an incremental of a chain; a live
+# restore whose copy meets a damaged backup block) and
 # prints a table: case, test result, what was injected, outcome, leaked snapshots, data lost. Every
 # column comes from what the test measured (the `fault` fixture in tests/python/conftest.py).
 #
@@ -39,4 +40,5 @@ exec "$PY" -m pytest --fault-report -v -rs "$@" \
     tests/python/test_compat_original_lab.py \
     tests/python/test_serve_lab.py \
     tests/python/test_mount_faults_lab.py \
+    tests/python/test_live_restore_lab.py \
     tests/python/test_block_repo_lab.py
