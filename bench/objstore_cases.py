@@ -165,6 +165,12 @@ def daemon_cpu() -> dict[str, float]:
     return used
 
 
+def record_daemon_cpu(result: CaseResult, side: str, before: dict[str, float], after: dict[str, float]) -> None:
+    """Adds what each lab daemon spent between `before` and `after` (`daemon_cpu`) to `side`'s run."""
+    for daemon, seconds in after.items():
+        result.daemon_cpu.setdefault(f"{side} {daemon}", []).append(seconds - before[daemon])
+
+
 def folder_bytes(path: Path) -> int:
     """Bytes of the files under `path` (their sizes, as the S3 side counts objects)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -256,8 +262,7 @@ class ObjectStoreCases:
                     self.runner.drop_repo(repo)
                 getattr(result, side).append(sample)
                 result.stored[side].append(grew)
-                for daemon, seconds in after.items():
-                    result.daemon_cpu.setdefault(f"{side} {daemon}", []).append(seconds - before[daemon])
+                record_daemon_cpu(result, side, before, after)
             log(f"  {name} {i + 1}/{self.repeat}: {summary_line(result)}")
         return result
 
@@ -302,8 +307,7 @@ class ObjectStoreCases:
                     self.drop_prefix(prefix)
                     getattr(result, side).append(sample)
                     result.stored[side].append(grew)
-                    for daemon, seconds in after.items():
-                        result.daemon_cpu.setdefault(f"{side} {daemon}", []).append(seconds - before[daemon])
+                    record_daemon_cpu(result, side, before, after)
                 log(f"  s3-put {i + 1}/{self.repeat}: {summary_line(result)}")
         finally:
             shutil.rmtree(PUT_STAGING, ignore_errors=True)

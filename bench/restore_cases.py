@@ -391,25 +391,29 @@ class RestoreCases:
         theirs_serve = ["qemu-nbd", "-r", "-t", "-f", "raw", "-k", str(sock), str(chain.raw)]
         # The leanest NBD server at hand: pread and send, no format layer, no checks.
         kit_serve = ["nbdkit", "-f", "-r", "-U", str(sock), "file", str(chain.raw)]
+
+        def read_through(server: Sequence[str]) -> tuple[Sample, Sample]:
+            """Start `server`, read the whole disk through it, stop it: its first byte, the read."""
+            served = start_server(server, sock, log_path)
+            copy = run_measured([["nbdcopy", uri, "null:"]], 1, self.runner.scratch)[0]
+            cpu, rss = stop_server(served)
+            return (
+                Sample(wall=served.first_byte, cpu=cpu, rss_mib=rss),
+                Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)),
+            )
+
         for i in range(self.repeat):
             for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
-                served = start_server(ours_serve if side == "ours" else theirs_serve, sock, log_path)
                 if side == "ours":
-                    copy = run_measured([["nbdcopy", uri, "null:"]], 1, self.runner.scratch)[0]
-                    cpu, rss = stop_server(served)
-                    first.ours.append(Sample(wall=served.first_byte, cpu=cpu, rss_mib=rss))
-                    read.ours.append(Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)))
-                    read_nbd.ours.append(read.ours[-1])
-                    read_kit.ours.append(read.ours[-1])
+                    first_byte, whole = read_through(ours_serve)
+                    first.ours.append(first_byte)
+                    for case in (read, read_nbd, read_kit):
+                        case.ours.append(whole)
                 else:
-                    copy = run_measured([["nbdcopy", uri, "null:"]], 1, self.runner.scratch)[0]
-                    cpu, rss = stop_server(served)
-                    first.theirs.append(Sample(wall=served.first_byte, cpu=cpu, rss_mib=rss))
-                    read_nbd.theirs.append(Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)))
+                    first_byte, whole = read_through(theirs_serve)
+                    first.theirs.append(first_byte)
+                    read_nbd.theirs.append(whole)
                     read.theirs.append(measured([["nbdcopy", str(chain.raw), "null:"]], self.runner))
-                    served = start_server(kit_serve, sock, log_path)
-                    copy = run_measured([["nbdcopy", uri, "null:"]], 1, self.runner.scratch)[0]
-                    cpu, rss = stop_server(served)
-                    read_kit.theirs.append(Sample(wall=copy.wall, cpu=copy.cpu + cpu, rss_mib=max(copy.rss_mib, rss)))
+                    read_kit.theirs.append(read_through(kit_serve)[1])
             log(f"  serve {i + 1}/{self.repeat}: first byte {summary_line(first)}; read {summary_line(read)}")
         return [first, read, read_nbd, read_kit]

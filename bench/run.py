@@ -306,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lab.close()
     env["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     cases = [summarize_case(r) for r in results]
-    targets = check_targets({c.name: c for c in cases})
+    by_name = {c.name: c for c in cases}
+    targets = check_targets(by_name)
     print(
         f"virt-rbd-backup benchmark: {env['tool']} (checkout {env['checkout']}), {env['rbd'].split(' (')[0]}, "
         f"{env['cpus']} CPUs, {args.repeat} runs per side, medians, target {args.target}"
@@ -330,7 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{c.name} with Ceph's tools alone (rbd snap create, export-diff, snap rm of the old base): "
                 f"{c.stock_wall:.2f} s, ours {c.ours.wall:.2f} s"
             )
-    by_name = {c.name: c for c in cases}
     if (put := by_name.get("s3-put")) and (full := by_name.get("s3-full")):
         print(
             f"gateway ceiling: curl alone uploads the blocks in {put.theirs.wall:.2f} s, the folder full takes "

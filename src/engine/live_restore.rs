@@ -241,6 +241,7 @@ fn run(
     cancel: &CancelToken,
     started: Instant,
 ) -> Result<(String, Vec<LiveDiskReport>, f64), Error> {
+    let fail = |reason: String| failed(&options.name, reason);
     let check = |cancel: &CancelToken| {
         if cancel.is_cancelled() {
             Err(Error::Cancelled)
@@ -265,19 +266,11 @@ fn run(
         clusters.push(cluster);
     }
     let live = runtime_dir().join("live");
-    std::fs::create_dir_all(&live).map_err(|e| {
-        failed(
-            &options.name,
-            format!("cannot create {}: {e}", live.display()),
-        )
-    })?;
+    std::fs::create_dir_all(&live)
+        .map_err(|e| fail(format!("cannot create {}: {e}", live.display())))?;
     // QEMU must reach the folder below: search permission only, no listing.
-    std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o711)).map_err(|e| {
-        failed(
-            &options.name,
-            format!("cannot set the mode of {}: {e}", live.display()),
-        )
-    })?;
+    std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| fail(format!("cannot set the mode of {}: {e}", live.display())))?;
     let folder = live.join(&options.name);
     std::fs::create_dir(&folder).map_err(|e| {
         usage(format!(
@@ -286,12 +279,8 @@ fn run(
         ))
     })?;
     made.folder = Some(folder.clone());
-    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
-        failed(
-            &options.name,
-            format!("cannot set the mode of {}: {e}", folder.display()),
-        )
-    })?;
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(format!("cannot set the mode of {}: {e}", folder.display())))?;
     give_to(&options.name, &folder, owner)?;
 
     let mut overlays = HashMap::new();
@@ -326,20 +315,12 @@ fn run(
             .args(["create", "-q", "-f", "qcow2", "-b", &uri, "-F", "raw"])
             .arg(&overlay)
             .output()
-            .map_err(|e| {
-                failed(
-                    &options.name,
-                    format!("cannot run qemu-img (is it installed?): {e}"),
-                )
-            })?;
+            .map_err(|e| fail(format!("cannot run qemu-img (is it installed?): {e}")))?;
         if !created.status.success() {
-            return Err(failed(
-                &options.name,
-                format!(
-                    "qemu-img create of the overlay of {target} failed: {}",
-                    String::from_utf8_lossy(&created.stderr).trim()
-                ),
-            ));
+            return Err(fail(format!(
+                "qemu-img create of the overlay of {target} failed: {}",
+                String::from_utf8_lossy(&created.stderr).trim()
+            )));
         }
         give_to(&options.name, &overlay, owner)?;
         overlays.insert(target.clone(), overlay);
@@ -383,10 +364,11 @@ fn run(
                 }
                 CopyProgress::NoJob => {
                     // The servers were started in the order of `places`, one per disk.
-                    let index = places.iter().position(|(t, ..)| t == target);
-                    let bad_reads = index
-                        .and_then(|i| made.servers.get(i))
-                        .map_or(0, NbdServer::failed_reads);
+                    let bad_reads = places
+                        .iter()
+                        .zip(&made.servers)
+                        .find(|((t, ..), _)| t == target)
+                        .map_or(0, |(_, server)| server.failed_reads());
                     let reason = if bad_reads > 0 {
                         format!(
                             "the block copy of {target} stopped: {bad_reads} reads of the backup's data failed their checks \
@@ -396,7 +378,7 @@ fn run(
                     } else {
                         format!("the block copy of {target} stopped before it was complete (see libvirtd's log)")
                     };
-                    return Err(failed(&options.name, reason));
+                    return Err(fail(reason));
                 }
                 CopyProgress::Copying { .. } => {}
             }

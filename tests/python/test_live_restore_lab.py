@@ -247,7 +247,7 @@ def test_a_damaged_backup_block_fails_the_copy_and_leaves_nothing(
     exits 1 saying which disk, with no domain, image, socket or overlay left."""
     monkeypatch.setenv("VIRT_RBD_BACKUP_RUNTIME_DIR", "/run/virt-rbd-backup-test")
     repo = tmp_path / "repo"
-    with guest_on_vda_only(tmp_path) as (original, _):
+    with guest_on_vda_only(tmp_path) as (original, original_images):
         backup_of(repo, original)
         [raw] = list(repo.glob("*/*/vdb.raw"))
         with raw.open("r+b") as f:
@@ -271,5 +271,14 @@ def test_a_damaged_backup_block_fails_the_copy_and_leaves_nothing(
             assert not any(image_exists(i) for i in images), "the new images are removed"
             assert not Path(f"/run/virt-rbd-backup-test/live/{name}").exists(), "overlays and sockets removed"
         fault.outcome = "the copy of vdb stops on the server's EIO; exit 1 naming vdb, the file and `verify`; no domain, image, socket or overlay left"
-        fault.leaks = 0
-        fault.data_lost = "none: the repository is left as it was (the flipped block stays refused)"
+        # Measured, not assumed: snapshots left on the original's images, frozen guests; and
+        # verify, which must find the injected damage and nothing else.
+        fault.measure(repo, original_images)
+        verified = cli("verify", "--repo", str(repo))
+        said = verified.stdout + verified.stderr
+        only_the_flip = verified.returncode == 1 and "vdb.raw" in said and "vda.raw" not in said
+        fault.data_lost = (
+            "none beyond the flipped block (verify exit 1 naming vdb.raw only)"
+            if only_the_flip
+            else f"verify exit {verified.returncode}: {said.strip()[-200:]}"
+        )
