@@ -44,7 +44,24 @@ from lab_support import (
 
 pytestmark = pytest.mark.lab
 
-ORIGINAL = Path(os.environ.get("VRB_ORIGINAL", Path(__file__).resolve().parents[3] / "shared" / "original"))
+
+def find_original() -> Path:
+    """The original tool's checkout: $VRB_ORIGINAL, else `shared/original` beside this checkout,
+    else beside the checkout it was cloned from (a fresh clone in a temporary folder, as the
+    README's test command makes, has git's `origin` pointing back at the working one)."""
+    if "VRB_ORIGINAL" in os.environ:
+        return Path(os.environ["VRB_ORIGINAL"])
+    checkout = Path(__file__).resolve().parents[2]
+    candidates = [checkout.parent / "shared" / "original"]
+    origin = subprocess.run(
+        ["git", "-C", str(checkout), "config", "--get", "remote.origin.url"], capture_output=True, text=True
+    ).stdout.strip()
+    if origin.startswith("/"):
+        candidates.append(Path(origin).resolve().parent / "shared" / "original")
+    return next((c for c in candidates if (c / "main.py").is_file()), candidates[0])
+
+
+ORIGINAL = find_original()
 PASSWORD = "vrb-lab-original-pw-3e9b7c1d"
 
 # The original's snapshot names: IMAGE-backup-%Y_%m_%d_%s.
