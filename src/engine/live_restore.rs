@@ -104,13 +104,17 @@ struct Made {
 }
 
 impl Made {
-    fn undo(&mut self) {
+    /// Undoes everything made, newest first. Returns what could not be undone (each also
+    /// logged with its error), empty when nothing is left.
+    fn undo(&mut self) -> Vec<String> {
+        let mut left = Vec::new();
         if let Some(domain) = self.domain.take() {
             for target in self.copying.drain(..) {
                 let _ = domain.end_copy(&target, false);
             }
             if let Err(e) = domain.destroy() {
                 log::error!("live restore: could not destroy the transient domain: {e}");
+                left.push("the transient domain (still running)".to_string());
             }
         }
         for server in self.servers.drain(..) {
@@ -133,17 +137,36 @@ impl Made {
             })();
             if let Err(e) = removed {
                 log::error!("live restore: could not remove the new image {pool}/{image}: {e}; remove it with `rbd rm`");
+                left.push(format!("the new image {pool}/{image}"));
             }
         }
-        self.remove_folder();
+        if let Some(folder) = self.remove_folder() {
+            left.push(format!("the folder {}", folder.display()));
+        }
+        left
     }
 
-    fn remove_folder(&mut self) {
-        if let Some(folder) = self.folder.take() {
-            if let Err(e) = std::fs::remove_dir_all(&folder) {
-                log::error!("live restore: could not remove {}: {e}", folder.display());
-            }
+    /// Removes the runtime folder; returns it if it could not be removed (the error logged).
+    fn remove_folder(&mut self) -> Option<PathBuf> {
+        let folder = self.folder.take()?;
+        if let Err(e) = std::fs::remove_dir_all(&folder) {
+            log::error!("live restore: could not remove {}: {e}", folder.display());
+            return Some(folder);
         }
+        None
+    }
+}
+
+/// What the undo of a failed live restore left, as the end of its message: the operator
+/// reads whether there is anything to clean up by hand.
+fn undo_outcome(left: &[String]) -> String {
+    if left.is_empty() {
+        "everything it made is undone: no domain is defined and the new images are removed".into()
+    } else {
+        format!(
+            "its undo left {} (the errors above say why): remove them by hand",
+            left.join(", ")
+        )
     }
 }
 
@@ -211,7 +234,7 @@ pub fn restore_live(
             for server in made.servers.drain(..) {
                 server.close();
             }
-            made.remove_folder();
+            let _ = made.remove_folder(); // logged if it could not be removed
             Ok(LiveRestoreReport {
                 name: options.name.clone(),
                 uuid,
@@ -223,8 +246,15 @@ pub fn restore_live(
             })
         }
         Err(e) => {
-            made.undo();
-            Err(e)
+            let left = made.undo();
+            // Said after the undo, so that the message tells what it did.
+            Err(match e {
+                Error::LiveRestore { name, reason } => Error::LiveRestore {
+                    name,
+                    reason: format!("{reason}; {}", undo_outcome(&left)),
+                },
+                other => other,
+            })
         }
     }
 }
@@ -372,8 +402,8 @@ fn run(
                     let reason = if bad_reads > 0 {
                         format!(
                             "the block copy of {target} stopped: {bad_reads} reads of the backup's data failed their checks \
-                             (the errors above name the file and block); nothing was defined and the new images are removed; \
-                             run `virt-rbd-backup verify` on the repository and restore another backup of this domain"
+                             (the errors above name the file and block); run `virt-rbd-backup verify` on the repository \
+                             and restore another backup of this domain"
                         )
                     } else {
                         format!("the block copy of {target} stopped before it was complete (see libvirtd's log)")
@@ -405,4 +435,27 @@ fn run(
         })
         .collect();
     Ok((uuid, disks, boot_seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::undo_outcome;
+
+    #[test]
+    fn the_undo_outcome_says_what_was_left_to_remove_by_hand() {
+        assert_eq!(
+            undo_outcome(&[]),
+            "everything it made is undone: no domain is defined and the new images are removed"
+        );
+        let left = undo_outcome(&[
+            "the new image rbd/web-copy-vda".into(),
+            "the folder /run/x".into(),
+        ]);
+        assert!(
+            left.contains("the new image rbd/web-copy-vda, the folder /run/x"),
+            "{left}"
+        );
+        assert!(left.ends_with("remove them by hand"), "{left}");
+        assert!(!left.contains("everything"), "{left}");
+    }
 }

@@ -266,6 +266,7 @@ def test_a_damaged_backup_block_fails_the_copy_and_leaves_nothing(
             assert proc.returncode == 1, out + err
             assert f"live restore of {name} failed: the block copy of vdb stopped" in err, err
             assert "reads of the backup's data failed their checks" in err and "verify" in err, err
+            assert "everything it made is undone: no domain is defined" in err, "said after the undo: " + err
             assert f"{raw}" in err and "does not match its checksum" in err, "the log names the damaged file: " + err
             assert virsh("dominfo", name, check=False).returncode != 0, "no domain left, running or defined"
             assert not any(image_exists(i) for i in images), "the new images are removed"

@@ -206,8 +206,16 @@ def test_a_flipped_byte_is_an_io_error_on_its_block_only(tmp_path: Path, fault: 
         finally:
             server.close()
         fault.outcome = "NBD read of the block: EIO (qemu-io), its neighbour reads; FUSE read: EIO; log names the file"
-        fault.leaks = 0
-        fault.data_lost = "none beyond the flipped block, which is refused, never served as other bytes"
+        # Measured, not assumed: snapshots left on the domain's images, frozen guests; and
+        # verify, which must find the injected damage and nothing else.
+        fault.measure(repo, dom.images)
+        verified = cli("verify", "--repo", str(repo))
+        said = verified.stdout + verified.stderr
+        assert verified.returncode == 1 and str(stored.name) in said and "vdb.raw" not in said, said
+        fault.data_lost = (
+            "none beyond the flipped block, which is refused, never served as other bytes "
+            "(verify exit 1 naming that file)"
+        )
 
 
 def test_mount_shows_a_file_the_guest_wrote_before_the_backup(tmp_path: Path) -> None:
