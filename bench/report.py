@@ -361,7 +361,7 @@ def table(cases: Sequence[CaseSummary]) -> str:
             )
         path = "" if c.data_path_speedup is None else f", data path x{c.data_path_speedup:.2f}"
         lines.append(
-            f"{'':<13} {'ours/theirs':<16} speed x{c.speedup:.2f} (x{c.speedup_vs_fsynced:.2f} if rbd fsynced)"
+            f"{'':<13} {'ours/theirs':<16} speed x{c.speedup:.2f} (x{c.speedup_vs_fsynced:.2f} if theirs fsynced)"
             f"{path}, CPU x{c.cpu_ratio:.2f}, RSS x{c.rss_ratio:.2f}"
         )
     return "\n".join(lines)
