@@ -679,8 +679,9 @@ def restore_define(
 ) -> DefineReport:
     """Restore every RBD disk of a backup into new images and define a new domain on them.
 
-    Each RBD disk of the backup is restored (as :func:`restore` does, checksum verified) into
-    the image ``POOL/NAME-TARGET`` (``rbd/web1-copy-vda``); then a domain ``name`` is defined
+    Each RBD disk of the backup is restored (as :func:`restore` does, checksum verified; the
+    disks at once) into the image ``POOL/NAME-TARGET`` (``rbd/web1-copy-vda``); then a domain
+    ``name`` is defined
     from the domain XML saved with the backup, with a new UUID and new MAC addresses and its
     disks pointing at the new images. It is defined, not started. Writable disks that are not
     in the backup (local files) are left out of the new domain, never shared with the original;
@@ -692,8 +693,9 @@ def restore_define(
     other passthrough namespaces, ``<shmem>``, file-backed memory devices, host input, TPM,
     smartcard and character devices, interface scripts, read-only host block devices. Any of
     them is refused (:class:`UsageError` listing them all) unless ``allow_host_passthrough``.
-    If a disk or the definition fails, the images made so far are removed (and images replaced
-    with ``force`` renamed back).
+    If a disk fails, the others stop; if a disk or the definition fails, the images made so
+    far are removed (and images replaced with ``force`` renamed back), and the error raised is
+    the failed disk's.
 
     Args:
         domain: Domain name or UUID, as the repository knows it.

@@ -127,7 +127,12 @@ pub const REPORT_VERSION: u32 = 1;
 
 /// Asks a running operation to stop; clean-up (thaw, snapshot removal) still happens.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+    /// The flags of the tokens this one was made from (`child`): cancelling any of them
+    /// cancels this one too.
+    parents: Vec<Arc<AtomicBool>>,
+}
 
 impl CancelToken {
     /// A token that is not cancelled.
@@ -136,11 +141,21 @@ impl CancelToken {
     }
     /// Requests cancellation.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.flag.store(true, Ordering::SeqCst);
     }
-    /// Whether cancellation was requested.
+    /// Whether cancellation was requested, of this token or of one it was made from.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst) || self.parents.iter().any(|p| p.load(Ordering::SeqCst))
+    }
+    /// A token cancelled with this one, which can also be cancelled on its own (without
+    /// cancelling this one): parallel parts of one operation stop together when one fails.
+    pub fn child(&self) -> CancelToken {
+        let mut parents = self.parents.clone();
+        parents.push(self.flag.clone());
+        CancelToken {
+            flag: Arc::default(),
+            parents,
+        }
     }
 }
 
@@ -398,6 +413,22 @@ pub fn run_backup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_token_stops_with_its_parent_and_alone_without_stopping_it() {
+        let run = CancelToken::new();
+        let disks = run.child();
+        let one_disk = disks.child();
+        disks.cancel();
+        assert!(disks.is_cancelled() && one_disk.is_cancelled());
+        assert!(!run.is_cancelled(), "a child's cancel stays below it");
+
+        let run = CancelToken::new();
+        let (disks, clone) = (run.child(), run.clone());
+        let one_disk = disks.child();
+        clone.cancel(); // Ctrl-C: the handler holds a clone of the run's token
+        assert!(run.is_cancelled() && disks.is_cancelled() && one_disk.is_cancelled());
+    }
 
     #[test]
     fn out_of_range_options_are_typed_and_say_what_they_always_said() {

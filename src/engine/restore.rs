@@ -2421,8 +2421,9 @@ pub struct DefineReport {
 /// new UUID, new MACs) from the saved XML, pointing at them. It is defined, not started.
 ///
 /// The XML is rewritten and checked (`host_passthrough`, unless
-/// `allow_host_passthrough`) before any image is written. If a disk or the definition fails,
-/// the images made so far are removed and images replaced with `force` are renamed back.
+/// `allow_host_passthrough`) before any image is written. The disks are restored in
+/// parallel. If a disk or the definition fails, the other disks stop, the images made are
+/// removed and images replaced with `force` are renamed back.
 pub fn restore_define(
     options: &DefineOptions,
     cancel: &CancelToken,
@@ -2455,17 +2456,56 @@ pub fn restore_define(
             read_back: options.read_back,
         })
         .collect();
+    // The disks at once, one thread each, as a backup exports them. The first to fail stops
+    // the others (`stop`): their images are removed with it anyway.
+    let stop = cancel.child();
+    let outcomes: Vec<Result<(RestoreReport, Option<PlacedImage>), Error>> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = restores
+                .iter()
+                .map(|restore| {
+                    let (repository, stop) = (&repository, &stop);
+                    scope.spawn(move || {
+                        let outcome = restore_disk_from(repository, restore, stop);
+                        if outcome.is_err() {
+                            stop.cancel();
+                        }
+                        outcome
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                })
+                .collect()
+        });
     let mut disks = Vec::new();
     let mut placed = Vec::new();
-    let defined = restores
-        .iter()
-        .try_for_each(|restore| {
-            let (report, image) = restore_disk_from(&repository, restore, cancel)?;
-            disks.push(report);
-            placed.extend(image);
-            Ok::<_, Error>(())
-        })
-        .and_then(|()| Ok(libvirt.define(&options.name, &rewritten.xml)?));
+    let mut failed: Option<Error> = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok((report, image)) => {
+                disks.push(report);
+                placed.extend(image);
+            }
+            // The failure that stopped the others, not their `Cancelled` (unless Ctrl-C
+            // stopped them all).
+            Err(e) => match failed {
+                None | Some(Error::Cancelled) => failed = Some(e),
+                Some(_) => log::debug!("restore --define: another disk failed too: {e}"),
+            },
+        }
+    }
+    let defined = match failed {
+        Some(e) => Err(e),
+        None => libvirt
+            .define(&options.name, &rewritten.xml)
+            .map_err(Error::from),
+    };
     let new_uuid = match defined {
         Ok(uuid) => uuid,
         Err(e) => {

@@ -353,7 +353,7 @@ def test_define_refuses_host_passthrough_before_writing_and_defines_with_the_fla
             remove_image(f"rbd/{name}-{disk}")
 
 
-def test_define_removes_the_images_it_made_when_a_later_disk_fails(backed: Backed, fault: FaultRecord) -> None:
+def test_define_removes_the_images_it_made_when_a_disk_fails(backed: Backed, fault: FaultRecord) -> None:
     name = f"vrb-restore-copy-{uuid.uuid4().hex[:6]}"
     seen: list[str] = []
     try:
@@ -368,12 +368,16 @@ def test_define_removes_the_images_it_made_when_a_later_disk_fails(backed: Backe
             "--allow-host-passthrough",
             *ceph_conf(),
         )
-        wait_paused(lines, seen)  # vda written, not yet placed
-        wait_paused(lines, seen)  # vda placed, vdb written
-        assert f"{name}-vda" in image_names()
+        # The disks are restored at once: both are written, under their temporary names,
+        # and neither has its name yet.
+        wait_paused(lines, seen)
+        wait_paused(lines, seen)
+        names = image_names()
+        assert {f"{name}-vda.virt-rbd-backup-restoring", f"{name}-vdb.virt-rbd-backup-restoring"} <= names, names
+        assert not {f"{name}-vda", f"{name}-vdb"} & names, names
         rbd("create", "--size", "1M", f"rbd/{name}-vdb")
         theirs = image_id(f"rbd/{name}-vdb")
-        fault.injected = "the second disk's image name created by someone else while restore --define writes it"
+        fault.injected = "vdb's image name created by someone else while restore --define writes both disks"
         code, stderr = finish(proc, lines, seen)
         assert code == 2 and "appeared during the restore" in stderr, stderr
         left = sorted(n for n in image_names() if n.startswith(name))
@@ -382,6 +386,34 @@ def test_define_removes_the_images_it_made_when_a_later_disk_fails(backed: Backe
         assert virsh("dominfo", name, check=False).returncode != 0, "no domain is defined"
         fault.outcome = f"exit {code}; images left: {left} (theirs, untouched); {name}-vda removed; no domain defined"
         fault.measure(backed.repo, backed.images)
+    finally:
+        virsh("undefine", name, check=False)
+        for disk in ("vda", "vdb"):
+            remove_image(f"rbd/{name}-{disk}")
+
+
+def test_define_with_one_damaged_disk_names_it_and_leaves_nothing(backed: Backed, tmp_path: Path) -> None:
+    """The disks restore in parallel; a damaged block of vdb's full fails vdb, which stops vda:
+    the error is vdb's (not the other disk's cancellation), and no image or domain is left."""
+    repo = tmp_path / "repo"
+    subprocess.run(["cp", "-a", str(backed.repo), str(repo)], check=True)
+    [raw] = list(repo.glob("*/*/vdb.raw"))
+    with raw.open("r+b") as f:
+        f.seek(4 * MIB)  # inside the 8 MiB of random data make_image wrote
+        byte = f.read(1)
+        assert byte, "the full holds data at 4 MiB"
+        f.seek(4 * MIB)
+        f.write(bytes([byte[0] ^ 0x01]))
+    name = f"vrb-restore-bad-{uuid.uuid4().hex[:6]}"
+    try:
+        result = cli(
+            "restore", backed.domain, "--repo", str(repo), "--define", name, "--allow-host-passthrough", *ceph_conf()
+        )
+        said = result.stdout + result.stderr
+        assert result.returncode == 1, said
+        assert str(raw) in said and "cancel" not in said.lower(), said
+        assert not [n for n in image_names() if n.startswith(name)], "every image it made is removed"
+        assert virsh("dominfo", name, check=False).returncode != 0, "no domain is defined"
     finally:
         virsh("undefine", name, check=False)
         for disk in ("vda", "vdb"):
