@@ -681,9 +681,8 @@ def restore_define(
 
     Each RBD disk of the backup is restored (as :func:`restore` does, checksum verified; the
     disks at once) into the image ``POOL/NAME-TARGET`` (``rbd/web1-copy-vda``); then a domain
-    ``name`` is defined
-    from the domain XML saved with the backup, with a new UUID and new MAC addresses and its
-    disks pointing at the new images. It is defined, not started. Writable disks that are not
+    ``name`` is defined from the domain XML saved with the backup, with a new UUID and new MAC
+    addresses and its disks pointing at the new images. It is defined, not started. Writable disks that are not
     in the backup (local files) are left out of the new domain, never shared with the original;
     the report lists them.
 
