@@ -2492,12 +2492,15 @@ pub fn restore_define(
                 disks.push(report);
                 placed.extend(image);
             }
-            // The failure that stopped the others, not their `Cancelled` (unless Ctrl-C
-            // stopped them all).
-            Err(e) => match failed {
-                None | Some(Error::Cancelled) => failed = Some(e),
-                Some(_) => log::debug!("restore --define: another disk failed too: {e}"),
-            },
+            // The failure that stopped the others is reported, not their `Cancelled` (unless
+            // Ctrl-C stopped them all); another disk's own failure is logged.
+            Err(e) => {
+                if matches!(failed, None | Some(Error::Cancelled)) {
+                    failed = Some(e);
+                } else if !matches!(e, Error::Cancelled) {
+                    log::warn!("restore --define: another disk failed as well: {e}");
+                }
+            }
         }
     }
     let defined = match failed {
